@@ -1,0 +1,205 @@
+"""Django admin for support staff: find a budget, correct it, reset it, read the ledger and audit log.
+
+Changes to budgets go through budgets.services, so the admin writes the audit log
+like every other entry point.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.urls import NoReverseMatch, reverse
+from django.utils.html import format_html
+
+from . import services
+from .models import (
+    Alert,
+    ApiKey,
+    AuditLog,
+    BudgetPeriod,
+    CostEvent,
+    ModelPrice,
+    ModelSpend,
+    Project,
+    UserBudget,
+)
+
+
+def actor_for(request: HttpRequest) -> str:
+    return f"admin:{request.user.get_username()}"
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Facts (ledger, periods, audit) are read, never edited."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Project)
+class ProjectAdmin(admin.ModelAdmin):
+    list_display = ("name", "current_spend", "max_budget", "duration", "timezone", "next_reset_at", "created_at")
+    search_fields = ("name",)
+    list_filter = ("duration", "timezone")
+    filter_horizontal = ("members",)
+    readonly_fields = ("current_spend", "period_start", "next_reset_at", "created_at")
+    exclude = ("webhook_secret",)
+
+
+class ModelSpendInline(admin.TabularInline):
+    model = ModelSpend
+    extra = 0
+    can_delete = False
+    readonly_fields = ("model", "spend", "prompt_tokens", "completion_tokens")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(UserBudget)
+class UserBudgetAdmin(admin.ModelAdmin):
+    list_display = ("user_id", "project", "total_budget", "current_spend", "utilisation_display", "duration",
+                    "next_reset_at", "console_link")
+    list_select_related = ("project",)
+    search_fields = ("user_id", "project__name")
+    list_filter = ("duration", "project")
+    readonly_fields = ("current_spend", "period_start", "next_reset_at", "created_at", "updated_at",
+                       "hosted_model_cost")
+    fields = ("project", "user_id", "total_budget", "duration", "duration_days", "current_spend", "period_start",
+              "next_reset_at", "created_at", "updated_at", "hosted_model_cost")
+    inlines = [ModelSpendInline]
+    actions = ["reset_selected"]
+
+    @admin.display(description="Used")
+    def utilisation_display(self, obj: UserBudget) -> str:
+        used = obj.utilisation
+        return "—" if used is None else f"{used:.1f}%"
+
+    @admin.display(description="Console")
+    def console_link(self, obj: UserBudget) -> str:
+        try:
+            return format_html('<a href="{}">open</a>', obj.get_absolute_url())
+        except NoReverseMatch:
+            return "—"
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        # The owner of a budget is fixed once it exists.
+        fields = tuple(self.readonly_fields)
+        return fields + ("project", "user_id") if obj else fields
+
+    def save_model(self, request: HttpRequest, obj: UserBudget, form: Any, change: bool) -> None:
+        budget, _ = services.budget_set(
+            project=obj.project, user_id=obj.user_id, total_budget=obj.total_budget, duration=obj.duration,
+            duration_days=obj.duration_days, actor=actor_for(request),
+        )
+        obj.pk = budget.pk
+        obj.refresh_from_db()
+
+    def delete_model(self, request: HttpRequest, obj: UserBudget) -> None:
+        services.budget_delete(budget=obj, actor=actor_for(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[UserBudget]) -> None:
+        for budget in queryset:
+            services.budget_delete(budget=budget, actor=actor_for(request))
+
+    @admin.action(description="Reset selected budgets (spend to zero)")
+    def reset_selected(self, request: HttpRequest, queryset: QuerySet[UserBudget]) -> None:
+        count = 0
+        for budget in queryset:
+            services.budget_reset(budget=budget, actor=actor_for(request))
+            count += 1
+        self.message_user(request, f"Reset {count} budget(s).", messages.SUCCESS)
+
+
+@admin.register(CostEvent)
+class CostEventAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "project", "user_id", "model", "prompt_tokens", "completion_tokens", "cost",
+                    "source")
+    list_select_related = ("project",)
+    search_fields = ("user_id", "project__name", "model", "idempotency_key")
+    list_filter = ("source", "project")
+    date_hierarchy = "created_at"
+    show_full_result_count = False  # counting a million ledger rows per page view is slow
+
+
+@admin.register(BudgetPeriod)
+class BudgetPeriodAdmin(ReadOnlyAdmin):
+    list_display = ("user_id", "project", "period_start", "period_end", "spend", "total_budget", "reason")
+    list_select_related = ("project",)
+    search_fields = ("user_id", "project__name")
+    list_filter = ("reason", "project")
+    date_hierarchy = "period_start"
+
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(admin.ModelAdmin):
+    list_display = ("model", "provider", "mode", "input_cost_per_token", "output_cost_per_token",
+                    "cache_read_input_token_cost", "max_input_tokens", "source", "updated_at")
+    search_fields = ("model", "provider")
+    list_filter = ("provider", "mode", "source")
+    readonly_fields = ("source", "updated_at")
+
+    def save_model(self, request: HttpRequest, obj: ModelPrice, form: Any, change: bool) -> None:
+        # load_prices leaves rows edited here alone.
+        from django.utils.timezone import now
+
+        obj.source = "admin"
+        obj.updated_at = now()
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ("name", "project", "prefix", "created_at", "last_used_at", "revoked_at")
+    list_select_related = ("project",)
+    search_fields = ("name", "prefix", "project__name")
+    list_filter = ("project",)
+    readonly_fields = ("project", "name", "prefix", "key_hash", "created_at", "last_used_at", "revoked_at")
+    actions = ["revoke_selected"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # A key's secret is shown once when created: create keys with the console or create_project.
+        return False
+
+    @admin.action(description="Revoke selected keys")
+    def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        for key in queryset:
+            services.api_key_revoke(key=key, actor=actor_for(request))
+        self.message_user(request, f"Revoked {queryset.count()} key(s).", messages.SUCCESS)
+
+
+@admin.register(AuditLog)
+class AuditLogAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "project", "user_id", "action", "actor")
+    list_select_related = ("project",)
+    search_fields = ("user_id", "project__name", "actor", "action")
+    list_filter = ("action", "project")
+    date_hierarchy = "created_at"
+
+
+@admin.register(Alert)
+class AlertAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "project", "scope", "user_id", "threshold", "spend", "limit", "delivered_at",
+                    "attempts")
+    list_select_related = ("project",)
+    search_fields = ("user_id", "project__name")
+    list_filter = ("scope", "threshold", "project")
+    date_hierarchy = "created_at"
+    readonly_fields = [f.name for f in Alert._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+def admin_url_for(obj: Any) -> str:
+    """The admin change page of `obj` (used by the console to link prices)."""
+    return reverse(f"admin:{obj._meta.app_label}_{obj._meta.model_name}_change", args=[obj.pk])

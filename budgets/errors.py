@@ -1,0 +1,50 @@
+"""Domain errors. Each carries the error type and HTTP status the API answers with."""
+
+from __future__ import annotations
+
+
+class BudgetError(Exception):
+    """Base of the errors a caller can cause; never a server fault."""
+
+    type = "error"
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(BudgetError):
+    type = "validation_error"
+    status = 400
+
+
+class UnknownUser(BudgetError, KeyError):
+    """No budget for this user; a KeyError too, as the seed's dict lookup raised."""
+
+    type = "not_found"
+    status = 404
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UnknownModel(BudgetError):
+    type = "unknown_model"
+    status = 422
+
+
+class IdempotencyConflict(BudgetError):
+    type = "idempotency_conflict"
+    status = 409
+
+
+class BudgetExceeded(BudgetError):
+    """A budget (`scope` is "user" or "project") has no room for this spend."""
+
+    type = "budget_exceeded"
+    status = 402
+
+    def __init__(self, message: str, *, scope: str) -> None:
+        super().__init__(message)
+        self.scope = scope

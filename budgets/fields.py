@@ -1,0 +1,63 @@
+"""MoneyField: a DecimalField that stays exact on SQLite too.
+
+SQLite has no decimal type: Django stores DecimalField there as a float, so
+adding $0.15 a thousand times gives 150.000000000003. On SQLite this field
+stores an integer count of 10^-12 dollars instead (exact, and summed exactly
+by SQL), which caps an amount at about $9.2 million there. PostgreSQL keeps
+numeric(24, 12) as usual.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+from django.db import models
+from django.db.models import Value
+
+SCALE = Decimal(10) ** 12
+PLACES = Decimal(1).scaleb(-12)
+
+
+class MoneyField(models.DecimalField):
+    description = "An amount of dollars, exact to 12 decimal places"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max_digits", 24)
+        kwargs.setdefault("decimal_places", 12)
+        super().__init__(*args, **kwargs)
+
+    def get_internal_type(self) -> str:
+        # Keeps SQLite's float converters and NUMERIC casts away from the integer form;
+        # PostgreSQL gets its column type from db_type() below.
+        return "BigIntegerField"
+
+    def db_type(self, connection: Any) -> str:
+        if connection.vendor == "sqlite":
+            return "integer"
+        return connection.data_types["DecimalField"] % self.db_type_parameters(connection)
+
+    def rel_db_type(self, connection: Any) -> str:
+        return self.db_type(connection)
+
+    def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
+        if connection.vendor != "sqlite":
+            if value is None or hasattr(value, "resolve_expression"):
+                return value
+            return connection.ops.adapt_decimalfield_value(self.to_python(value), self.max_digits,
+                                                          self.decimal_places)
+        if value is None or hasattr(value, "resolve_expression"):
+            return value
+        return int((self.to_python(value) * SCALE).to_integral_value(ROUND_HALF_EVEN))
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Decimal | None:
+        if value is None:
+            return None
+        if connection.vendor == "sqlite":
+            return (Decimal(int(value)) / SCALE).quantize(PLACES)
+        return Decimal(value).quantize(PLACES)
+
+
+def money(amount: Decimal) -> Value:
+    """An amount inside an F() expression, converted as the money columns store it."""
+    return Value(amount, output_field=MoneyField())

@@ -1,0 +1,331 @@
+"""The budget domain: projects, user budgets, the cost ledger, periods, prices, keys, audit."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+from django.utils.timezone import now
+
+from .fields import MoneyField
+
+# Prices per token are tiny (1.5e-7 and below): more places.
+PRICE = {"max_digits": 24, "decimal_places": 18}
+ZERO = Decimal(0)
+
+
+class Duration(models.TextChoices):
+    NONE = "none", "No reset"
+    DAILY = "daily", "Daily"
+    WEEKLY = "weekly", "Weekly"
+    MONTHLY = "monthly", "Monthly"
+    YEARLY = "yearly", "Yearly"
+    DAYS = "days", "Every N days"
+
+
+def default_alert_thresholds() -> list[int]:
+    return [80, 100]
+
+
+def new_webhook_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class Period(models.Model):
+    """Fields shared by anything that has a spend that resets with a period."""
+
+    duration = models.CharField(max_length=8, choices=Duration.choices, default=Duration.NONE)
+    duration_days = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Only for 'every N days' (LiteLLM hosted durations such as 30)."
+    )
+    current_spend = MoneyField(default=ZERO)
+    period_start = models.DateTimeField(default=now)
+    next_reset_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        abstract = True
+
+    def is_due(self, at: datetime | None = None) -> bool:
+        return self.next_reset_at is not None and self.next_reset_at <= (at or now())
+
+
+class Project(Period):
+    """The unit of isolation; `name` is LiteLLM's project_name.
+
+    Its own period fields track project-wide spend against `max_budget`
+    (duration none = a lifetime cap, like the seed's litellm.max_budget).
+    """
+
+    name = models.CharField(max_length=200, unique=True)
+    max_budget = MoneyField(null=True, blank=True)
+    timezone = models.CharField(max_length=64, default="UTC")
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="budget_projects")
+    alert_thresholds = models.JSONField(
+        default=default_alert_thresholds, blank=True, help_text="Percentages of a budget, e.g. [80, 100]."
+    )
+    alert_webhook_url = models.URLField(blank=True, max_length=500)
+    alert_email = models.EmailField(blank=True)
+    webhook_secret = models.CharField(max_length=64, default=new_webhook_secret)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("project_overview", args=[self.pk])
+
+    @property
+    def is_over_budget(self) -> bool:
+        return self.max_budget is not None and self.current_spend >= self.max_budget
+
+
+class UserBudget(Period):
+    """One end user's budget inside a project, with the spend of its current period."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="budgets")
+    user_id = models.CharField(max_length=255)
+    total_budget = MoneyField()
+    # What LiteLLM's hosted client last reported per model; set_budget records growth past it.
+    hosted_model_cost = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=now)
+    updated_at = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["project", "user_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "user_id"], name="unique_user_per_project"),
+            models.CheckConstraint(condition=Q(total_budget__gte=0), name="budget_non_negative"),
+        ]
+        indexes = [
+            models.Index(fields=["project", "current_spend"], name="budget_project_spend"),
+            models.Index(fields=["project", "updated_at"], name="budget_project_updated"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project.name}/{self.user_id}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("user_detail", args=[self.project_id, self.user_id])
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.total_budget - self.current_spend
+
+    @property
+    def utilisation(self) -> Decimal | None:
+        """Spend as a percentage of the budget (None for a zero budget)."""
+        if self.total_budget <= 0:
+            return None
+        return self.current_spend * 100 / self.total_budget
+
+    @property
+    def is_over_budget(self) -> bool:
+        return self.current_spend >= self.total_budget
+
+
+class ModelSpend(models.Model):
+    """A user's spend on one model in the current period."""
+
+    budget = models.ForeignKey(UserBudget, on_delete=models.CASCADE, related_name="model_spends")
+    model = models.CharField(max_length=255)
+    spend = MoneyField(default=ZERO)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["model"]
+        constraints = [models.UniqueConstraint(fields=["budget", "model"], name="unique_model_per_budget")]
+
+    def __str__(self) -> str:
+        return f"{self.budget_id}:{self.model}={self.spend}"
+
+
+class CostEvent(models.Model):
+    """The append-only ledger: one row per recorded call."""
+
+    class Source(models.TextChoices):
+        API = "api", "JSON API"
+        HOSTED = "hosted", "LiteLLM hosted"
+        MANAGER = "manager", "BudgetManager (Python)"
+        CONSOLE = "console", "Console"
+        DEMO = "demo", "Demo data"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="cost_events")
+    budget = models.ForeignKey(
+        UserBudget, on_delete=models.SET_NULL, null=True, blank=True, related_name="cost_events"
+    )
+    user_id = models.CharField(max_length=255)
+    model = models.CharField(max_length=255)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    cache_creation_tokens = models.BigIntegerField(default=0)
+    cost = MoneyField()
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.API)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    request_fingerprint = models.CharField(max_length=64, blank=True)
+    response = models.JSONField(null=True, blank=True, help_text="The first answer, replayed on a retry.")
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="unique_idempotency_key_per_project",
+            ),
+            models.CheckConstraint(condition=Q(cost__gte=0), name="cost_non_negative"),
+        ]
+        indexes = [
+            models.Index(fields=["project", "created_at"], name="ledger_project_time"),
+            models.Index(fields=["project", "user_id", "created_at"], name="ledger_user_time"),
+            models.Index(fields=["project", "model", "created_at"], name="ledger_model_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.model} ${self.cost}"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class BudgetPeriod(models.Model):
+    """A finished period of a user's budget: what was spent in it."""
+
+    budget = models.ForeignKey(UserBudget, on_delete=models.CASCADE, related_name="periods")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="budget_periods")
+    user_id = models.CharField(max_length=255)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    spend = MoneyField()
+    total_budget = MoneyField()
+    model_spend = models.JSONField(default=dict, blank=True, help_text="Model → spend (decimal strings).")
+    reason = models.CharField(max_length=20, default="period_end")
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["-period_start"]
+        constraints = [
+            # A period is closed once: duplicate or concurrent sweeps cannot write it twice.
+            models.UniqueConstraint(fields=["budget", "period_start"], name="unique_period_per_budget"),
+        ]
+        indexes = [models.Index(fields=["project", "period_end"], name="period_project_end")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.period_start:%Y-%m-%d}–{self.period_end:%Y-%m-%d} ${self.spend}"
+
+
+class ModelPrice(models.Model):
+    """A model's prices, in LiteLLM's model price map format (dollars per token)."""
+
+    model = models.CharField(max_length=255, unique=True)
+    provider = models.CharField(max_length=100, blank=True, db_index=True)
+    mode = models.CharField(max_length=50, blank=True)
+    input_cost_per_token = models.DecimalField(**PRICE, default=ZERO)
+    output_cost_per_token = models.DecimalField(**PRICE, default=ZERO)
+    cache_read_input_token_cost = models.DecimalField(**PRICE, null=True, blank=True)
+    cache_creation_input_token_cost = models.DecimalField(**PRICE, null=True, blank=True)
+    max_tokens = models.PositiveIntegerField(null=True, blank=True)
+    max_input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    source = models.CharField(max_length=20, default="snapshot")
+    updated_at = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["model"]
+
+    def __str__(self) -> str:
+        return self.model
+
+
+class ApiKey(models.Model):
+    """A project's API key; only its SHA-256 is stored, the secret is shown once."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, help_text="The key's first characters, to recognise it.")
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class AuditLog(models.Model):
+    """Who changed which budget, and from what to what."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="audit_entries")
+    budget = models.ForeignKey(UserBudget, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    user_id = models.CharField(max_length=255, blank=True)
+    action = models.CharField(max_length=40)
+    actor = models.CharField(max_length=200, help_text="user:<name>, key:<prefix>, system:<job>")
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["project", "created_at"], name="audit_project_time"),
+            models.Index(fields=["project", "user_id", "created_at"], name="audit_user_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.user_id} by {self.actor}"
+
+
+class Alert(models.Model):
+    """A crossed spend threshold: a row first (the outbox), delivered by a task second."""
+
+    class Scope(models.TextChoices):
+        USER = "user", "User budget"
+        PROJECT = "project", "Project budget"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="alerts")
+    budget = models.ForeignKey(UserBudget, on_delete=models.SET_NULL, null=True, blank=True, related_name="alerts")
+    scope = models.CharField(max_length=10, choices=Scope.choices)
+    user_id = models.CharField(max_length=255, blank=True)
+    threshold = models.PositiveIntegerField(help_text="Percent of the budget.")
+    period_start = models.DateTimeField()
+    spend = MoneyField()
+    limit = MoneyField()
+    created_at = models.DateTimeField(default=now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "scope", "user_id", "threshold", "period_start"],
+                name="one_alert_per_threshold_per_period",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["project", "created_at"], name="alert_project_time"),
+            models.Index(fields=["delivered_at"], name="alert_undelivered"),
+        ]
+
+    def __str__(self) -> str:
+        who = self.user_id or "project"
+        return f"{self.project.name}/{who} crossed {self.threshold}%"

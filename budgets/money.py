@@ -1,0 +1,51 @@
+"""Money in and out: Decimal, finite, non-negative, never float arithmetic."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from .errors import InvalidInput
+
+# 12 places, as stored (models.MONEY); a trillion dollars is past any real budget.
+MONEY_PLACES = Decimal("0.000000000001")
+MONEY_MAX = Decimal("1000000000000")
+
+
+def to_money(value: Any, field: str = "amount") -> Decimal:
+    """Parse an amount of dollars; raise InvalidInput for anything not a finite, non-negative number."""
+    if isinstance(value, bool) or value is None:
+        raise InvalidInput(f"{field} must be a non-negative number")
+    if isinstance(value, float):
+        # A JSON number arrives as float: its shortest repr is what the sender wrote.
+        value = repr(value)
+    try:
+        amount = Decimal(value) if not isinstance(value, Decimal) else value
+    except (InvalidOperation, TypeError, ValueError):
+        raise InvalidInput(f"{field} must be a non-negative number") from None
+    if not amount.is_finite():
+        raise InvalidInput(f"{field} must be a finite number")
+    if amount < 0:
+        raise InvalidInput(f"{field} must be a non-negative number")
+    if amount >= MONEY_MAX:
+        raise InvalidInput(f"{field} is too large")
+    return amount
+
+
+def to_tokens(value: Any, field: str) -> int:
+    """Parse a token count: a non-negative whole number."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise InvalidInput(f"{field} must be a non-negative integer")
+    if value < 0:
+        raise InvalidInput(f"{field} must be a non-negative integer")
+    if value > 10**12:
+        raise InvalidInput(f"{field} is too large")
+    return value
+
+
+def stored(amount: Decimal) -> Decimal:
+    """The amount as the database keeps it (12 places)."""
+    return amount.quantize(MONEY_PLACES)

@@ -1,0 +1,5 @@
+"""The console's pages."""
+
+from __future__ import annotations
+
+urlpatterns: list = []
