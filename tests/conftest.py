@@ -8,7 +8,7 @@ import pytest
 from django.conf import settings
 
 from budgets import pricing, services
-from budgets.models import Project
+from budgets.models import ModelPrice, Project
 
 ON_POSTGRES = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 
@@ -26,6 +26,19 @@ def fresh_price_cache():
     pricing.clear_price_cache()
     yield
     pricing.clear_price_cache()
+
+
+@pytest.fixture(autouse=True)
+def prices_after_flush(request: pytest.FixtureRequest) -> None:
+    """Transactional tests flush every table afterwards, the price map too: load it again."""
+    marker = request.node.get_closest_marker("django_db")
+    transactional = (marker is not None and marker.kwargs.get("transaction")) or any(
+        name in request.fixturenames for name in ("transactional_db", "live_server")
+    )
+    if transactional:
+        request.getfixturevalue("transactional_db")
+        if not ModelPrice.objects.exists():
+            pricing.load_price_map()
 
 
 @pytest.fixture
