@@ -10,12 +10,20 @@ numeric(24, 12) as usual.
 from __future__ import annotations
 
 from decimal import ROUND_HALF_EVEN, Decimal
+from functools import cache
 from typing import Any
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Value
 
 SCALE = Decimal(10) ** 12
+
+
+@cache
+def _default_is_sqlite() -> bool:
+    return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+
 PLACES = Decimal(1).scaleb(-12)
 
 
@@ -28,9 +36,11 @@ class MoneyField(models.DecimalField):
         super().__init__(*args, **kwargs)
 
     def get_internal_type(self) -> str:
-        # Keeps SQLite's float converters and NUMERIC casts away from the integer form;
-        # PostgreSQL gets its column type from db_type() below.
-        return "BigIntegerField"
+        # On SQLite an integer type keeps Django's float converters and NUMERIC casts away from
+        # the integer form (and makes Sum() return the exact integer total); elsewhere it is a
+        # plain decimal, so aggregates keep their cents. Fields don't see the connection, and
+        # money lives in the default database only.
+        return "BigIntegerField" if _default_is_sqlite() else "DecimalField"
 
     def db_type(self, connection: Any) -> str:
         if connection.vendor == "sqlite":

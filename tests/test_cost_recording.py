@@ -213,3 +213,16 @@ def test_enforced_concurrent_calls_never_overspend(project, make_budget):
     assert len(refused) == 6 * 3 - 10
     assert UserBudget.objects.get().current_spend == Decimal("1.5")
     assert CostEvent.objects.count() == 10
+
+
+def test_summing_money_in_sql_is_exact(project, make_budget):
+    from django.db.models import Sum
+
+    make_budget()
+    for cost in ("1.000000000001", "0.75015", "0.000000000009"):
+        record(project, model="x", cost=Decimal(cost))
+
+    total = CostEvent.objects.aggregate(total=Sum("cost"))["total"]
+
+    assert total == Decimal("1.750150000010")
+    assert UserBudget.objects.get().current_spend == total
