@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from . import pricing, selectors, services
+from . import selectors, services
 from .models import CostEvent, Duration, Project
-from .usage import prompt_usage, usage_from_completion, usage_from_texts
+from .usage import usage_from_completion, usage_from_texts
 
 SEED_DURATIONS = {None: Duration.NONE, "daily": Duration.DAILY, "weekly": Duration.WEEKLY,
                   "monthly": Duration.MONTHLY, "yearly": Duration.YEARLY}
@@ -49,11 +49,7 @@ class BudgetManager:
 
     def projected_cost(self, model: str, messages: list, user: str) -> Decimal:
         """The user's current cost plus the prompt cost of `messages` (counted with chat framing)."""
-        budget = self._budget(user)
-        usage = prompt_usage(model, messages)
-        prompt_cost = pricing.cost_of_tokens(pricing.get_price(usage.model), prompt_tokens=usage.prompt_tokens,
-                                             completion_tokens=0)
-        return budget.current_spend + prompt_cost
+        return selectors.projected_cost(self._budget(user), model, messages).projected_cost
 
     def get_total_budget(self, user: str) -> Decimal:
         return self._budget(user).total_budget

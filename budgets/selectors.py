@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db.models import QuerySet
 
-from . import periods
+from . import periods, pricing
 from .models import BudgetPeriod, CostEvent, ModelSpend, Project, UserBudget
+from .usage import Usage, prompt_usage
 
 
 def model_costs(budget: UserBudget) -> dict[str, Decimal]:
@@ -74,3 +75,32 @@ def cost_events(
 
 def finished_periods(budget: UserBudget) -> QuerySet[BudgetPeriod]:
     return BudgetPeriod.objects.filter(budget=budget).order_by("-period_start")
+
+
+class PromptCost(NamedTuple):
+    usage: Usage
+    cost: Decimal
+
+
+def prompt_cost(model: Any, messages: Any) -> PromptCost:
+    """Prompt tokens of chat `messages` (OpenAI framing) and their cost; UnknownModel if unpriced."""
+    usage = prompt_usage(model, messages)
+    price = pricing.get_price(usage.model)
+    return PromptCost(usage, pricing.cost_of_tokens(price, prompt_tokens=usage.prompt_tokens, completion_tokens=0))
+
+
+class ProjectedCost(NamedTuple):
+    model: str
+    prompt_tokens: int
+    prompt_cost: Decimal
+    current_cost: Decimal
+    projected_cost: Decimal
+
+
+def projected_cost(budget: UserBudget, model: Any, messages: Any) -> ProjectedCost:
+    """The seed's projected_cost: the user's current cost plus the prompt cost of `messages`."""
+    prompt = prompt_cost(model, messages)
+    return ProjectedCost(
+        model=prompt.usage.model, prompt_tokens=prompt.usage.prompt_tokens, prompt_cost=prompt.cost,
+        current_cost=budget.current_spend, projected_cost=budget.current_spend + prompt.cost,
+    )

@@ -1,0 +1,140 @@
+"""What a cost request means: which form it is, its usage, its cost. No writes.
+
+Shared by POST /users/{user}/costs, /cost-quote and /check, so the forms and the
+pricing rules (price table, explicit cost, explicit per-token prices) live once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+from . import pricing, selectors, services, tokens
+from .api_json import dumps
+from .errors import InvalidInput
+from .schemas import CheckIn, CostIn, QuoteIn
+from .usage import (
+    Usage,
+    prompt_usage,
+    usage_from_completion,
+    usage_from_texts,
+    validate_model,
+)
+
+TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_creation_tokens")
+
+
+def _given(body: Any, *names: str) -> list[str]:
+    return [name for name in names if getattr(body, name) is not None]
+
+
+def explicit_price(model: str, body: CostIn | QuoteIn) -> pricing.Price | None:
+    """Per-token prices from the body (both or neither), for a model the table lacks."""
+    given = _given(body, "input_cost_per_token", "output_cost_per_token")
+    if not given:
+        return None
+    if len(given) == 1:
+        raise InvalidInput("input_cost_per_token and output_cost_per_token must be given together")
+    return pricing.Price(model=model, input=body.input_cost_per_token, output=body.output_cost_per_token)
+
+
+def usage_and_cost(body: CostIn) -> tuple[Usage, Decimal | None]:
+    """The usage of a cost request and its explicit cost (None: price it from the table)."""
+    tokens_given = _given(body, *TOKEN_FIELDS)
+    texts_given = _given(body, "input_text", "output_text")
+    if body.completion is not None:
+        extra = _given(body, "model", *TOKEN_FIELDS, "input_text", "output_text")
+        if extra:
+            raise InvalidInput(f"completion cannot be combined with {', '.join(extra)}")
+        usage = usage_from_completion(body.completion)
+    else:
+        if body.model is None:
+            raise InvalidInput("give a completion, or a model with texts, token counts or a cost")
+        model = validate_model(body.model)
+        if texts_given:
+            if tokens_given:
+                raise InvalidInput("give either input_text/output_text or token counts, not both")
+            if len(texts_given) == 1:
+                raise InvalidInput("input_text and output_text must be given together")
+            usage = usage_from_texts(model, body.input_text, body.output_text)
+        elif tokens_given:
+            usage = Usage(model, *(getattr(body, name) or 0 for name in TOKEN_FIELDS))
+            if usage.cached_tokens > usage.prompt_tokens:
+                raise InvalidInput("cached_tokens cannot exceed prompt_tokens: cached tokens are part of the prompt")
+        elif body.cost is not None:
+            usage = Usage(model, 0, 0)
+        else:
+            raise InvalidInput("give input_text and output_text, prompt_tokens and completion_tokens, or a cost")
+
+    price = explicit_price(usage.model, body)
+    if body.cost is not None:
+        if price is not None:
+            raise InvalidInput("give either cost or per-token prices, not both")
+        return usage, body.cost
+    if price is not None:
+        if not (texts_given or tokens_given or body.completion is not None):
+            raise InvalidInput("per-token prices need token counts, texts or a completion")
+        return usage, cost_at(price, usage)
+    return usage, None
+
+
+def cost_at(price: pricing.Price, usage: Usage) -> Decimal:
+    return pricing.cost_of_tokens(
+        price, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens, cache_creation_tokens=usage.cache_creation_tokens,
+    )
+
+
+def fingerprint(user_id: str, body: CostIn) -> str:
+    """sha256 of the canonical JSON of (user, body): sorted keys, nulls dropped, exact numbers."""
+    canonical = dumps({"user": user_id, "body": body.model_dump(exclude_none=True)}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Quote(NamedTuple):
+    usage: Usage
+    prompt_cost: Decimal
+    completion_cost: Decimal
+
+    @property
+    def cost(self) -> Decimal:
+        return self.prompt_cost + self.completion_cost
+
+
+def quote(body: QuoteIn) -> Quote:
+    """Tokens and cost of a call, priced from the table or the body's per-token prices."""
+    model = validate_model(body.model)
+    if body.messages is not None:
+        extra = _given(body, *TOKEN_FIELDS)
+        if extra:
+            raise InvalidInput(f"messages cannot be combined with {', '.join(extra)}")
+        completion = 0 if body.output_text is None else tokens.count_text_tokens(model, body.output_text)
+        usage = prompt_usage(model, body.messages)._replace(completion_tokens=completion)
+    else:
+        if body.output_text is not None:
+            raise InvalidInput("output_text goes with messages; with token counts give completion_tokens")
+        if body.prompt_tokens is None and body.completion_tokens is None:
+            raise InvalidInput("give prompt_tokens and completion_tokens, or messages")
+        usage = Usage(model, *(getattr(body, name) or 0 for name in TOKEN_FIELDS))
+        if usage.cached_tokens > usage.prompt_tokens:
+            raise InvalidInput("cached_tokens cannot exceed prompt_tokens: cached tokens are part of the prompt")
+    price = explicit_price(model, body) or pricing.get_price(model)
+    prompt_cost = cost_at(price, usage._replace(completion_tokens=0))
+    completion_cost = cost_at(price, Usage(model, 0, usage.completion_tokens))
+    return Quote(usage, prompt_cost, completion_cost)
+
+
+def estimated_cost(body: CheckIn) -> Decimal:
+    """What a /check request asks room for: its estimated_cost, or messages priced (+ max_tokens)."""
+    if body.estimated_cost is not None:
+        extra = _given(body, "model", "messages", "max_tokens")
+        if extra:
+            raise InvalidInput(f"estimated_cost cannot be combined with {', '.join(extra)}")
+        return body.estimated_cost
+    if body.model is None or body.messages is None:
+        raise InvalidInput("give model and messages (optionally max_tokens), or estimated_cost")
+    prompt = selectors.prompt_cost(body.model, body.messages)
+    if not body.max_tokens:
+        return prompt.cost
+    return prompt.cost + services.cost_of_usage(Usage(prompt.usage.model, 0, body.max_tokens))

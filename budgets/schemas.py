@@ -1,0 +1,240 @@
+"""JSON shapes of the native API (pydantic/ninja schemas), in and out.
+
+Inputs are strict about types: money and token counts are JSON numbers (a string
+"10" is a validation error, as is true), money is finite and non-negative, and an
+unknown field is an error (a typo must not silently change what is recorded).
+Money comes out as an exact JSON number (see budgets.api_json).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from ninja import Schema
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+from .errors import InvalidInput
+from .money import to_money, to_tokens
+
+PRICE_LIMIT = Decimal(1)  # dollars per token: far above any real price
+
+
+def _money(value: Any, info: ValidationInfo) -> Decimal:
+    if isinstance(value, str):
+        raise PydanticCustomError("money", "must be a JSON number, not a string")
+    field = info.field_name or "amount"
+    try:
+        return to_money(value, field)
+    except InvalidInput as exc:
+        raise PydanticCustomError("money", exc.message.removeprefix(f"{field} ")) from None
+
+
+def _price(value: Any, info: ValidationInfo) -> Decimal:
+    price = _money(value, info)
+    if price >= PRICE_LIMIT:
+        raise PydanticCustomError("money", "a price per token must be below $1")
+    return price
+
+
+def _tokens(value: Any, info: ValidationInfo) -> int:
+    # 10.0 is a whole number; the adjusted() bound keeps int() from expanding 1E+100000000.
+    if isinstance(value, Decimal) and value.is_finite() and value.adjusted() <= 15 and value == value.to_integral_value():
+        value = int(value)
+    field = info.field_name or "tokens"
+    try:
+        return to_tokens(value, field)
+    except InvalidInput as exc:
+        raise PydanticCustomError("tokens", exc.message.removeprefix(f"{field} ")) from None
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise PydanticCustomError("string", "must be a string")
+    return value
+
+
+# A JSON number of dollars in, an exact JSON number out.
+Money = Annotated[Decimal, BeforeValidator(_money), WithJsonSchema({"type": "number", "minimum": 0})]
+Price = Annotated[Decimal, BeforeValidator(_price), WithJsonSchema({"type": "number", "minimum": 0})]
+Tokens = Annotated[int, BeforeValidator(_tokens), WithJsonSchema({"type": "integer", "minimum": 0})]
+Text = Annotated[str, BeforeValidator(_text)]
+MoneyOut = Annotated[Decimal, WithJsonSchema({"type": "number"})]
+Scope = Literal["user", "project"]
+DurationName = Literal["none", "daily", "weekly", "monthly", "yearly", "days"]
+
+
+class StrictIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- inputs -------------------------------------------------------------------------------------
+
+
+class BudgetIn(StrictIn):
+    total_budget: Money
+    duration: DurationName | None = None
+    duration_days: Tokens | None = Field(None, description='Only with duration "days": the period length.')
+
+
+class CostIn(StrictIn):
+    """One of: completion; model + input_text + output_text; model + token counts; model + cost."""
+
+    completion: dict[str, Any] | None = Field(
+        None, description="An OpenAI/LiteLLM-style response: its `model` and `usage` are read."
+    )
+    model: Text | None = None
+    input_text: Text | None = None
+    output_text: Text | None = None
+    prompt_tokens: Tokens | None = None
+    completion_tokens: Tokens | None = None
+    cached_tokens: Tokens | None = None
+    cache_creation_tokens: Tokens | None = None
+    cost: Money | None = Field(None, description="The call's cost in dollars; overrides the price table.")
+    input_cost_per_token: Price | None = None
+    output_cost_per_token: Price | None = None
+
+
+class MessagesIn(StrictIn):
+    model: Text
+    messages: list[dict[str, Any]]
+
+
+class CheckIn(StrictIn):
+    """Either model + messages (optional max_tokens), or estimated_cost."""
+
+    model: Text | None = None
+    messages: list[dict[str, Any]] | None = None
+    max_tokens: Tokens | None = Field(None, description="Completion tokens to reserve, at the output price.")
+    estimated_cost: Money | None = None
+
+
+class QuoteIn(StrictIn):
+    """Either model + prompt_tokens + completion_tokens, or model + messages (+ output_text)."""
+
+    model: Text
+    prompt_tokens: Tokens | None = None
+    completion_tokens: Tokens | None = None
+    cached_tokens: Tokens | None = None
+    cache_creation_tokens: Tokens | None = None
+    messages: list[dict[str, Any]] | None = None
+    output_text: Text | None = None
+    input_cost_per_token: Price | None = None
+    output_cost_per_token: Price | None = None
+
+
+# --- outputs ------------------------------------------------------------------------------------
+
+
+class UserOut(Schema):
+    user: str
+    total_budget: MoneyOut
+    duration: DurationName
+    duration_days: int | None = Field(description='Period length for "days"; LiteLLM day count otherwise.')
+    current_cost: MoneyOut
+    model_cost: dict[str, MoneyOut]
+    remaining: MoneyOut = Field(description="Budget left in this period, never below 0.")
+    budget_exceeded: bool
+    exceeded_scope: Scope | None = Field(description="Which budget is used up: the user's or the project's.")
+    period_start: datetime
+    next_reset_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class UserPage(Schema):
+    items: list[UserOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class EventOut(Schema):
+    id: int
+    user: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cache_creation_tokens: int
+    cost: MoneyOut
+    source: str
+    idempotency_key: str | None
+    created_at: datetime
+
+
+class EventPage(Schema):
+    items: list[EventOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next (older) page; null at the end.")
+
+
+class CostOut(Schema):
+    cost: MoneyOut
+    event: EventOut
+    user: UserOut
+    budget_exceeded: bool
+    exceeded_scope: Scope | None
+
+
+class ProjectedCostOut(Schema):
+    model: str
+    prompt_tokens: int
+    prompt_cost: MoneyOut
+    current_cost: MoneyOut
+    projected_cost: MoneyOut
+
+
+class CheckOut(Schema):
+    allowed: bool
+    reason: str | None
+    remaining: MoneyOut = Field(description="Room left under the tighter of the user's and the project's budget.")
+    scope: Scope | None
+    estimated_cost: MoneyOut
+
+
+class QuoteOut(Schema):
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cache_creation_tokens: int
+    prompt_cost: MoneyOut
+    completion_cost: MoneyOut
+    cost: MoneyOut
+
+
+class AlertOut(Schema):
+    id: int
+    scope: Scope
+    user: str | None
+    threshold: int
+    period_start: datetime
+    spend: MoneyOut
+    limit: MoneyOut
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class AlertPage(Schema):
+    items: list[AlertOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class ErrorBody(Schema):
+    type: str
+    message: str
+    scope: Scope | None = None
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorOut(Schema):
+    error: ErrorBody
+
+
+class DeletedOut(Schema):
+    deleted: bool
+    user: str
