@@ -1,0 +1,430 @@
+"""Reads for the console's pages: aggregates for charts and tables, and the CSV export.
+
+Everything here is set-based (GROUP BY in the database, a bounded number of queries per
+page whatever the number of users or ledger rows). Days are local days in the project's
+time zone. No writes here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core.paginator import Page, Paginator
+from django.db.models import Count, F, FloatField, Q, QuerySet, Sum
+from django.db.models.functions import Cast, NullIf, TruncDate
+from django.db.models.lookups import GreaterThanOrEqual
+from django.utils.timezone import now as utcnow
+
+from . import pricing
+from .fields import MoneyField
+from .models import (
+    Alert,
+    ApiKey,
+    BudgetPeriod,
+    CostEvent,
+    ModelPrice,
+    ModelSpend,
+    Project,
+    UserBudget,
+)
+from .money import MONEY_PLACES
+
+ZERO = Decimal(0)
+NEAR_LIMIT_PERCENT = 80
+USERS_PER_PAGE = 50
+LEDGER_PER_PAGE = 50
+TOP_N = 10
+# Users named in the "spend per model by user" chart; the rest are summed as "other users".
+USERS_PER_MODEL_CHART = 8
+EXPORT_CHUNK_SIZE = 2000
+
+
+def MoneySum(expression: Any, **extra: Any) -> Sum:  # noqa: N802 - reads like the aggregate it is
+    """SUM of a money column, converted back to dollars by MoneyField on every database."""
+    return Sum(expression, output_field=MoneyField(), **extra)
+
+
+# --- who sees what ----------------------------------------------------------------------------
+
+
+def visible_projects(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Project]:
+    """Staff see every project; anyone else the projects they are a member of."""
+    if not user.is_authenticated or not user.is_active:
+        return Project.objects.none()
+    if user.is_staff:
+        return Project.objects.all()
+    return Project.objects.filter(members=user)
+
+
+# --- date ranges ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DateRange:
+    """Whole local days `start`..`end` (both included) in a project's time zone."""
+
+    start: date
+    end: date
+    zone: ZoneInfo
+
+    @classmethod
+    def last_days(cls, days: int, zone: ZoneInfo, at: datetime | None = None) -> DateRange:
+        today = (at or utcnow()).astimezone(zone).date()
+        return cls(today - timedelta(days=days - 1), today, zone)
+
+    @property
+    def since(self) -> datetime:
+        return datetime.combine(self.start, time(), tzinfo=self.zone)
+
+    @property
+    def until(self) -> datetime:
+        """The first instant after the range (exclusive)."""
+        return datetime.combine(self.end + timedelta(days=1), time(), tzinfo=self.zone)
+
+    @property
+    def days(self) -> list[date]:
+        return [self.start + timedelta(days=n) for n in range((self.end - self.start).days + 1)]
+
+
+def project_zone(project: Project) -> ZoneInfo:
+    return ZoneInfo(project.timezone)
+
+
+# --- projects page ----------------------------------------------------------------------------
+
+
+def project_summaries(projects: QuerySet[Project]) -> QuerySet[Project]:
+    """Projects with `user_count` and `near_limit_count` (users at 80% of their budget or more)."""
+    # spend * 100 >= budget * 80, in integers: no ratio of money columns is computed.
+    near_limit = Q(budgets__total_budget__gt=0) & GreaterThanOrEqual(
+        F("budgets__current_spend") * 100, F("budgets__total_budget") * NEAR_LIMIT_PERCENT
+    )
+    return projects.annotate(
+        user_count=Count("budgets"),
+        near_limit_count=Count("budgets", filter=near_limit),
+    ).order_by("name")
+
+
+def cap_use(spend: Decimal, cap: Decimal | None) -> Decimal | None:
+    """Spend as a percentage of a cap (None without a cap or with a zero cap)."""
+    if cap is None or cap <= 0:
+        return None
+    return spend * 100 / cap
+
+
+# --- project overview -------------------------------------------------------------------------
+
+
+@dataclass
+class DailySpend:
+    """Spend per local day and model over a range, zeros filled in: one series per model."""
+
+    days: list[date]
+    models: list[str]
+    spend: dict[str, list[Decimal]]
+    total: Decimal = ZERO
+    events: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return self.events == 0
+
+    def day_totals(self) -> list[tuple[date, Decimal]]:
+        return [(day, sum((self.spend[m][i] for m in self.models), ZERO)) for i, day in enumerate(self.days)]
+
+
+def _ledger(project: Project, rng: DateRange | None = None, *, user_id: str | None = None,
+            model: str | None = None) -> QuerySet[CostEvent]:
+    events = CostEvent.objects.filter(project=project)
+    if rng is not None:
+        events = events.filter(created_at__gte=rng.since, created_at__lt=rng.until)
+    if user_id is not None:
+        events = events.filter(user_id=user_id)
+    if model is not None:
+        events = events.filter(model=model)
+    return events
+
+
+def daily_spend(project: Project, rng: DateRange, *, user_id: str | None = None,
+                model: str | None = None) -> DailySpend:
+    """Spend per local day and model: one GROUP BY query."""
+    rows = (
+        _ledger(project, rng, user_id=user_id, model=model)
+        .annotate(day=TruncDate("created_at", tzinfo=rng.zone))
+        .values("day", "model")
+        .annotate(spend=MoneySum("cost"), events=Count("id"))
+        .order_by("day", "model")
+    )
+    index = {day: i for i, day in enumerate(rng.days)}
+    spend: dict[str, list[Decimal]] = {}
+    result = DailySpend(days=rng.days, models=[], spend=spend)
+    for row in rows:
+        i = index.get(row["day"])
+        if i is None:  # cannot happen with the range filter; a guard against DST edge days
+            continue
+        series = spend.setdefault(row["model"], [ZERO] * len(rng.days))
+        series[i] += row["spend"]
+        result.total += row["spend"]
+        result.events += row["events"]
+    # Biggest model first: the legend and the stack read from the top spender down.
+    result.models = sorted(spend, key=lambda m: (-sum(spend[m]), m))
+    return result
+
+
+@dataclass(frozen=True)
+class Ranked:
+    name: str
+    spend: Decimal
+    events: int
+    share: Decimal | None  # percent of the range's total
+
+
+def _ranked(rows: Any, key: str, total: Decimal) -> list[Ranked]:
+    return [
+        Ranked(row[key], row["spend"], row["events"], row["spend"] * 100 / total if total else None)
+        for row in rows
+    ]
+
+
+def top_users(project: Project, rng: DateRange, total: Decimal, limit: int = TOP_N) -> list[Ranked]:
+    rows = (
+        _ledger(project, rng).values("user_id").annotate(spend=MoneySum("cost"), events=Count("id"))
+        .order_by("-spend", "user_id")[:limit]
+    )
+    return _ranked(rows, "user_id", total)
+
+
+def top_models(project: Project, rng: DateRange, total: Decimal, limit: int = TOP_N) -> list[Ranked]:
+    rows = (
+        _ledger(project, rng).values("model").annotate(spend=MoneySum("cost"), events=Count("id"))
+        .order_by("-spend", "model")[:limit]
+    )
+    return _ranked(rows, "model", total)
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Where the project's spend is heading at its current burn rate."""
+
+    spend: Decimal
+    cap: Decimal | None
+    period_start: datetime
+    period_end: datetime | None  # None: the cap is a lifetime cap (no reset)
+    per_day: Decimal  # average spend per day so far in the period
+    projected: Decimal | None  # spend at period end at that rate (None without a period end)
+    cap_reached_at: datetime | None  # when the cap will be reached at that rate (None: not before period end)
+
+    @property
+    def cap_use(self) -> Decimal | None:
+        return cap_use(self.spend, self.cap)
+
+    @property
+    def cap_exhausted(self) -> bool:
+        return self.cap is not None and self.spend >= self.cap
+
+    @property
+    def projected_use(self) -> Decimal | None:
+        return None if self.projected is None else cap_use(self.projected, self.cap)
+
+
+def _seconds(delta: timedelta) -> Decimal:
+    return Decimal(delta.days * 86400 + delta.seconds) + Decimal(delta.microseconds).scaleb(-6)
+
+
+def forecast(project: Project, at: datetime | None = None) -> Forecast:
+    """Linear forecast from the spend so far in the project's current period."""
+    at = at or utcnow()
+    elapsed = max(_seconds(at - project.period_start), Decimal(3600))  # no wild rates in the first hour
+    spend = project.current_spend
+    per_day = (spend * 86400 / elapsed).quantize(MONEY_PLACES)
+    projected = None
+    end = project.next_reset_at
+    if end is not None:
+        remaining = max(_seconds(end - at), ZERO)
+        projected = (spend * (elapsed + remaining) / elapsed).quantize(MONEY_PLACES)
+    reached = None
+    cap = project.max_budget
+    if cap is not None and ZERO < spend < cap:
+        seconds = (cap - spend) * elapsed / spend
+        if seconds < 100 * 365 * 86400:
+            reached = at + timedelta(seconds=float(seconds))
+            if end is not None and reached >= end:
+                reached = None
+    return Forecast(spend=spend, cap=cap, period_start=project.period_start, period_end=end,
+                    per_day=per_day, projected=projected, cap_reached_at=reached)
+
+
+def recent_alerts(project: Project, limit: int = TOP_N) -> list[Alert]:
+    return list(Alert.objects.filter(project=project).order_by("-created_at", "-id")[:limit])
+
+
+# --- users ------------------------------------------------------------------------------------
+
+# Sort keys the users table accepts (anything else falls back to the default).
+USER_SORTS: dict[str, tuple[str, ...]] = {
+    "user": ("user_id",),
+    "budget": ("total_budget", "user_id"),
+    "spend": ("current_spend", "user_id"),
+    "used": ("utilisation_ratio", "user_id"),
+    "duration": ("duration", "duration_days", "user_id"),
+    "reset": ("next_reset_at", "user_id"),
+}
+DEFAULT_USER_SORT = "-spend"
+
+
+def normalise_sort(sort: str | None) -> str:
+    key = (sort or "").lstrip("-")
+    return sort if sort and key in USER_SORTS else DEFAULT_USER_SORT  # type: ignore[return-value]
+
+
+def budgets_page(project: Project, *, search: str = "", sort: str | None = None, page: Any = 1,
+                 per_page: int = USERS_PER_PAGE) -> Page:
+    """One page of the project's budgets, searched, sorted and paginated in the database."""
+    budgets = UserBudget.objects.filter(project=project)
+    if search:
+        budgets = budgets.filter(user_id__icontains=search)
+    sort = normalise_sort(sort)
+    descending = sort.startswith("-")
+    fields = USER_SORTS[sort.lstrip("-")]
+    if "utilisation_ratio" in fields:
+        # A float ratio only to order rows; the page shows the exact Decimal utilisation.
+        budgets = budgets.annotate(utilisation_ratio=Cast("current_spend", FloatField())
+                                   / NullIf(Cast("total_budget", FloatField()), 0.0))
+    ordering = [
+        (F(name).desc(nulls_last=True) if descending else F(name).asc(nulls_last=True)) for name in fields
+    ]
+    ordering.append(F("pk").asc())
+    # No model_spends here: the table needs none, so there is no query per row.
+    budgets = budgets.order_by(*ordering).only(
+        "id", "project_id", "user_id", "total_budget", "current_spend", "duration", "duration_days",
+        "period_start", "next_reset_at",
+    )
+    return Paginator(budgets, per_page).get_page(page)
+
+
+def model_spend_of(budget: UserBudget) -> list[ModelSpend]:
+    """The budget's spend per model in its current period, biggest first."""
+    return list(ModelSpend.objects.filter(budget_id=budget.pk).order_by("-spend", "model"))
+
+
+def past_periods(budget: UserBudget, limit: int = 24) -> list[BudgetPeriod]:
+    """The budget's last finished periods, oldest first (as a chart reads them)."""
+    rows = list(BudgetPeriod.objects.filter(budget=budget).order_by("-period_start")[:limit])
+    rows.reverse()
+    return rows
+
+
+def ledger_page(project: Project, *, user_id: str | None = None, model: str | None = None, page: Any = 1,
+                per_page: int = LEDGER_PER_PAGE) -> Page:
+    events = _ledger(project, user_id=user_id, model=model).order_by("-created_at", "-id")
+    return Paginator(events, per_page).get_page(page)
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelUsage:
+    model: str
+    spend: Decimal
+    events: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    price: pricing.Price | None = None
+    price_row: ModelPrice | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def model_usage(project: Project, rng: DateRange) -> list[ModelUsage]:
+    """Spend and tokens per model over the range, with the price the table has for each model."""
+    rows = (
+        _ledger(project, rng).values("model")
+        .annotate(spend=MoneySum("cost"), events=Count("id"), prompt=Sum("prompt_tokens"),
+                  completion=Sum("completion_tokens"), cached=Sum("cached_tokens"))
+        .order_by("-spend", "model")
+    )
+    usage = [ModelUsage(r["model"], r["spend"], r["events"], r["prompt"] or 0, r["completion"] or 0,
+                        r["cached"] or 0) for r in rows]
+    for item in usage:
+        item.price = pricing.find_price(item.model)
+    names = {item.price.model for item in usage if item.price is not None}
+    rows_by_name = {row.model: row for row in ModelPrice.objects.filter(model__in=names)} if names else {}
+    for item in usage:
+        if item.price is not None:
+            item.price_row = rows_by_name.get(item.price.model)
+    return usage
+
+
+@dataclass
+class ModelByUser:
+    """Spend per model split by user: the top users by name, everyone else as one series."""
+
+    models: list[str]
+    users: list[str]
+    spend: dict[str, list[Decimal]] = field(default_factory=dict)  # user (or OTHER_USERS) → per model
+    other: list[Decimal] = field(default_factory=list)
+
+
+OTHER_USERS = "other users"
+
+
+def model_by_user(project: Project, rng: DateRange, models: list[str],
+                  limit: int = USERS_PER_MODEL_CHART) -> ModelByUser:
+    """Two GROUP BY queries: the top users over the range, then spend per model for them and the rest."""
+    events = _ledger(project, rng)
+    top = list(
+        events.values("user_id").annotate(spend=MoneySum("cost")).order_by("-spend", "user_id")
+        .values_list("user_id", flat=True)[:limit]
+    )
+    result = ModelByUser(models=models, users=top, spend={u: [ZERO] * len(models) for u in top},
+                         other=[ZERO] * len(models))
+    index = {m: i for i, m in enumerate(models)}
+    rows = events.values("model", "user_id").annotate(spend=MoneySum("cost")).filter(user_id__in=top)
+    for row in rows:
+        if row["model"] in index:
+            result.spend[row["user_id"]][index[row["model"]]] = row["spend"]
+    totals = dict(events.values("model").annotate(spend=MoneySum("cost")).values_list("model", "spend"))
+    for model, i in index.items():
+        named = sum((result.spend[u][i] for u in top), ZERO)
+        result.other[i] = max(totals.get(model, ZERO) - named, ZERO)
+    return result
+
+
+# --- API keys ---------------------------------------------------------------------------------
+
+
+def api_keys(project: Project) -> list[ApiKey]:
+    """Active keys first, newest first."""
+    return list(ApiKey.objects.filter(project=project).order_by(F("revoked_at").asc(nulls_first=True),
+                                                                "-created_at", "-id"))
+
+
+# --- CSV export -------------------------------------------------------------------------------
+
+EXPORT_COLUMNS = ("time", "user", "model", "prompt_tokens", "completion_tokens", "cached_tokens",
+                  "cache_creation_tokens", "cost_usd", "source", "event_id")
+
+
+def export_rows(project: Project, *, rng: DateRange | None = None, user_id: str | None = None,
+                model: str | None = None) -> Iterator[tuple[Any, ...]]:
+    """Ledger rows for CSV, oldest first, streamed from the database in chunks (never all in memory)."""
+    zone = project_zone(project)
+    rows = (
+        _ledger(project, rng, user_id=user_id, model=model)
+        .order_by("created_at", "id")
+        .values_list("created_at", "user_id", "model", "prompt_tokens", "completion_tokens", "cached_tokens",
+                     "cache_creation_tokens", "cost", "source", "id")
+    )
+    for created_at, *middle, event_id in rows.iterator(chunk_size=EXPORT_CHUNK_SIZE):
+        yield (created_at.astimezone(zone).isoformat(), *middle, event_id)
+

@@ -1,0 +1,221 @@
+"""The console's forms (rendered with crispy-forms, Bootstrap 5).
+
+Forms check the shape of the input; the services still validate everything they are
+given, and a service's InvalidInput is shown on the form (views call `add_error`).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo, available_timezones
+
+from crispy_forms.helper import FormHelper
+from crispy_forms.layout import Column, Field, Layout, Row
+from django import forms
+from django.core.exceptions import ValidationError
+
+from .console_selectors import DateRange
+from .models import Duration
+
+# A user budget or a project cap above this is almost certainly a typo (and on SQLite
+# a money column holds at most about $9.2 million).
+MAX_AMOUNT = Decimal(1000000)
+MAX_RANGE_DAYS = 731
+RANGE_CHOICES = (("7", "7 days"), ("30", "30 days"), ("90", "90 days"))
+DEFAULT_RANGE_DAYS = 30
+
+
+def _helper(*fields: Any, inline: bool = False) -> FormHelper:
+    """A helper that renders fields only: templates write the <form> tag, CSRF token and buttons."""
+    helper = FormHelper()
+    helper.form_tag = False
+    helper.disable_csrf = True
+    if fields:
+        helper.layout = Layout(*fields)
+    if inline:
+        helper.field_class = "mb-0"
+    return helper
+
+
+def plain_amount(amount: Decimal | None) -> str | None:
+    """An amount as a person types it: 44 rather than 44.000000000000."""
+    if amount is None:
+        return None
+    text = format(amount.normalize(), "f")
+    return text
+
+
+def money_field(label: str, *, required: bool = True, help_text: str = "") -> forms.DecimalField:
+    return forms.DecimalField(
+        label=label, required=required, min_value=Decimal(0), max_value=MAX_AMOUNT, max_digits=19,
+        decimal_places=12, help_text=help_text,
+        widget=forms.NumberInput(attrs={"step": "any", "inputmode": "decimal", "placeholder": "0.00"}),
+    )
+
+
+class BudgetForm(forms.Form):
+    """Change a user's budget: amount and reset period."""
+
+    total_budget = money_field("Budget (USD)", help_text="What the user may spend per period.")
+    duration = forms.ChoiceField(label="Resets", choices=Duration.choices, initial=Duration.MONTHLY)
+    duration_days = forms.IntegerField(
+        label="Every N days", required=False, min_value=1, max_value=36_525,
+        help_text="Only for “Every N days”.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.helper = _helper(
+            Row(Column("total_budget", css_class="col-sm-5"), Column("duration", css_class="col-sm-4"),
+                Column("duration_days", css_class="col-sm-3")),
+        )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("duration") == Duration.DAYS and not data.get("duration_days"):
+            self.add_error("duration_days", "Give the number of days for “Every N days”.")
+        if data.get("duration") != Duration.DAYS:
+            data["duration_days"] = None
+        return data
+
+
+class CreateBudgetForm(BudgetForm):
+    """Create (or replace) a user's budget."""
+
+    user_id = forms.CharField(label="User", max_length=255, help_text="The id your application uses.",
+                              widget=forms.TextInput(attrs={"placeholder": "alice@example.com"}))
+
+    field_order = ("user_id", "total_budget", "duration", "duration_days")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.helper = _helper(
+            Row(Column("user_id", css_class="col-md-4"), Column("total_budget", css_class="col-md-3"),
+                Column("duration", css_class="col-md-3"), Column("duration_days", css_class="col-md-2")),
+        )
+
+    def clean_user_id(self) -> str:
+        user_id = self.cleaned_data["user_id"]
+        if not user_id.strip():
+            raise ValidationError("Give the user's id.")
+        return user_id
+
+
+class ApiKeyForm(forms.Form):
+    name = forms.CharField(label="Key name", max_length=100,
+                           widget=forms.TextInput(attrs={"placeholder": "production backend"}),
+                           help_text="To recognise the key later, e.g. the app that uses it.")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.helper = _helper("name")
+
+
+@lru_cache(maxsize=1)
+def timezone_choices() -> list[tuple[str, str]]:
+    # "localtime" is whatever the host says, not a stable setting (services reject it too).
+    return [(name, name) for name in sorted(available_timezones() - {"localtime"})]
+
+
+class ProjectSettingsForm(forms.Form):
+    max_budget = money_field(
+        "Project cap (USD)", required=False,
+        help_text="Project-wide spend limit; leave empty for no cap. Checks answer “not allowed” once it is reached.",
+    )
+    timezone = forms.ChoiceField(label="Time zone", help_text="Days, weeks and months start at midnight here.")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["timezone"].choices = timezone_choices()
+        self.helper = _helper(Row(Column("max_budget", css_class="col-md-6"), Column("timezone", css_class="col-md-6")))
+
+
+class AlertSettingsForm(forms.Form):
+    alert_thresholds = forms.CharField(
+        label="Thresholds (%)", required=False, max_length=200,
+        help_text="Percentages of a budget that raise an alert, separated by commas, e.g. 80, 100.",
+    )
+    alert_webhook_url = forms.URLField(label="Webhook URL", required=False, max_length=500,
+                                       assume_scheme="https",
+                                       help_text="Receives a signed JSON POST for each alert.")
+    alert_email = forms.EmailField(label="Email", required=False, help_text="Receives an email for each alert.")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.helper = _helper("alert_thresholds", "alert_webhook_url", "alert_email")
+
+    def clean_alert_thresholds(self) -> list[int]:
+        raw = self.cleaned_data["alert_thresholds"]
+        values = []
+        for part in raw.replace(";", ",").split(","):
+            part = part.strip().rstrip("%").strip()
+            if not part:
+                continue
+            if not part.isdigit() or not 1 <= int(part) <= 1000:
+                raise ValidationError(f"“{part}” is not a whole percentage between 1 and 1000.")
+            values.append(int(part))
+        return sorted(set(values))
+
+
+class RangeForm(forms.Form):
+    """The date range of a chart page: the last 7/30/90 days or from–to (local days)."""
+
+    days = forms.TypedChoiceField(label="Last", choices=RANGE_CHOICES, coerce=int, required=False)
+    start = forms.DateField(label="From", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    end = forms.DateField(label="To", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+    def __init__(self, *args: Any, zone: ZoneInfo, **kwargs: Any) -> None:
+        kwargs.setdefault("initial", {"days": DEFAULT_RANGE_DAYS})
+        super().__init__(*args, **kwargs)
+        self.zone = zone
+        self.helper = _helper(
+            Row(Column(Field("days"), css_class="col-6 col-md-auto"),
+                Column(Field("start"), css_class="col-6 col-md-auto"),
+                Column(Field("end"), css_class="col-6 col-md-auto")),
+        )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        start, end = data.get("start"), data.get("end")
+        if start and end and start > end:
+            raise ValidationError("The range must start before it ends.")
+        if start and end and (end - start).days >= MAX_RANGE_DAYS:
+            raise ValidationError(f"Choose a range of at most {MAX_RANGE_DAYS} days.")
+        return data
+
+    def date_range(self) -> DateRange:
+        """The chosen range; the default (last 30 days) when nothing or something invalid was chosen."""
+        default = DateRange.last_days(DEFAULT_RANGE_DAYS, self.zone)
+        if not self.is_bound or not self.is_valid():
+            return default
+        start, end = self.cleaned_data.get("start"), self.cleaned_data.get("end")
+        if start or end:
+            today = default.end
+            end = end or max(today, start)
+            start = start or end - timedelta(days=DEFAULT_RANGE_DAYS - 1)
+            start = max(start, end - timedelta(days=MAX_RANGE_DAYS - 1))
+            return DateRange(start, end, self.zone)
+        return DateRange.last_days(self.cleaned_data.get("days") or DEFAULT_RANGE_DAYS, self.zone)
+
+    def query(self) -> str:
+        """The chosen range as a query string ("" for the default), for the export link."""
+        if not self.is_bound or not self.is_valid():
+            return ""
+        return urlencode({k: str(v) for k, v in self.cleaned_data.items() if v})
+
+
+class UserSearchForm(forms.Form):
+    q = forms.CharField(label="Search users", required=False, max_length=255,
+                        widget=forms.TextInput(attrs={"placeholder": "Search users", "type": "search"}))
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.helper = _helper(Field("q", wrapper_class="mb-0"), inline=True)
+        self.helper.form_show_labels = False
+
+    def search(self) -> str:
+        return self.cleaned_data.get("q", "").strip() if self.is_valid() else ""

@@ -1,0 +1,27 @@
+"""The console's views, one module per page (budgets/urls.py routes them)."""
+
+from __future__ import annotations
+
+from .export import export_csv
+from .keys import key_create, key_list, key_revoke
+from .models_page import model_list
+from .project_settings import (
+    alert_settings_save,
+    project_settings,
+    project_settings_save,
+)
+from .projects import project_list, project_overview
+from .users import (
+    budget_create,
+    budget_delete,
+    budget_edit,
+    budget_reset,
+    user_detail,
+    user_list,
+)
+
+__all__ = [
+    "alert_settings_save", "budget_create", "budget_delete", "budget_edit", "budget_reset", "export_csv",
+    "key_create", "key_list", "key_revoke", "model_list", "project_list", "project_overview",
+    "project_settings", "project_settings_save", "user_detail", "user_list",
+]

@@ -1,0 +1,56 @@
+"""API keys: create (the secret is shown once), list, revoke."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_POST
+
+from .. import console_selectors as selectors
+from .. import services
+from ..errors import BudgetError
+from ..forms import ApiKeyForm
+from ..models import ApiKey, Project
+from .common import actor, get_project_for_user, render_page
+
+
+def _keys_page(request: HttpRequest, project: Project, form: ApiKeyForm, *, new_key: str | None = None,
+               status: int = 200) -> HttpResponse:
+    context = {"form": form, "keys": selectors.api_keys(project), "new_key": new_key}
+    return render_page(request, "console/keys.html", context, project=project, nav="keys", status=status)
+
+
+@login_required
+def key_list(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = get_project_for_user(request, project_id)
+    return _keys_page(request, project, ApiKeyForm())
+
+
+@never_cache  # the answer carries the secret: no cache may keep it
+@login_required
+@require_POST
+def key_create(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = get_project_for_user(request, project_id)
+    form = ApiKeyForm(request.POST)
+    if form.is_valid():
+        try:
+            _, raw = services.api_key_create(project=project, name=form.cleaned_data["name"], actor=actor(request))
+        except BudgetError as exc:
+            form.add_error("name", exc.message)
+        else:
+            # Rendered, not redirected: the secret is shown in this answer only (only its hash is stored).
+            return _keys_page(request, project, ApiKeyForm(), new_key=raw, status=201)
+    return _keys_page(request, project, form, status=400)
+
+
+@login_required
+@require_POST
+def key_revoke(request: HttpRequest, project_id: int, key_id: int) -> HttpResponse:
+    project = get_project_for_user(request, project_id)
+    key = get_object_or_404(ApiKey, project=project, pk=key_id)
+    services.api_key_revoke(key=key, actor=actor(request))
+    messages.success(request, f"Revoked the key “{key.name}” ({key.prefix}…). Requests with it now get 401.")
+    return redirect("key_list", project.pk)

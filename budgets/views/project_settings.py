@@ -1,0 +1,74 @@
+"""Project settings: the project cap and time zone, and where alerts go."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.views.decorators.http import require_POST
+
+from .. import services
+from ..errors import BudgetError
+from ..forms import AlertSettingsForm, ProjectSettingsForm, plain_amount
+from ..models import Project
+from .common import actor, get_project_for_user, render_page
+
+
+def _initial_project(project: Project) -> dict:
+    return {"max_budget": plain_amount(project.max_budget), "timezone": project.timezone}
+
+
+def _initial_alerts(project: Project) -> dict:
+    return {"alert_thresholds": ", ".join(str(t) for t in project.alert_thresholds or []),
+            "alert_webhook_url": project.alert_webhook_url, "alert_email": project.alert_email}
+
+
+def _settings_page(request: HttpRequest, project: Project, *, project_form: ProjectSettingsForm | None = None,
+                   alert_form: AlertSettingsForm | None = None, status: int = 200) -> HttpResponse:
+    context = {
+        "project_form": project_form or ProjectSettingsForm(initial=_initial_project(project)),
+        "alert_form": alert_form or AlertSettingsForm(initial=_initial_alerts(project)),
+    }
+    return render_page(request, "console/settings.html", context, project=project, nav="settings", status=status)
+
+
+@login_required
+def project_settings(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = get_project_for_user(request, project_id)
+    return _settings_page(request, project)
+
+
+@login_required
+@require_POST
+def project_settings_save(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = get_project_for_user(request, project_id)
+    form = ProjectSettingsForm(request.POST)
+    if form.is_valid():
+        try:
+            services.project_update(project=project, actor=actor(request), max_budget=form.cleaned_data["max_budget"],
+                                    timezone=form.cleaned_data["timezone"])
+        except BudgetError as exc:
+            form.add_error(None, exc.message)
+        else:
+            messages.success(request, "Saved the project settings.")
+            return redirect("project_settings", project.pk)
+    return _settings_page(request, project, project_form=form, status=400)
+
+
+@login_required
+@require_POST
+def alert_settings_save(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = get_project_for_user(request, project_id)
+    form = AlertSettingsForm(request.POST)
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            services.project_update(project=project, actor=actor(request), alert_thresholds=data["alert_thresholds"],
+                                    alert_webhook_url=data["alert_webhook_url"], alert_email=data["alert_email"])
+        except BudgetError as exc:
+            form.add_error(None, exc.message)
+        else:
+            messages.success(request, "Saved the alert settings.")
+            return redirect("project_settings", project.pk)
+    return _settings_page(request, project, alert_form=form, status=400)

@@ -1,0 +1,162 @@
+"""Users: the budgets table, one user's page, and the budget actions (all POST)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.views.decorators.http import require_POST
+
+from .. import console_selectors as selectors
+from .. import services
+from ..errors import BudgetError
+from ..forms import BudgetForm, CreateBudgetForm, UserSearchForm, plain_amount
+from ..models import Duration, Project, UserBudget
+from . import charts
+from .common import (
+    actor,
+    get_budget_for_project,
+    get_project_for_user,
+    refresh_due_budgets,
+    render_page,
+)
+
+# (sort key, heading, numeric: the first click sorts biggest first)
+USER_COLUMNS = (("user", "User", False), ("budget", "Budget", True), ("spend", "Spend", True),
+                ("used", "Used", True), ("duration", "Resets", False), ("reset", "Next reset", False))
+
+
+def _columns(sort: str) -> list[dict[str, object]]:
+    """Table headings with the sort each one switches to and an arrow on the current one."""
+    descending, current = sort.startswith("-"), sort.lstrip("-")
+    columns = []
+    for key, label, numeric in USER_COLUMNS:
+        if key == current:
+            next_sort, arrow = (key if descending else f"-{key}"), ("▼" if descending else "▲")
+        else:
+            next_sort, arrow = (f"-{key}" if numeric else key), ""
+        columns.append({"key": key, "label": label, "sort": next_sort, "arrow": arrow, "numeric": numeric})
+    return columns
+
+
+def _users_page(request: HttpRequest, project: Project, create_form: CreateBudgetForm, status: int = 200
+                ) -> HttpResponse:
+    refresh_due_budgets(project)
+    search_form = UserSearchForm(request.GET)
+    search = search_form.search()
+    sort = selectors.normalise_sort(request.GET.get("sort"))
+    page = selectors.budgets_page(project, search=search, sort=sort, page=request.GET.get("page"))
+    context = {
+        "search_form": search_form,
+        "search": search,
+        "sort": sort,
+        "page": page,
+        "create_form": create_form,
+        "columns": _columns(sort),
+    }
+    return render_page(request, "console/users.html", context, project=project, nav="users", status=status)
+
+
+@login_required
+def user_list(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = get_project_for_user(request, project_id)
+    return _users_page(request, project, CreateBudgetForm())
+
+
+@login_required
+@require_POST
+def budget_create(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = get_project_for_user(request, project_id)
+    form = CreateBudgetForm(request.POST)
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            budget, created = services.budget_set(
+                project=project, user_id=data["user_id"], total_budget=data["total_budget"],
+                duration=data["duration"], duration_days=data["duration_days"], actor=actor(request),
+            )
+        except BudgetError as exc:
+            form.add_error(None, exc.message)
+        else:
+            verb = "Created" if created else "Replaced"
+            messages.success(request, f"{verb} the budget of {budget.user_id}.")
+            return redirect(budget)
+    return _users_page(request, project, form, status=400)
+
+
+def _detail_page(request: HttpRequest, project: Project, budget: UserBudget, form: BudgetForm,
+                 status: int = 200) -> HttpResponse:
+    zone = selectors.project_zone(project)
+    rng = selectors.DateRange.last_days(30, zone)
+    daily = selectors.daily_spend(project, rng, user_id=budget.user_id)
+    spends = selectors.model_spend_of(budget)
+    past = selectors.past_periods(budget)
+    period_labels = [p.period_start.astimezone(zone).strftime("%Y-%m-%d") for p in past]
+    context = {
+        "budget": budget,
+        "form": form,
+        "daily": daily,
+        "daily_totals": daily.day_totals(),
+        "spend_chart": charts.daily_by_model(daily),
+        "model_spends": spends,
+        "models_chart": charts.pie([s.model for s in spends], [s.spend for s in spends]),
+        "periods": past,
+        "periods_chart": charts.periods_chart(period_labels, [p.spend for p in past], [p.total_budget for p in past]),
+        "ledger": selectors.ledger_page(project, user_id=budget.user_id, page=request.GET.get("page")),
+        "export_query": urlencode({"user": budget.user_id}),
+    }
+    return render_page(request, "console/user_detail.html", context, project=project, nav="users", status=status)
+
+
+@login_required
+def user_detail(request: HttpRequest, project_id: int, user_id: str) -> HttpResponse:
+    project = get_project_for_user(request, project_id)
+    budget = get_budget_for_project(project, user_id)
+    initial = {"total_budget": plain_amount(budget.total_budget), "duration": budget.duration,
+               "duration_days": budget.duration_days}
+    return _detail_page(request, project, budget, BudgetForm(initial=initial))
+
+
+@login_required
+@require_POST
+def budget_edit(request: HttpRequest, project_id: int, user_id: str) -> HttpResponse:
+    project = get_project_for_user(request, project_id)
+    budget = get_budget_for_project(project, user_id)
+    form = BudgetForm(request.POST)
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            budget, _ = services.budget_set(
+                project=project, user_id=budget.user_id, total_budget=data["total_budget"],
+                duration=data["duration"] or Duration.NONE, duration_days=data["duration_days"],
+                actor=actor(request),
+            )
+        except BudgetError as exc:
+            form.add_error(None, exc.message)
+        else:
+            messages.success(request, f"Saved the budget of {budget.user_id}.")
+            return redirect(budget)
+    return _detail_page(request, project, budget, form, status=400)
+
+
+@login_required
+@require_POST
+def budget_reset(request: HttpRequest, project_id: int, user_id: str) -> HttpResponse:
+    project = get_project_for_user(request, project_id)
+    budget = get_budget_for_project(project, user_id)
+    services.budget_reset(budget=budget, actor=actor(request))
+    messages.success(request, f"Reset the spend of {budget.user_id} to zero. The ledger keeps every call.")
+    return redirect(budget)
+
+
+@login_required
+@require_POST
+def budget_delete(request: HttpRequest, project_id: int, user_id: str) -> HttpResponse:
+    project = get_project_for_user(request, project_id)
+    budget = get_budget_for_project(project, user_id)
+    services.budget_delete(budget=budget, actor=actor(request))
+    messages.success(request, f"Deleted the budget of {user_id}. Its ledger events stay.")
+    return redirect("user_list", project.pk)

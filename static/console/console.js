@@ -1,0 +1,49 @@
+/* Small behaviours of the console: a confirmation step before destructive POSTs.
+ *
+ * A <form data-confirm="question"> opens the confirmation dialog (#confirm-dialog in
+ * base.html) instead of submitting; its "confirm" button submits the form. Without
+ * JavaScript the form simply submits.
+ */
+(function () {
+  "use strict";
+  var dialogEl = document.getElementById("confirm-dialog");
+  if (!dialogEl || typeof bootstrap === "undefined") {
+    return;
+  }
+  var dialog = new bootstrap.Modal(dialogEl);
+  var pending = null;
+
+  document.querySelectorAll("form[data-confirm]").forEach(function (form) {
+    form.addEventListener("submit", function (event) {
+      if (form.dataset.confirmed === "yes") {
+        return;
+      }
+      event.preventDefault();
+      pending = form;
+      dialogEl.querySelector(".modal-body p").textContent = form.dataset.confirm;
+      var button = dialogEl.querySelector("[data-confirm-ok]");
+      button.textContent = form.dataset.confirmLabel || "Confirm";
+      dialog.show();
+    });
+  });
+
+  dialogEl.querySelector("[data-confirm-ok]").addEventListener("click", function () {
+    if (pending) {
+      pending.dataset.confirmed = "yes";
+      dialog.hide();
+      pending.requestSubmit ? pending.requestSubmit() : pending.submit();
+    }
+  });
+
+  // Copy buttons (the new API key).
+  document.querySelectorAll("[data-copy]").forEach(function (button) {
+    button.addEventListener("click", function () {
+      var target = document.getElementById(button.dataset.copy);
+      if (target && navigator.clipboard) {
+        navigator.clipboard.writeText(target.textContent.trim()).then(function () {
+          button.textContent = "Copied";
+        });
+      }
+    });
+  });
+})();

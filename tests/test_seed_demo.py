@@ -1,0 +1,144 @@
+"""seed_demo: realistic fabricated spend whose every derived number agrees with the ledger."""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db.models import Sum
+
+from budgets import services
+from budgets.console_selectors import MoneySum
+from budgets.models import BudgetPeriod, CostEvent, ModelSpend, Project, UserBudget
+
+pytestmark = pytest.mark.django_db
+
+
+def seed(*args: str) -> str:
+    out = io.StringIO()
+    call_command("seed_demo", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_the_defaults_fill_a_demo_project_quickly():
+    output = seed()
+
+    project = Project.objects.get(name="demo")
+    assert UserBudget.objects.filter(project=project).count() == 50
+    assert CostEvent.objects.filter(project=project, source="demo").count() == 5000
+    assert CostEvent.objects.filter(project=project).values("model").distinct().count() >= 4
+    assert project.max_budget is not None and project.current_spend > 0
+    assert "Seeded project 'demo'" in output
+
+
+def test_the_key_it_prints_opens_the_demo_project():
+    output = seed("--users", "5", "--days", "3", "--events", "100")
+
+    key = services.api_key_authenticate(output.strip().splitlines()[-1])
+
+    assert key is not None and key.project.name == "demo"
+
+
+def test_spend_agrees_with_the_ledger_everywhere():
+    seed("--users", "30", "--days", "40", "--events", "3000", "--project", "check")
+    project = Project.objects.get(name="check")
+
+    for budget in UserBudget.objects.filter(project=project):
+        events = CostEvent.objects.filter(budget=budget, created_at__gte=budget.period_start)
+        assert budget.current_spend == (events.aggregate(s=MoneySum("cost"))["s"] or 0), budget.user_id
+        per_model = {row["model"]: (row["s"], row["p"], row["c"]) for row in events.values("model").annotate(
+            s=MoneySum("cost"), p=Sum("prompt_tokens"), c=Sum("completion_tokens"))}
+        stored = {m.model: (m.spend, m.prompt_tokens, m.completion_tokens)
+                  for m in ModelSpend.objects.filter(budget=budget)}
+        assert stored == per_model, budget.user_id
+    in_period = CostEvent.objects.filter(project=project, created_at__gte=project.period_start)
+    assert project.current_spend == in_period.aggregate(s=MoneySum("cost"))["s"]
+
+
+def test_past_periods_hold_the_spend_of_their_days():
+    seed("--users", "20", "--days", "20", "--events", "2000", "--project", "history")
+    project = Project.objects.get(name="history")
+    periods = BudgetPeriod.objects.filter(project=project)
+
+    assert periods.exists()
+    for period in periods:
+        events = CostEvent.objects.filter(budget_id=period.budget_id, created_at__gte=period.period_start,
+                                          created_at__lt=period.period_end)
+        assert period.spend == (events.aggregate(s=MoneySum("cost"))["s"] or 0)
+        by_model: dict[str, Decimal] = defaultdict(Decimal)
+        for model, cost in events.values_list("model", "cost"):
+            by_model[model] += cost
+        assert {m: Decimal(s) for m, s in period.model_spend.items()} == dict(by_model)
+        assert period.period_end <= period.budget.period_start
+
+
+def test_a_few_users_are_over_budget_and_most_are_not():
+    seed("--users", "60", "--days", "30", "--events", "6000")
+
+    budgets = list(UserBudget.objects.filter(project__name="demo"))
+    over = [b for b in budgets if b.is_over_budget]
+
+    assert 1 <= len(over) <= len(budgets) // 5
+
+
+def test_costs_are_the_price_tables_costs():
+    seed("--users", "3", "--days", "2", "--events", "50")
+
+    from budgets import pricing
+
+    for event in CostEvent.objects.all():
+        price = pricing.get_price(event.model)
+        expected = pricing.cost_of_tokens(price, prompt_tokens=event.prompt_tokens,
+                                          completion_tokens=event.completion_tokens, cached_tokens=event.cached_tokens)
+        assert event.cost == expected.quantize(Decimal("1e-12"))
+
+
+def test_it_refuses_a_project_that_already_has_events():
+    seed("--users", "3", "--days", "2", "--events", "20")
+
+    with pytest.raises(CommandError, match="--reset"):
+        seed("--users", "3", "--days", "2", "--events", "20")
+
+    assert CostEvent.objects.count() == 20
+
+
+def test_reset_seeds_the_project_again():
+    seed("--users", "3", "--days", "2", "--events", "20")
+
+    seed("--users", "4", "--days", "2", "--events", "30", "--reset")
+
+    assert CostEvent.objects.count() == 30
+    assert UserBudget.objects.count() == 4
+    assert Project.objects.filter(name="demo").count() == 1
+
+
+def test_the_demo_superuser_becomes_a_member():
+    admin = get_user_model().objects.create_superuser("admin", password="pw")
+
+    seed("--users", "3", "--days", "2", "--events", "20")
+
+    assert Project.objects.get(name="demo").members.filter(pk=admin.pk).exists()
+
+
+@pytest.mark.parametrize("args", [["--users", "0"], ["--days", "0"], ["--events", "-1"]])
+def test_bad_sizes_are_refused(args):
+    with pytest.raises(CommandError):
+        seed(*args)
+
+    assert not Project.objects.exists()
+
+
+def test_the_same_seed_gives_the_same_demo():
+    seed("--users", "5", "--days", "3", "--events", "50", "--project", "a")
+    seed("--users", "5", "--days", "3", "--events", "50", "--project", "b")
+
+    def ledger(name: str) -> list:
+        return sorted(CostEvent.objects.filter(project__name=name).values_list(
+            "user_id", "model", "prompt_tokens", "completion_tokens", "cost"))
+
+    assert ledger("a") == ledger("b")
