@@ -14,7 +14,7 @@ from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
-from . import services
+from . import alerts, services
 from .models import (
     Alert,
     ApiKey,
@@ -195,9 +195,15 @@ class AlertAdmin(admin.ModelAdmin):
     list_filter = ("scope", "threshold", "project")
     date_hierarchy = "created_at"
     readonly_fields = [f.name for f in Alert._meta.fields]
+    actions = ["retry_delivery"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    @admin.action(description="Retry delivery of selected undelivered alerts")
+    def retry_delivery(self, request: HttpRequest, queryset: QuerySet[Alert]) -> None:
+        count = sum(alerts.alert_retry(alert=alert, actor=actor_for(request)) for alert in queryset)
+        self.message_user(request, f"Queued {count} alert(s) for delivery.", messages.SUCCESS)
 
 
 def admin_url_for(obj: Any) -> str:

@@ -1,16 +1,300 @@
-"""Budget alerts: thresholds crossed by recorded spend.
+"""Budget alerts: spend thresholds crossed, kept as rows (an outbox), delivered by tasks.
 
-Called by services.cost_record inside its transaction; delivery is built on top
-(see the background-work issue). Until then crossing a threshold records nothing.
+`spend_recorded` runs inside services.cost_record's transaction: when the recorded
+amount carries a user's or the project's spend across a threshold (a percentage of
+the budget), it inserts one Alert row per threshold per period (the unique
+constraint makes it once under concurrency too) and queues the delivery when the
+transaction commits. Queueing never fails the cost recording: with the broker down
+the row stays undelivered and `alerts_requeue` (the outbox sweep, every minute on
+beat) queues it again later.
+
+`alert_deliver` sends one alert: a signed webhook POST and/or an email. It first
+claims the row with a conditional update, so two workers never both send it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import logging
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
+from typing import Any
 
-from .models import Project, UserBudget
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils.timezone import now as utcnow
+
+from .api_json import dumps
+from .models import Alert, AuditLog, Project, UserBudget
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+RETRY_BASE_SECONDS = 30  # then 60, 120, 240: about 7.5 minutes from the first try to the last
+CLAIM_SECONDS = 120  # a claimed delivery's lease: longer than the webhook and email timeouts
+WEBHOOK_TIMEOUT = 5
+OUTBOX_AGE = timedelta(minutes=1)  # a fresh alert gets its on-commit delivery first
+OUTBOX_BATCH = 500
+OUTBOX_EXPIRES = 300  # a re-queued delivery still waiting after this is dropped (the next sweep re-queues it)
+
+SIGNATURE_HEADER = "X-Budget-Signature"
+TIMESTAMP_HEADER = "X-Budget-Timestamp"
+ALERT_ID_HEADER = "X-Budget-Alert-Id"
 
 
-def spend_recorded(*, project: Project, budget: UserBudget, amount: Decimal) -> None:
-    """Hook after spend was added; alert rows are written here once alerts exist."""
-    return None
+# --- crossing a threshold (inside cost_record's transaction) ---------------------------------
+
+
+def thresholds_of(project: Project) -> list[int]:
+    """The project's thresholds as whole percentages; junk typed into the admin is ignored."""
+    raw = project.alert_thresholds if isinstance(project.alert_thresholds, list) else []
+    return sorted({t for t in raw if isinstance(t, int) and not isinstance(t, bool) and t > 0})
+
+
+def crossed_thresholds(*, before: Decimal, after: Decimal, limit: Decimal | None, thresholds: list[int]) -> list[int]:
+    """Thresholds t with before < t% of limit <= after (none for a missing or zero limit)."""
+    if limit is None or limit <= 0:
+        return []
+    return [t for t in thresholds if before < limit * t / 100 <= after]
+
+
+def spend_recorded(*, project: Project, budget: UserBudget, amount: Decimal) -> list[Alert]:
+    """Called by cost_record after `amount` was added (budget and project hold the new spend).
+
+    Returns the alerts this call created; the common case (nothing crossed) costs no query.
+    """
+    thresholds = thresholds_of(project)
+    if amount <= 0 or not thresholds:
+        return []
+    candidates = [
+        Alert(project=project, budget=budget, scope=Alert.Scope.USER, user_id=budget.user_id, threshold=t,
+              period_start=budget.period_start, spend=budget.current_spend, limit=budget.total_budget)
+        for t in crossed_thresholds(before=budget.current_spend - amount, after=budget.current_spend,
+                                    limit=budget.total_budget, thresholds=thresholds)
+    ]
+    candidates += [
+        Alert(project=project, budget=None, scope=Alert.Scope.PROJECT, user_id="", threshold=t,
+              period_start=project.period_start, spend=project.current_spend, limit=project.max_budget)
+        for t in crossed_thresholds(before=project.current_spend - amount, after=project.current_spend,
+                                    limit=project.max_budget, thresholds=thresholds)
+    ]
+    if not candidates:
+        return []
+    deliverable = has_channel(project)
+    created = []
+    for alert in candidates:
+        if not deliverable:
+            # Nothing to send it to: the row is the record (admin, console), not a pending delivery.
+            alert.delivered_at = utcnow()
+        try:
+            with transaction.atomic():  # a savepoint: a duplicate must not break cost_record's transaction
+                alert.save(force_insert=True)
+        except IntegrityError:
+            continue  # this threshold already alerted in this period (maybe concurrently)
+        created.append(alert)
+        if deliverable:
+            transaction.on_commit(partial(queue_delivery, alert.pk), robust=True)
+    return created
+
+
+def has_channel(project: Project) -> bool:
+    return bool(project.alert_webhook_url or project.alert_email)
+
+
+def queue_delivery(alert_id: int, **options: Any) -> bool:
+    """Queue the delivery task; False (logged) when the broker cannot take it."""
+    from .tasks import deliver_alert  # here: tasks imports this module
+
+    try:
+        deliver_alert.apply_async(args=[alert_id], **options)
+    except Exception:
+        # Never let a broker outage fail the request that recorded the cost: the outbox re-queues it.
+        logger.warning("could not queue the delivery of alert %s (is the broker down?); the outbox sweep "
+                       "will queue it again", alert_id, exc_info=True)
+        return False
+    return True
+
+
+# --- the outbox sweep -----------------------------------------------------------------------
+
+
+def alerts_requeue(*, at: datetime | None = None, limit: int = OUTBOX_BATCH) -> int:
+    """Queue undelivered alerts older than a minute that no delivery holds; returns how many."""
+    at = at or utcnow()
+    pending = (
+        Alert.objects.filter(delivered_at__isnull=True, attempts__lt=MAX_ATTEMPTS, created_at__lte=at - OUTBOX_AGE)
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=at))
+        .order_by("created_at", "pk")
+        .values_list("pk", flat=True)[:limit]
+    )
+    queued = 0
+    for alert_id in pending:
+        if not queue_delivery(alert_id, expires=OUTBOX_EXPIRES):
+            break  # the broker is down again: the next sweep tries
+        queued += 1
+    return queued
+
+
+def alert_retry(*, alert: Alert, actor: str) -> bool:
+    """Give an undelivered alert a fresh set of attempts and queue it (admin action); audited."""
+    with transaction.atomic():
+        changed = Alert.objects.filter(pk=alert.pk, delivered_at__isnull=True).update(
+            attempts=0, next_attempt_at=None, last_error="")
+        if changed:
+            AuditLog.objects.create(
+                project_id=alert.project_id, budget_id=alert.budget_id, user_id=alert.user_id,
+                action="alert_retry", actor=actor,
+                before={"attempts": alert.attempts, "last_error": alert.last_error}, after={"attempts": 0},
+            )
+            transaction.on_commit(partial(queue_delivery, alert.pk), robust=True)
+    alert.refresh_from_db()
+    return bool(changed)
+
+
+# --- delivery -------------------------------------------------------------------------------
+
+
+class DeliveryFailed(Exception):
+    """A channel did not take the alert (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    status: str  # "delivered", "failed" (retry_in says when; None: gave up) or "skipped"
+    retry_in: float | None = None
+    error: str = ""
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait after failed attempt number `attempt` (1-based): 30, 60, 120, ..."""
+    return RETRY_BASE_SECONDS * 2 ** (attempt - 1)
+
+
+def alert_deliver(*, alert_id: int) -> Delivery:
+    """Claim and send one alert; records attempts, last_error and delivered_at on the row."""
+    at = utcnow()
+    alert = Alert.objects.select_related("project").filter(pk=alert_id).first()
+    if alert is None or alert.delivered_at is not None or alert.attempts >= MAX_ATTEMPTS:
+        return Delivery("skipped")
+    # The claim: only the caller whose update matches the attempts it read sends, and only
+    # when no other delivery holds the lease or waits out a backoff.
+    claimed = (
+        Alert.objects.filter(pk=alert.pk, delivered_at__isnull=True, attempts=alert.attempts)
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=at))
+        .update(attempts=F("attempts") + 1, next_attempt_at=at + timedelta(seconds=CLAIM_SECONDS))
+    )
+    if not claimed:
+        return Delivery("skipped")
+    attempt = alert.attempts + 1
+    project = alert.project
+    email_note = ""
+    try:
+        if project.alert_webhook_url:
+            webhook_send(alert, project)
+        if project.alert_email:
+            try:
+                email_send(alert, project)
+            except DeliveryFailed as exc:
+                if not project.alert_webhook_url:
+                    raise
+                # The webhook went out: retrying would send it twice, so the email is best effort.
+                email_note = f"email not sent: {exc}"
+                logger.warning("alert %s: %s", alert.pk, email_note)
+    except DeliveryFailed as exc:
+        error = str(exc)[:2000]
+        retry_in = backoff(attempt) if attempt < MAX_ATTEMPTS else None
+        next_at = utcnow() + timedelta(seconds=retry_in) if retry_in is not None else None
+        Alert.objects.filter(pk=alert.pk).update(last_error=error, next_attempt_at=next_at)
+        logger.warning("alert %s: delivery attempt %s of %s failed: %s", alert.pk, attempt, MAX_ATTEMPTS, error)
+        return Delivery("failed", retry_in=retry_in, error=error)
+    Alert.objects.filter(pk=alert.pk).update(delivered_at=utcnow(), next_attempt_at=None, last_error=email_note)
+    return Delivery("delivered")
+
+
+def alert_payload(alert: Alert) -> dict[str, Any]:
+    """The webhook's JSON body (money as exact JSON numbers)."""
+    return {
+        "type": "budget.threshold_crossed",
+        "alert_id": alert.pk,
+        "project": alert.project.name,
+        "scope": alert.scope,
+        "user": alert.user_id or None,
+        "threshold": alert.threshold,
+        "spend": alert.spend,
+        "limit": alert.limit,
+        "period_start": alert.period_start,
+        "created_at": alert.created_at,
+    }
+
+
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    """Hex HMAC-SHA256 of `<timestamp>.<raw body>` with the project's webhook secret."""
+    return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(secret: str, headers: dict[str, str], body: bytes, *, tolerance: int = 300) -> bool:
+    """What a receiver does (see docs/operations.md): check the signature and the timestamp's age."""
+    timestamp = headers.get(TIMESTAMP_HEADER, "")
+    given = headers.get(SIGNATURE_HEADER, "")
+    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > tolerance:
+        return False
+    return hmac.compare_digest(given, "sha256=" + signature(secret, timestamp, body))
+
+
+def webhook_request(alert: Alert, project: Project, *, timestamp: int | None = None) -> urllib.request.Request:
+    body = dumps(alert_payload(alert)).encode()
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "budget-manager-alerts/1",
+        TIMESTAMP_HEADER: stamp,
+        SIGNATURE_HEADER: "sha256=" + signature(project.webhook_secret, stamp, body),
+        ALERT_ID_HEADER: str(alert.pk),  # receivers deduplicate retries with it
+    }
+    return urllib.request.Request(project.alert_webhook_url, data=body, headers=headers, method="POST")
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    # A redirected POST would become a GET or go to another host: treat it as a failure.
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirects)
+
+
+def webhook_send(alert: Alert, project: Project) -> None:
+    """POST the signed alert; any answer but 2xx, a timeout or a network error is DeliveryFailed."""
+    try:
+        with _opener.open(webhook_request(alert, project), timeout=WEBHOOK_TIMEOUT) as response:
+            response.read(65536)
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        raise DeliveryFailed(f"webhook answered HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise DeliveryFailed(f"webhook failed: {getattr(exc, 'reason', exc)}") from None
+    if not 200 <= status < 300:
+        raise DeliveryFailed(f"webhook answered HTTP {status}")
+
+
+def email_send(alert: Alert, project: Project) -> None:
+    who = f"user {alert.user_id!r}" if alert.scope == Alert.Scope.USER else "the project"
+    subject = f"[Budget Manager] {project.name}: {who} reached {alert.threshold}% of the budget"
+    body = (
+        f"Project: {project.name}\n"
+        f"Budget: {who}\n"
+        f"Spend this period: ${alert.spend} of ${alert.limit} ({alert.threshold}% threshold)\n"
+        f"Period started: {alert.period_start.isoformat()}\n"
+    )
+    try:
+        send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [project.alert_email])
+    except (OSError, ValueError) as exc:  # smtplib's errors are OSErrors; bad headers are ValueErrors
+        raise DeliveryFailed(f"email failed: {exc}") from None

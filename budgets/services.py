@@ -394,7 +394,8 @@ def cost_record(
             return replay
         _add_spend(project=project, budget=budget, model=model, amount=amount, usage=usage)
         budget.refresh_from_db()
-        project.refresh_from_db(fields=["current_spend"])
+        # period_start too: alerts are once per period, and a sweep may have just started a new one.
+        project.refresh_from_db(fields=["current_spend", "period_start"])
         budget.project = project
         from . import alerts  # noqa: PLC0415 (alerts imports services)
 

@@ -1,0 +1,178 @@
+"""python manage.py run_embedded: the whole service on one machine, from one command (`make run`).
+
+Migrates (prices load in 0002, the beat schedule in 0003), creates the demo superuser
+`admin` once (its random password is kept in VAR_DIR/admin_password and printed at
+each start), seeds demo data into an empty database when a `seed_demo` command
+exists, collects static files, then runs gunicorn, a Celery worker and Celery beat as
+child processes. Ctrl-C (SIGINT) or SIGTERM stops all three and exits 0; if one
+child dies, the others are stopped and the command exits 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command, get_commands
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connections
+
+from budgets.models import Project
+from budgets.tasks import beat_schedule_install
+from budgetsite.celery import ensure_broker_folders
+
+ADMIN_USERNAME = "admin"
+STOP_TIMEOUT = 20  # seconds a child gets to finish its work after SIGTERM, then SIGKILL
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGTERM if run_embedded itself is killed."""
+    # Elsewhere there is no prctl: children then outlive a SIGKILLed parent, as they would anyway.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Command(BaseCommand):
+    help = "Run the web server, a Celery worker and Celery beat together (embedded mode, `make run`)."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"),
+                            help="Address to serve on (default $HOST or 127.0.0.1).")
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8000),
+                            help="Port to serve on (default $PORT or 8000).")
+        parser.add_argument("--threads", type=int, default=4, help="Web server threads (default 4).")
+        parser.add_argument("--no-seed", action="store_true", help="Do not load demo data into an empty database.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        login = self.prepare(seed=not options["no_seed"])
+        # The children open their own connections; this process only supervises.
+        connections.close_all()
+        children = self.start(host=options["host"], port=options["port"], threads=options["threads"])
+        self.say(f"Budget Manager is running at http://{options['host']}:{options['port']}/")
+        self.say(login)
+        self.say("Press Ctrl-C to stop.")
+        self.supervise(children)
+
+    # --- before the children start ---------------------------------------------------------
+
+    def prepare(self, *, seed: bool) -> str:
+        """Everything a fresh VAR_DIR needs; returns the login line to print."""
+        var_dir = Path(settings.VAR_DIR)
+        var_dir.mkdir(parents=True, exist_ok=True)
+        if settings.CELERY_BROKER_URL.startswith("filesystem://"):
+            ensure_broker_folders(settings.CELERY_BROKER_TRANSPORT_OPTIONS)
+        self.say("Migrating the database…")
+        call_command("migrate", interactive=False, verbosity=0)
+        beat_schedule_install()
+        login = self.ensure_admin(var_dir / "admin_password")
+        if seed and "seed_demo" in get_commands() and not Project.objects.exists():
+            self.say("Loading demo data…")
+            call_command("seed_demo")
+        call_command("collectstatic", interactive=False, verbosity=0)
+        return login
+
+    def ensure_admin(self, password_file: Path) -> str:
+        """Create the demo superuser if there is no superuser; its password is generated once."""
+        users = get_user_model()
+        if not users.objects.filter(is_superuser=True).exists() and not users.objects.filter(
+            username=ADMIN_USERNAME
+        ).exists():
+            if not password_file.exists():
+                password_file.write_text(secrets.token_urlsafe(12) + "\n")
+                password_file.chmod(0o600)
+            users.objects.create_superuser(ADMIN_USERNAME, email="", password=password_file.read_text().strip())
+            self.say(f"Created the superuser {ADMIN_USERNAME!r}.")
+        if password_file.exists() and users.objects.filter(username=ADMIN_USERNAME).exists():
+            return (f"Log in as {ADMIN_USERNAME} with password {password_file.read_text().strip()} "
+                    f"(kept in {password_file}; change it in the admin).")
+        return "Log in with your superuser account."
+
+    # --- the children ----------------------------------------------------------------------
+
+    def commands(self, *, host: str, port: int, threads: int) -> dict[str, list[str]]:
+        python = sys.executable
+        return {
+            "web": [python, "-m", "gunicorn", "budgetsite.wsgi:application", "--bind", f"{host}:{port}",
+                    "--workers", "1", "--worker-class", "gthread", "--threads", str(threads),
+                    "--graceful-timeout", "10"],
+            # One worker process: the embedded filesystem broker is meant for one consumer.
+            "worker": [python, "-m", "celery", "-A", "budgetsite", "worker", "--loglevel", "INFO",
+                       "--pool", "threads", "--concurrency", "2", "--hostname", "embedded@%h",
+                       "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            "beat": [python, "-m", "celery", "-A", "budgetsite", "beat", "--loglevel", "INFO",
+                     "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"],
+        }
+
+    def start(self, *, host: str, port: int, threads: int) -> list[Child]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.setdefault("DJANGO_SETTINGS_MODULE", "budgetsite.settings")
+        children = []
+        for name, argv in self.commands(host=host, port=port, threads=threads).items():
+            # A session of their own: Ctrl-C reaches only this process, which stops them in order.
+            process = subprocess.Popen(argv, cwd=settings.BASE_DIR, env=env, start_new_session=True,
+                                       preexec_fn=_die_with_parent)  # noqa: PLW1509 (no threads here yet)
+            children.append(Child(name, process))
+            self.say(f"Started {name} (pid {process.pid})")
+        return children
+
+    def supervise(self, children: list[Child]) -> None:
+        """Wait for a stop signal or a child's death, then stop every child."""
+        received: list[int] = []
+
+        def on_signal(signum: int, frame: Any) -> None:
+            received.append(signum)
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        dead: Child | None = None
+        try:
+            while not received and dead is None:
+                dead = next((child for child in children if child.process.poll() is not None), None)
+                if dead is None:
+                    time.sleep(0.2)
+            if dead is not None:
+                self.stderr.write(f"{dead.name} exited with code {dead.process.returncode}; stopping the others.")
+            else:
+                self.say(f"Received {signal.Signals(received[0]).name}; stopping…")
+            self.stop(children)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if dead is not None:
+            raise CommandError(f"{dead.name} stopped unexpectedly (exit code {dead.process.returncode})")
+        self.say("Stopped.")
+
+    def stop(self, children: list[Child]) -> None:
+        # Beat first (no new work), then the web server, then the worker (it finishes its task).
+        order = {"beat": 0, "web": 1, "worker": 2}
+        for child in sorted(children, key=lambda c: order.get(c.name, 3)):
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for child in children:
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.stderr.write(f"{child.name} did not stop in {STOP_TIMEOUT}s; killing it.")
+                child.process.kill()
+                child.process.wait()
+
+    def say(self, line: str) -> None:
+        self.stdout.write(line)
+        self.stdout.flush()

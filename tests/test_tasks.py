@@ -1,0 +1,236 @@
+"""Celery wiring: real workers on Redis and on the embedded filesystem broker, and a broker that is down."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from queue import Empty
+
+import pytest
+from django.conf import settings
+from django.utils.timezone import now
+
+from budgets import alerts, services, tasks
+from budgets.models import Alert, BudgetPeriod, CostEvent, Project, UserBudget
+from budgets.usage import Usage
+from budgetsite.celery import FilesystemChannel, FilesystemTransport
+from tests.celery_support import (
+    WebhookReceiver,
+    celery_app,
+    closed_port,
+    filesystem_broker,
+    redis_broker,
+    redis_url_or_skip,
+    running_worker,
+)
+
+
+def spend(project: Project, user: str, dollars: str):
+    return services.cost_record(project=project, user_id=user, usage=Usage("gpt-4o", 0, 0),
+                                cost=Decimal(dollars), source="api")
+
+
+def make_due(budget: UserBudget) -> None:
+    """Move a budget's reset time into the past, as if its period had just ended."""
+    UserBudget.objects.filter(pk=budget.pk).update(next_reset_at=now() - timedelta(seconds=1))
+
+
+@pytest.fixture(params=["filesystem", "redis"])
+def broker(request, tmp_path: Path) -> dict:
+    """Celery settings for each broker a worker test runs on."""
+    if request.param == "redis":
+        return redis_broker(redis_url_or_skip())
+    return filesystem_broker(tmp_path / "broker")
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+def test_the_app_is_configured_for_reliable_json_tasks():
+    from budgetsite.celery import app
+
+    conf = app.conf
+    assert (conf.task_serializer, conf.result_serializer, conf.accept_content) == ("json", "json", ["json"])
+    assert conf.task_acks_late and conf.task_time_limit > conf.task_soft_time_limit > 0
+    assert (conf.timezone, conf.enable_utc) == ("UTC", True)
+    assert conf.beat_scheduler == "django_celery_beat.schedulers:DatabaseScheduler"
+    assert conf.broker_connection_max_retries is None  # a worker outlives a broker outage
+    assert conf.task_publish_retry_policy["max_retries"] <= 2  # a web request does not wait long
+    assert {"budgets.reset_sweep", "budgets.alert_outbox", "budgets.deliver_alert"} <= set(app.tasks)
+
+
+def test_without_redis_the_broker_is_the_embedded_filesystem_one():
+    if os.environ.get("REDIS_URL") or os.environ.get("CELERY_BROKER_URL"):
+        assert not settings.CELERY_BROKER_URL.startswith("filesystem://")
+        return
+    assert settings.CELERY_BROKER_TRANSPORT == "budgetsite.celery:FilesystemTransport"
+    folders = settings.CELERY_BROKER_TRANSPORT_OPTIONS
+    assert all(Path(folders[key]).is_relative_to(settings.VAR_DIR) for key in (
+        "data_folder_in", "data_folder_out", "processed_folder", "control_folder"))
+
+
+# --- the embedded filesystem broker ---------------------------------------------------------
+
+
+def queue_name() -> str:
+    # kombu keeps exchange bindings per process: a fresh name per test keeps tests apart.
+    return f"jobs-{uuid.uuid4().hex}"
+
+
+def filesystem_connection(folder: Path):
+    from kombu import Connection
+
+    options = filesystem_broker(folder)["broker_transport_options"]
+    return Connection("filesystem://localhost//", transport=FilesystemTransport, transport_options=options)
+
+
+def test_the_filesystem_broker_creates_its_folders_and_carries_messages_between_connections(tmp_path):
+    folder, name = tmp_path / "broker", queue_name()
+    with filesystem_connection(folder) as producer, filesystem_connection(folder) as consumer:
+        producer.SimpleQueue(name).put({"n": 1})
+        assert {p.name for p in folder.iterdir()} == {"queue", "processed", "control"}
+        message = consumer.SimpleQueue(name).get(timeout=5)
+        assert message.payload == {"n": 1}
+        message.ack()
+        assert list((folder / "queue").iterdir()) == []
+        assert list((folder / "processed").iterdir()) == []
+
+
+def test_a_message_is_taken_by_one_consumer_only_and_half_written_files_are_ignored(tmp_path):
+    folder, name = tmp_path / "broker", queue_name()
+    with filesystem_connection(folder) as producer, filesystem_connection(folder) as first, \
+            filesystem_connection(folder) as second:
+        producer.SimpleQueue(name).put({"n": 1})
+        (folder / "queue" / "tmp-0123").write_bytes(b'{"half')  # a write in progress
+        channels: list[FilesystemChannel] = [first.default_channel, second.default_channel]
+
+        assert channels[0]._get(name)["body"]
+        with pytest.raises(Empty):
+            channels[1]._get(name)
+        assert [p.name for p in (folder / "queue").iterdir()] == ["tmp-0123"]
+
+
+# --- real workers ---------------------------------------------------------------------------
+
+
+@pytest.mark.celery_worker
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_resets_a_due_budget_with_the_sweep_task(broker, project, make_budget):
+    budget = make_budget("alice", duration="daily")
+    spend(project, "alice", "1.5")
+    make_due(budget)
+
+    with celery_app(**broker) as app, running_worker(app) as worker:
+        tasks.reset_sweep.delay()
+        (result,) = worker.wait_for("budgets.reset_sweep")
+
+    assert result == {"budgets": 1, "projects": 0}
+    budget.refresh_from_db()
+    assert budget.current_spend == 0
+    assert budget.next_reset_at > now()
+    assert BudgetPeriod.objects.get().spend == Decimal("1.5")
+
+
+@pytest.mark.celery_worker
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_delivers_an_alert_queued_when_the_cost_was_recorded(broker, project, make_budget):
+    make_budget("alice", total_budget="10")
+    with WebhookReceiver() as receiver, celery_app(**broker) as app, running_worker(app) as worker:
+        Project.objects.filter(pk=project.pk).update(alert_webhook_url=receiver.url)
+        project.refresh_from_db()
+        spend(project, "alice", "8.5")  # commits, then queues the delivery
+        worker.wait_for("budgets.deliver_alert")
+
+    assert len(receiver.received) == 1
+    assert receiver.received[0].json()["threshold"] == 80
+    alert = Alert.objects.get()
+    assert (alert.attempts, alert.last_error) == (1, "")
+    assert alert.delivered_at is not None
+
+
+@pytest.mark.celery_worker
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_retries_a_failing_webhook_with_backoff(broker, project, make_budget, monkeypatch):
+    monkeypatch.setattr(alerts, "RETRY_BASE_SECONDS", 0.2)  # 0.2 s, 0.4 s: a real countdown, kept short
+    make_budget("alice", total_budget="10")
+    with WebhookReceiver([500, 502]) as receiver, celery_app(**broker) as app, running_worker(app) as worker:
+        Project.objects.filter(pk=project.pk).update(alert_webhook_url=receiver.url)
+        project.refresh_from_db()
+        spend(project, "alice", "9")
+        worker.wait_for("budgets.deliver_alert", state="SUCCESS")
+
+    assert [state for name, state, _ in worker.done if name == "budgets.deliver_alert"] == [
+        "RETRY", "RETRY", "SUCCESS"]
+    assert len(receiver.received) == 3
+    alert = Alert.objects.get()
+    assert (alert.attempts, alert.last_error) == (3, "")
+    assert alert.delivered_at is not None
+
+
+# --- the broker is down ---------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_recording_cost_succeeds_with_the_broker_down_and_the_alert_goes_out_once_it_is_back(
+    project, make_budget, tmp_path, caplog
+):
+    make_budget("alice", total_budget="10")
+    with WebhookReceiver() as receiver:
+        Project.objects.filter(pk=project.pk).update(alert_webhook_url=receiver.url)
+        project.refresh_from_db()
+        with celery_app(**redis_broker(f"redis://127.0.0.1:{closed_port()}/0")):
+            recorded = spend(project, "alice", "9")
+
+        assert recorded.created
+        assert CostEvent.objects.get().cost == Decimal(9)
+        assert UserBudget.objects.get().current_spend == Decimal(9)
+        alert = Alert.objects.get()
+        assert (alert.delivered_at, alert.attempts) == (None, 0)
+        assert "could not queue the delivery of alert" in caplog.text
+
+        # The broker is back: beat's outbox sweep queues the alert again and a worker delivers it.
+        Alert.objects.filter(pk=alert.pk).update(created_at=now() - timedelta(minutes=2))
+        with celery_app(**filesystem_broker(tmp_path / "broker")) as app, running_worker(app) as worker:
+            tasks.alert_outbox.delay()
+            assert worker.wait_for("budgets.alert_outbox") == [1]
+            worker.wait_for("budgets.deliver_alert")
+
+    assert len(receiver.received) == 1
+    alert.refresh_from_db()
+    assert alert.delivered_at is not None
+
+
+@pytest.mark.django_db
+def test_queueing_on_a_broker_that_never_answers_gives_up_instead_of_hanging(caplog):
+    # A port that accepts connections (the kernel's backlog) but never answers a command.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        outcome: list[bool] = []
+        with celery_app(**redis_broker(f"redis://127.0.0.1:{silent.getsockname()[1]}/0")):
+            thread = threading.Thread(target=lambda: outcome.append(alerts.queue_delivery(12345)), daemon=True)
+            thread.start()
+            thread.join(60)  # a generous bound: this asserts it returns at all, not how fast
+
+    assert outcome == [False]
+    assert "could not queue the delivery of alert 12345" in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_api_records_cost_with_the_broker_down(project, make_budget, client):
+    make_budget("alice", total_budget="10")
+    Project.objects.filter(pk=project.pk).update(alert_webhook_url="http://127.0.0.1:9/hook")
+    _, key = services.api_key_create(project=project, name="test")
+
+    with celery_app(**redis_broker(f"redis://127.0.0.1:{closed_port()}/0")):
+        response = client.post("/api/v1/users/alice/costs", {"model": "gpt-4o", "cost": 9},
+                               content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}")
+
+    assert response.status_code == 201
+    assert UserBudget.objects.get().current_spend == Decimal(9)
+    assert Alert.objects.filter(delivered_at__isnull=True).count() == 1
