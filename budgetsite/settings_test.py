@@ -14,3 +14,6 @@ from .settings import *  # noqa: E402,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
+# Tests serve static files through the finders; no collectstatic output is needed.
+WHITENOISE_AUTOREFRESH = True
