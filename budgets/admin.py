@@ -73,9 +73,10 @@ class UserBudgetAdmin(admin.ModelAdmin):
     search_fields = ("user_id", "project__name")
     list_filter = ("duration", "project")
     readonly_fields = ("current_spend", "period_start", "next_reset_at", "created_at", "updated_at",
-                       "hosted_model_cost")
+                       "hosted_model_cost", "hosted_period_start")
     fields = ("project", "user_id", "total_budget", "duration", "duration_days", "current_spend", "period_start",
-              "next_reset_at", "created_at", "updated_at", "hosted_model_cost")
+              "next_reset_at", "created_at", "updated_at", "hosted_model_cost",
+              "hosted_period_start")
     inlines = [ModelSpendInline]
     actions = ["reset_selected"]
 

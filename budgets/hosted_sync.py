@@ -6,8 +6,8 @@ records what the client's per-model cost *grew by* since the server last saw it.
 The rule, exactly (docs/api.md has the same text):
 
 - `UserBudget.hosted_model_cost` is the baseline: model → decimal string, what the
-  client last reported or what get_budget last served it, plus the key "@period_start"
-  naming the server period it belongs to.
+  client last reported or what get_budget last served it; `hosted_period_start` names
+  the server period it belongs to.
 - A record's cost per model is its `model_cost`; `current_cost` beyond the sum of
   `model_cost` is cost under the model "unknown".
 - If some model is lower than its baseline (missing counts as 0) the client has reset
@@ -39,7 +39,6 @@ from .models import CostEvent, ModelSpend, Project, UserBudget
 from .money import stored, to_money
 from .usage import Usage, validate_model
 
-PERIOD_KEY = "@period_start"  # not a model name: set_budget refuses models spelled like this
 UNKNOWN_MODEL = "unknown"
 # Unix seconds up to 9999-12-31; anything else is not a time LiteLLM's client sent.
 MAX_TIMESTAMP = 253402300799
@@ -114,8 +113,6 @@ def parse_record(user: str, record: Any) -> ClientRecord:
     spend: dict[str, Decimal] = {}
     for model, value in model_cost.items():
         name = validate_model(model)
-        if name == PERIOD_KEY:
-            raise InvalidInput(f"{where}.model_cost: {PERIOD_KEY!r} is not a model name")
         spend[name] = spend.get(name, Decimal(0)) + _amount(value, f"{where}.model_cost[{model!r}]")
     if record.get("current_cost") is not None:
         current = _amount(record["current_cost"], f"{where}.current_cost")
@@ -135,10 +132,8 @@ def parse_user_dict(user_dict: Any) -> dict[str, ClientRecord]:
 # --- get_budget ---------------------------------------------------------------------------------
 
 
-def _baseline_of(spend: dict[str, Decimal], period_start: datetime) -> dict[str, str]:
-    baseline = {model: str(amount) for model, amount in spend.items()}
-    baseline[PERIOD_KEY] = period_start.isoformat()
-    return baseline
+def _baseline_of(spend: dict[str, Decimal]) -> dict[str, str]:
+    return {model: str(amount) for model, amount in spend.items()}
 
 
 def hosted_budget_get(*, project: Project) -> dict[str, dict[str, Any]]:
@@ -157,11 +152,13 @@ def hosted_budget_get(*, project: Project) -> dict[str, dict[str, Any]]:
         changed = []
         for budget in budgets:
             records[budget.user_id] = selectors.budget_record(budget, costs[budget.pk])
-            baseline = _baseline_of(costs[budget.pk], budget.period_start)
-            if baseline != budget.hosted_model_cost:
+            baseline = _baseline_of(costs[budget.pk])
+            if (baseline, budget.period_start) != (budget.hosted_model_cost, budget.hosted_period_start):
                 budget.hosted_model_cost = baseline
+                budget.hosted_period_start = budget.period_start
                 changed.append(budget)
-        UserBudget.objects.bulk_update(changed, ["hosted_model_cost"], batch_size=LOOKUP_BATCH)
+        UserBudget.objects.bulk_update(changed, ["hosted_model_cost", "hosted_period_start"],
+                                       batch_size=LOOKUP_BATCH)
     return records
 
 
@@ -196,9 +193,8 @@ def _set(project: Project, user: str, record: ClientRecord, actor: str, *, new: 
 
 
 def _merge_spend(project: Project, budget: UserBudget, record: ClientRecord, actor: str, result: MergeResult) -> None:
-    stored_baseline = dict(budget.hosted_model_cost or {})
-    same_period = stored_baseline.pop(PERIOD_KEY, None) == budget.period_start.isoformat()
-    baseline = {model: Decimal(value) for model, value in stored_baseline.items()}
+    same_period = budget.hosted_period_start == budget.period_start
+    baseline = {model: Decimal(value) for model, value in (budget.hosted_model_cost or {}).items()}
     client = record.spend
 
     dropped = any(client.get(model, Decimal(0)) < value - _noise(value) for model, value in baseline.items())
@@ -217,9 +213,10 @@ def _merge_spend(project: Project, budget: UserBudget, record: ClientRecord, act
                 source=CostEvent.Source.HOSTED,
             )
             result.recorded += 1
-    baseline_now = _baseline_of(client, budget.period_start)
-    if baseline_now != budget.hosted_model_cost:
-        UserBudget.objects.filter(pk=budget.pk).update(hosted_model_cost=baseline_now)
+    baseline_now = _baseline_of(client)
+    if (baseline_now, budget.period_start) != (budget.hosted_model_cost, budget.hosted_period_start):
+        UserBudget.objects.filter(pk=budget.pk).update(hosted_model_cost=baseline_now,
+                                                       hosted_period_start=budget.period_start)
 
 
 def hosted_budget_set(*, project: Project, user_dict: Any, actor: str) -> MergeResult:

@@ -95,6 +95,8 @@ class UserBudget(Period):
     total_budget = MoneyField()
     # What LiteLLM's hosted client last reported per model; set_budget records growth past it.
     hosted_model_cost = models.JSONField(default=dict, blank=True)
+    # The server period that baseline belongs to: a sweep since then already did the client's reset.
+    hosted_period_start = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=now)
     updated_at = models.DateTimeField(default=now)
 
@@ -216,8 +218,9 @@ class BudgetPeriod(models.Model):
     class Meta:
         ordering = ["-period_start"]
         constraints = [
-            # A period is closed once: duplicate or concurrent sweeps cannot write it twice.
-            models.UniqueConstraint(fields=["budget", "period_start"], name="unique_period_per_budget"),
+            # A period is closed once: duplicate or concurrent sweeps cannot write it twice. The end
+            # is part of it: after a duration change a new period may start where an old one did.
+            models.UniqueConstraint(fields=["budget", "period_start", "period_end"], name="unique_period_per_budget"),
         ]
         indexes = [models.Index(fields=["project", "period_end"], name="period_project_end")]
 

@@ -473,7 +473,7 @@ def reset_due_budgets(
 
     Exactly once per period: each batch locks its rows (skipping rows another
     sweep holds), resets with `UPDATE ... WHERE id IN (...) AND period_start = old`,
-    and closes the finished period under a unique (budget, period_start) constraint.
+    and closes the finished period under a unique (budget, period_start, period_end) constraint.
     """
     at = at or utcnow()
     total = 0

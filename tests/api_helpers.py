@@ -86,7 +86,7 @@ def db_state() -> dict[str, Any]:
         "projects": list(Project.objects.order_by("pk").values_list("pk", "name", "current_spend", "max_budget")),
         "budgets": list(UserBudget.objects.order_by("pk").values_list(
             "pk", "project_id", "user_id", "total_budget", "duration", "duration_days", "current_spend",
-            "period_start", "next_reset_at", "hosted_model_cost", "updated_at")),
+            "period_start", "next_reset_at", "hosted_model_cost", "hosted_period_start", "updated_at")),
         "model_spend": list(ModelSpend.objects.order_by("pk").values_list(
             "pk", "budget_id", "model", "spend", "prompt_tokens", "completion_tokens")),
         "events": list(CostEvent.objects.order_by("pk").values_list("pk", "cost", "response")),

@@ -155,3 +155,22 @@ def test_two_concurrent_sweeps_reset_each_budget_once(project, make_budget, time
     assert set(BudgetPeriod.objects.values_list("spend", flat=True)) == {Decimal(1)}
     assert AuditLog.objects.filter(action="budget_period_reset").count() == 40
     assert not UserBudget.objects.exclude(current_spend=0).exists()
+
+
+def test_a_period_is_kept_after_a_duration_change_moved_the_start_back(project, make_budget, time_machine):
+    time_machine.move_to("2026-03-16 12:00:00+00:00", tick=False)  # a Monday
+    make_budget("alice", duration="daily")
+    spend(project, "alice", "1")
+    time_machine.move_to("2026-03-17 12:00:00+00:00", tick=False)
+    services.reset_due_budgets()  # closes Monday's daily period
+    services.budget_set(project=project, user_id="alice", total_budget="10", duration="weekly", actor="test")
+    spend(project, "alice", "2")
+
+    time_machine.move_to("2026-03-23 00:00:00+00:00", tick=False)
+    assert services.reset_due_budgets() == 1
+
+    rows = list(BudgetPeriod.objects.order_by("period_end").values_list("period_start", "period_end", "spend"))
+    assert rows == [
+        (at("2026-03-16T00:00:00+00:00"), at("2026-03-17T00:00:00+00:00"), Decimal("1")),
+        (at("2026-03-16T00:00:00+00:00"), at("2026-03-23T00:00:00+00:00"), Decimal("2")),
+    ]
