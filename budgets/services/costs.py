@@ -1,0 +1,148 @@
+"""Recording cost: the ledger row and the spend increments, in one transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils.timezone import now as utcnow
+
+from .. import pricing
+from ..errors import BudgetExceeded, IdempotencyConflict, InvalidInput
+from ..fields import money
+from ..models import CostEvent, ModelSpend, Project, UserBudget
+from ..money import stored, to_money
+from ..usage import Usage, validate_model
+from .projects import project_refresh
+from .user_budgets import budget_get
+
+
+@dataclass(frozen=True)
+class CostRecorded:
+    event: CostEvent
+    budget: UserBudget
+    created: bool  # False for an idempotent retry: nothing new was recorded
+    exceeded: str | None  # "user" or "project" when a budget is used up after this call
+
+    @property
+    def budget_exceeded(self) -> bool:
+        return self.exceeded is not None
+
+
+def _no_room(spend: Decimal, cap: Decimal, extra: Decimal) -> bool:
+    # Spend that reached the cap is over; a new call may bring spend up to the cap, not past it.
+    return spend >= cap if extra == 0 else spend + extra > cap
+
+
+def exceeded_scope(budget: UserBudget, project: Project, extra: Decimal = Decimal(0)) -> str | None:
+    """Which budget, if any, has no room left for `extra` more spend ("user" is named first)."""
+    if _no_room(budget.current_spend, budget.total_budget, extra):
+        return "user"
+    if project.max_budget is not None and _no_room(project.current_spend, project.max_budget, extra):
+        return "project"
+    return None
+
+
+def cost_of_usage(usage: Usage) -> Decimal:
+    price = pricing.get_price(usage.model)
+    return pricing.cost_of_tokens(
+        price, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens, cache_creation_tokens=usage.cache_creation_tokens,
+    )
+
+
+def cost_record(
+    *, project: Project, user_id: str, usage: Usage, cost: Any = None, source: str,
+    idempotency_key: str | None = None, fingerprint: str = "", enforce: bool = False,
+) -> CostRecorded:
+    """Record one call's cost in the ledger and add it to the user's and the project's spend.
+
+    `cost` None prices the usage from the price table (UnknownModel if the model has no price).
+    With an idempotency key, a retry returns the first event and records nothing.
+    With `enforce`, a call that a used-up budget has no room for raises BudgetExceeded instead.
+    """
+    model = validate_model(usage.model)
+    # Rounded once to the stored 12 places, so the ledger, the spend and the answer agree.
+    amount = stored(cost_of_usage(usage) if cost is None else to_money(cost, "cost"))
+    if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255):
+        raise InvalidInput("Idempotency-Key must be 1 to 255 characters")
+
+    with transaction.atomic():
+        project_refresh(project)
+        budget = budget_get(project=project, user_id=user_id)
+        if idempotency_key:
+            replay = _replay(project, idempotency_key, fingerprint, budget)
+            if replay is not None:
+                return replay
+        if enforce:
+            # Lock the row so concurrent enforced calls see each other's spend.
+            budget = UserBudget.objects.select_for_update().get(pk=budget.pk)
+            project.refresh_from_db(fields=["current_spend", "max_budget"])
+            scope = exceeded_scope(budget, project, amount)
+            if scope is not None:
+                raise BudgetExceeded(
+                    f"the {scope} budget has no room for ${amount} "
+                    f"({'user ' + repr(user_id) if scope == 'user' else 'project ' + repr(project.name)})",
+                    scope=scope,
+                )
+        event_fields = dict(
+            project=project, budget_id=budget.pk, user_id=user_id, model=model,
+            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens, cache_creation_tokens=usage.cache_creation_tokens,
+            cost=amount, source=source, idempotency_key=idempotency_key or None, request_fingerprint=fingerprint,
+        )
+        try:
+            with transaction.atomic():
+                event = CostEvent.objects.create(**event_fields)
+        except IntegrityError:
+            replay = _replay(project, idempotency_key or "", fingerprint, budget) if idempotency_key else None
+            if replay is None:
+                raise
+            return replay
+        _add_spend(project=project, budget=budget, model=model, amount=amount, usage=usage)
+        budget.refresh_from_db()
+        # period_start too: alerts are once per period, and a sweep may have just started a new one.
+        project.refresh_from_db(fields=["current_spend", "period_start"])
+        budget.project = project
+        from .. import alerts
+
+        alerts.spend_recorded(project=project, budget=budget, amount=amount)
+        return CostRecorded(event=event, budget=budget, created=True, exceeded=exceeded_scope(budget, project))
+
+
+def _replay(project: Project, key: str, fingerprint: str, budget: UserBudget) -> CostRecorded | None:
+    event = CostEvent.objects.filter(project=project, idempotency_key=key).first()
+    if event is None:
+        return None
+    if event.request_fingerprint != fingerprint:
+        raise IdempotencyConflict("this Idempotency-Key was used with a different request")
+    return CostRecorded(event=event, budget=budget, created=False, exceeded=exceeded_scope(budget, project))
+
+
+def _add_spend(*, project: Project, budget: UserBudget, model: str, amount: Decimal, usage: Usage) -> None:
+    """Increment spend with F(): concurrent calls add up, none is lost."""
+    at = utcnow()
+    UserBudget.objects.filter(pk=budget.pk).update(current_spend=F("current_spend") + money(amount), updated_at=at)
+    increments = {
+        "spend": F("spend") + money(amount),
+        "prompt_tokens": F("prompt_tokens") + usage.prompt_tokens,
+        "completion_tokens": F("completion_tokens") + usage.completion_tokens,
+    }
+    if not ModelSpend.objects.filter(budget_id=budget.pk, model=model).update(**increments):
+        try:
+            with transaction.atomic():
+                ModelSpend.objects.create(
+                    budget_id=budget.pk, model=model, spend=amount,
+                    prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                )
+        except IntegrityError:
+            ModelSpend.objects.filter(budget_id=budget.pk, model=model).update(**increments)
+    Project.objects.filter(pk=project.pk).update(current_spend=F("current_spend") + money(amount))
+
+
+def set_event_response(event: CostEvent, response: dict[str, Any]) -> None:
+    """Keep the first answer to an idempotent request, to replay it on a retry."""
+    CostEvent.objects.filter(pk=event.pk, response__isnull=True).update(response=response)
