@@ -16,8 +16,17 @@ from zoneinfo import ZoneInfo
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, F, FloatField, Q, QuerySet, Sum
-from django.db.models.functions import Cast, NullIf, TruncDate
+from django.db.models import (
+    Count,
+    DecimalField,
+    ExpressionWrapper,
+    F,
+    Q,
+    QuerySet,
+    Sum,
+    Value,
+)
+from django.db.models.functions import NullIf, TruncDate
 from django.db.models.lookups import GreaterThanOrEqual
 from django.utils.timezone import now as utcnow
 
@@ -45,7 +54,7 @@ USERS_PER_MODEL_CHART = 8
 EXPORT_CHUNK_SIZE = 2000
 
 
-def MoneySum(expression: Any, **extra: Any) -> Sum:  # noqa: N802 - reads like the aggregate it is
+def MoneySum(expression: Any, **extra: Any) -> Sum:
     """SUM of a money column, converted back to dollars by MoneyField on every database."""
     return Sum(expression, output_field=MoneyField(), **extra)
 
@@ -293,9 +302,11 @@ def budgets_page(project: Project, *, search: str = "", sort: str | None = None,
     descending = sort.startswith("-")
     fields = USER_SORTS[sort.lstrip("-")]
     if "utilisation_ratio" in fields:
-        # A float ratio only to order rows; the page shows the exact Decimal utilisation.
-        budgets = budgets.annotate(utilisation_ratio=Cast("current_spend", FloatField())
-                                   / NullIf(Cast("total_budget", FloatField()), 0.0))
+        # Parts per million of the budget, only to order rows; the page shows the exact utilisation.
+        budgets = budgets.annotate(utilisation_ratio=ExpressionWrapper(
+            F("current_spend") * Value(1_000_000) / NullIf(F("total_budget"), Value(0)),
+            output_field=DecimalField(max_digits=40, decimal_places=6),
+        ))
     ordering = [
         (F(name).desc(nulls_last=True) if descending else F(name).asc(nulls_last=True)) for name in fields
     ]
