@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 import threading
+import time
 import uuid
 from datetime import timedelta
 from decimal import Decimal
@@ -234,3 +237,74 @@ def test_the_api_records_cost_with_the_broker_down(project, make_budget, client)
     assert response.status_code == 201
     assert UserBudget.objects.get().current_spend == Decimal(9)
     assert Alert.objects.filter(delivered_at__isnull=True).count() == 1
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free loopback port, to stop and start again."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = closed_port()
+        self.folder = folder
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+             "--save", "", "--appendonly", "no", "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.mark.celery_worker
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server program")
+def test_an_alert_recorded_while_redis_was_down_goes_out_through_the_same_redis_once_it_is_back(
+    project, make_budget, tmp_path, caplog
+):
+    redis = PrivateRedis(tmp_path)
+    make_budget("alice", total_budget="10")
+    try:
+        with WebhookReceiver() as receiver:
+            Project.objects.filter(pk=project.pk).update(alert_webhook_url=receiver.url)
+            project.refresh_from_db()
+            with celery_app(**redis_broker(redis.url)) as app:
+                redis.start()
+                redis.stop()  # it was up, and now it is down
+                recorded = spend(project, "alice", "9")
+
+                assert recorded.created
+                assert UserBudget.objects.get().current_spend == Decimal(9)
+                alert = Alert.objects.get()
+                assert alert.delivered_at is None
+                assert "could not queue the delivery of alert" in caplog.text
+
+                redis.start()  # back, same address: beat's outbox sweep queues it again
+                Alert.objects.filter(pk=alert.pk).update(created_at=now() - timedelta(minutes=2))
+                with running_worker(app) as worker:
+                    tasks.alert_outbox.delay()
+                    assert worker.wait_for("budgets.alert_outbox") == [1]
+                    worker.wait_for("budgets.deliver_alert")
+    finally:
+        redis.stop()
+
+    assert len(receiver.received) == 1
+    alert.refresh_from_db()
+    assert alert.delivered_at is not None
+    assert CostEvent.objects.count() == 1
