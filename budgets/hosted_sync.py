@@ -20,6 +20,8 @@ The rule, exactly (docs/api.md has the same text):
   as a ledger event (services.cost_record, cost=growth, no tokens, source "hosted").
 - The baseline becomes the client's values. Spend recorded through the native API
   is never dropped, except by a reset the client asked for.
+- A record with neither `current_cost` nor `model_cost` (what the client's
+  create_budget sends) says nothing about spend: only the budget is set.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class ClientRecord:
     days: int | None
     created_at: datetime | None
     spend: dict[str, Decimal]  # model → the client's cost for it (with "unknown" for the rest)
+    # False for a record with neither current_cost nor model_cost: the client's create_budget
+    # sends that, and its background save can arrive after a later save that carried spend.
+    reports_spend: bool = True
 
 
 # --- validation: the whole dict before anything is written --------------------------------------
@@ -119,7 +124,9 @@ def parse_record(user: str, record: Any) -> ClientRecord:
         unexplained = current - sum(spend.values(), Decimal(0))
         if unexplained > max(NOISE_ABSOLUTE, current * UNEXPLAINED_RELATIVE):
             spend[UNKNOWN_MODEL] = spend.get(UNKNOWN_MODEL, Decimal(0)) + unexplained
-    return ClientRecord(total_budget=total_budget, days=days, created_at=created_at, spend=spend)
+    reports_spend = record.get("model_cost") is not None or record.get("current_cost") is not None
+    return ClientRecord(total_budget=total_budget, days=days, created_at=created_at, spend=spend,
+                        reports_spend=reports_spend)
 
 
 def parse_user_dict(user_dict: Any) -> dict[str, ClientRecord]:
@@ -242,5 +249,6 @@ def hosted_budget_set(*, project: Project, user_dict: Any, actor: str) -> MergeR
             elif _needs_update(budget, record):
                 budget = _set(project, user, record, actor, new=False)
                 result.updated += 1
-            _merge_spend(project, budget, record, actor, result)
+            if record.reports_spend:
+                _merge_spend(project, budget, record, actor, result)
     return result

@@ -380,13 +380,17 @@ def test_a_user_the_client_never_saw_spend_for_is_not_reset_by_a_zero(hosted, pr
     assert not AuditLog.objects.filter(action="budget_reset_hosted").exists()
 
 
-def test_create_budget_again_on_the_client_resets_the_user(hosted, project):
+def test_create_budget_again_on_the_client_resets_the_user_with_its_next_spend(hosted, project):
     hosted.set({"alice": record(10, current_cost=0.5, model_cost={"gpt-4o": 0.5})})
 
     hosted.set({"alice": record(20)})  # the client's create_budget replaces the whole record
-
     budget = UserBudget.objects.get()
-    assert (budget.total_budget, budget.current_spend) == (Decimal(20), Decimal(0))
+    assert (budget.total_budget, budget.current_spend) == (Decimal(20), Decimal("0.5"))
+
+    hosted.set({"alice": record(20, current_cost=0.1, model_cost={"gpt-4o": 0.1})})  # counted from zero
+    budget.refresh_from_db()
+    assert budget.current_spend == Decimal("0.1")
+    assert AuditLog.objects.filter(action="budget_reset_hosted").count() == 1
 
 
 def test_after_the_servers_own_period_reset_a_client_reset_resets_nothing_more(hosted, project, time_machine):
@@ -463,3 +467,15 @@ def test_an_api_base_ending_in_a_slash_still_works(hosted):
     assert resolve("//get_budget").url_name == "hosted_get_budget"
     assert resolve("//set_budget").url_name == "hosted_set_budget"
     assert hosted._post("/get_budget/", {"project_name": "acme"}).status_code == 200
+
+
+def test_a_late_create_budget_save_does_not_reset_spend_recorded_after_it(hosted, project):
+    # The client saves in background threads: create_budget's save can land after update_cost's.
+    hosted.set({"alice": record(duration=1, current_cost=0.5, model_cost={"gpt-4o": 0.5})})
+    late = hosted.set({"alice": record(duration=1)})
+    hosted.set({"alice": record(duration=1, current_cost=0.7, model_cost={"gpt-4o": 0.7})})
+
+    assert late.status_code == 200
+    assert spend_of("alice") == (Decimal("0.7"), {"gpt-4o": Decimal("0.7")})
+    assert sum(CostEvent.objects.values_list("cost", flat=True)) == Decimal("0.7")
+    assert not AuditLog.objects.filter(action="budget_reset_hosted").exists()
