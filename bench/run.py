@@ -43,7 +43,7 @@ def compare(name: str, a_name: str, a: Callable[[], object], b_name: str, b: Cal
             rounds: int, setup: Callable[[], object] | None = None) -> None:
     a_times, b_times = [], []
     for _ in range(rounds):
-        for label, fn, times in ((a_name, a, a_times), (b_name, b, b_times)):
+        for fn, times in ((a, a_times), (b, b_times)):
             if setup:
                 setup()
             times.append(timed(fn))

@@ -95,7 +95,7 @@ class UserBudgetAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         # The owner of a budget is fixed once it exists.
         fields = tuple(self.readonly_fields)
-        return fields + ("project", "user_id") if obj else fields
+        return (*fields, "project", "user_id") if obj else fields
 
     def save_model(self, request: HttpRequest, obj: UserBudget, form: Any, change: bool) -> None:
         budget, _ = services.budget_set(

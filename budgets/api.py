@@ -65,7 +65,7 @@ api = BudgetAPI(
 )
 install_exception_handlers(api, UNAUTHORIZED_MESSAGE)
 
-ERRORS: dict[int, Any] = {code: ErrorOut for code in (400, 401, 404)}
+ERRORS: dict[int, Any] = dict.fromkeys((400, 401, 404), ErrorOut)
 MAX_PAGE = 500
 IDEMPOTENT_REPLAYED = "Idempotent-Replayed"
 

@@ -9,7 +9,7 @@ from .errors import InvalidInput
 
 # 12 places, as stored (models.MONEY); a trillion dollars is past any real budget.
 MONEY_PLACES = Decimal("0.000000000001")
-MONEY_MAX = Decimal("1000000000000")
+MONEY_MAX = Decimal(1000000000000)
 
 
 def to_money(value: Any, field: str = "amount") -> Decimal:

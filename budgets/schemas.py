@@ -41,7 +41,8 @@ def _price(value: Any, info: ValidationInfo) -> Decimal:
 
 def _tokens(value: Any, info: ValidationInfo) -> int:
     # 10.0 is a whole number; the adjusted() bound keeps int() from expanding 1E+100000000.
-    if isinstance(value, Decimal) and value.is_finite() and value.adjusted() <= 15 and value == value.to_integral_value():
+    whole = isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value()
+    if whole and value.adjusted() <= 15:
         value = int(value)
     field = info.field_name or "tokens"
     try:

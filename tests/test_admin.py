@@ -8,7 +8,7 @@ import pytest
 from django.urls import reverse
 
 from budgets import services
-from budgets.models import ApiKey, AuditLog, CostEvent, ModelPrice, UserBudget
+from budgets.models import AuditLog, CostEvent, ModelPrice, UserBudget
 from budgets.usage import Usage
 
 pytestmark = pytest.mark.django_db
@@ -98,7 +98,8 @@ def test_a_price_edited_in_admin_is_marked_and_survives_a_reload(staff_client):
     price = ModelPrice.objects.get(model="gpt-4o")
     url = reverse("admin:budgets_modelprice_change", args=[price.pk])
     data = {"model": "gpt-4o", "provider": "openai", "mode": "chat", "input_cost_per_token": "0.000003",
-            "output_cost_per_token": "0.00001", "cache_read_input_token_cost": "", "cache_creation_input_token_cost": "",
+            "output_cost_per_token": "0.00001", "cache_read_input_token_cost": "",
+            "cache_creation_input_token_cost": "",
             "max_tokens": "", "max_input_tokens": "", "max_output_tokens": ""}
 
     assert staff_client.post(url, data).status_code == 302

@@ -82,7 +82,9 @@ def test_strings_no_database_can_store_are_refused(api, raw):
     assert db_state() == before
 
 
-@pytest.mark.parametrize("path", ["/api/v1/users/al%00ice", "/api/v1/users/alice/costs?model=a%00", "/api/v1/costs?user=%00"])
+@pytest.mark.parametrize(
+    "path", ["/api/v1/users/al%00ice", "/api/v1/users/alice/costs?model=a%00", "/api/v1/costs?user=%00"]
+)
 def test_nul_in_the_url_is_refused(api, path):
     assert_error(api.get(path), 400, "validation_error")
 

@@ -29,11 +29,11 @@ def test_a_million_tokens_a_thousand_times_cost_exactly_150_dollars(project, mak
         record(project, prompt=1_000_000)  # gpt-4o-mini input: $0.00000015 a token
 
     budget = UserBudget.objects.get()
-    assert budget.current_spend == Decimal("150")
-    assert ModelSpend.objects.get().spend == Decimal("150")
-    assert sum(CostEvent.objects.values_list("cost", flat=True)) == Decimal("150")
+    assert budget.current_spend == Decimal(150)
+    assert ModelSpend.objects.get().spend == Decimal(150)
+    assert sum(CostEvent.objects.values_list("cost", flat=True)) == Decimal(150)
     project.refresh_from_db()
-    assert project.current_spend == Decimal("150")
+    assert project.current_spend == Decimal(150)
 
 
 def test_recording_writes_one_ledger_event_and_adds_spend_everywhere(project, make_budget):
@@ -68,7 +68,7 @@ def test_an_unknown_model_without_a_cost_is_refused_and_writes_nothing(project, 
     assert UserBudget.objects.get().current_spend == 0
 
 
-@pytest.mark.parametrize("bad", [Decimal("-1"), Decimal("NaN"), Decimal("Infinity"), "abc", True, float("inf")])
+@pytest.mark.parametrize("bad", [Decimal(-1), Decimal("NaN"), Decimal("Infinity"), "abc", True, float("inf")])
 def test_a_bad_cost_is_refused_and_writes_nothing(project, make_budget, bad):
     make_budget()
     with pytest.raises(InvalidInput):
@@ -177,7 +177,7 @@ def test_concurrent_recording_from_many_threads_loses_nothing(project, make_budg
     assert budget.current_spend == 8 * 25 * per_call
     assert CostEvent.objects.count() == 8 * 25 * 2
     assert dict(ModelSpend.objects.values_list("model", "spend")) == {
-        "gpt-4o-mini": Decimal("30"), "gpt-4o": 200 * 1000 * Decimal("0.0000025")}
+        "gpt-4o-mini": Decimal(30), "gpt-4o": 200 * 1000 * Decimal("0.0000025")}
     project.refresh_from_db()
     assert project.current_spend == budget.current_spend
 

@@ -575,7 +575,7 @@ def test_the_command_loads_a_file_and_reports_admin_rows_kept(snapshot_prices: N
 
 @pytest.mark.django_db
 def test_the_command_fails_clearly_for_a_missing_file_and_writes_nothing(empty_price_table: None) -> None:
-    with pytest.raises(CommandError, match="No prices loaded: cannot read /no/such/prices.json: No such file"):
+    with pytest.raises(CommandError, match=r"No prices loaded: cannot read /no/such/prices\.json: No such file"):
         call_command("load_prices", "/no/such/prices.json")
 
     assert not ModelPrice.objects.exists()

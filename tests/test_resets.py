@@ -56,7 +56,7 @@ def test_a_sweep_after_ten_days_down_resets_once_into_the_current_period(project
 
     budget = UserBudget.objects.get()
     assert budget.period_start == at("2026-03-11T00:00:00+00:00")
-    assert BudgetPeriod.objects.get().spend == Decimal("2")
+    assert BudgetPeriod.objects.get().spend == Decimal(2)
 
 
 def test_monthly_budgets_follow_real_month_lengths_in_the_project_zone(make_budget, time_machine):
@@ -93,8 +93,8 @@ def test_recording_into_an_ended_period_counts_in_the_new_one(project, make_budg
     time_machine.move_to("2026-03-11 08:00:00+00:00", tick=False)
     spend(project, "alice", "1")
 
-    assert UserBudget.objects.get().current_spend == Decimal("1")
-    assert BudgetPeriod.objects.get().spend == Decimal("3")
+    assert UserBudget.objects.get().current_spend == Decimal(1)
+    assert BudgetPeriod.objects.get().spend == Decimal(3)
 
 
 def test_budgets_without_a_duration_never_reset(project, make_budget, time_machine):
@@ -103,7 +103,7 @@ def test_budgets_without_a_duration_never_reset(project, make_budget, time_machi
     spend(project, "alice", "3")
     time_machine.move_to("2030-03-10 12:00:00+00:00", tick=False)
     assert services.reset_due_budgets() == 0
-    assert UserBudget.objects.get().current_spend == Decimal("3")
+    assert UserBudget.objects.get().current_spend == Decimal(3)
 
 
 def test_the_sweep_works_in_batches(project, make_budget, time_machine):
@@ -171,6 +171,6 @@ def test_a_period_is_kept_after_a_duration_change_moved_the_start_back(project, 
 
     rows = list(BudgetPeriod.objects.order_by("period_end").values_list("period_start", "period_end", "spend"))
     assert rows == [
-        (at("2026-03-16T00:00:00+00:00"), at("2026-03-17T00:00:00+00:00"), Decimal("1")),
-        (at("2026-03-16T00:00:00+00:00"), at("2026-03-23T00:00:00+00:00"), Decimal("2")),
+        (at("2026-03-16T00:00:00+00:00"), at("2026-03-17T00:00:00+00:00"), Decimal(1)),
+        (at("2026-03-16T00:00:00+00:00"), at("2026-03-23T00:00:00+00:00"), Decimal(2)),
     ]

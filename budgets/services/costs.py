@@ -88,12 +88,13 @@ def cost_record(
                     f"({'user ' + repr(user_id) if scope == 'user' else 'project ' + repr(project.name)})",
                     scope=scope,
                 )
-        event_fields = dict(
-            project=project, budget_id=budget.pk, user_id=user_id, model=model,
-            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-            cached_tokens=usage.cached_tokens, cache_creation_tokens=usage.cache_creation_tokens,
-            cost=amount, source=source, idempotency_key=idempotency_key or None, request_fingerprint=fingerprint,
-        )
+        event_fields = {
+            "project": project, "budget_id": budget.pk, "user_id": user_id, "model": model,
+            "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "cached_tokens": usage.cached_tokens, "cache_creation_tokens": usage.cache_creation_tokens,
+            "cost": amount, "source": source, "idempotency_key": idempotency_key or None,
+            "request_fingerprint": fingerprint,
+        }
         try:
             with transaction.atomic():
                 event = CostEvent.objects.create(**event_fields)

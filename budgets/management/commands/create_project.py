@@ -29,6 +29,8 @@ class Command(BaseCommand):
         except BudgetError as exc:
             raise CommandError(exc.message) from None
         cap = f"${project.max_budget}" if project.max_budget is not None else "none"
-        self.stdout.write(f"Created project {project.name!r} (id {project.pk}, max budget {cap}, time zone {project.timezone}).")
+        self.stdout.write(
+            f"Created project {project.name!r} (id {project.pk}, max budget {cap}, time zone {project.timezone})."
+        )
         self.stdout.write("API key (shown only once; only its hash is stored):")
         self.stdout.write(raw)
