@@ -30,7 +30,7 @@ from django.db.models.functions import NullIf, TruncDate
 from django.db.models.lookups import GreaterThanOrEqual
 from django.utils.timezone import now as utcnow
 
-from . import pricing
+from . import pricing, selectors
 from .fields import MoneyField
 from .models import (
     Alert,
@@ -150,14 +150,10 @@ class DailySpend:
 
 def _ledger(project: Project, rng: DateRange | None = None, *, user_id: str | None = None,
             model: str | None = None) -> QuerySet[CostEvent]:
-    events = CostEvent.objects.filter(project=project)
-    if rng is not None:
-        events = events.filter(created_at__gte=rng.since, created_at__lt=rng.until)
-    if user_id is not None:
-        events = events.filter(user_id=user_id)
-    if model is not None:
-        events = events.filter(model=model)
-    return events
+    """The API's ledger filter, unordered: most callers aggregate, and ORDER BY would join the GROUP BY."""
+    return selectors.cost_events(
+        project, user_id=user_id, model=model, since=rng.since if rng else None, until=rng.until if rng else None
+    ).order_by()
 
 
 def daily_spend(project: Project, rng: DateRange, *, user_id: str | None = None,
