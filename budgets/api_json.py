@@ -25,27 +25,10 @@ from ninja.parser import Parser
 from ninja.renderers import BaseRenderer
 from pydantic import BaseModel
 
-from .errors import BudgetError
+from .errors import InvalidInput, InvalidJSON
 
 MAX_DEPTH = 64
 CONTENT_TYPE = "application/json; charset=utf-8"
-
-
-class InvalidJSON(BudgetError):
-    type = "invalid_json"
-    status = 400
-
-
-class BadString(BudgetError):
-    """Valid JSON whose text no database column can hold."""
-
-    type = "validation_error"
-    status = 400
-
-
-class PayloadTooLarge(BudgetError):
-    type = "payload_too_large"
-    status = 413
 
 
 def _reject_constant(name: str) -> Any:
@@ -53,7 +36,7 @@ def _reject_constant(name: str) -> Any:
 
 
 def loads(body: bytes | str) -> Any:
-    """Parse a request body strictly; raise InvalidJSON or BadString."""
+    """Parse a request body strictly; raise InvalidJSON, or InvalidInput for text no column can hold."""
     try:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
         value = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
@@ -67,11 +50,11 @@ def loads(body: bytes | str) -> Any:
 
 def check_string(text: str, what: str = "a string") -> str:
     if "\x00" in text:
-        raise BadString(f"{what} must not contain NUL characters")
+        raise InvalidInput(f"{what} must not contain NUL characters")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise BadString(f"{what} must be valid Unicode (no lone surrogates)") from None
+        raise InvalidInput(f"{what} must be valid Unicode (no lone surrogates)") from None
     return text
 
 

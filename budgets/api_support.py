@@ -34,8 +34,8 @@ from ninja.errors import (
 )
 from ninja.openapi.docs import DocsBase
 
-from .api_json import CONTENT_TYPE, PayloadTooLarge, dumps
-from .errors import BudgetError, BudgetExceeded
+from .api_json import CONTENT_TYPE, dumps
+from .errors import BudgetError, BudgetExceeded, PayloadTooLarge
 
 logger = logging.getLogger(__name__)
 

@@ -19,6 +19,16 @@ class InvalidInput(BudgetError):
     status = 400
 
 
+class InvalidJSON(BudgetError):
+    type = "invalid_json"
+    status = 400
+
+
+class PayloadTooLarge(BudgetError):
+    type = "payload_too_large"
+    status = 413
+
+
 class UnknownUser(BudgetError, KeyError):
     """No budget for this user; a KeyError too, as the seed's dict lookup raised."""
 

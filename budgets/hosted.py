@@ -19,9 +19,9 @@ from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
 
 from . import hosted_sync
-from .api_json import CONTENT_TYPE, PayloadTooLarge, dumps, loads
+from .api_json import CONTENT_TYPE, dumps, loads
 from .auth import UNAUTHORIZED_MESSAGE, actor_of, api_key_required
-from .errors import BudgetError, InvalidInput
+from .errors import BudgetError, InvalidInput, PayloadTooLarge
 from .models import Project
 
 logger = logging.getLogger(__name__)
