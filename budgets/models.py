@@ -256,7 +256,7 @@ class ApiKey(models.Model):
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100)
-    prefix = models.CharField(max_length=16, help_text="The key's first characters, to recognise it.")
+    prefix = models.CharField(max_length=16, db_index=True, help_text="The key's first characters, to recognise it.")
     key_hash = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(default=now)
     last_used_at = models.DateTimeField(null=True, blank=True)

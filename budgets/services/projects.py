@@ -20,6 +20,7 @@ from .common import validate_duration, validate_timezone, write_audit
 from .resets import reset_due_projects
 
 KEY_PREFIX = "bm_"
+SHOWN_LENGTH = 10  # the part of a key kept in clear (ApiKey.prefix), to find and recognise it
 
 
 def project_create(
@@ -106,7 +107,7 @@ def api_key_create(*, project: Project, name: str, actor: str = "system") -> tup
         raise InvalidInput("key name must be a non-empty string of at most 100 characters")
     raw = KEY_PREFIX + secrets.token_urlsafe(32)  # 256 bits
     with transaction.atomic():
-        key = ApiKey.objects.create(project=project, name=name.strip(), prefix=raw[:10], key_hash=hash_key(raw))
+        key = ApiKey.objects.create(project=project, name=name.strip(), prefix=raw[:SHOWN_LENGTH], key_hash=hash_key(raw))
         write_audit(project_id=project.pk, action="api_key_create", actor=actor,
                     after={"name": key.name, "prefix": key.prefix})
     return key, raw
@@ -117,8 +118,10 @@ def api_key_authenticate(raw: str) -> ApiKey | None:
     if not isinstance(raw, str) or not raw.startswith(KEY_PREFIX) or len(raw) > 200:
         return None
     digest = hash_key(raw)
-    key = ApiKey.objects.select_related("project").filter(key_hash=digest, revoked_at__isnull=True).first()
-    if key is None or not hmac.compare_digest(key.key_hash, digest):
+    # Found by its public prefix, then the secret's hash compared in constant time.
+    candidates = ApiKey.objects.select_related("project").filter(prefix=raw[:SHOWN_LENGTH], revoked_at__isnull=True)
+    key = next((k for k in candidates if hmac.compare_digest(k.key_hash, digest)), None)
+    if key is None:
         return None
     at = utcnow()
     if key.last_used_at is None or at - key.last_used_at > timedelta(minutes=1):
