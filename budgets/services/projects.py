@@ -107,7 +107,8 @@ def api_key_create(*, project: Project, name: str, actor: str = "system") -> tup
         raise InvalidInput("key name must be a non-empty string of at most 100 characters")
     raw = KEY_PREFIX + secrets.token_urlsafe(32)  # 256 bits
     with transaction.atomic():
-        key = ApiKey.objects.create(project=project, name=name.strip(), prefix=raw[:SHOWN_LENGTH], key_hash=hash_key(raw))
+        key = ApiKey.objects.create(project=project, name=name.strip(), prefix=raw[:SHOWN_LENGTH],
+                                    key_hash=hash_key(raw))
         write_audit(project_id=project.pk, action="api_key_create", actor=actor,
                     after={"name": key.name, "prefix": key.prefix})
     return key, raw
