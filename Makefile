@@ -26,6 +26,8 @@ test: install
 
 lint: install
 	$(BIN)/ruff check budgets budgetsite tests bench
+	$(BIN)/lint-imports
+	$(BIN)/mypy budgets budgetsite
 
 bench: install
 	$(BIN)/python bench/run.py

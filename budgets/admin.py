@@ -14,7 +14,7 @@ from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
-from . import alerts, services
+from . import services
 from .models import (
     Alert,
     ApiKey,
@@ -29,7 +29,7 @@ from .models import (
 
 
 def actor_for(request: HttpRequest) -> str:
-    return f"admin:{request.user.get_username()}"
+    return services.actor_for_user(request.user, via="admin")
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -53,6 +53,25 @@ class ProjectAdmin(admin.ModelAdmin):
     filter_horizontal = ("members",)
     readonly_fields = ("current_spend", "period_start", "next_reset_at", "created_at")
     exclude = ("webhook_secret",)
+
+    def save_model(self, request: HttpRequest, obj: Project, form: Any, change: bool) -> None:
+        # Through the service, like every other entry point: the period and reset time set, one audit row.
+        settings = {"max_budget": obj.max_budget, "timezone": obj.timezone, "duration": obj.duration,
+                    "duration_days": obj.duration_days}
+        if change:
+            project = services.project_update(
+                project=Project.objects.get(pk=obj.pk), actor=actor_for(request), name=obj.name,
+                alert_thresholds=obj.alert_thresholds, alert_webhook_url=obj.alert_webhook_url,
+                alert_email=obj.alert_email, **settings,
+            )
+        else:
+            project = services.project_create(name=obj.name, actor=actor_for(request), **settings)
+            project = services.project_update(
+                project=project, actor=actor_for(request), alert_thresholds=obj.alert_thresholds,
+                alert_webhook_url=obj.alert_webhook_url, alert_email=obj.alert_email,
+            ) if (obj.alert_webhook_url or obj.alert_email) else project
+        obj.pk = project.pk
+        obj.refresh_from_db()
 
 
 class ModelSpendInline(admin.TabularInline):
@@ -150,12 +169,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
     readonly_fields = ("source", "updated_at")
 
     def save_model(self, request: HttpRequest, obj: ModelPrice, form: Any, change: bool) -> None:
-        # load_prices leaves rows edited here alone.
-        from django.utils.timezone import now
-
-        obj.source = "admin"
-        obj.updated_at = now()
-        super().save_model(request, obj, form, change)
+        services.price_save_edited(price=obj)  # load_prices leaves rows edited here alone
 
 
 @admin.register(ApiKey)
@@ -203,7 +217,7 @@ class AlertAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry delivery of selected undelivered alerts")
     def retry_delivery(self, request: HttpRequest, queryset: QuerySet[Alert]) -> None:
-        count = sum(alerts.alert_retry(alert=alert, actor=actor_for(request)) for alert in queryset)
+        count = sum(services.alert_retry(alert=alert, actor=actor_for(request)) for alert in queryset)
         self.message_user(request, f"Queued {count} alert(s) for delivery.", messages.SUCCESS)
 
 

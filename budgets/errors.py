@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Any
+
 
 class BudgetError(Exception):
     """Base of the errors a caller can cause; never a server fault."""
@@ -12,6 +15,10 @@ class BudgetError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def extra(self) -> dict[str, Any]:
+        """More fields for the API's error body."""
+        return {}
 
 
 class InvalidInput(BudgetError):
@@ -39,6 +46,11 @@ class UnknownUser(BudgetError, KeyError):
         return self.message
 
 
+class Forbidden(BudgetError):
+    type = "forbidden"
+    status = 403
+
+
 class UnknownModel(BudgetError):
     type = "unknown_model"
     status = 422
@@ -50,11 +62,18 @@ class IdempotencyConflict(BudgetError):
 
 
 class BudgetExceeded(BudgetError):
-    """A budget (`scope` is "user" or "project") has no room for this spend."""
+    """A budget (`scope` is "user" or "project") has no room for this spend; the figures say why."""
 
     type = "budget_exceeded"
     status = 402
 
-    def __init__(self, message: str, *, scope: str) -> None:
+    def __init__(
+        self, message: str, *, scope: str, limit: Decimal | None = None, spend: Decimal | None = None,
+        held: Decimal | None = None, requested: Decimal | None = None,
+    ) -> None:
         super().__init__(message)
         self.scope = scope
+        self.figures = {"limit": limit, "spend": spend, "held": held, "requested": requested}
+
+    def extra(self) -> dict[str, Any]:
+        return {key: value for key, value in self.figures.items() if value is not None}

@@ -18,8 +18,8 @@ from crispy_forms.layout import Column, Field, Layout, Row
 from django import forms
 from django.core.exceptions import ValidationError
 
-from .console_selectors import DateRange
 from .models import Duration
+from .selectors.console import DateRange
 
 # A user budget or a project cap above this is almost certainly a typo (and on SQLite
 # a money column holds at most about $9.2 million).

@@ -29,11 +29,11 @@ class BudgetManager:
         self.client_type = client_type
         self.api_base = api_base
         self.project: Project = services.project_get_or_create(name=project_name)
-        self.actor = f"manager:{project_name}"
+        self.actor = services.actor_for_manager(project_name)
 
     def _budget(self, user: str):
         self.project.refresh_from_db()
-        return services.budget_get(project=self.project, user_id=user)
+        return services.ensure_current_period(self.project, user_id=user)
 
     def create_budget(self, total_budget: Any, user: str,
                       duration: str | None = None, created_at: float | None = None) -> dict[str, Any]:
@@ -97,8 +97,7 @@ class BudgetManager:
 
     def update_budget_all_users(self) -> None:
         """Reset every user of the project whose period has ended."""
-        services.reset_due_budgets(project=self.project)
-        services.project_refresh(self.project)
+        services.ensure_current_period(self.project, all_users=True)
 
     def save_data(self) -> dict[str, str]:
         """Every change is already in the database; answers as the seed does."""

@@ -19,14 +19,13 @@ from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from django.db import router, transaction
 from django.db.models import Q
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
-from django.utils.timezone import now
 
 from budgets.errors import InvalidInput, UnknownModel
 from budgets.models import ModelPrice
+from budgets.usage import Usage, check_cached
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SNAPSHOT_PATH = Path(__file__).resolve().parent / "data" / "model_prices.json.gz"
@@ -221,53 +220,6 @@ def _gunzip(data: bytes, label: str) -> bytes:
         raise PriceMapError(f"{label}: not a valid gzip file: {exc}") from exc
 
 
-def load_price_map(source: str | None = None, *, model_class: Any = None, using: str | None = None) -> LoadResult:
-    """Load a LiteLLM price map into the price table; running it again changes nothing.
-
-    `source` is None for the shipped snapshot, a path (.json or .json.gz) or an http(s) URL.
-    Models are added or updated in bulk inside one transaction; rows edited in admin
-    (source "admin") are kept as they are, and models missing from the map are not deleted.
-    Loaded rows get source "snapshot", "file" or "url". `model_class` lets a data migration pass
-    its historical model. Raises PriceMapError, having written nothing, for a bad source.
-    """
-    model_class = model_class or ModelPrice
-    data, label, kind = _read_source(source)
-    try:
-        prices = parse_price_map(data)
-    except ValueError as exc:
-        raise PriceMapError(f"{label}: {exc}") from exc
-
-    db = using or router.db_for_write(model_class)
-    manager = model_class._default_manager.db_manager(db)
-    stamp = now()
-    added: list[Any] = []
-    changed: list[Any] = []
-    unchanged = kept = 0
-    with transaction.atomic(using=db):
-        # Locked so that an admin edit made during the load is not overwritten.
-        rows = manager.select_for_update().order_by().only("model", "source", *PRICE_FIELDS)
-        existing = {row.model: row for row in rows}
-        for model, values in prices.items():
-            row = existing.get(model)
-            if row is None:
-                added.append(model_class(model=model, source=kind, updated_at=stamp, **values))
-            elif row.source == ADMIN_SOURCE:
-                kept += 1
-            elif all(getattr(row, field) == value for field, value in values.items()):
-                unchanged += 1
-            else:
-                for field, value in values.items():
-                    setattr(row, field, value)
-                row.source, row.updated_at = kind, stamp
-                changed.append(row)
-        manager.bulk_create(added, batch_size=BATCH_SIZE)
-        manager.bulk_update(changed, [*PRICE_FIELDS, "source", "updated_at"], batch_size=BATCH_SIZE)
-        # Bulk writes send no signals; if this is inside a longer transaction, clear again on commit.
-        transaction.on_commit(clear_price_cache, using=db)
-    clear_price_cache()
-    return LoadResult(added=len(added), changed=len(changed), unchanged=unchanged, kept=kept, source=label)
-
-
 # --- Lookup ------------------------------------------------------------------------------------------
 
 # Model name → (expiry on the monotonic clock, Price or None for "not in the table").
@@ -392,11 +344,7 @@ def cost_of_tokens(
             raise InvalidInput(f"{name} must be a whole number, not {count!r}")
         if count < 0:
             raise InvalidInput(f"{name} must not be negative, got {count}")
-    if cached_tokens > prompt_tokens:
-        raise InvalidInput(
-            f"cached_tokens ({cached_tokens}) cannot exceed prompt_tokens ({prompt_tokens}): "
-            "cached tokens are part of the prompt"
-        )
+    check_cached(prompt_tokens, cached_tokens)
     cache_read = price.input if price.cache_read is None else price.cache_read
     cache_creation = price.input if price.cache_creation is None else price.cache_creation
     # Enough digits that no product or sum is ever rounded.
@@ -408,3 +356,11 @@ def cost_of_tokens(
             + cache_creation_tokens * cache_creation
             + completion_tokens * price.output
         )
+
+
+def cost_of_usage(usage: Usage, price: Price | None = None) -> Decimal:
+    """The cost of a call's usage at `price` (default: the model's price in the table)."""
+    return cost_of_tokens(
+        price or get_price(usage.model), prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens, cache_creation_tokens=usage.cache_creation_tokens,
+    )

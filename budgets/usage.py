@@ -30,6 +30,22 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
         return getattr(obj, key, default)
 
 
+def check_cached(prompt_tokens: int, cached_tokens: int) -> None:
+    """Cached tokens are the part of the prompt read from the cache: never more than the prompt."""
+    if cached_tokens > prompt_tokens:
+        raise InvalidInput(
+            f"cached_tokens ({cached_tokens}) cannot exceed prompt_tokens ({prompt_tokens}): "
+            "cached tokens are part of the prompt"
+        )
+
+
+def usage_of_counts(model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
+                    cache_creation_tokens: int = 0) -> Usage:
+    """Usage from token counts the caller gave, checked."""
+    check_cached(prompt_tokens, cached_tokens)
+    return Usage(model, prompt_tokens, completion_tokens, cached_tokens, cache_creation_tokens)
+
+
 def validate_model(model: Any) -> str:
     if not isinstance(model, str) or not model.strip():
         raise InvalidInput("model must be a non-empty string")
@@ -66,9 +82,7 @@ def usage_from_completion(completion: Any) -> Usage:
     if anthropic_style:
         # Anthropic's input_tokens exclude cache reads; OpenAI's prompt_tokens include them.
         prompt += cached
-    if cached > prompt:
-        raise InvalidInput("cached tokens cannot exceed prompt tokens")
-    return Usage(model, prompt, completion_tokens, cached, creation)
+    return usage_of_counts(model, prompt, completion_tokens, cached, creation)
 
 
 def usage_from_texts(model: Any, input_text: Any, output_text: Any) -> Usage:

@@ -5,12 +5,8 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
-from budgets.api import api
-from budgets.hosted import urlpatterns as hosted_urls
-
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("api/v1/", api.urls),
-    *hosted_urls,
+    path("", include("budgets.api.urls")),
     path("", include("budgets.urls")),
 ]

@@ -9,6 +9,7 @@ from django.conf import settings
 
 from budgets import pricing, services
 from budgets.models import ModelPrice, Project
+from budgets.services.prices import load_price_map
 
 ON_POSTGRES = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 
@@ -38,7 +39,7 @@ def prices_after_flush(request: pytest.FixtureRequest) -> None:
     if transactional:
         request.getfixturevalue("transactional_db")
         if not ModelPrice.objects.exists():
-            pricing.load_price_map()
+            load_price_map()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from django.urls import reverse
 
 from budgets import services
-from budgets.models import AuditLog, CostEvent, ModelPrice, UserBudget
+from budgets.models import AuditLog, CostEvent, ModelPrice, Project, UserBudget
 from budgets.usage import Usage
 
 pytestmark = pytest.mark.django_db
@@ -103,10 +103,45 @@ def test_a_price_edited_in_admin_is_marked_and_survives_a_reload(staff_client):
             "max_tokens": "", "max_input_tokens": "", "max_output_tokens": ""}
 
     assert staff_client.post(url, data).status_code == 302
-    from budgets.pricing import get_price, load_price_map
+    from budgets.pricing import get_price
+    from budgets.services.prices import load_price_map
 
     load_price_map()
     price.refresh_from_db()
     assert (price.source, price.input_cost_per_token) == ("admin", Decimal("0.000003"))
     assert get_price("gpt-4o").input == Decimal("0.000003")
     assert UserBudget.objects.count() == 0
+
+
+def _project_form(**overrides):
+    form = {"name": "admin-made", "max_budget": "50", "duration": "monthly", "timezone": "Europe/Berlin",
+            "alert_thresholds": "[80, 100]", "alert_webhook_url": "", "alert_email": ""}
+    form.update(overrides)
+    return form
+
+
+def test_a_project_created_in_the_admin_is_set_up_like_create_project(staff_client):
+    response = staff_client.post(reverse("admin:budgets_project_add"), _project_form())
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    made = Project.objects.get(name="admin-made")
+    twin = services.project_create(name="twin", max_budget="50", timezone="Europe/Berlin", duration="monthly")
+    assert made.next_reset_at is not None
+    assert (made.period_start, made.next_reset_at) == (twin.period_start, twin.next_reset_at)
+    assert made.max_budget == Decimal(50)
+    audit = AuditLog.objects.get(project=made)
+    assert (audit.action, audit.actor) == ("project_create", "admin:support")
+
+
+def test_changing_a_project_in_the_admin_goes_through_the_service(staff_client):
+    project = services.project_create(name="admin-made", max_budget="50")
+    url = reverse("admin:budgets_project_change", args=[project.pk])
+
+    response = staff_client.post(url, _project_form(max_budget="75", duration="daily", timezone="UTC"))
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    project.refresh_from_db()
+    assert (project.max_budget, project.duration) == (Decimal(75), "daily")
+    assert project.next_reset_at is not None
+    update = AuditLog.objects.get(project=project, action="project_update")
+    assert (update.actor, update.after["max_budget"]) == ("admin:support", "75")

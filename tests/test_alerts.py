@@ -14,8 +14,9 @@ from django.core import mail
 from django.db import connection
 from django.utils.timezone import now
 
-from budgets import alerts, services
+from budgets import services
 from budgets.models import Alert, AuditLog, CostEvent, Project
+from budgets.services import alerts
 from budgets.usage import Usage
 from tests.celery_support import WebhookReceiver
 

@@ -167,8 +167,10 @@ def test_every_page_draws_its_charts_from_the_test_server_only(session, demo):
     session.screenshot("users")
 
     # A user with spend this period and finished periods has all three charts.
-    with_history = (UserBudget.objects.filter(project=demo, periods__isnull=False, model_spends__isnull=False)
-                    .distinct().order_by("-current_spend").first())
+    # (On a Monday morning the seed's daily and weekly budgets have no spend yet: record some.)
+    with_history = UserBudget.objects.filter(project=demo, periods__isnull=False).distinct().order_by("user_id").first()
+    services.cost_record(project=demo, user_id=with_history.user_id, usage=Usage("gpt-4o-mini", 1000, 500),
+                         source=CostEvent.Source.API)
     session.open(reverse("user_detail", args=[pk, with_history.user_id]))
     assert_charts_drawn(session, 3)
     assert session.page.locator("#ledger tbody tr").count() > 0

@@ -18,8 +18,8 @@ from django.test import Client
 from django.urls import reverse
 
 from budgets import services
-from budgets.console_selectors import DateRange, forecast
 from budgets.models import ApiKey, AuditLog, CostEvent, ModelSpend, Project, UserBudget
+from budgets.selectors.console import DateRange, forecast
 from budgets.templatetags.console import format_dollars
 from budgets.usage import Usage
 

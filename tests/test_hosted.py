@@ -14,6 +14,7 @@ from django.urls import resolve
 
 from budgets import services
 from budgets.models import AuditLog, BudgetPeriod, CostEvent, ModelSpend, UserBudget
+from budgets.services import costs
 from budgets.usage import Usage
 from tests.api_helpers import body_of, db_state, new_key
 
@@ -420,14 +421,14 @@ def test_after_the_servers_period_reset_client_growth_still_counts(hosted, time_
 def test_a_failure_part_way_through_rolls_back_the_whole_dict(hosted, monkeypatch):
     hosted.set({"alice": record(), "bob": record()})
     before = db_state()
-    real = services.cost_record
+    real = costs.cost_record
 
     def fail_for_bob(**kwargs):
         if kwargs["user_id"] == "bob":
             raise OverflowError("too large for the column")
         return real(**kwargs)
 
-    monkeypatch.setattr(services, "cost_record", fail_for_bob)
+    monkeypatch.setattr(costs, "cost_record", fail_for_bob)
 
     response = hosted.set({"alice": record(model_cost={"x": 1.0}), "bob": record(model_cost={"x": 1.0})})
 

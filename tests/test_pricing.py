@@ -29,9 +29,9 @@ from budgets.pricing import (
     cost_of_tokens,
     find_price,
     get_price,
-    load_price_map,
     parse_price_map,
 )
+from budgets.services.prices import load_price_map
 
 SNAPSHOT_LABEL = "budgets/data/model_prices.json.gz"
 

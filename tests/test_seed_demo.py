@@ -13,8 +13,8 @@ from django.core.management.base import CommandError
 from django.db.models import Sum
 
 from budgets import services
-from budgets.console_selectors import MoneySum
 from budgets.models import BudgetPeriod, CostEvent, ModelSpend, Project, UserBudget
+from budgets.selectors.console import MoneySum
 
 pytestmark = pytest.mark.django_db
 

@@ -16,6 +16,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from budgets import services, tasks
 from budgets.models import AuditLog, BudgetPeriod, Project, UserBudget
+from budgets.services import schedule as beat_schedule
 from budgets.usage import Usage
 
 pytestmark = pytest.mark.django_db
@@ -238,21 +239,21 @@ def test_the_sweep_task_returns_how_many_it_reset(project, make_budget, time_mac
 def test_migrate_writes_the_beat_schedule_for_the_admin():
     rows = {task.name: task for task in PeriodicTask.objects.filter(name__startswith="budgets:")}
 
-    assert set(rows) == set(tasks.BEAT_SCHEDULE)
-    for name, entry in tasks.BEAT_SCHEDULE.items():
+    assert set(rows) == set(beat_schedule.BEAT_SCHEDULE)
+    for name, entry in beat_schedule.BEAT_SCHEDULE.items():
         assert rows[name].task == entry.task
         assert rows[name].enabled
         assert rows[name].schedule == schedule(timedelta(minutes=1))
     from budgetsite.celery import app
 
-    assert {entry.task for entry in tasks.BEAT_SCHEDULE.values()} <= set(app.tasks)
+    assert {entry.task for entry in beat_schedule.BEAT_SCHEDULE.values()} <= set(app.tasks)
 
 
 def test_installing_the_schedule_again_changes_nothing_and_keeps_a_pause():
     PeriodicTask.objects.filter(name="budgets: reset sweep").update(enabled=False)
     before = list(PeriodicTask.objects.order_by("pk").values())
 
-    assert tasks.beat_schedule_install() == 0
+    assert beat_schedule.beat_schedule_install() == 0
 
     assert list(PeriodicTask.objects.order_by("pk").values()) == before
     assert IntervalSchedule.objects.filter(every=1, period="minutes").count() == 1
@@ -262,7 +263,7 @@ def test_installing_the_schedule_repairs_an_edited_or_deleted_task():
     PeriodicTask.objects.filter(name="budgets: reset sweep").update(task="something.else")
     PeriodicTask.objects.filter(name="budgets: alert outbox").delete()
 
-    assert tasks.beat_schedule_install() == 2
+    assert beat_schedule.beat_schedule_install() == 2
 
     assert PeriodicTask.objects.get(name="budgets: reset sweep").task == "budgets.reset_sweep"
     assert PeriodicTask.objects.get(name="budgets: alert outbox").task == "budgets.alert_outbox"

@@ -18,8 +18,9 @@ import pytest
 from django.conf import settings
 from django.utils.timezone import now
 
-from budgets import alerts, services, tasks
+from budgets import services, tasks
 from budgets.models import Alert, BudgetPeriod, CostEvent, Project, UserBudget
+from budgets.services import alerts
 from budgets.usage import Usage
 from budgetsite.celery import FilesystemChannel, FilesystemTransport
 from tests.celery_support import (

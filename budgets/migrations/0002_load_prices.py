@@ -9,7 +9,7 @@ from django.db import migrations
 
 def load_snapshot(apps: Any, schema_editor: Any) -> None:
     # Imported here: the loader reads the historical model, passed in, not budgets.models.
-    from budgets.pricing import load_price_map
+    from budgets.services.prices import load_price_map
 
     load_price_map(model_class=apps.get_model("budgets", "ModelPrice"), using=schema_editor.connection.alias)
 

@@ -8,8 +8,8 @@ from django.db import migrations, models
 
 
 def install_beat_schedule(apps: Any, schema_editor: Any) -> None:
-    # The schedule itself is kept in code, in budgets.tasks.BEAT_SCHEDULE.
-    from budgets.tasks import beat_schedule_install
+    # The schedule itself is kept in code, in budgets.services.schedule.BEAT_SCHEDULE.
+    from budgets.services.schedule import beat_schedule_install
 
     beat_schedule_install(apps=apps)
 

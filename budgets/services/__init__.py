@@ -1,46 +1,85 @@
-"""Writes: every change to budgets, spend and keys goes through these functions.
+"""Writes: every change to budgets, spend, keys, projects and alerts goes through these functions.
 
-The console, the JSON API, the hosted protocol, the admin and the Celery tasks
-all call them, so each rule (validation, audit, lazy reset) lives in one place.
-Spend is only ever changed with F() expressions or conditional updates.
+The console, the JSON API, the hosted protocol, the admin and the Celery tasks all call
+them, so each rule (validation, audit, lazy reset) lives in one place. Spend is only
+ever changed with F() expressions or conditional updates. Locks: project, then budgets.
 """
 
 from __future__ import annotations
 
-from .common import (
+from .alerts import alert_deliver, alert_retry, alerts_requeue
+from .audit import (
+    SYSTEM,
     SYSTEM_LAZY,
     SYSTEM_SWEEP,
+    actor_for_key,
+    actor_for_manager,
+    actor_for_user,
     budget_snapshot,
-    validate_duration,
-    validate_timezone,
-    validate_user_id,
     write_audit,
 )
+from .common import validate_duration, validate_timezone, validate_user_id
 from .costs import (
     CostRecorded,
-    cost_of_usage,
+    Verdict,
+    admission_check,
     cost_record,
+    cost_record_answered,
     exceeded_scope,
-    set_event_response,
 )
-from .projects import (
-    KEY_PREFIX,
-    api_key_authenticate,
-    api_key_create,
-    api_key_revoke,
-    hash_key,
-    project_create,
-    project_get_or_create,
+from .hosted import hosted_budget_get, hosted_budget_set
+from .keys import api_key_authenticate, api_key_create, api_key_mark_used, api_key_revoke
+from .prices import load_price_map, price_save_edited
+from .projects import project_create, project_get_or_create, project_update
+from .resets import (
+    RESET_BATCH_SIZE,
+    budget_get,
+    ensure_current_period,
     project_refresh,
-    project_update,
+    reset_due_budgets,
+    reset_due_projects,
 )
-from .resets import RESET_BATCH_SIZE, reset_due_budgets, reset_due_projects
-from .user_budgets import budget_delete, budget_get, budget_reset, budget_set
+from .user_budgets import budget_delete, budget_reset, budget_set
 
 __all__ = [
-    "KEY_PREFIX", "RESET_BATCH_SIZE", "SYSTEM_LAZY", "SYSTEM_SWEEP", "CostRecorded", "api_key_authenticate",
-    "api_key_create", "api_key_revoke", "budget_delete", "budget_get", "budget_reset", "budget_set",
-    "budget_snapshot", "cost_of_usage", "cost_record", "exceeded_scope", "hash_key", "project_create",
-    "project_get_or_create", "project_refresh", "project_update", "reset_due_budgets", "reset_due_projects",
-    "set_event_response", "validate_duration", "validate_timezone", "validate_user_id", "write_audit",
+    "RESET_BATCH_SIZE",
+    "SYSTEM",
+    "SYSTEM_LAZY",
+    "SYSTEM_SWEEP",
+    "CostRecorded",
+    "Verdict",
+    "actor_for_key",
+    "actor_for_manager",
+    "actor_for_user",
+    "admission_check",
+    "alert_deliver",
+    "alert_retry",
+    "alerts_requeue",
+    "api_key_authenticate",
+    "api_key_create",
+    "api_key_mark_used",
+    "api_key_revoke",
+    "budget_delete",
+    "budget_get",
+    "budget_reset",
+    "budget_set",
+    "budget_snapshot",
+    "cost_record",
+    "cost_record_answered",
+    "ensure_current_period",
+    "exceeded_scope",
+    "hosted_budget_get",
+    "hosted_budget_set",
+    "load_price_map",
+    "price_save_edited",
+    "project_create",
+    "project_get_or_create",
+    "project_refresh",
+    "project_update",
+    "reset_due_budgets",
+    "reset_due_projects",
+    "validate_duration",
+    "validate_timezone",
+    "validate_user_id",
+    "write_audit",
 ]

@@ -1,4 +1,4 @@
-"""What every service shares: validation of the caller's input, the audit log, actor names."""
+"""What every service shares: validation of the caller's input."""
 
 from __future__ import annotations
 
@@ -6,10 +6,7 @@ from typing import Any
 
 from .. import periods
 from ..errors import InvalidInput
-from ..models import AuditLog, Duration, UserBudget
-
-SYSTEM_SWEEP = "system:sweep"
-SYSTEM_LAZY = "system:lazy-reset"
+from ..models import Duration
 
 
 def validate_user_id(user_id: Any) -> str:
@@ -38,30 +35,3 @@ def validate_timezone(name: Any) -> str:
         return periods.validate_timezone(name)
     except (ValueError, TypeError):
         raise InvalidInput(f"unknown time zone: {name!r}") from None
-
-
-def budget_snapshot(budget: UserBudget) -> dict[str, Any]:
-    """A budget's state as the audit log keeps it."""
-    return {
-        "total_budget": str(budget.total_budget),
-        "duration": budget.duration,
-        "duration_days": budget.duration_days,
-        "current_spend": str(budget.current_spend),
-        "period_start": budget.period_start.isoformat(),
-        "next_reset_at": budget.next_reset_at.isoformat() if budget.next_reset_at else None,
-    }
-
-
-def write_audit(
-    *, project_id: int, action: str, actor: str, budget: UserBudget | None = None, user_id: str = "",
-    before: dict | None = None, after: dict | None = None,
-) -> AuditLog:
-    return AuditLog.objects.create(
-        project_id=project_id,
-        budget=budget,
-        user_id=user_id or (budget.user_id if budget else ""),
-        action=action,
-        actor=actor,
-        before=before,
-        after=after,
-    )

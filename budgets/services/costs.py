@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -11,13 +12,14 @@ from django.db.models import F
 from django.utils.timezone import now as utcnow
 
 from .. import pricing
+from ..codec import decimal_text
 from ..errors import BudgetExceeded, IdempotencyConflict, InvalidInput
 from ..fields import money
 from ..models import CostEvent, ModelSpend, Project, UserBudget
 from ..money import stored, to_money
 from ..usage import Usage, validate_model
-from .projects import project_refresh
-from .user_budgets import budget_get
+from . import alerts
+from .resets import ensure_current_period
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,29 @@ def exceeded_scope(budget: UserBudget, project: Project, extra: Decimal = Decima
     return None
 
 
-def cost_of_usage(usage: Usage) -> Decimal:
-    price = pricing.get_price(usage.model)
-    return pricing.cost_of_tokens(
-        price, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-        cached_tokens=usage.cached_tokens, cache_creation_tokens=usage.cache_creation_tokens,
-    )
+@dataclass(frozen=True)
+class Verdict:
+    """A budget check's answer: which budget has no room (None: allowed), why, and the room left."""
+
+    scope: str | None
+    reason: str | None
+    room: Decimal
+
+
+def admission_check(budget: UserBudget, project: Project, estimate: Decimal) -> Verdict:
+    """May this user spend about `estimate` now? The user's budget and the project's cap, read without locks."""
+    scope = exceeded_scope(budget, project, estimate)
+    room = budget.remaining
+    if project.max_budget is not None:
+        room = min(room, project.max_budget - project.current_spend)
+    reason = None
+    if scope == "user":
+        left = decimal_text(max(budget.remaining, Decimal(0)))
+        reason = f"user {budget.user_id!r} has ${left} left of ${decimal_text(budget.total_budget)}"
+    elif scope == "project" and project.max_budget is not None:
+        left = decimal_text(max(project.max_budget - project.current_spend, Decimal(0)))
+        reason = f"project {project.name!r} has ${left} left of its max_budget ${decimal_text(project.max_budget)}"
+    return Verdict(scope=scope, reason=reason, room=room)
 
 
 def cost_record(
@@ -66,13 +85,12 @@ def cost_record(
     """
     model = validate_model(usage.model)
     # Rounded once to the stored 12 places, so the ledger, the spend and the answer agree.
-    amount = stored(cost_of_usage(usage) if cost is None else to_money(cost, "cost"))
+    amount = stored(pricing.cost_of_usage(usage) if cost is None else to_money(cost, "cost"))
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255):
         raise InvalidInput("Idempotency-Key must be 1 to 255 characters")
 
     with transaction.atomic():
-        project_refresh(project)
-        budget = budget_get(project=project, user_id=user_id)
+        budget = ensure_current_period(project, user_id=user_id)
         if idempotency_key:
             replay = _replay(project, idempotency_key, fingerprint, budget)
             if replay is not None:
@@ -108,8 +126,6 @@ def cost_record(
         # period_start too: alerts are once per period, and a sweep may have just started a new one.
         project.refresh_from_db(fields=["current_spend", "period_start"])
         budget.project = project
-        from .. import alerts
-
         alerts.spend_recorded(project=project, budget=budget, amount=amount)
         return CostRecorded(event=event, budget=budget, created=True, exceeded=exceeded_scope(budget, project))
 
@@ -144,6 +160,20 @@ def _add_spend(*, project: Project, budget: UserBudget, model: str, amount: Deci
     Project.objects.filter(pk=project.pk).update(current_spend=F("current_spend") + money(amount))
 
 
-def set_event_response(event: CostEvent, response: dict[str, Any]) -> None:
-    """Keep the first answer to an idempotent request, to replay it on a retry."""
-    CostEvent.objects.filter(pk=event.pk, response__isnull=True).update(response=response)
+def cost_record_answered(
+    *, answer: Callable[[CostRecorded], str], status: int = 201, **kwargs: Any,
+) -> tuple[CostRecorded, str]:
+    """cost_record for a request that may be retried: returns (recorded, answer body).
+
+    The first request's answer (`answer(recorded)`, serialised) is kept with its ledger
+    event in the same transaction; a retry with the same Idempotency-Key gets those bytes back.
+    """
+    with transaction.atomic():
+        recorded = cost_record(**kwargs)
+        if not recorded.created and recorded.event.response:
+            return recorded, recorded.event.response["body"]
+        body = answer(recorded)
+        if recorded.created and kwargs.get("idempotency_key") is not None:
+            CostEvent.objects.filter(pk=recorded.event.pk, response__isnull=True).update(
+                response={"status": status, "body": body})
+    return recorded, body

@@ -1,4 +1,7 @@
-"""Period resets: set-based, in batches, exactly once per period."""
+"""Period resets: set-based, in batches, exactly once per period; and the one lazy reset before a read.
+
+Locks are always taken project first, then budgets, everywhere (sweep, lazy reset, recording).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +16,9 @@ from django.db import transaction
 from django.utils.timezone import now as utcnow
 
 from .. import periods
+from ..errors import UnknownUser
 from ..models import AuditLog, BudgetPeriod, ModelSpend, Project, UserBudget
-from .common import SYSTEM_LAZY, SYSTEM_SWEEP, write_audit
+from .audit import SYSTEM_LAZY, SYSTEM_SWEEP, write_audit, write_audits
 
 RESET_BATCH_SIZE = 500
 
@@ -121,7 +125,7 @@ def _reset_rows(rows: Iterable[_DueRow], *, at: datetime, actor: str) -> int:
             )
             for m in members
         ] if changed == len(members) else []
-    AuditLog.objects.bulk_create(audits)
+    write_audits(audits)
     return reset
 
 
@@ -149,3 +153,40 @@ def reset_due_projects(*, at: datetime | None = None, project: Project | None = 
                        before={"period_start": old_start.isoformat(), "current_spend": str(spend)},
                        after={"period_start": period.start.isoformat()})
     return reset
+
+
+def project_refresh(project: Project, at: datetime | None = None) -> Project:
+    """Start the project's new spend period first if its period has ended."""
+    if project.is_due(at):
+        reset_due_projects(at=at, project=project)
+        project.refresh_from_db()
+    return project
+
+
+def budget_get(*, project: Project, user_id: str, at: datetime | None = None) -> UserBudget:
+    """The user's budget, reset first if its period has ended; UnknownUser if there is none."""
+    budget = UserBudget.objects.filter(project=project, user_id=user_id).first()
+    if budget is None:
+        raise UnknownUser(f"user {user_id!r} has no budget in project {project.name!r}")
+    if budget.is_due(at):
+        reset_due_budgets(ids=[budget.pk], at=at, actor=SYSTEM_LAZY)
+        budget.refresh_from_db()
+    budget.project = project
+    return budget
+
+
+def ensure_current_period(
+    project: Project, *, user_id: str | None = None, all_users: bool = False, at: datetime | None = None,
+) -> Any:
+    """Bring what a read is about into its current period: the project, then one user or all of them.
+
+    The one lazy reset every read path calls (API, console, hosted protocol, manager), so
+    answers are right even while no worker runs. Returns the user's budget when `user_id`
+    is given (UnknownUser if there is none), else the project.
+    """
+    project_refresh(project, at)
+    if all_users and UserBudget.objects.filter(project=project, next_reset_at__lte=at or utcnow()).exists():
+        reset_due_budgets(project=project, at=at)
+    if user_id is not None:
+        return budget_get(project=project, user_id=user_id, at=at)
+    return project

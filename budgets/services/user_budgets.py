@@ -1,4 +1,4 @@
-"""Users' budgets: read (with the lazy reset), create or replace, delete, reset."""
+"""Users' budgets: create or replace, delete, reset."""
 
 from __future__ import annotations
 
@@ -9,29 +9,11 @@ from django.db import IntegrityError, transaction
 from django.utils.timezone import now as utcnow
 
 from .. import periods
-from ..errors import UnknownUser
 from ..models import ModelSpend, Project, UserBudget
 from ..money import to_money
-from .common import (
-    SYSTEM_LAZY,
-    budget_snapshot,
-    validate_duration,
-    validate_user_id,
-    write_audit,
-)
-from .resets import _due_rows, _reset_rows, reset_due_budgets
-
-
-def budget_get(*, project: Project, user_id: str, at: datetime | None = None) -> UserBudget:
-    """The user's budget, reset first if its period has ended; UnknownUser if there is none."""
-    budget = UserBudget.objects.filter(project=project, user_id=user_id).first()
-    if budget is None:
-        raise UnknownUser(f"user {user_id!r} has no budget in project {project.name!r}")
-    if budget.is_due(at):
-        reset_due_budgets(ids=[budget.pk], at=at, actor=SYSTEM_LAZY)
-        budget.refresh_from_db()
-    budget.project = project
-    return budget
+from .audit import SYSTEM_LAZY, budget_snapshot, write_audit
+from .common import validate_duration, validate_user_id
+from .resets import _due_rows, _reset_rows
 
 
 def budget_set(

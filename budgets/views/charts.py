@@ -11,7 +11,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, TypedDict
 
-from ..console_selectors import DailySpend, ModelByUser
+from ..selectors.console import DailySpend, ModelByUser
 from ..templatetags.console import format_dollars
 
 

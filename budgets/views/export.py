@@ -10,8 +10,8 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, StreamingHttpResponse
 from django.utils.timezone import now as utcnow
 
-from .. import console_selectors as selectors
 from ..forms import RangeForm
+from ..selectors import console as selectors
 from .common import get_project_for_user
 
 

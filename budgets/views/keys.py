@@ -9,12 +9,12 @@ from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from .. import console_selectors as selectors
 from .. import services
 from ..errors import BudgetError
 from ..forms import ApiKeyForm
 from ..models import ApiKey, Project
-from .common import actor, get_project_for_user, render_page
+from ..selectors import console as selectors
+from .common import actor, current_project, render_page
 
 
 def _keys_page(request: HttpRequest, project: Project, form: ApiKeyForm, *, new_key: str | None = None,
@@ -25,7 +25,7 @@ def _keys_page(request: HttpRequest, project: Project, form: ApiKeyForm, *, new_
 
 @login_required
 def key_list(request: HttpRequest, project_id: int) -> HttpResponse:
-    project = get_project_for_user(request, project_id)
+    project = current_project(request, project_id)
     return _keys_page(request, project, ApiKeyForm())
 
 
@@ -33,7 +33,7 @@ def key_list(request: HttpRequest, project_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def key_create(request: HttpRequest, project_id: int) -> HttpResponse:
-    project = get_project_for_user(request, project_id)
+    project = current_project(request, project_id)
     form = ApiKeyForm(request.POST)
     if form.is_valid():
         try:
@@ -49,7 +49,7 @@ def key_create(request: HttpRequest, project_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def key_revoke(request: HttpRequest, project_id: int, key_id: int) -> HttpResponse:
-    project = get_project_for_user(request, project_id)
+    project = current_project(request, project_id)
     key = get_object_or_404(ApiKey, project=project, pk=key_id)
     services.api_key_revoke(key=key, actor=actor(request))
     messages.success(request, f"Revoked the key “{key.name}” ({key.prefix}…). Requests with it now get 401.")

@@ -7,16 +7,16 @@ from urllib.parse import urlencode
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 
-from .. import console_selectors as selectors
 from ..admin import admin_url_for
 from ..forms import RangeForm
+from ..selectors import console as selectors
 from . import charts
-from .common import get_project_for_user, render_page
+from .common import current_project, render_page
 
 
 @login_required
 def model_list(request: HttpRequest, project_id: int) -> HttpResponse:
-    project = get_project_for_user(request, project_id)
+    project = current_project(request, project_id)
     form = RangeForm(request.GET or None, zone=selectors.project_zone(project))
     rng = form.date_range()
     daily = selectors.daily_spend(project, rng)

@@ -12,7 +12,7 @@ from .. import services
 from ..errors import BudgetError
 from ..forms import AlertSettingsForm, ProjectSettingsForm, plain_amount
 from ..models import Project
-from .common import actor, get_project_for_user, render_page
+from .common import actor, current_project, render_page
 
 
 def _initial_project(project: Project) -> dict:
@@ -35,14 +35,14 @@ def _settings_page(request: HttpRequest, project: Project, *, project_form: Proj
 
 @login_required
 def project_settings(request: HttpRequest, project_id: int) -> HttpResponse:
-    project = get_project_for_user(request, project_id)
+    project = current_project(request, project_id)
     return _settings_page(request, project)
 
 
 @login_required
 @require_POST
 def project_settings_save(request: HttpRequest, project_id: int) -> HttpResponse:
-    project = get_project_for_user(request, project_id)
+    project = current_project(request, project_id)
     form = ProjectSettingsForm(request.POST)
     if form.is_valid():
         try:
@@ -59,7 +59,7 @@ def project_settings_save(request: HttpRequest, project_id: int) -> HttpResponse
 @login_required
 @require_POST
 def alert_settings_save(request: HttpRequest, project_id: int) -> HttpResponse:
-    project = get_project_for_user(request, project_id)
+    project = current_project(request, project_id)
     form = AlertSettingsForm(request.POST)
     if form.is_valid():
         data = form.cleaned_data

@@ -6,11 +6,11 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.utils.timezone import now as utcnow
 
-from .. import console_selectors as selectors
 from .. import services
 from ..forms import RangeForm
+from ..selectors import console as selectors
 from . import charts
-from .common import get_project_for_user, render_page
+from .common import current_project, render_page
 
 
 @login_required
@@ -18,7 +18,7 @@ def project_list(request: HttpRequest) -> HttpResponse:
     projects = selectors.visible_projects(request.user)
     # Projects whose period ended start a new one before their spend is shown (rare: beat does it).
     for due in projects.filter(next_reset_at__lte=utcnow()):
-        services.project_refresh(due)
+        services.ensure_current_period(due)
     rows = [
         {"project": p, "cap_use": selectors.cap_use(p.current_spend, p.max_budget)}
         for p in selectors.project_summaries(projects)
@@ -28,7 +28,7 @@ def project_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def project_overview(request: HttpRequest, project_id: int) -> HttpResponse:
-    project = get_project_for_user(request, project_id)
+    project = current_project(request, project_id)
     form = RangeForm(request.GET or None, zone=selectors.project_zone(project))
     rng = form.date_range()
     daily = selectors.daily_spend(project, rng)

@@ -10,17 +10,16 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
-from .. import console_selectors as selectors
 from .. import services
 from ..errors import BudgetError
 from ..forms import BudgetForm, CreateBudgetForm, UserSearchForm, plain_amount
 from ..models import Duration, Project, UserBudget
+from ..selectors import console as selectors
 from . import charts
 from .common import (
     actor,
+    current_project,
     get_budget_for_project,
-    get_project_for_user,
-    refresh_due_budgets,
     render_page,
 )
 
@@ -44,7 +43,6 @@ def _columns(sort: str) -> list[dict[str, object]]:
 
 def _users_page(request: HttpRequest, project: Project, create_form: CreateBudgetForm, status: int = 200
                 ) -> HttpResponse:
-    refresh_due_budgets(project)
     search_form = UserSearchForm(request.GET)
     search = search_form.search()
     sort = selectors.normalise_sort(request.GET.get("sort"))
@@ -62,14 +60,14 @@ def _users_page(request: HttpRequest, project: Project, create_form: CreateBudge
 
 @login_required
 def user_list(request: HttpRequest, project_id: int) -> HttpResponse:
-    project = get_project_for_user(request, project_id)
+    project = current_project(request, project_id, all_users=True)
     return _users_page(request, project, CreateBudgetForm())
 
 
 @login_required
 @require_POST
 def budget_create(request: HttpRequest, project_id: int) -> HttpResponse:
-    project = get_project_for_user(request, project_id)
+    project = current_project(request, project_id)
     form = CreateBudgetForm(request.POST)
     if form.is_valid():
         data = form.cleaned_data
@@ -113,7 +111,7 @@ def _detail_page(request: HttpRequest, project: Project, budget: UserBudget, for
 
 @login_required
 def user_detail(request: HttpRequest, project_id: int, user_id: str) -> HttpResponse:
-    project = get_project_for_user(request, project_id)
+    project = current_project(request, project_id)
     budget = get_budget_for_project(project, user_id)
     initial = {"total_budget": plain_amount(budget.total_budget), "duration": budget.duration,
                "duration_days": budget.duration_days}
@@ -123,7 +121,7 @@ def user_detail(request: HttpRequest, project_id: int, user_id: str) -> HttpResp
 @login_required
 @require_POST
 def budget_edit(request: HttpRequest, project_id: int, user_id: str) -> HttpResponse:
-    project = get_project_for_user(request, project_id)
+    project = current_project(request, project_id)
     budget = get_budget_for_project(project, user_id)
     form = BudgetForm(request.POST)
     if form.is_valid():
@@ -145,7 +143,7 @@ def budget_edit(request: HttpRequest, project_id: int, user_id: str) -> HttpResp
 @login_required
 @require_POST
 def budget_reset(request: HttpRequest, project_id: int, user_id: str) -> HttpResponse:
-    project = get_project_for_user(request, project_id)
+    project = current_project(request, project_id)
     budget = get_budget_for_project(project, user_id)
     services.budget_reset(budget=budget, actor=actor(request))
     messages.success(request, f"Reset the spend of {budget.user_id} to zero. The ledger keeps every call.")
@@ -155,7 +153,7 @@ def budget_reset(request: HttpRequest, project_id: int, user_id: str) -> HttpRes
 @login_required
 @require_POST
 def budget_delete(request: HttpRequest, project_id: int, user_id: str) -> HttpResponse:
-    project = get_project_for_user(request, project_id)
+    project = current_project(request, project_id)
     budget = get_budget_for_project(project, user_id)
     services.budget_delete(budget=budget, actor=actor(request))
     messages.success(request, f"Deleted the budget of {user_id}. Its ledger events stay.")

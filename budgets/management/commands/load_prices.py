@@ -6,7 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from budgets.pricing import PriceMapError, load_price_map
+from budgets.pricing import PriceMapError
+from budgets.services.prices import load_price_map
 
 
 class Command(BaseCommand):

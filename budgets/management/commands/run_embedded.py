@@ -29,7 +29,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
 from budgets.models import Project
-from budgets.tasks import beat_schedule_install
+from budgets.services.schedule import beat_schedule_install
 from budgetsite.celery import ensure_broker_folders
 
 ADMIN_USERNAME = "admin"

@@ -31,7 +31,6 @@ from django.db.models.functions import Coalesce, TruncDate
 from django.utils.timezone import now as utcnow
 
 from budgets import periods, pricing, services
-from budgets.console_selectors import MoneySum
 from budgets.errors import BudgetError
 from budgets.fields import MoneyField, money
 from budgets.models import (
@@ -45,6 +44,7 @@ from budgets.models import (
     UserBudget,
 )
 from budgets.money import stored
+from budgets.selectors.console import MoneySum
 
 ACTOR = "system:seed_demo"
 BATCH_SIZE = 1000

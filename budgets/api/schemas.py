@@ -3,7 +3,7 @@
 Inputs are strict about types: money and token counts are JSON numbers (a string
 "10" is a validation error, as is true), money is finite and non-negative, and an
 unknown field is an error (a typo must not silently change what is recorded).
-Money comes out as an exact JSON number (see budgets.api_json).
+Money comes out as an exact JSON number (see budgets.codec).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from ninja import Schema
 from pydantic import BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from .errors import InvalidInput
-from .money import to_money, to_tokens
+from ..errors import InvalidInput
+from ..money import to_money, to_tokens
 
 PRICE_LIMIT = Decimal(1)  # dollars per token: far above any real price
 
@@ -229,13 +229,12 @@ class ErrorBody(Schema):
     type: str
     message: str
     scope: Scope | None = None
+    limit: MoneyOut | None = Field(None, description="budget_exceeded: the budget that has no room.")
+    spend: MoneyOut | None = Field(None, description="budget_exceeded: its spend in this period.")
+    held: MoneyOut | None = Field(None, description="budget_exceeded: its open reservations.")
+    requested: MoneyOut | None = Field(None, description="budget_exceeded: the amount asked for.")
     details: list[dict[str, Any]] | None = None
 
 
 class ErrorOut(Schema):
     error: ErrorBody
-
-
-class DeletedOut(Schema):
-    deleted: bool
-    user: str

@@ -35,11 +35,15 @@ from typing import Any
 from django.db import transaction
 from django.utils.timezone import now as utcnow
 
-from . import periods, selectors, services
-from .errors import InvalidInput
-from .models import CostEvent, ModelSpend, Project, UserBudget
-from .money import stored, to_money
-from .usage import Usage, validate_model
+from .. import periods, selectors
+from ..errors import InvalidInput
+from ..models import CostEvent, ModelSpend, Project, UserBudget
+from ..money import stored, to_money
+from ..usage import Usage, validate_model
+from . import costs
+from .common import validate_user_id
+from .resets import reset_due_budgets
+from .user_budgets import budget_reset, budget_set
 
 UNKNOWN_MODEL = "unknown"
 # Unix seconds up to 9999-12-31; anything else is not a time LiteLLM's client sent.
@@ -133,7 +137,7 @@ def parse_user_dict(user_dict: Any) -> dict[str, ClientRecord]:
     """Validate a whole user_dict; InvalidInput names the first bad user and key."""
     if not isinstance(user_dict, dict):
         raise InvalidInput("user_dict must be an object of user → record")
-    return {services.validate_user_id(user): parse_record(user, record) for user, record in user_dict.items()}
+    return {validate_user_id(user): parse_record(user, record) for user, record in user_dict.items()}
 
 
 # --- get_budget ---------------------------------------------------------------------------------
@@ -148,7 +152,7 @@ def hosted_budget_get(*, project: Project) -> dict[str, dict[str, Any]]:
     with transaction.atomic():
         # One hosted merge or load of a project at a time: baselines are read-then-written.
         Project.objects.select_for_update().filter(pk=project.pk).first()
-        services.reset_due_budgets(project=project)
+        reset_due_budgets(project=project)
         budgets = list(UserBudget.objects.filter(project=project).order_by("user_id"))
         costs: dict[int, dict[str, Decimal]] = defaultdict(dict)
         for budget_id, model, spend in ModelSpend.objects.filter(budget__project=project).values_list(
@@ -192,7 +196,7 @@ def _set(project: Project, user: str, record: ClientRecord, actor: str, *, new: 
     created_at = None
     if new and record.created_at is not None:
         created_at = min(record.created_at, utcnow())
-    budget, _ = services.budget_set(
+    budget, _ = budget_set(
         project=project, user_id=user, total_budget=record.total_budget, duration=duration,
         duration_days=duration_days, created_at=created_at, actor=actor,
     )
@@ -207,7 +211,7 @@ def _merge_spend(project: Project, budget: UserBudget, record: ClientRecord, act
     dropped = any(client.get(model, Decimal(0)) < value - _noise(value) for model, value in baseline.items())
     if dropped:
         if same_period:
-            services.budget_reset(budget=budget, actor=actor, reason="hosted")
+            budget_reset(budget=budget, actor=actor, reason="hosted")
             result.reset += 1
         baseline = {}  # the client counts from zero again
 
@@ -215,7 +219,7 @@ def _merge_spend(project: Project, budget: UserBudget, record: ClientRecord, act
         before = baseline.get(model, Decimal(0))
         growth = value - before
         if growth > _noise(before):
-            services.cost_record(
+            costs.cost_record(
                 project=project, user_id=budget.user_id, usage=Usage(model, 0, 0), cost=growth,
                 source=CostEvent.Source.HOSTED,
             )
@@ -235,7 +239,7 @@ def hosted_budget_set(*, project: Project, user_dict: Any, actor: str) -> MergeR
     result = MergeResult()
     with transaction.atomic():
         Project.objects.select_for_update().filter(pk=project.pk).first()
-        services.reset_due_budgets(project=project)
+        reset_due_budgets(project=project)
         users = list(records)
         existing: dict[str, UserBudget] = {}
         for start in range(0, len(users), LOOKUP_BATCH):  # SQLite caps the parameters of one query

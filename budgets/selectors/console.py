@@ -30,9 +30,9 @@ from django.db.models.functions import NullIf, TruncDate
 from django.db.models.lookups import GreaterThanOrEqual
 from django.utils.timezone import now as utcnow
 
-from . import pricing, selectors
-from .fields import MoneyField
-from .models import (
+from .. import pricing
+from ..fields import MoneyField
+from ..models import (
     Alert,
     ApiKey,
     BudgetPeriod,
@@ -42,7 +42,8 @@ from .models import (
     Project,
     UserBudget,
 )
-from .money import MONEY_PLACES
+from ..money import MONEY_PLACES
+from . import budgets as selectors
 
 ZERO = Decimal(0)
 NEAR_LIMIT_PERCENT = 80
@@ -435,3 +436,9 @@ def export_rows(project: Project, *, rng: DateRange | None = None, user_id: str 
     for created_at, *middle, event_id in rows.iterator(chunk_size=EXPORT_CHUNK_SIZE):
         yield (created_at.astimezone(zone).isoformat(), *middle, event_id)
 
+
+
+def alerts_slice(project: Project, *, offset: int, limit: int) -> tuple[list[Alert], int]:
+    """A page of the project's alerts, newest first, and how many there are."""
+    alerts = Alert.objects.filter(project=project).order_by("-created_at", "-id")
+    return list(alerts[offset: offset + limit]), alerts.count()

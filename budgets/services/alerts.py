@@ -26,14 +26,16 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils.timezone import now as utcnow
 
-from .api_json import dumps
-from .models import Alert, AuditLog, Project, UserBudget
+from ..codec import dumps
+from ..models import Alert, Project, UserBudget
+from .audit import write_audit
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ WEBHOOK_TIMEOUT = 5
 OUTBOX_AGE = timedelta(minutes=1)  # a fresh alert gets its on-commit delivery first
 OUTBOX_BATCH = 500
 OUTBOX_EXPIRES = 300  # a re-queued delivery still waiting after this is dropped (the next sweep re-queues it)
+
+DELIVER_ALERT_TASK = "budgets.deliver_alert"  # budgets.tasks.deliver_alert
 
 SIGNATURE_HEADER = "X-Budget-Signature"
 TIMESTAMP_HEADER = "X-Budget-Timestamp"
@@ -110,15 +114,14 @@ def has_channel(project: Project) -> bool:
 
 
 def queue_delivery(alert_id: int, **options: Any) -> bool:
-    """Queue the delivery task; False (logged) when the broker cannot take it."""
-    from .tasks import deliver_alert  # here: tasks imports this module
-
+    """Queue the delivery task by name (services never import tasks); False when the broker can't take it."""
     try:
-        deliver_alert.apply_async(args=[alert_id], **options)
-    except Exception:
+        current_app.send_task(DELIVER_ALERT_TASK, args=[alert_id], **options)
+    except Exception as exc:
         # Never let a broker outage fail the request that recorded the cost: the outbox re-queues it.
-        logger.warning("could not queue the delivery of alert %s (is the broker down?); the outbox sweep "
-                       "will queue it again", alert_id, exc_info=True)
+        # One line, no traceback: an outage would otherwise log one per recorded cost.
+        logger.warning("could not queue the delivery of alert %s (%s: %s); the outbox sweep will queue it again",
+                       alert_id, type(exc).__name__, exc)
         return False
     return True
 
@@ -149,7 +152,7 @@ def alert_retry(*, alert: Alert, actor: str) -> bool:
         changed = Alert.objects.filter(pk=alert.pk, delivered_at__isnull=True).update(
             attempts=0, next_attempt_at=None, last_error="")
         if changed:
-            AuditLog.objects.create(
+            write_audit(
                 project_id=alert.project_id, budget_id=alert.budget_id, user_id=alert.user_id,
                 action="alert_retry", actor=actor,
                 before={"attempts": alert.attempts, "last_error": alert.last_error}, after={"attempts": 0},

@@ -3,7 +3,7 @@
 The real client (`litellm.BudgetManager(client_type="hosted", api_base=..., headers=...)`)
 raises on any non-2xx answer and reads `status` otherwise, so errors are loud: 401 for a
 missing or bad key, 403 for another project's name, 400 `{"status": "error", "message": ...}`
-for a bad body (nothing written). Also GET /healthz. The merge rule is in budgets.hosted_sync.
+for a bad body (nothing written). The merge rule is in budgets.services.hosted.
 """
 
 from __future__ import annotations
@@ -13,35 +13,28 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
-from django.db import DatabaseError, DataError, connection
+from django.db import DataError, InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
-from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
 
-from . import hosted_sync
-from .api_json import CONTENT_TYPE, dumps, loads
-from .auth import UNAUTHORIZED_MESSAGE, actor_of, api_key_required
-from .errors import BudgetError, InvalidInput, PayloadTooLarge
-from .models import Project
+from .. import services
+from ..codec import loads
+from ..errors import BudgetError, Forbidden, InvalidInput, PayloadTooLarge
+from ..models import Project
+from .auth import api_key_required, request_actor
+from .errors import (
+    OUT_OF_RANGE_MESSAGE,
+    UNAUTHORIZED_MESSAGE,
+    hosted_error_response,
+    json_response,
+    unavailable_response,
+)
 
 logger = logging.getLogger(__name__)
 
 
-class Forbidden(BudgetError):
-    type = "forbidden"
-    status = 403
-
-
-def _answer(body: dict[str, Any], status: int = 200) -> HttpResponse:
-    return HttpResponse(dumps(body), status=status, content_type=CONTENT_TYPE)
-
-
-def _error(status: int, message: str) -> HttpResponse:
-    return _answer({"status": "error", "message": message}, status)
-
-
-def _unauthorized(request: HttpRequest) -> HttpResponse:
-    response = _error(401, UNAUTHORIZED_MESSAGE)
+def _unauthorized() -> HttpResponse:
+    response = hosted_error_response(401, UNAUTHORIZED_MESSAGE)
     response["WWW-Authenticate"] = 'Bearer realm="budget-manager"'
     return response
 
@@ -52,10 +45,13 @@ def hosted_view(view: Callable[[HttpRequest, Project, dict], HttpResponse]) -> C
     @csrf_exempt
     def wrapped(request: HttpRequest) -> HttpResponse:
         if request.method != "POST":
-            response = _error(405, f"{request.method} is not allowed here; use POST")
+            response = hosted_error_response(405, f"{request.method} is not allowed here; use POST")
             response["Allow"] = "POST"
             return response
-        return authenticated(request)
+        try:
+            return authenticated(request)
+        except (OperationalError, InterfaceError) as exc:
+            return unavailable_response(request, exc, hosted=True)
 
     @api_key_required(_unauthorized)
     def authenticated(request: HttpRequest) -> HttpResponse:
@@ -69,12 +65,14 @@ def hosted_view(view: Callable[[HttpRequest, Project, dict], HttpResponse]) -> C
                 raise Forbidden(f"this API key belongs to project {project.name!r}, not {name!r}")
             return view(request, project, body)
         except BudgetError as exc:
-            return _error(exc.status, exc.message)
+            return hosted_error_response(exc.status, exc.message)
         except (DataError, OverflowError):
-            return _error(400, "a value is out of range")
+            return hosted_error_response(400, OUT_OF_RANGE_MESSAGE)
+        except (OperationalError, InterfaceError):
+            raise
         except Exception:
             logger.exception("hosted protocol error on %s", request.path)
-            return _error(500, "internal server error")
+            return hosted_error_response(500, "internal server error")
 
     wrapped.__name__ = wrapped.__qualname__ = view.__name__
     wrapped.__doc__ = view.__doc__
@@ -95,35 +93,13 @@ def _body(request: HttpRequest) -> dict[str, Any]:
 @hosted_view
 def get_budget(request: HttpRequest, project: Project, body: dict[str, Any]) -> HttpResponse:
     """`{"project_name"}` → `{"status": "success", "data": {user: record}}`."""
-    return _answer({"status": "success", "data": hosted_sync.hosted_budget_get(project=project)})
+    return json_response({"status": "success", "data": services.hosted_budget_get(project=project)})
 
 
 @hosted_view
 def set_budget(request: HttpRequest, project: Project, body: dict[str, Any]) -> HttpResponse:
-    """`{"project_name", "user_dict"}` → `{"status": "success"}`; merged as budgets.hosted_sync says."""
+    """`{"project_name", "user_dict"}` → `{"status": "success"}`; merged as budgets.services.hosted says."""
     if "user_dict" not in body:
         raise InvalidInput("user_dict is required")
-    hosted_sync.hosted_budget_set(project=project, user_dict=body["user_dict"],
-                                  actor=f"hosted:{actor_of(request.api_key)}")  # type: ignore[attr-defined]
-    return _answer({"status": "success"})
-
-
-def healthz(request: HttpRequest) -> HttpResponse:
-    """200 when the database answers, 503 otherwise; no authentication."""
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-            cursor.fetchone()
-    except DatabaseError:
-        logger.exception("health check: the database does not answer")
-        return _answer({"status": "error", "message": "the database does not answer"}, 503)
-    return _answer({"status": "ok"})
-
-
-urlpatterns = [
-    # The client posts to api_base + "/get_budget": an api_base ending in "/" gives "//get_budget".
-    # (?:/)? rather than /? so Django's check does not mistake it for a needless leading slash.
-    re_path(r"^(?:/)?get_budget/?$", get_budget, name="hosted_get_budget"),
-    re_path(r"^(?:/)?set_budget/?$", set_budget, name="hosted_set_budget"),
-    path("healthz", healthz, name="healthz"),
-]
+    services.hosted_budget_set(project=project, user_dict=body["user_dict"], actor=request_actor(request, via="hosted"))
+    return json_response({"status": "success"})

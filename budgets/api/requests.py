@@ -10,17 +10,18 @@ import hashlib
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from . import pricing, selectors, services, tokens
-from .api_json import dumps
-from .errors import InvalidInput
-from .schemas import CheckIn, CostIn, QuoteIn
-from .usage import (
+from .. import pricing, selectors, tokens
+from ..codec import dumps
+from ..errors import InvalidInput
+from ..usage import (
     Usage,
     prompt_usage,
     usage_from_completion,
     usage_from_texts,
+    usage_of_counts,
     validate_model,
 )
+from .schemas import CheckIn, CostIn, QuoteIn
 
 TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_creation_tokens")
 
@@ -59,9 +60,7 @@ def usage_and_cost(body: CostIn) -> tuple[Usage, Decimal | None]:
                 raise InvalidInput("input_text and output_text must be given together")
             usage = usage_from_texts(model, body.input_text, body.output_text)
         elif tokens_given:
-            usage = Usage(model, *(getattr(body, name) or 0 for name in TOKEN_FIELDS))
-            if usage.cached_tokens > usage.prompt_tokens:
-                raise InvalidInput("cached_tokens cannot exceed prompt_tokens: cached tokens are part of the prompt")
+            usage = usage_of_counts(model, *(getattr(body, name) or 0 for name in TOKEN_FIELDS))
         elif body.cost is not None:
             usage = Usage(model, 0, 0)
         else:
@@ -75,15 +74,8 @@ def usage_and_cost(body: CostIn) -> tuple[Usage, Decimal | None]:
     if price is not None:
         if not (texts_given or tokens_given or body.completion is not None):
             raise InvalidInput("per-token prices need token counts, texts or a completion")
-        return usage, cost_at(price, usage)
+        return usage, pricing.cost_of_usage(usage, price)
     return usage, None
-
-
-def cost_at(price: pricing.Price, usage: Usage) -> Decimal:
-    return pricing.cost_of_tokens(
-        price, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-        cached_tokens=usage.cached_tokens, cache_creation_tokens=usage.cache_creation_tokens,
-    )
 
 
 def fingerprint(user_id: str, body: CostIn) -> str:
@@ -116,12 +108,10 @@ def quote(body: QuoteIn) -> Quote:
             raise InvalidInput("output_text goes with messages; with token counts give completion_tokens")
         if body.prompt_tokens is None and body.completion_tokens is None:
             raise InvalidInput("give prompt_tokens and completion_tokens, or messages")
-        usage = Usage(model, *(getattr(body, name) or 0 for name in TOKEN_FIELDS))
-        if usage.cached_tokens > usage.prompt_tokens:
-            raise InvalidInput("cached_tokens cannot exceed prompt_tokens: cached tokens are part of the prompt")
+        usage = usage_of_counts(model, *(getattr(body, name) or 0 for name in TOKEN_FIELDS))
     price = explicit_price(model, body) or pricing.get_price(model)
-    prompt_cost = cost_at(price, usage._replace(completion_tokens=0))
-    completion_cost = cost_at(price, Usage(model, 0, usage.completion_tokens))
+    prompt_cost = pricing.cost_of_usage(usage._replace(completion_tokens=0), price)
+    completion_cost = pricing.cost_of_usage(Usage(model, 0, usage.completion_tokens), price)
     return Quote(usage, prompt_cost, completion_cost)
 
 
@@ -137,4 +127,4 @@ def estimated_cost(body: CheckIn) -> Decimal:
     prompt = selectors.prompt_cost(body.model, body.messages)
     if not body.max_tokens:
         return prompt.cost
-    return prompt.cost + services.cost_of_usage(Usage(prompt.usage.model, 0, body.max_tokens))
+    return prompt.cost + pricing.cost_of_usage(Usage(prompt.usage.model, 0, body.max_tokens))

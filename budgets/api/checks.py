@@ -1,0 +1,42 @@
+"""Checks: projected cost, "may this user spend this much now?", and a cost quote (nothing recorded)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.http import HttpRequest
+from ninja import Router
+
+from .. import selectors, services
+from . import requests
+from .auth import request_project
+from .common import ERROR_STATUSES, current_budget
+from .schemas import CheckIn, CheckOut, ErrorOut, MessagesIn, ProjectedCostOut, QuoteIn, QuoteOut
+
+router = Router(tags=["checks"])
+ERRORS = {**dict.fromkeys(ERROR_STATUSES, ErrorOut), 422: ErrorOut}
+
+
+@router.post("/users/{path:user}/projected-cost", response={200: ProjectedCostOut, **ERRORS})
+def projected_cost(request: HttpRequest, user: str, payload: MessagesIn):
+    """The user's current cost plus the prompt cost of `messages` for `model` (the seed's projected_cost)."""
+    return selectors.projected_cost(current_budget(request, user), payload.model, payload.messages)._asdict()
+
+
+@router.post("/users/{path:user}/check", response={200: CheckOut, **ERRORS})
+def check(request: HttpRequest, user: str, payload: CheckIn):
+    """May this user spend about this much now? Takes the user's budget and the project's cap into account."""
+    project = request_project(request)
+    budget = current_budget(request, user)
+    estimate = requests.estimated_cost(payload)
+    verdict = services.admission_check(budget, project, estimate)
+    return {"allowed": verdict.scope is None, "reason": verdict.reason, "remaining": max(verdict.room, Decimal(0)),
+            "scope": verdict.scope, "estimated_cost": estimate}
+
+
+@router.post("/cost-quote", response={200: QuoteOut, **ERRORS})
+def cost_quote(request: HttpRequest, payload: QuoteIn):
+    """Tokens and cost of a call, recording nothing."""
+    quote = requests.quote(payload)
+    return {**quote.usage._asdict(), "prompt_cost": quote.prompt_cost, "completion_cost": quote.completion_cost,
+            "cost": quote.cost}

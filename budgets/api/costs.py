@@ -1,0 +1,78 @@
+"""Costs: record one call's cost (idempotent), read the ledger of a user or the project."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.http import HttpRequest
+from ninja import Header, Query, Router
+
+from .. import selectors, services
+from ..codec import dumps
+from ..errors import UnknownUser
+from ..models import CostEvent
+from . import requests
+from .auth import request_project
+from .common import ERROR_STATUSES, MAX_PAGE, aware, event_out, raw_json, user_out
+from .schemas import CostIn, CostOut, ErrorOut, EventPage
+
+router = Router(tags=["costs"])
+ERRORS = dict.fromkeys(ERROR_STATUSES, ErrorOut)
+
+
+@router.post("/users/{path:user}/costs", response={201: CostOut, 402: ErrorOut, 409: ErrorOut, **ERRORS})
+def record_cost(
+    request: HttpRequest, user: str, payload: CostIn, enforce: bool = False,
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
+):
+    """Record a call's cost; 201 with the cost and the user's new state.
+
+    With `Idempotency-Key`, a retry (same key, same user and body) answers exactly as the
+    first request did (201, same body) with `Idempotent-Replayed: true`, recording nothing.
+    With `?enforce=true`, a call the user's or the project's budget has no room for is refused (402).
+    """
+    project = request_project(request)
+    usage, cost = requests.usage_and_cost(payload)
+    fingerprint = requests.fingerprint(user, payload) if idempotency_key is not None else ""
+
+    def answer(recorded: services.CostRecorded) -> dict:
+        # Through the declared schema, so the answer (kept and replayed on retries) is what the docs say.
+        return CostOut.model_validate({
+            "cost": recorded.event.cost, "event": event_out(recorded.event), "user": user_out(recorded.budget, project),
+            "budget_exceeded": recorded.budget_exceeded, "exceeded_scope": recorded.exceeded,
+        }).model_dump()
+
+    recorded, body = services.cost_record_answered(
+        project=project, user_id=user, usage=usage, cost=cost, source=CostEvent.Source.API,
+        idempotency_key=idempotency_key, fingerprint=fingerprint, enforce=enforce,
+        answer=lambda recorded: dumps(answer(recorded)),
+    )
+    return raw_json(body, 201, replayed=not recorded.created)
+
+
+def _ledger(request: HttpRequest, **filters) -> dict:
+    page, next_cursor = selectors.ledger_slice(request_project(request), **filters)
+    return {"items": [event_out(event) for event in page], "next_cursor": next_cursor}
+
+
+@router.get("/users/{path:user}/costs", response={200: EventPage, **ERRORS})
+def list_user_costs(
+    request: HttpRequest, user: str, model: str | None = None, since: datetime | None = None,
+    until: datetime | None = None, cursor: str | None = None, limit: int = Query(50, ge=1, le=MAX_PAGE),
+):
+    """The user's ledger events, newest first (also after the budget was deleted)."""
+    project = request_project(request)
+    if not selectors.has_budget_or_costs(project, user):
+        raise UnknownUser(f"user {user!r} has no budget and no costs in project {project.name!r}")
+    return _ledger(request, user_id=user, model=model, since=aware(since), until=aware(until), cursor=cursor,
+                   limit=limit)
+
+
+@router.get("/costs", response={200: EventPage, **ERRORS})
+def list_costs(
+    request: HttpRequest, user: str | None = None, model: str | None = None, since: datetime | None = None,
+    until: datetime | None = None, cursor: str | None = None, limit: int = Query(50, ge=1, le=MAX_PAGE),
+):
+    """The project's ledger, newest first; `since` inclusive, `until` exclusive (ISO 8601)."""
+    return _ledger(request, user_id=user, model=model, since=aware(since), until=aware(until), cursor=cursor,
+                   limit=limit)

@@ -1,0 +1,60 @@
+"""Users: list, read, create or replace a budget, reset, delete."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest
+from ninja import Query, Router, Status
+
+from .. import selectors, services
+from .auth import request_actor, request_project
+from .common import ERROR_STATUSES, MAX_PAGE, current_budget, user_out
+from .schemas import BudgetIn, ErrorOut, UserOut, UserPage
+
+router = Router(tags=["users"])
+ERRORS = dict.fromkeys(ERROR_STATUSES, ErrorOut)
+
+
+@router.get("/users", response={200: UserPage, **ERRORS})
+def list_users(request: HttpRequest, limit: int = Query(50, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0)):
+    """The project's users with their budgets and spend, ordered by user id."""
+    project = request_project(request)
+    services.ensure_current_period(project, all_users=True)  # right even while no worker runs
+    page, costs, total = selectors.budgets_with_costs(project, offset=offset, limit=limit)
+    return {"items": [user_out(budget, project, costs[budget.pk]) for budget in page],
+            "total": total, "limit": limit, "offset": offset}
+
+
+@router.put("/users/{path:user}/budget", response={200: UserOut, 201: UserOut, **ERRORS})
+def set_budget(request: HttpRequest, user: str, payload: BudgetIn):
+    """Create (201) or replace (200) the user's budget; replacing keeps this period's spend."""
+    project = request_project(request)
+    budget, created = services.budget_set(
+        project=project, user_id=user, total_budget=payload.total_budget, duration=payload.duration,
+        duration_days=payload.duration_days, actor=request_actor(request),
+    )
+    return Status(201 if created else 200, user_out(budget, project))
+
+
+@router.post("/users/{path:user}/reset", response={200: UserOut, **ERRORS})
+def reset_user(request: HttpRequest, user: str):
+    """Set the user's spend in this period to zero (audited; the ledger stays)."""
+    budget = services.budget_reset(budget=current_budget(request, user), actor=request_actor(request),
+                                   reason="manual")
+    return user_out(budget, request_project(request))
+
+
+# The bare /users/{user} routes come last: `path:` would also match ".../costs" and the like.
+bare_router = Router(tags=["users"])
+
+
+@bare_router.get("/users/{path:user}", response={200: UserOut, **ERRORS})
+def get_user(request: HttpRequest, user: str):
+    """The user's budget, spend in this period (total and per model), period and remaining budget."""
+    return user_out(current_budget(request, user), request_project(request))
+
+
+@bare_router.delete("/users/{path:user}", response={204: None, **ERRORS})
+def delete_user(request: HttpRequest, user: str):
+    """Delete the user's budget (audited); their ledger events stay."""
+    services.budget_delete(budget=current_budget(request, user), actor=request_actor(request))
+    return Status(204, None)

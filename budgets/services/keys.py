@@ -1,0 +1,54 @@
+"""Projects' API keys: create (the secret shown once), mark used, revoke."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils.timezone import now as utcnow
+
+from ..errors import InvalidInput
+from ..models import ApiKey, Project
+from ..selectors import KEY_PREFIX, SHOWN_LENGTH, active_api_key, hash_key
+from .audit import write_audit
+
+USED_STAMP_EVERY = timedelta(minutes=1)
+
+
+def api_key_create(*, project: Project, name: str, actor: str = "system") -> tuple[ApiKey, str]:
+    """Create a key; the raw secret is returned once and only its hash is kept."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 100:
+        raise InvalidInput("key name must be a non-empty string of at most 100 characters")
+    raw = KEY_PREFIX + secrets.token_urlsafe(32)  # 256 bits
+    with transaction.atomic():
+        key = ApiKey.objects.create(project=project, name=name.strip(), prefix=raw[:SHOWN_LENGTH],
+                                    key_hash=hash_key(raw))
+        write_audit(project_id=project.pk, action="api_key_create", actor=actor,
+                    after={"name": key.name, "prefix": key.prefix})
+    return key, raw
+
+
+def api_key_mark_used(key: ApiKey) -> None:
+    """Stamp `last_used_at`, at most once a minute per key (no write on the usual request)."""
+    at = utcnow()
+    if key.last_used_at is None or at - key.last_used_at > USED_STAMP_EVERY:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=at)
+        key.last_used_at = at
+
+
+def api_key_authenticate(raw: str) -> ApiKey | None:
+    """The active key for this secret (marked used), or None."""
+    key = active_api_key(raw)
+    if key is not None:
+        api_key_mark_used(key)
+    return key
+
+
+def api_key_revoke(*, key: ApiKey, actor: str) -> ApiKey:
+    with transaction.atomic():
+        if ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=utcnow()):
+            write_audit(project_id=key.project_id, action="api_key_revoke", actor=actor,
+                        after={"name": key.name, "prefix": key.prefix})
+        key.refresh_from_db()
+    return key
