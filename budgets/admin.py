@@ -56,16 +56,18 @@ class ProjectAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Project, form: Any, change: bool) -> None:
         # Through the service, like every other entry point: the period and reset time set, one audit row.
-        settings = {"max_budget": obj.max_budget, "timezone": obj.timezone, "duration": obj.duration,
-                    "duration_days": obj.duration_days}
         if change:
             project = services.project_update(
                 project=Project.objects.get(pk=obj.pk), actor=actor_for(request), name=obj.name,
-                alert_thresholds=obj.alert_thresholds, alert_webhook_url=obj.alert_webhook_url,
-                alert_email=obj.alert_email, **settings,
+                max_budget=obj.max_budget, timezone=obj.timezone, duration=obj.duration,
+                duration_days=obj.duration_days, alert_thresholds=obj.alert_thresholds,
+                alert_webhook_url=obj.alert_webhook_url, alert_email=obj.alert_email,
             )
         else:
-            project = services.project_create(name=obj.name, actor=actor_for(request), **settings)
+            project = services.project_create(
+                name=obj.name, actor=actor_for(request), max_budget=obj.max_budget, timezone=obj.timezone,
+                duration=obj.duration, duration_days=obj.duration_days,
+            )
             project = services.project_update(
                 project=project, actor=actor_for(request), alert_thresholds=obj.alert_thresholds,
                 alert_webhook_url=obj.alert_webhook_url, alert_email=obj.alert_email,

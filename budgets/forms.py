@@ -6,10 +6,10 @@ given, and a service's InvalidInput is shown on the form (views call `add_error`
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -75,7 +75,7 @@ class BudgetForm(forms.Form):
         )
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         if data.get("duration") == Duration.DAYS and not data.get("duration_days"):
             self.add_error("duration_days", "Give the number of days for “Every N days”.")
         if data.get("duration") != Duration.DAYS:
@@ -130,7 +130,7 @@ class ProjectSettingsForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["timezone"].choices = timezone_choices()
+        cast(forms.ChoiceField, self.fields["timezone"]).choices = timezone_choices()
         self.helper = _helper(Row(Column("max_budget", css_class="col-md-6"), Column("timezone", css_class="col-md-6")))
 
 
@@ -179,7 +179,7 @@ class RangeForm(forms.Form):
         )
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         start, end = data.get("start"), data.get("end")
         if start and end and start > end:
             raise ValidationError("The range must start before it ends.")
@@ -192,11 +192,14 @@ class RangeForm(forms.Form):
         default = DateRange.last_days(DEFAULT_RANGE_DAYS, self.zone)
         if not self.is_bound or not self.is_valid():
             return default
-        start, end = self.cleaned_data.get("start"), self.cleaned_data.get("end")
+        start: date | None = self.cleaned_data.get("start")
+        end: date | None = self.cleaned_data.get("end")
         if start or end:
             today = default.end
-            end = end or max(today, start)
-            start = start or end - timedelta(days=DEFAULT_RANGE_DAYS - 1)
+            if end is None:
+                end = max(today, start) if start is not None else today
+            if start is None:
+                start = end - timedelta(days=DEFAULT_RANGE_DAYS - 1)
             start = max(start, end - timedelta(days=MAX_RANGE_DAYS - 1))
             return DateRange(start, end, self.zone)
         return DateRange.last_days(self.cleaned_data.get("days") or DEFAULT_RANGE_DAYS, self.zone)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -15,7 +16,7 @@ from django.utils.timezone import now
 from .fields import MoneyField
 
 # Prices per token are tiny (1.5e-7 and below): more places.
-PRICE = {"max_digits": 24, "decimal_places": 18}
+PRICE: dict[str, Any] = {"max_digits": 24, "decimal_places": 18}
 ZERO = Decimal(0)
 
 

@@ -17,7 +17,7 @@ import zlib
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from django.db.models import Q
 from django.db.models.signals import post_delete, post_save
@@ -50,13 +50,13 @@ MAX_MAP_BYTES = 64 * 1024 * 1024  # LiteLLM's map is ~3 MB; refuse anything absu
 MAX_POSITIVE_INT = 2_147_483_647  # PositiveIntegerField's range on every backend.
 
 _price_field = ModelPrice._meta.get_field("input_cost_per_token")
-PRICE_PLACES: int = _price_field.decimal_places
+PRICE_PLACES: int = cast(int, _price_field.decimal_places)
 PRICE_QUANTUM = Decimal(1).scaleb(-PRICE_PLACES)
 # The largest price the column holds is below 10 ** (max_digits - decimal_places).
-PRICE_LIMIT = Decimal(10) ** (_price_field.max_digits - PRICE_PLACES)
-MODEL_MAX_LENGTH: int = ModelPrice._meta.get_field("model").max_length
-PROVIDER_MAX_LENGTH: int = ModelPrice._meta.get_field("provider").max_length
-MODE_MAX_LENGTH: int = ModelPrice._meta.get_field("mode").max_length
+PRICE_LIMIT = Decimal(10) ** (cast(int, _price_field.max_digits) - PRICE_PLACES)
+MODEL_MAX_LENGTH: int = cast(int, ModelPrice._meta.get_field("model").max_length)
+PROVIDER_MAX_LENGTH: int = cast(int, ModelPrice._meta.get_field("provider").max_length)
+MODE_MAX_LENGTH: int = cast(int, ModelPrice._meta.get_field("mode").max_length)
 
 
 class PriceMapError(ValueError):

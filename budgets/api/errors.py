@@ -119,7 +119,7 @@ class _OutageLog:
     def __init__(self) -> None:
         self.last = 0.0
 
-    def report(self, request: HttpRequest, exc: Exception) -> None:
+    def report(self, request: HttpRequest, exc: Any) -> None:
         at = time.monotonic()
         if at - self.last > self.quiet_seconds:
             logger.error("the database is not answering (%s on %s %s): answering 503 with Retry-After",
@@ -130,7 +130,7 @@ class _OutageLog:
 outage_log = _OutageLog()
 
 
-def unavailable_response(request: HttpRequest, exc: Exception, *, hosted: bool = False) -> HttpResponse:
+def unavailable_response(request: HttpRequest, exc: Any, *, hosted: bool = False) -> HttpResponse:
     outage_log.report(request, exc)
     if hosted:
         response = hosted_error_response(503, UNAVAILABLE_MESSAGE)
@@ -157,10 +157,10 @@ def install_exception_handlers(api: NinjaAPI) -> None:
     # 10^12, a date before year 1 in UTC): the transaction rolled back, nothing was written.
     handle(DataError, lambda exc: error_response(400, "validation_error", OUT_OF_RANGE_MESSAGE))
     handle(OverflowError, lambda exc: error_response(400, "validation_error", OUT_OF_RANGE_MESSAGE))
-    api.add_exception_handler(OperationalError, unavailable_response)
-    api.add_exception_handler(InterfaceError, unavailable_response)
+    api.add_exception_handler(OperationalError, lambda request, exc: unavailable_response(request, exc))
+    api.add_exception_handler(InterfaceError, lambda request, exc: unavailable_response(request, exc))
 
-    def server_error(request: HttpRequest, exc: Exception) -> HttpResponse:
+    def server_error(request: HttpRequest, exc: Any) -> HttpResponse:
         logger.exception("API error on %s %s", request.method, request.path, exc_info=exc)
         return error_response(500, "internal_error", "internal server error")
 

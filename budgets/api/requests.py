@@ -37,6 +37,7 @@ def explicit_price(model: str, body: CostIn | QuoteIn) -> pricing.Price | None:
         return None
     if len(given) == 1:
         raise InvalidInput("input_cost_per_token and output_cost_per_token must be given together")
+    assert body.input_cost_per_token is not None and body.output_cost_per_token is not None  # both given
     return pricing.Price(model=model, input=body.input_cost_per_token, output=body.output_cost_per_token)
 
 
