@@ -17,14 +17,14 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Value
 
-SCALE = Decimal(10) ** 12
+from .money import MONEY_PLACES as PLACES
+
+SCALE = Decimal(10) ** 12  # 1 / PLACES
 
 
 @cache
 def _default_is_sqlite() -> bool:
     return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
-
-PLACES = Decimal(1).scaleb(-12)
 
 
 class MoneyField(models.DecimalField):
