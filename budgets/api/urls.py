@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path, re_path
 
-from . import health, hosted
+from . import health, hosted, metrics
 from .v1 import api
 
 urlpatterns = [
@@ -14,4 +14,5 @@ urlpatterns = [
     re_path(r"^(?:/)?get_budget/?$", hosted.get_budget, name="hosted_get_budget"),
     re_path(r"^(?:/)?set_budget/?$", hosted.set_budget, name="hosted_set_budget"),
     path("healthz", health.healthz, name="healthz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
 ]
