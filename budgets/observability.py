@@ -27,8 +27,10 @@ _SANE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
 
 # An API key (bm_ + 43 url-safe characters), a bearer token, or a `secret=...` pair.
-_SECRETS = re.compile(r"(bm_)[A-Za-z0-9_-]{8,}|(Bearer\s+)\S+|((?:secret|password|token)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+",
-                      re.IGNORECASE)
+_SECRETS = re.compile(
+    r"(bm_)[A-Za-z0-9_-]{8,}|(Bearer\s+)\S+|((?:secret|password|token)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+",
+    re.IGNORECASE,
+)
 
 
 def redact(text: str) -> str:
