@@ -86,6 +86,8 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "crispy_forms",
     "crispy_bootstrap5",
+    # django-bootstrap-static: Bootstrap's dist files under static/bootstrap/ (no CDN).
+    "bootstrap",
     "django_celery_beat",
     "budgets",
 ]
@@ -156,8 +158,8 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATICFILES_FINDERS = [
     "django.contrib.staticfiles.finders.FileSystemFinder",
     "django.contrib.staticfiles.finders.AppDirectoriesFinder",
-    # Bootstrap and Plotly from their PyPI packages under static/vendor/: the console uses no CDN.
-    "budgets.staticfiles.VendorFinder",
+    # plotly.min.js alone from the plotly package (its package_data holds much more).
+    "budgets.staticfiles.PlotlyFinder",
 ]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
