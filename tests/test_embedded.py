@@ -159,7 +159,7 @@ def test_run_embedded_serves_the_site_resets_budgets_with_its_worker_and_stops_o
     assert f"Log in as admin with password {password}" in embedded.output
     assert f"running at http://127.0.0.1:{embedded.port}/" in embedded.output
 
-    # Another process (like the web server would) queues the sweep through the filesystem broker.
+    # Another process (like the web server would) queues the sweep through the embedded broker.
     assert "queued" in manage(var_dir, "shell", "-c", SET_UP_A_DUE_BUDGET)
     db = var_dir / "db.sqlite3"
 

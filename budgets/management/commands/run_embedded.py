@@ -30,7 +30,7 @@ from django.db import connections
 
 from budgets.models import Project
 from budgets.tasks import beat_schedule_install
-from budgetsite.celery import ensure_broker_folders
+from budgetsite.celery import embedded_broker_prepare
 
 ADMIN_USERNAME = "admin"
 STOP_TIMEOUT = 20  # seconds a child gets to finish its work after SIGTERM, then SIGKILL
@@ -76,8 +76,8 @@ class Command(BaseCommand):
         """Everything a fresh VAR_DIR needs; returns the login line to print."""
         var_dir = Path(settings.VAR_DIR)
         var_dir.mkdir(parents=True, exist_ok=True)
-        if settings.CELERY_BROKER_URL.startswith("filesystem://"):
-            ensure_broker_folders(settings.CELERY_BROKER_TRANSPORT_OPTIONS)
+        if settings.CELERY_BROKER_URL.startswith("sqla+"):
+            embedded_broker_prepare()
         self.say("Migrating the database…")
         call_command("migrate", interactive=False, verbosity=0)
         beat_schedule_install()
@@ -112,7 +112,7 @@ class Command(BaseCommand):
             "web": [python, "-m", "gunicorn", "budgetsite.wsgi:application", "--bind", f"{host}:{port}",
                     "--workers", "1", "--worker-class", "gthread", "--threads", str(threads),
                     "--graceful-timeout", "10"],
-            # One worker process: the embedded filesystem broker is meant for one consumer.
+            # One worker process with threads is plenty for one machine's sweeps and alerts.
             "worker": [python, "-m", "celery", "-A", "budgetsite", "worker", "--loglevel", "INFO",
                        "--pool", "threads", "--concurrency", "2", "--hostname", "embedded@%h",
                        "--without-gossip", "--without-mingle", "--without-heartbeat"],
