@@ -21,9 +21,10 @@ app.autodiscover_tasks()
 def embedded_broker_prepare(celery_app: Celery = app) -> int:
     """Create the SQLAlchemy broker's tables and drop delivered messages; returns how many.
 
-    Called once before web, worker and beat start: kombu creates its tables on first
-    connect without a cross-process lock, and it keeps delivered messages (visible=False)
-    instead of deleting them, so without this the table only grows.
+    Called once before web, worker and beat start: kombu creates its tables and queue rows
+    on first use without a cross-process lock (processes racing to create the same queue
+    fail with IntegrityError, tests/test_tasks.py), and it keeps delivered messages
+    (visible=False) instead of deleting them, so without this the table only grows.
     """
     with celery_app.connection_for_write() as connection:
         channel = connection.default_channel

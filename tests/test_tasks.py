@@ -153,7 +153,9 @@ with Connection(url, transport_options={"connect_args": {"timeout": 30}}) as con
 def test_several_processes_publish_and_consume_each_message_exactly_once(tmp_path):
     folder, name = tmp_path / "broker", queue_name()
     url = embedded_broker(folder)["broker_url"]
-    embedded_broker_prepare(celery_app_for(url))  # as run_embedded does before its children start
+    # As run_embedded does before its children start: kombu creates tables and queue rows on first
+    # use without a cross-process lock, and processes racing to create one fail (IntegrityError).
+    embedded_broker_prepare(celery_app_for(url, queue=name))
     run = [sys.executable, "-c", _BROKER_PROCESS, url, name]
     producers = [subprocess.Popen([*run, "put", str(n)]) for n in (60, 61)]
     consumers = [subprocess.Popen([*run, "get", "0"], stdout=subprocess.PIPE, text=True) for _ in range(3)]
@@ -167,11 +169,12 @@ def test_several_processes_publish_and_consume_each_message_exactly_once(tmp_pat
     assert sorted(taken) == sorted(expected)  # every message once: none lost, none twice
 
 
-def celery_app_for(url: str):
+def celery_app_for(url: str, queue: str = "celery"):
     from celery import Celery
 
     app = Celery("broker-test", set_as_current=False)
-    app.conf.update(broker_url=url, broker_transport_options={"connect_args": {"timeout": 30}})
+    app.conf.update(broker_url=url, broker_transport_options={"connect_args": {"timeout": 30}},
+                    task_default_queue=queue)
     return app
 
 
