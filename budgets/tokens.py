@@ -55,7 +55,7 @@ BPE_SHA256 = {
 
 def bpe_path(name: str) -> Path:
     """Where tiktoken looks for `name`'s BPE file: BPE_DIR / sha1(download URL)."""
-    return BPE_DIR / hashlib.sha1(BPE_URL[name].encode()).hexdigest()  # noqa: S324 (tiktoken's cache key)
+    return BPE_DIR / hashlib.sha1(BPE_URL[name].encode(), usedforsecurity=False).hexdigest()
 
 
 def _pin_cache_dir() -> None:
