@@ -119,7 +119,8 @@ def test_shipped_files_carry_the_names_tiktoken_looks_up():
         "9b5ad71b2ce5302211f9c61530b329a4922fc6a4",  # cl100k_base
         "fb374d419588a4632f3f557e76b4b70aebbca790",  # o200k_base
     ]
-    assert os.environ["TIKTOKEN_CACHE_DIR"] == str(SHIPPED_BPE_DIR)
+    # (That importing budgets.tokens points TIKTOKEN_CACHE_DIR here is shown by the offline
+    # subprocess test below: in this process, importing litellm in other tests moves it.)
 
 
 @pytest.mark.parametrize(
