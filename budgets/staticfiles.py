@@ -1,9 +1,10 @@
-"""Bootstrap and Plotly served from their PyPI packages, as if they were in static/vendor/.
+"""plotly.min.js served from the `plotly` package at static/vendor/plotly/plotly.min.js.
 
-The console's pages fetch nothing from the internet: Bootstrap's dist files come from the
-`django-bootstrap-static` wheel (module `bootstrap`), plotly.min.js from the `plotly` package.
-This finder exposes just those files (not the rest of the packages' data), for runserver,
-the test live server, WhiteNoise with finders and `collectstatic` alike.
+The console fetches nothing from the internet.  Bootstrap comes from the
+`django-bootstrap-static` wheel, a Django app (`bootstrap` in INSTALLED_APPS), so
+AppDirectoriesFinder serves it.  plotly is not a Django app and its package_data
+folder also holds datasets and templates, so this finder exposes its one file, for
+runserver, the test live server, WhiteNoise with finders and `collectstatic` alike.
 """
 
 from __future__ import annotations
@@ -13,72 +14,64 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from django.contrib.staticfiles import finders
 from django.contrib.staticfiles.finders import BaseFinder
 from django.core.checks import Error
 from django.core.files.storage import FileSystemStorage
 
-# Static path (under STATIC_URL) → (package, directory inside the package, file names).
-VENDOR_DIRS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "vendor/bootstrap/css": (
-        "bootstrap", "static/bootstrap/css", ("bootstrap.min.css", "bootstrap.min.css.map"),
-    ),
-    "vendor/bootstrap/js": (
-        "bootstrap", "static/bootstrap/js", ("bootstrap.bundle.min.js", "bootstrap.bundle.min.js.map"),
-    ),
-    "vendor/plotly": ("plotly", "package_data", ("plotly.min.js",)),
-}
+PLOTLY_PREFIX = "vendor/plotly"
+PLOTLY_FILE = "plotly.min.js"
+# What base.html and the chart pages load; the check below fails if any is not found.
+REQUIRED_ASSETS = (
+    "bootstrap/css/bootstrap.min.css",
+    "bootstrap/js/bootstrap.bundle.min.js",
+    f"{PLOTLY_PREFIX}/{PLOTLY_FILE}",
+)
 
 
-def _package_dir(package: str) -> Path | None:
+def _plotly_package_data() -> Path | None:
     # find_spec does not import the package: plotly's import is slow and not needed here.
-    spec = importlib.util.find_spec(package)
+    spec = importlib.util.find_spec("plotly")
     if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(next(iter(spec.submodule_search_locations)))
+    return Path(next(iter(spec.submodule_search_locations))) / "package_data"
 
 
-class VendorFinder(BaseFinder):
-    """Finds the vendored files listed in VENDOR_DIRS inside their installed packages."""
+class PlotlyFinder(BaseFinder):
+    """Finds vendor/plotly/plotly.min.js in the installed plotly package, and nothing else."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.storages: dict[str, FileSystemStorage] = {}
-        self.files: dict[str, tuple[str, ...]] = {}
-        for prefix, (package, subdir, names) in VENDOR_DIRS.items():
-            root = _package_dir(package)
-            if root is None:
-                continue
-            storage = FileSystemStorage(location=root / subdir)
-            storage.prefix = prefix  # collectstatic and WhiteNoise put files under it
-            self.storages[prefix] = storage
-            self.files[prefix] = names
+        root = _plotly_package_data()
+        self.storage = FileSystemStorage(location=root) if root is not None else None
+        if self.storage is not None:
+            self.storage.prefix = PLOTLY_PREFIX  # collectstatic and WhiteNoise put the file under it
+
+    def _available(self) -> bool:
+        return self.storage is not None and self.storage.exists(PLOTLY_FILE)
 
     def check(self, **kwargs: Any) -> list[Error]:
-        errors = []
-        for prefix, (package, subdir, names) in VENDOR_DIRS.items():
-            storage = self.storages.get(prefix)
-            missing = [name for name in names if storage is None or not storage.exists(name)]
-            if missing:
-                errors.append(Error(
-                    f"static files {', '.join(missing)} not found in the {package!r} package ({subdir})",
-                    hint="pip install -r requirements.txt (django-bootstrap-static, plotly)",
-                    id="budgets.E001",
-                ))
-        return errors
+        missing = [path for path in REQUIRED_ASSETS if not finders.find(path)]
+        if not missing:
+            return []
+        return [Error(
+            f"static files {', '.join(missing)} not found",
+            hint="pip install -r requirements.txt (django-bootstrap-static, plotly) and keep "
+                 "'bootstrap' in INSTALLED_APPS",
+            id="budgets.E001",
+        )]
 
     def find(self, path: str, find_all: bool = False, **kwargs: Any) -> str | list[str]:
         find_all = kwargs.pop("all", find_all)  # Django 5.2 still passes the old name
         matches = []
-        prefix, _, name = path.rpartition("/")
-        storage = self.storages.get(prefix)
-        if storage is not None and name in self.files[prefix] and storage.exists(name):
-            matches.append(storage.path(name))
+        if path == f"{PLOTLY_PREFIX}/{PLOTLY_FILE}" and self._available():
+            assert self.storage is not None
+            matches.append(self.storage.path(PLOTLY_FILE))
         if find_all:
             return matches
         return matches[0] if matches else []
 
     def list(self, ignore_patterns: Any) -> Iterator[tuple[str, FileSystemStorage]]:
-        for prefix, storage in self.storages.items():
-            for name in self.files[prefix]:
-                if storage.exists(name):
-                    yield name, storage
+        if self._available():
+            assert self.storage is not None
+            yield PLOTLY_FILE, self.storage

@@ -1,34 +1,26 @@
-"""Offline token counting with tiktoken, built from BPE files shipped in this repo.
+"""Offline token counting with tiktoken, from BPE files shipped in this repo.
 
-tiktoken normally downloads its BPE files on first use and caches them under
-TIKTOKEN_CACHE_DIR (or a temp dir).  Servers here may have no egress and a
-read-only or ephemeral temp dir, so we build the encodings ourselves from
-``budgets/data/bpe/*.tiktoken`` and never call ``tiktoken.get_encoding``.
+tiktoken reads an encoding's BPE file from the directory in TIKTOKEN_CACHE_DIR,
+named by the SHA-1 of its download URL, and downloads it only when it is missing
+there.  ``budgets/data/bpe/`` holds the two files under those names and this
+module points TIKTOKEN_CACHE_DIR at it, so ``tiktoken.get_encoding`` never
+touches the network, a temp dir or the user's own tiktoken cache.
 This module must not import Django: it is used from workers and scripts too.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
-import threading
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import tiktoken
+import tiktoken.load
 import tiktoken.model
-
-# The special-token strings are module constants in tiktoken's own encoding
-# definitions, so import them rather than retyping them.
-from tiktoken_ext.openai_public import (
-    ENDOFPROMPT,
-    ENDOFTEXT,
-    FIM_MIDDLE,
-    FIM_PREFIX,
-    FIM_SUFFIX,
-)
+from tiktoken_ext import openai_public
 
 __all__ = [
     "BPEFileError",
@@ -38,7 +30,7 @@ __all__ = [
     "encoding_for_model",
     "encoding_name_for_model",
     "get_encoding",
-    "load_bpe_ranks",
+    "verify_bpe_file",
 ]
 
 O200K_BASE = "o200k_base"
@@ -49,43 +41,31 @@ SUPPORTED_ENCODINGS = (O200K_BASE, CL100K_BASE)
 # Module-level so tests (and deployments that relocate data) can point it elsewhere.
 BPE_DIR = Path(__file__).resolve().parent / "data" / "bpe"
 
-# SHA-256 of each BPE file, copied verbatim from the `expected_hash=` arguments in
-# tiktoken_ext/openai_public.py (tiktoken 0.14.0); these are OpenAI's published hashes.
+# Download URL and SHA-256 of each BPE file, as passed to load_tiktoken_bpe in
+# tiktoken_ext/openai_public.py (tiktoken 0.14.0); tests/test_tokens.py checks they still are.
+BPE_URL = {
+    O200K_BASE: "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
+    CL100K_BASE: "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
+}
 BPE_SHA256 = {
     O200K_BASE: "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
     CL100K_BASE: "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
 }
 
-# tiktoken only exposes these regexes inside its constructor functions, so they are
-# copied from tiktoken_ext/openai_public.py; tests/test_tokens.py checks they still match.
-_CL100K_PAT_STR = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
-    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
-)
-# Kept as tiktoken writes it (a join of alternatives) so it can be diffed against upstream.
-_O200K_PAT_STR = "|".join(  # noqa: FLY002
-    [
-        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-        r"""\p{N}{1,3}""",
-        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
-        r"""\s*[\r\n]+""",
-        r"""\s+(?!\S)""",
-        r"""\s+""",
-    ]
-)
 
-_PAT_STR = {O200K_BASE: _O200K_PAT_STR, CL100K_BASE: _CL100K_PAT_STR}
-_SPECIAL_TOKENS = {
-    O200K_BASE: {ENDOFTEXT: 199999, ENDOFPROMPT: 200018},
-    CL100K_BASE: {
-        ENDOFTEXT: 100257,
-        FIM_PREFIX: 100258,
-        FIM_MIDDLE: 100259,
-        FIM_SUFFIX: 100260,
-        ENDOFPROMPT: 100276,
-    },
-}
+def bpe_path(name: str) -> Path:
+    """Where tiktoken looks for `name`'s BPE file: BPE_DIR / sha1(download URL)."""
+    return BPE_DIR / hashlib.sha1(BPE_URL[name].encode(), usedforsecurity=False).hexdigest()
+
+
+def _pin_cache_dir() -> None:
+    # Overrides (not setdefault) a user's TIKTOKEN_CACHE_DIR: any other directory lacks these
+    # files or holds unchecked ones, and tiktoken would then download.  Re-pinned before each
+    # load because libraries imported later (litellm) point it at their own directory.
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(BPE_DIR)
+
+
+_pin_cache_dir()
 
 # Used only when tiktoken does not recognise the model (older tiktoken releases lack
 # newer names, and it has no entry for bare "gpt-4.5").  Checked in order, so the
@@ -116,80 +96,51 @@ REPLY_PRIMING_TOKENS = 3
 
 
 class BPEFileError(ValueError):
-    """A shipped BPE file is missing, corrupted or unparsable."""
+    """A shipped BPE file is missing or is not the published one."""
 
 
-def load_bpe_ranks(name: str, path: Path | str | None = None) -> dict[bytes, int]:
-    """Read, hash-check and parse the BPE file for `name` (default: the shipped copy).
+def verify_bpe_file(name: str) -> None:
+    """Refuse a missing or altered shipped BPE file before tiktoken sees it.
 
-    Parses the bytes ourselves instead of calling tiktoken.load.load_tiktoken_bpe,
-    because that copies even local files into tiktoken's cache dir.
+    tiktoken checks the hash too, but on a mismatch it deletes the file and downloads
+    a fresh copy (tiktoken/load.py read_file_cached; pinned by tests/test_tokens.py),
+    and it downloads a missing one: offline we must fail instead.
     """
-    if name not in BPE_SHA256:
-        raise ValueError(
-            f"Unsupported encoding {name!r}; expected one of {SUPPORTED_ENCODINGS}"
-        )
-    bpe_path = Path(path) if path is not None else BPE_DIR / f"{name}.tiktoken"
+    path = bpe_path(name)
     try:
-        data = bpe_path.read_bytes()
+        data = path.read_bytes()
     except OSError as exc:
+        raise BPEFileError(f"Cannot read BPE file for {name} at {path}: {exc}") from exc
+    if not tiktoken.load.check_hash(data, BPE_SHA256[name]):
         raise BPEFileError(
-            f"Cannot read BPE file for {name} at {bpe_path}: {exc}"
-        ) from exc
-
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != BPE_SHA256[name]:
-        raise BPEFileError(
-            f"SHA-256 mismatch for {name} BPE file {bpe_path}: expected {BPE_SHA256[name]}, "
-            f"got {actual}. The file is corrupted or not the published {name}.tiktoken."
+            f"SHA-256 mismatch for {name} BPE file {path}: expected {BPE_SHA256[name]}, "
+            f"got {hashlib.sha256(data).hexdigest()}. The file is corrupted or not the published "
+            f"{name}.tiktoken."
         )
 
-    # Same format and parsing as tiktoken.load.load_tiktoken_bpe: "<base64 token> <rank>".
-    ranks: dict[bytes, int] = {}
-    for line in data.splitlines():
-        if not line:
-            continue
-        try:
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
-        except Exception as exc:
-            raise BPEFileError(f"Error parsing line {line!r} in {bpe_path}") from exc
-    return ranks
+
+def _check_name(name: str) -> None:
+    if name not in SUPPORTED_ENCODINGS:
+        raise ValueError(f"Unsupported encoding {name!r}; expected one of {SUPPORTED_ENCODINGS}")
 
 
-def build_encoding(name: str, path: Path | str | None = None) -> tiktoken.Encoding:
-    """Build a fresh (uncached) Encoding for `name` from a local BPE file."""
-    ranks = load_bpe_ranks(name, path)  # validates `name` first
-    return tiktoken.Encoding(
-        name=name,
-        pat_str=_PAT_STR[name],
-        mergeable_ranks=ranks,
-        special_tokens=dict(_SPECIAL_TOKENS[name]),
-    )
-
-
-_build_lock = threading.Lock()
-
-
-@functools.cache
-def _load_encoding_once(name: str) -> tiktoken.Encoding:
-    """Inner cache consulted under the lock so each encoding is built exactly once."""
-    return build_encoding(name)
+def build_encoding(name: str) -> tiktoken.Encoding:
+    """A fresh (uncached) Encoding for `name`, built by tiktoken's own constructor."""
+    _check_name(name)
+    verify_bpe_file(name)
+    _pin_cache_dir()
+    # tiktoken's constructor: its regex and special tokens, ranks read through TIKTOKEN_CACHE_DIR.
+    return tiktoken.Encoding(**openai_public.ENCODING_CONSTRUCTORS[name]())
 
 
 @functools.cache
 def get_encoding(name: str) -> tiktoken.Encoding:
-    """Return the process-wide cached Encoding `name` ("o200k_base" or "cl100k_base")."""
-    # The outer cache keeps the hot path lock-free; the lock stops concurrent gunicorn
-    # threads from each parsing a ~200k-entry file when they race on the first request.
-    with _build_lock:
-        return _load_encoding_once(name)
-
-
-def _clear_caches() -> None:
-    """Forget cached encodings (for tests that repoint BPE_DIR)."""
-    get_encoding.cache_clear()
-    _load_encoding_once.cache_clear()
+    """The process-wide Encoding `name` ("o200k_base" or "cl100k_base")."""
+    _check_name(name)
+    verify_bpe_file(name)
+    _pin_cache_dir()
+    # tiktoken's registry builds each encoding once per process, under its own lock.
+    return tiktoken.get_encoding(name)
 
 
 def encoding_name_for_model(model: str) -> str:

@@ -86,6 +86,8 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "crispy_forms",
     "crispy_bootstrap5",
+    # django-bootstrap-static: Bootstrap's dist files under static/bootstrap/ (no CDN).
+    "bootstrap",
     "django_celery_beat",
     "ninja",  # Swagger UI's files, served locally (no CDN) at /api/v1/docs
     "budgets",
@@ -159,8 +161,8 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATICFILES_FINDERS = [
     "django.contrib.staticfiles.finders.FileSystemFinder",
     "django.contrib.staticfiles.finders.AppDirectoriesFinder",
-    # Bootstrap and Plotly from their PyPI packages under static/vendor/: the console uses no CDN.
-    "budgets.staticfiles.VendorFinder",
+    # plotly.min.js alone from the plotly package (its package_data holds much more).
+    "budgets.staticfiles.PlotlyFinder",
 ]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -183,22 +185,15 @@ if REDIS_URL:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
-# Celery: Redis in production; with no REDIS_URL, a filesystem broker under VAR_DIR/broker
-# needs no server process and still carries tasks between web, worker and beat (embedded
-# mode, one worker process: budgetsite.celery.FilesystemTransport makes it safe to share).
-BROKER_DIR = VAR_DIR / "broker"
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL or "filesystem://localhost//"
-if CELERY_BROKER_URL.startswith("filesystem://"):
-    CELERY_BROKER_TRANSPORT = "budgetsite.celery:FilesystemTransport"
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(BROKER_DIR / "queue"),
-        "data_folder_out": str(BROKER_DIR / "queue"),
-        "processed_folder": str(BROKER_DIR / "processed"),
-        # Exchange tables (broadcasts); kombu's default is a folder relative to the cwd.
-        "control_folder": str(BROKER_DIR / "control"),
-        "store_processed": False,
-        "polling_interval": 0.5,
-    }
+# Celery: Redis in production; with no REDIS_URL, kombu's SQLAlchemy transport on an SQLite
+# file under VAR_DIR needs no server process and still carries tasks between web, worker and
+# beat (embedded mode, one machine).
+BROKER_DB = VAR_DIR / "broker.sqlite3"
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL or f"sqla+sqlite:///{BROKER_DB}"
+if CELERY_BROKER_URL.startswith(("sqla+", "sqlalchemy+")):
+    # Passed to sqlalchemy.create_engine: wait for another process's write lock instead of
+    # failing after SQLite's default 5 s.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"connect_args": {"timeout": 30}}
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": 3600,

@@ -20,21 +20,14 @@ from celery.contrib.testing.worker import start_worker
 
 import budgets.tasks  # noqa: F401 (registers the shared tasks on every app)
 
-FILESYSTEM_TRANSPORT = "budgetsite.celery:FilesystemTransport"
 
-
-def filesystem_broker(folder: Path) -> dict[str, Any]:
-    """Celery settings for an embedded (filesystem) broker under `folder`."""
+def embedded_broker(folder: Path) -> dict[str, Any]:
+    """Celery settings for an embedded broker (kombu's SQLAlchemy transport, SQLite) under `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
     return {
-        "broker_url": "filesystem://localhost//",
-        "broker_transport": FILESYSTEM_TRANSPORT,
-        "broker_transport_options": {
-            "data_folder_in": str(folder / "queue"),
-            "data_folder_out": str(folder / "queue"),
-            "processed_folder": str(folder / "processed"),
-            "control_folder": str(folder / "control"),
-            "polling_interval": 0.1,
-        },
+        "broker_url": f"sqla+sqlite:///{folder / 'broker.sqlite3'}",
+        "broker_transport": None,
+        "broker_transport_options": {"connect_args": {"timeout": 30}},
     }
 
 

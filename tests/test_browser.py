@@ -189,7 +189,7 @@ def test_every_page_draws_its_charts_from_the_test_server_only(session, demo):
     session.screenshot("settings")
 
     assert any(url.endswith("/static/vendor/plotly/plotly.min.js") for url in session.requests)
-    assert any(url.endswith("/static/vendor/bootstrap/css/bootstrap.min.css") for url in session.requests)
+    assert any(url.endswith("/static/bootstrap/css/bootstrap.min.css") for url in session.requests)
 
 
 def test_pages_fit_a_narrow_screen(browser, live_server, demo):

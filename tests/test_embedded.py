@@ -69,7 +69,9 @@ class Embedded:
         return "\n".join(self.lines)
 
     def children(self) -> dict[str, int]:
-        return {name: int(pid) for name, pid in re.findall(r"^Started (\w+) \(pid (\d+)\)$", self.output, re.MULTILINE)}
+        # honcho's announcement, after its "HH:MM:SS system | " prefix.
+        started = re.findall(r"\| (web|worker|beat) started \(pid=(\d+)\)$", self.output, re.MULTILINE)
+        return {name: int(pid) for name, pid in started}
 
     def wait_until_up(self) -> int:
         """Wait for /healthz (or the admin login where there is no health check); returns its status."""
@@ -159,7 +161,7 @@ def test_run_embedded_serves_the_site_resets_budgets_with_its_worker_and_stops_o
     assert f"Log in as admin with password {password}" in embedded.output
     assert f"running at http://127.0.0.1:{embedded.port}/" in embedded.output
 
-    # Another process (like the web server would) queues the sweep through the filesystem broker.
+    # Another process (like the web server would) queues the sweep through the embedded broker.
     assert "queued" in manage(var_dir, "shell", "-c", SET_UP_A_DUE_BUDGET)
     db = var_dir / "db.sqlite3"
 
@@ -193,5 +195,6 @@ def test_when_a_child_dies_run_embedded_stops_the_others_and_fails(embedded, var
     os.kill(children["worker"], signal.SIGKILL)
 
     assert embedded.stop(None) == 1
-    assert "worker exited with code -9; stopping the others." in embedded.output
+    assert re.search(r"\| worker stopped \(rc=-9\)$", embedded.output, re.MULTILINE), embedded.output
+    assert "a process stopped unexpectedly (exit code -9); the others were stopped" in embedded.output
     assert [name for name, pid in children.items() if is_running(pid)] == []

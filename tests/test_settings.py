@@ -48,7 +48,7 @@ def test_with_nothing_set_it_runs_embedded_on_sqlite_with_a_kept_secret(tmp_path
     assert result.returncode == 0, result.stderr
     engine, broker, secret = result.stdout.strip().splitlines()[-1].split()
     assert engine == "django.db.backends.sqlite3"
-    assert broker.startswith("filesystem://")
+    assert broker == f"sqla+sqlite:///{tmp_path / 'var' / 'broker.sqlite3'}"
     assert secret == (tmp_path / "var" / "secret_key").read_text().strip()
     assert len(secret) >= 50
 

@@ -1,11 +1,14 @@
-"""Celery wiring: real workers on Redis and on the embedded filesystem broker, and a broker that is down."""
+"""Celery wiring: real workers on Redis and on the embedded (SQLAlchemy/SQLite) broker, and a broker that is down."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -22,12 +25,12 @@ from budgets import services, tasks
 from budgets.models import Alert, BudgetPeriod, CostEvent, Project, UserBudget
 from budgets.services import alerts
 from budgets.usage import Usage
-from budgetsite.celery import FilesystemChannel, FilesystemTransport
+from budgetsite.celery import embedded_broker_prepare
 from tests.celery_support import (
     WebhookReceiver,
     celery_app,
     closed_port,
-    filesystem_broker,
+    embedded_broker,
     redis_broker,
     redis_url_or_skip,
     running_worker,
@@ -44,12 +47,12 @@ def make_due(budget: UserBudget) -> None:
     UserBudget.objects.filter(pk=budget.pk).update(next_reset_at=now() - timedelta(seconds=1))
 
 
-@pytest.fixture(params=["filesystem", "redis"])
+@pytest.fixture(params=["embedded", "redis"])
 def broker(request, tmp_path: Path) -> dict:
     """Celery settings for each broker a worker test runs on."""
     if request.param == "redis":
         return redis_broker(redis_url_or_skip())
-    return filesystem_broker(tmp_path / "broker")
+    return embedded_broker(tmp_path / "broker")
 
 
 # --- configuration --------------------------------------------------------------------------
@@ -68,17 +71,16 @@ def test_the_app_is_configured_for_reliable_json_tasks():
     assert {"budgets.reset_sweep", "budgets.alert_outbox", "budgets.deliver_alert"} <= set(app.tasks)
 
 
-def test_without_redis_the_broker_is_the_embedded_filesystem_one():
+def test_without_redis_the_broker_is_the_embedded_sqlalchemy_one():
     if os.environ.get("REDIS_URL") or os.environ.get("CELERY_BROKER_URL"):
-        assert not settings.CELERY_BROKER_URL.startswith("filesystem://")
+        assert not settings.CELERY_BROKER_URL.startswith("sqla+")
         return
-    assert settings.CELERY_BROKER_TRANSPORT == "budgetsite.celery:FilesystemTransport"
-    folders = settings.CELERY_BROKER_TRANSPORT_OPTIONS
-    assert all(Path(folders[key]).is_relative_to(settings.VAR_DIR) for key in (
-        "data_folder_in", "data_folder_out", "processed_folder", "control_folder"))
+    assert settings.CELERY_BROKER_URL == f"sqla+sqlite:///{settings.VAR_DIR / 'broker.sqlite3'}"
+    assert settings.BROKER_DB.is_relative_to(settings.VAR_DIR)
+    assert settings.CELERY_BROKER_TRANSPORT_OPTIONS == {"connect_args": {"timeout": 30}}
 
 
-# --- the embedded filesystem broker ---------------------------------------------------------
+# --- the embedded broker ----------------------------------------------------------------------
 
 
 def queue_name() -> str:
@@ -86,37 +88,117 @@ def queue_name() -> str:
     return f"jobs-{uuid.uuid4().hex}"
 
 
-def filesystem_connection(folder: Path):
+def embedded_connection(folder: Path):
     from kombu import Connection
 
-    options = filesystem_broker(folder)["broker_transport_options"]
-    return Connection("filesystem://localhost//", transport=FilesystemTransport, transport_options=options)
+    broker = embedded_broker(folder)
+    return Connection(broker["broker_url"], transport_options=broker["broker_transport_options"])
 
 
-def test_the_filesystem_broker_creates_its_folders_and_carries_messages_between_connections(tmp_path):
+def broker_rows(folder: Path) -> list[tuple[str, int]]:
+    with sqlite3.connect(folder / "broker.sqlite3") as db:
+        return db.execute("SELECT q.name, m.visible FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id"
+                          " ORDER BY m.id").fetchall()
+
+
+def test_the_embedded_broker_creates_its_tables_and_carries_messages_between_connections(tmp_path):
     folder, name = tmp_path / "broker", queue_name()
-    with filesystem_connection(folder) as producer, filesystem_connection(folder) as consumer:
+    with embedded_connection(folder) as producer, embedded_connection(folder) as consumer:
         producer.SimpleQueue(name).put({"n": 1})
-        assert {p.name for p in folder.iterdir()} == {"queue", "processed", "control"}
+        assert broker_rows(folder) == [(name, 1)]
         message = consumer.SimpleQueue(name).get(timeout=5)
         assert message.payload == {"n": 1}
         message.ack()
-        assert list((folder / "queue").iterdir()) == []
-        assert list((folder / "processed").iterdir()) == []
-
-
-def test_a_message_is_taken_by_one_consumer_only_and_half_written_files_are_ignored(tmp_path):
-    folder, name = tmp_path / "broker", queue_name()
-    with filesystem_connection(folder) as producer, filesystem_connection(folder) as first, \
-            filesystem_connection(folder) as second:
-        producer.SimpleQueue(name).put({"n": 1})
-        (folder / "queue" / "tmp-0123").write_bytes(b'{"half')  # a write in progress
-        channels: list[FilesystemChannel] = [first.default_channel, second.default_channel]
-
-        assert channels[0]._get(name)["body"]
+        assert broker_rows(folder) == [(name, 0)]  # kombu keeps delivered messages, hidden
         with pytest.raises(Empty):
-            channels[1]._get(name)
-        assert [p.name for p in (folder / "queue").iterdir()] == ["tmp-0123"]
+            consumer.SimpleQueue(name).get(timeout=1.5)
+
+
+def test_a_message_is_taken_by_one_consumer_only(tmp_path):
+    folder, name = tmp_path / "broker", queue_name()
+    with embedded_connection(folder) as producer, embedded_connection(folder) as first, \
+            embedded_connection(folder) as second:
+        producer.SimpleQueue(name).put({"n": 1})
+
+        assert first.SimpleQueue(name).get(timeout=5).payload == {"n": 1}
+        with pytest.raises(Empty):
+            second.SimpleQueue(name).get(timeout=1.5)
+
+
+_BROKER_PROCESS = """
+import json, sys
+from queue import Empty
+from kombu import Connection
+url, queue, role, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+with Connection(url, transport_options={"connect_args": {"timeout": 30}}) as connection:
+    jobs = connection.SimpleQueue(queue)
+    if role == "put":
+        for i in range(n):
+            jobs.put({"n": f"{n}-{i}"})
+    else:
+        got = []
+        empty_in_a_row = 0
+        while empty_in_a_row < 3:  # the producers may still be writing
+            try:
+                message = jobs.get(timeout=1)
+            except Empty:
+                empty_in_a_row += 1
+                continue
+            empty_in_a_row = 0
+            got.append(message.payload["n"])
+            message.ack()
+        print(json.dumps(got))
+"""
+
+
+def test_several_processes_publish_and_consume_each_message_exactly_once(tmp_path):
+    folder, name = tmp_path / "broker", queue_name()
+    url = embedded_broker(folder)["broker_url"]
+    # As run_embedded does before its children start: kombu creates tables and queue rows on first
+    # use without a cross-process lock, and processes racing to create one fail (IntegrityError).
+    embedded_broker_prepare(celery_app_for(url, queue=name))
+    run = [sys.executable, "-c", _BROKER_PROCESS, url, name]
+    producers = [subprocess.Popen([*run, "put", str(n)]) for n in (60, 61)]
+    consumers = [subprocess.Popen([*run, "get", "0"], stdout=subprocess.PIPE, text=True) for _ in range(3)]
+
+    outputs = [consumer.communicate(timeout=120)[0] for consumer in consumers]
+    assert [producer.wait(timeout=120) for producer in producers] == [0, 0]
+    assert [consumer.returncode for consumer in consumers] == [0, 0, 0]
+
+    taken = [n for output in outputs for n in json.loads(output)]
+    expected = [f"60-{i}" for i in range(60)] + [f"61-{i}" for i in range(61)]
+    assert sorted(taken) == sorted(expected)  # every message once: none lost, none twice
+
+
+def celery_app_for(url: str, queue: str = "celery"):
+    from celery import Celery
+
+    app = Celery("broker-test", set_as_current=False)
+    app.conf.update(broker_url=url, broker_transport_options={"connect_args": {"timeout": 30}},
+                    task_default_queue=queue)
+    return app
+
+
+def test_preparing_the_embedded_broker_creates_its_tables_and_drops_only_delivered_messages(tmp_path):
+    folder, name = tmp_path / "broker", queue_name()
+    app = celery_app_for(embedded_broker(folder)["broker_url"])
+
+    assert embedded_broker_prepare(app) == 0
+    with sqlite3.connect(folder / "broker.sqlite3") as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"kombu_queue", "kombu_message"} <= tables
+        assert db.execute("SELECT name FROM kombu_queue").fetchall() == [("celery",)]
+
+    with embedded_connection(folder) as connection:
+        jobs = connection.SimpleQueue(name)
+        jobs.put({"n": 1})
+        jobs.put({"n": 2})
+        jobs.get(timeout=5).ack()
+
+    assert embedded_broker_prepare(app) == 1
+    assert broker_rows(folder) == [(name, 1)]
+    with embedded_connection(folder) as connection:
+        assert connection.SimpleQueue(name).get(timeout=5).payload == {"n": 2}
 
 
 # --- real workers ---------------------------------------------------------------------------
@@ -199,7 +281,7 @@ def test_recording_cost_succeeds_with_the_broker_down_and_the_alert_goes_out_onc
 
         # The broker is back: beat's outbox sweep queues the alert again and a worker delivers it.
         Alert.objects.filter(pk=alert.pk).update(created_at=now() - timedelta(minutes=2))
-        with celery_app(**filesystem_broker(tmp_path / "broker")) as app, running_worker(app) as worker:
+        with celery_app(**embedded_broker(tmp_path / "broker")) as app, running_worker(app) as worker:
             tasks.alert_outbox.delay()
             assert worker.wait_for("budgets.alert_outbox") == [1]
             worker.wait_for("budgets.deliver_alert")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -48,7 +49,7 @@ def _reference_encoding(name: str) -> tiktoken.Encoding:
     """Build `name` with tiktoken's own constructor, reading the shipped file instead of the URL."""
 
     def load_local(url: str, expected_hash: str | None = None) -> dict[bytes, int]:
-        local = SHIPPED_BPE_DIR / url.rsplit("/", 1)[-1]
+        local = SHIPPED_BPE_DIR / hashlib.sha1(url.encode()).hexdigest()
         return tiktoken.load.load_tiktoken_bpe(str(local), expected_hash=expected_hash)
 
     with pytest.MonkeyPatch.context() as mp:
@@ -63,11 +64,30 @@ def reference() -> dict[str, tiktoken.Encoding]:
     return {name: _reference_encoding(name) for name in ENCODING_NAMES}
 
 
+def _forget_encodings() -> None:
+    tokens.get_encoding.cache_clear()
+    for name in ENCODING_NAMES:
+        tiktoken.registry.ENCODINGS.pop(name, None)  # tiktoken's own per-process cache
+
+
 @pytest.fixture
 def fresh_caches():
-    tokens._clear_caches()
+    _forget_encodings()
     yield
-    tokens._clear_caches()
+    _forget_encodings()
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    """tiktoken fetches URLs through tiktoken.load.read_file: make any fetch fail loudly."""
+    fetched: list[str] = []
+
+    def refuse(blobpath: str) -> bytes:
+        fetched.append(blobpath)
+        raise OSError(f"download attempted: {blobpath}")
+
+    monkeypatch.setattr(tiktoken.load, "read_file", refuse)
+    return fetched
 
 
 # --- encodings match tiktoken ------------------------------------------------------
@@ -85,10 +105,22 @@ def test_shipped_encoding_is_identical_to_tiktokens_own_definition(name, referen
 
 
 @pytest.mark.parametrize("name", ENCODING_NAMES)
-def test_shipped_files_match_the_hashes_tiktoken_publishes(name):
+def test_shipped_files_match_the_urls_and_hashes_tiktoken_publishes(name):
     source = Path(openai_public.__file__).read_text()
-    assert f'expected_hash="{tokens.BPE_SHA256[name]}"' in source
-    tokens.load_bpe_ranks(name)  # would raise on mismatch
+    assert f'"{tokens.BPE_URL[name]}",\n        expected_hash="{tokens.BPE_SHA256[name]}"' in source
+    assert tokens.bpe_path(name) == SHIPPED_BPE_DIR / hashlib.sha1(tokens.BPE_URL[name].encode()).hexdigest()
+    tokens.verify_bpe_file(name)  # would raise on mismatch
+    data = tokens.bpe_path(name).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == tokens.BPE_SHA256[name]
+
+
+def test_shipped_files_carry_the_names_tiktoken_looks_up():
+    assert sorted(p.name for p in SHIPPED_BPE_DIR.iterdir() if p.suffix != ".md") == [
+        "9b5ad71b2ce5302211f9c61530b329a4922fc6a4",  # cl100k_base
+        "fb374d419588a4632f3f557e76b4b70aebbca790",  # o200k_base
+    ]
+    # (That importing budgets.tokens points TIKTOKEN_CACHE_DIR here is shown by the offline
+    # subprocess test below: in this process, importing litellm in other tests moves it.)
 
 
 @pytest.mark.parametrize(
@@ -140,11 +172,19 @@ def test_encoders_are_cached_per_process():
     assert tokens.encoding_for_model("gpt-4o") is tokens.encoding_for_model("o1-mini")
 
 
-def test_concurrent_first_calls_share_one_encoder(fresh_caches):
+def test_concurrent_first_calls_share_one_encoder(fresh_caches, monkeypatch):
+    reads: list[str] = []
+    read_file_cached = tiktoken.load.read_file_cached
+
+    def counting(blobpath: str, expected_hash: str | None = None) -> bytes:
+        reads.append(blobpath)
+        return read_file_cached(blobpath, expected_hash)
+
+    monkeypatch.setattr(tiktoken.load, "read_file_cached", counting)
     with ThreadPoolExecutor(max_workers=8) as pool:
         encoders = list(pool.map(tokens.get_encoding, ["cl100k_base"] * 16))
     assert all(enc is encoders[0] for enc in encoders)
-    assert tokens._load_encoding_once.cache_info().misses == 1
+    assert reads == [tokens.BPE_URL["cl100k_base"]]  # the ~100k-line file was parsed once
 
 
 def test_unsupported_encoding_name_is_rejected():
@@ -333,11 +373,14 @@ _OFFLINE_SCRIPT = textwrap.dedent(
 )
 
 
-def test_counting_works_offline_without_any_download_or_cache_dir(tmp_path, reference):
+@pytest.mark.parametrize("users_cache_dir", [False, True])
+def test_counting_works_offline_without_any_download_or_cache_dir(tmp_path, reference, users_cache_dir):
     home = tmp_path / "home"
     tmpdir = tmp_path / "tmp"
-    home.mkdir()
-    tmpdir.mkdir()
+    users_cache = tmp_path / "users-tiktoken-cache"
+    for folder in (home, tmpdir, users_cache):
+        folder.mkdir()
+    shipped_before = sorted((p.name, p.stat().st_mtime_ns) for p in SHIPPED_BPE_DIR.iterdir())
     env = {
         k: v
         for k, v in os.environ.items()
@@ -345,6 +388,9 @@ def test_counting_works_offline_without_any_download_or_cache_dir(tmp_path, refe
     }
     # tiktoken's default cache is $TMPDIR/data-gym-cache; an empty TMPDIR proves it is unused.
     env.update(HOME=str(home), TMPDIR=str(tmpdir), PYTHONDONTWRITEBYTECODE="1")
+    if users_cache_dir:
+        # A user's own tiktoken cache (empty here) is neither read nor written.
+        env["TIKTOKEN_CACHE_DIR"] = str(users_cache)
     text = "Offline counting: café 😀 <|endoftext|>"
 
     result = subprocess.run(
@@ -371,34 +417,84 @@ def test_counting_works_offline_without_any_download_or_cache_dir(tmp_path, refe
     }
     assert list(home.iterdir()) == []
     assert list(tmpdir.iterdir()) == []
+    assert list(users_cache.iterdir()) == []
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in SHIPPED_BPE_DIR.iterdir()) == shipped_before
 
 
-def test_corrupted_bpe_file_passed_explicitly_is_rejected_with_hash_error(tmp_path):
-    corrupted = tmp_path / "o200k_base.tiktoken"
-    data = bytearray((SHIPPED_BPE_DIR / "o200k_base.tiktoken").read_bytes())
+def _install_bpe_dir(monkeypatch, folder: Path) -> None:
+    """Point budgets.tokens (and so tiktoken) at `folder` instead of the shipped files."""
+    monkeypatch.setattr(tokens, "BPE_DIR", folder)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(folder))
+
+
+def test_a_corrupted_bpe_file_is_refused_and_kept_without_a_download(
+    tmp_path, monkeypatch, fresh_caches, no_download
+):
+    corrupted = tmp_path / tokens.bpe_path("o200k_base").name
+    data = bytearray(tokens.bpe_path("o200k_base").read_bytes())
     data[100] ^= 0x01
     corrupted.write_bytes(bytes(data))
+    _install_bpe_dir(monkeypatch, tmp_path)
 
     with pytest.raises(tokens.BPEFileError, match="SHA-256 mismatch for o200k_base"):
-        tokens.build_encoding("o200k_base", path=corrupted)
+        tokens.build_encoding("o200k_base")
+    with pytest.raises(ValueError, match="SHA-256 mismatch for o200k_base"):
+        tokens.count_text_tokens("gpt-4o", "hello")
+
+    assert corrupted.read_bytes() == bytes(data)  # left for the operator to inspect
+    assert no_download == []
 
 
 def test_corrupted_bpe_file_in_the_data_dir_is_rejected_by_get_encoding(
-    tmp_path, monkeypatch, fresh_caches
+    tmp_path, monkeypatch, fresh_caches, no_download
 ):
-    (tmp_path / "cl100k_base.tiktoken").write_bytes(
-        (SHIPPED_BPE_DIR / "cl100k_base.tiktoken").read_bytes() + b"extra 1\n"
-    )
-    monkeypatch.setattr(tokens, "BPE_DIR", tmp_path)
+    shipped = tokens.bpe_path("cl100k_base")
+    (tmp_path / shipped.name).write_bytes(shipped.read_bytes() + b"extra 1\n")
+    _install_bpe_dir(monkeypatch, tmp_path)
 
     with pytest.raises(tokens.BPEFileError, match="SHA-256 mismatch for cl100k_base"):
         tokens.count_text_tokens("gpt-4", "hello")
+    assert no_download == []
 
 
-def test_missing_bpe_file_gives_a_clear_error(tmp_path, monkeypatch, fresh_caches):
-    monkeypatch.setattr(tokens, "BPE_DIR", tmp_path)
+def test_missing_bpe_file_gives_a_clear_error(tmp_path, monkeypatch, fresh_caches, no_download):
+    _install_bpe_dir(monkeypatch, tmp_path)
 
     with pytest.raises(
         tokens.BPEFileError, match="Cannot read BPE file for o200k_base"
     ):
         tokens.get_encoding("o200k_base")
+    assert no_download == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tiktoken_itself_replaces_a_tampered_cache_file_by_downloading_which_is_why_we_check_first(
+    tmp_path, monkeypatch, no_download
+):
+    """Pins the tiktoken behaviour behind verify_bpe_file: if this fails, the pre-check may go."""
+    url, expected = tokens.BPE_URL["cl100k_base"], tokens.BPE_SHA256["cl100k_base"]
+    cached = tmp_path / tokens.bpe_path("cl100k_base").name
+    cached.write_bytes(tokens.bpe_path("cl100k_base").read_bytes() + b"extra 1\n")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+
+    with pytest.raises(OSError, match="download attempted"):
+        tiktoken.load.read_file_cached(url, expected)
+    assert not cached.exists()  # tiktoken deleted it
+    assert no_download == [url]
+
+    # And a fetched file with the wrong hash is refused by tiktoken with a ValueError.
+    monkeypatch.setattr(tiktoken.load, "read_file", lambda blobpath: b"tampered")
+    with pytest.raises(ValueError, match="Hash mismatch for data downloaded"):
+        tiktoken.load.read_file_cached(url, expected)
+
+
+def test_a_later_change_to_tiktoken_cache_dir_does_not_redirect_loading(
+    monkeypatch, fresh_caches, no_download, tmp_path
+):
+    # litellm, for one, points TIKTOKEN_CACHE_DIR at its own folder when imported.
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+
+    assert tokens.count_text_tokens("gpt-4o", "hello world") == 2
+    assert os.environ["TIKTOKEN_CACHE_DIR"] == str(SHIPPED_BPE_DIR)
+    assert no_download == []
+    assert list(tmp_path.iterdir()) == []

@@ -7,6 +7,7 @@ ever changed with F() expressions or conditional updates. Locks: project, then b
 
 from __future__ import annotations
 
+from .accounts import superuser_ensure
 from .alerts import alert_deliver, alert_retry, alerts_requeue
 from .audit import (
     SYSTEM,
@@ -77,7 +78,7 @@ __all__ = [
     "project_refresh",
     "project_update",
     "reset_due_budgets",
-    "reset_due_projects",
+    "reset_due_projects", "superuser_ensure",
     "validate_duration",
     "validate_timezone",
     "validate_user_id",

@@ -3,50 +3,38 @@
 Migrates (prices load in 0002, the beat schedule in 0003), creates the demo superuser
 `admin` once (its random password is kept in VAR_DIR/admin_password and printed at
 each start), seeds demo data into an empty database when a `seed_demo` command
-exists, collects static files, then runs gunicorn, a Celery worker and Celery beat as
-child processes. Ctrl-C (SIGINT) or SIGTERM stops all three and exits 0; if one
-child dies, the others are stopped and the command exits 1.
+exists, collects static files, then runs gunicorn, a Celery worker and Celery beat
+under honcho's process manager, which prefixes their output with their names.
+Ctrl-C (SIGINT) or SIGTERM stops all three and exits 0; if one child dies, the
+others are stopped and the command exits 1.  If run_embedded itself is SIGKILLed,
+honcho cannot stop its children: they keep running (docs/operations.md).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import secrets
-import signal
-import subprocess
+import shlex
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import honcho.manager
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command, get_commands
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
+from budgets import services
 from budgets.models import Project
 from budgets.services.schedule import beat_schedule_install
-from budgetsite.celery import ensure_broker_folders
+from budgetsite.celery import embedded_broker_prepare
 
 ADMIN_USERNAME = "admin"
 STOP_TIMEOUT = 20  # seconds a child gets to finish its work after SIGTERM, then SIGKILL
-
-
-@dataclass
-class Child:
-    name: str
-    process: subprocess.Popen
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: on Linux, get SIGTERM if run_embedded itself is killed."""
-    # Elsewhere there is no prctl: children then outlive a SIGKILLed parent, as they would anyway.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+# The exit codes honcho gives its loop when it stopped on SIGINT or SIGTERM (130, 143).
+STOPPED_BY_SIGNAL = frozenset(sig["rc"] for sig in honcho.manager.SIGNALS.values())
 
 
 class Command(BaseCommand):
@@ -64,11 +52,18 @@ class Command(BaseCommand):
         login = self.prepare(seed=not options["no_seed"])
         # The children open their own connections; this process only supervises.
         connections.close_all()
-        children = self.start(host=options["host"], port=options["port"], threads=options["threads"])
+        manager = self.manager(host=options["host"], port=options["port"], threads=options["threads"])
         self.say(f"Budget Manager is running at http://{options['host']}:{options['port']}/")
         self.say(login)
         self.say("Press Ctrl-C to stop.")
-        self.supervise(children)
+        # honcho's only knob for the grace period is this module constant (default 5 s): the
+        # worker gets as long as before to finish a task.
+        honcho.manager.KILL_WAIT = STOP_TIMEOUT
+        manager.loop()  # returns once every child has stopped
+        if manager.returncode not in STOPPED_BY_SIGNAL:
+            raise CommandError(f"a process stopped unexpectedly (exit code {manager.returncode}); "
+                               "the others were stopped")
+        self.say("Stopped.")
 
     # --- before the children start ---------------------------------------------------------
 
@@ -76,8 +71,8 @@ class Command(BaseCommand):
         """Everything a fresh VAR_DIR needs; returns the login line to print."""
         var_dir = Path(settings.VAR_DIR)
         var_dir.mkdir(parents=True, exist_ok=True)
-        if settings.CELERY_BROKER_URL.startswith("filesystem://"):
-            ensure_broker_folders(settings.CELERY_BROKER_TRANSPORT_OPTIONS)
+        if settings.CELERY_BROKER_URL.startswith("sqla+"):
+            embedded_broker_prepare()
         self.say("Migrating the database…")
         call_command("migrate", interactive=False, verbosity=0)
         beat_schedule_install()
@@ -91,13 +86,12 @@ class Command(BaseCommand):
     def ensure_admin(self, password_file: Path) -> str:
         """Create the demo superuser if there is no superuser; its password is generated once."""
         users = get_user_model()
-        if not users.objects.filter(is_superuser=True).exists() and not users.objects.filter(
-            username=ADMIN_USERNAME
-        ).exists():
-            if not password_file.exists():
-                password_file.write_text(secrets.token_urlsafe(12) + "\n")
-                password_file.chmod(0o600)
-            users.objects.create_superuser(ADMIN_USERNAME, email="", password=password_file.read_text().strip())
+        if not users.objects.filter(is_superuser=True).exists() and not password_file.exists():
+            password_file.write_text(secrets.token_urlsafe(12) + "\n")
+            password_file.chmod(0o600)
+        if password_file.exists() and services.superuser_ensure(
+            username=ADMIN_USERNAME, password=password_file.read_text().strip()
+        ):
             self.say(f"Created the superuser {ADMIN_USERNAME!r}.")
         if password_file.exists() and users.objects.filter(username=ADMIN_USERNAME).exists():
             return (f"Log in as {ADMIN_USERNAME} with password {password_file.read_text().strip()} "
@@ -108,70 +102,27 @@ class Command(BaseCommand):
 
     def commands(self, *, host: str, port: int, threads: int) -> dict[str, list[str]]:
         python = sys.executable
+        # honcho starts and stops them in this order: beat first (no new work), the worker last.
         return {
+            "beat": [python, "-m", "celery", "-A", "budgetsite", "beat", "--loglevel", "INFO",
+                     "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"],
             "web": [python, "-m", "gunicorn", "budgetsite.wsgi:application", "--bind", f"{host}:{port}",
                     "--workers", "1", "--worker-class", "gthread", "--threads", str(threads),
                     "--graceful-timeout", "10"],
-            # One worker process: the embedded filesystem broker is meant for one consumer.
+            # One worker process with threads is plenty for one machine's sweeps and alerts.
             "worker": [python, "-m", "celery", "-A", "budgetsite", "worker", "--loglevel", "INFO",
                        "--pool", "threads", "--concurrency", "2", "--hostname", "embedded@%h",
                        "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            "beat": [python, "-m", "celery", "-A", "budgetsite", "beat", "--loglevel", "INFO",
-                     "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"],
         }
 
-    def start(self, *, host: str, port: int, threads: int) -> list[Child]:
+    def manager(self, *, host: str, port: int, threads: int) -> honcho.manager.Manager:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.setdefault("DJANGO_SETTINGS_MODULE", "budgetsite.settings")
-        children = []
+        manager = honcho.manager.Manager()
         for name, argv in self.commands(host=host, port=port, threads=threads).items():
-            # A session of their own: Ctrl-C reaches only this process, which stops them in order.
-            process = subprocess.Popen(argv, cwd=settings.BASE_DIR, env=env, start_new_session=True,
-                                       preexec_fn=_die_with_parent)  # noqa: PLW1509 (no threads here yet)
-            children.append(Child(name, process))
-            self.say(f"Started {name} (pid {process.pid})")
-        return children
-
-    def supervise(self, children: list[Child]) -> None:
-        """Wait for a stop signal or a child's death, then stop every child."""
-        received: list[int] = []
-
-        def on_signal(signum: int, frame: Any) -> None:
-            received.append(signum)
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        dead: Child | None = None
-        try:
-            while not received and dead is None:
-                dead = next((child for child in children if child.process.poll() is not None), None)
-                if dead is None:
-                    time.sleep(0.2)
-            if dead is not None:
-                self.stderr.write(f"{dead.name} exited with code {dead.process.returncode}; stopping the others.")
-            else:
-                self.say(f"Received {signal.Signals(received[0]).name}; stopping…")
-            self.stop(children)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        if dead is not None:
-            raise CommandError(f"{dead.name} stopped unexpectedly (exit code {dead.process.returncode})")
-        self.say("Stopped.")
-
-    def stop(self, children: list[Child]) -> None:
-        # Beat first (no new work), then the web server, then the worker (it finishes its task).
-        order = {"beat": 0, "web": 1, "worker": 2}
-        for child in sorted(children, key=lambda c: order.get(c.name, 3)):
-            if child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for child in children:
-            try:
-                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.stderr.write(f"{child.name} did not stop in {STOP_TIMEOUT}s; killing it.")
-                child.process.kill()
-                child.process.wait()
+            # honcho runs a shell command line; exec makes the pid it reports the child's own.
+            manager.add_process(name, f"exec {shlex.join(argv)}", env=env, cwd=str(settings.BASE_DIR))
+        return manager
 
     def say(self, line: str) -> None:
         self.stdout.write(line)
