@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import uuid
 from collections.abc import Mapping
 from decimal import Decimal
@@ -30,7 +31,7 @@ from .client import Client
 from .errors import BudgetClientError, BudgetExceeded
 from .results import Check
 
-__all__ = ["RESERVATION_KEY", "BudgetCallback", "BudgetExceededError", "BudgetGuard", "call_user"]
+__all__ = ["RESERVATION_KEY", "BudgetCallback", "BudgetExceededError", "BudgetGuard", "call_user", "flush"]
 
 log = logging.getLogger("budget_client.litellm")
 
@@ -128,8 +129,24 @@ class BudgetCallback(CustomLogger):
         super().__init__()
         self.client = client
         self.default_user = default_user
-        self.recorded = 0
-        self.errors = 0
+        # LiteLLM drops a logger whose class name and public str/int/bool attributes equal those of
+        # one it already has (logging_callback_manager._get_custom_logger_key): a unique public id
+        # keeps two callbacks (two services, two keys) from being taken for one. The counters are
+        # private for the same reason: a key that changes with every record would defeat the check.
+        self.callback_id = uuid.uuid4().hex
+        self._recorded = 0
+        self._errors = 0
+        self._lock = threading.Lock()
+
+    @property
+    def recorded(self) -> int:
+        """Calls recorded (or settled) so far."""
+        return self._recorded
+
+    @property
+    def errors(self) -> int:
+        """Calls whose cost could not be recorded (logged with their exception)."""
+        return self._errors
 
     def log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any) -> None:
         self._record(kwargs, response_obj)
@@ -154,10 +171,34 @@ class BudgetCallback(CustomLogger):
             else:
                 self.client.record_cost(user, idempotency_key=key, **fields)
         except Exception:
-            self.errors += 1
+            with self._lock:
+                self._errors += 1
             log.exception("budget_client: could not record the cost of LiteLLM call %s for user %r", call_id, user)
         else:
-            self.recorded += 1
+            with self._lock:
+                self._recorded += 1
+
+
+async def flush(timeout: float = 30.0) -> None:
+    """Wait for LiteLLM's pending success callbacks on this event loop; await it before the loop ends.
+
+    LiteLLM runs async callbacks in its logging worker, and those of an async stream in a bare
+    `asyncio.create_task`: a loop closed right after the last call (the end of `asyncio.run`)
+    cancels them, and their costs are never recorded.
+    """
+    from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        current = asyncio.current_task()
+        pending = [task for task in asyncio.all_tasks() if task is not current and not task.done()
+                   and "success_handler" in getattr(task.get_coro(), "__qualname__", "")]
+        if pending:
+            await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
+        await asyncio.wait_for(GLOBAL_LOGGING_WORKER.flush(), timeout=max(0.001, deadline - loop.time()))
+        if not pending or loop.time() >= deadline:
+            return
 
 
 class BudgetGuard:
@@ -186,8 +227,8 @@ class BudgetGuard:
         return self
 
     def uninstall(self) -> None:
-        while self.callback in litellm.callbacks:
-            litellm.callbacks.remove(self.callback)
+        """Remove the callback from every LiteLLM list (LiteLLM copies `callbacks` into its success lists)."""
+        litellm.logging_callback_manager.remove_callback_from_all_lists(self.callback, require_self=False)
 
     def completion(self, **kwargs: Any) -> Any:
         """`litellm.completion(**kwargs)`, refused with BudgetExceededError when the budget has no room."""
