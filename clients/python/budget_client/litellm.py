@@ -31,7 +31,7 @@ from .client import Client
 from .errors import BudgetClientError, BudgetExceeded
 from .results import Check
 
-__all__ = ["RESERVATION_KEY", "BudgetCallback", "BudgetExceededError", "BudgetGuard", "call_user", "flush"]
+__all__ = ["RESERVATION_KEY", "BudgetCallback", "BudgetExceededError", "BudgetGuard", "Client", "call_user", "flush"]
 
 log = logging.getLogger("budget_client.litellm")
 
