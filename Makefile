@@ -28,6 +28,7 @@ lint: install
 	$(BIN)/ruff check budgets budgetsite tests bench clients
 	$(BIN)/lint-imports
 	$(BIN)/mypy budgets budgetsite
+	$(BIN)/mypy clients/python/budget_client
 
 bench: install
 	$(BIN)/python bench/run.py

@@ -105,8 +105,9 @@ def error_from(status: int, body: Any) -> BudgetClientError:
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
         error = {}
-    type_ = error.get("type") if isinstance(error.get("type"), str) else None
-    message = error.get("message") if isinstance(error.get("message"), str) else f"HTTP {status}"
+    raw_type, raw_message = error.get("type"), error.get("message")
+    type_ = raw_type if isinstance(raw_type, str) else None
+    message = raw_message if isinstance(raw_message, str) else f"HTTP {status}"
     if type_ == "budget_exceeded" or status == 402:
         return BudgetExceeded(message, scope=error.get("scope"), status=status, type=type_, body=error)
     cls = _BY_TYPE.get(type_ or "") or _BY_STATUS.get(status) or (

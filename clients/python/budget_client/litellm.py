@@ -53,7 +53,8 @@ class BudgetExceededError(BudgetExceeded, litellm.BudgetExceededError):
             self.amount = estimated_cost
         if remaining is not None:
             self.remaining = remaining
-        litellm.BudgetExceededError.__init__(self, current_cost=self.amount, max_budget=self.remaining,
+        # LiteLLM types these as float; money stays Decimal here (None when the service gave no figure).
+        litellm.BudgetExceededError.__init__(self, current_cost=self.amount, max_budget=self.remaining,  # type: ignore[arg-type]
                                              message=message, entity_type=scope)
         self.status = 402
 
