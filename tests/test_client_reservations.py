@@ -45,7 +45,8 @@ def spend(user: str) -> Decimal:
 
 
 def test_a_hold_settled_in_the_block_records_once_and_frees_the_hold(client):
-    with client.reserve("alice", model="gpt-4o-mini", messages=MESSAGES, max_tokens=500) as hold:
+    # 2000 completion tokens at $0.60/M hold more than the settled 1000 + 500 tokens cost.
+    with client.reserve("alice", model="gpt-4o-mini", messages=MESSAGES, max_tokens=2000) as hold:
         assert hold.reservation.status == "open" and hold.reservation.amount > 0
         assert hold.reservation.model == "gpt-4o-mini"
         assert client.get_user("alice").held == hold.reservation.amount
