@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test install lint bench clean
 
-$(STAMP): requirements.txt requirements-test.txt requirements-litellm.txt
+$(STAMP): requirements.txt requirements-test.txt requirements-litellm.txt clients/python/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
@@ -25,9 +25,10 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check budgets budgetsite tests bench
+	$(BIN)/ruff check budgets budgetsite tests bench clients
 	$(BIN)/lint-imports
 	$(BIN)/mypy budgets budgetsite
+	$(BIN)/mypy clients/python/budget_client
 
 bench: install
 	$(BIN)/python bench/run.py
