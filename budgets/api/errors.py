@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -189,6 +190,9 @@ class ApiErrorsMiddleware:
         # NUL is a valid URL escape (%00) but no database column holds it.
         if _has_nul(request):
             return error_response(400, "validation_error", "the URL must not contain NUL characters")
+        # Django's routes never match a newline; a user id cannot hold one (validate_user_id).
+        if any(unicodedata.category(char) == "Cc" for char in request.path_info):
+            return error_response(400, "validation_error", "the URL path must not contain control characters")
         response = self.get_response(request)
         if isinstance(response, HttpResponseNotAllowed):
             allowed = response["Allow"]
