@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from django.test import Client
 
 from budgets.models import CostEvent, UserBudget
 from tests.api_helpers import ApiClient, assert_error, body_of, db_state, new_key
@@ -226,3 +227,20 @@ def test_the_openapi_schema_carries_the_bounds_the_api_enforces(api):
     assert user["schema"]["maxLength"] == 255
     since = next(p for p in schema["paths"]["/api/v1/costs"]["get"]["parameters"] if p["name"] == "since")
     assert since["schema"]["anyOf"][0] == {"type": "string", "format": "date-time"}
+
+
+@pytest.mark.parametrize("path", ["/api/v1/nope", "/api/v1/users/x/nope", "/api/v1/users/x/budget/nope"])
+@pytest.mark.parametrize("method", ["get", "post", "put", "delete", "patch"])
+@pytest.mark.parametrize("with_key", [True, False])
+def test_an_unknown_route_answers_the_json_404_for_every_method_never_a_csrf_page(project, path, method, with_key):
+    if not with_key and path.startswith("/api/v1/users/") and method in ("get", "delete"):
+        # GET/DELETE /users/{id} with a "/" in the id is a real route: a key comes first (401).
+        path = "/api/v1/nope/x"
+    # enforce_csrf_checks: what a real client without a CSRF cookie meets (Django's test client skips it).
+    api = ApiClient(new_key(project) if with_key else None, Client(enforce_csrf_checks=True))
+    before = db_state()
+
+    response = api.call(method, path) if method in ("get", "delete") else api.call(method, path, {"total_budget": 1})
+
+    assert_error(response, 404, "not_found")
+    assert db_state() == before

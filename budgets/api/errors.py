@@ -174,6 +174,17 @@ def _has_nul(request: HttpRequest) -> bool:
     )
 
 
+def _looks_like_a_sub_route(request: HttpRequest) -> bool:
+    """`POST /api/v1/users/x/nope` reaches the bare `/users/{path:user}` route (ids may hold "/").
+
+    That route takes GET and DELETE only; another method there with a "/" in the id is a
+    mistyped sub-route (`/users/x/cost`), so it is an unknown endpoint, not a wrong method.
+    """
+    match = getattr(request, "resolver_match", None)
+    return (match is not None and match.route.endswith("users/<path:user>")
+            and "/" in str(match.kwargs.get("user", "")))
+
+
 class ApiErrorsMiddleware:
     """Under /api/: JSON for what Django answers before or beside ninja (unknown route, 405, NUL).
 
@@ -194,6 +205,8 @@ class ApiErrorsMiddleware:
         if any(unicodedata.category(char) == "Cc" for char in request.path_info):
             return error_response(400, "validation_error", "the URL path must not contain control characters")
         response = self.get_response(request)
+        if isinstance(response, HttpResponseNotAllowed) and _looks_like_a_sub_route(request):
+            return error_response(404, "not_found", f"no API endpoint at {request.path}")
         if isinstance(response, HttpResponseNotAllowed):
             allowed = response["Allow"]
             answer = error_response(405, "method_not_allowed", f"{request.method} is not allowed here; use {allowed}")
