@@ -238,6 +238,12 @@ EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "budget-manager@localhost")
 
+# Alert webhooks may target loopback, link-local (cloud metadata), private and multicast
+# addresses only when this is on: on by default on one machine (embedded mode, DEBUG), off in
+# production, where a webhook URL typed in the console must not reach the internal network.
+# Set it to true for an on-premise receiver on the private network.
+ALERT_WEBHOOK_ALLOW_PRIVATE = env_bool("ALERT_WEBHOOK_ALLOW_PRIVATE", not PRODUCTION)
+
 # Production sits behind a TLS-terminating load balancer; embedded mode serves plain HTTP.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", PRODUCTION)

@@ -18,3 +18,6 @@ EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 # Tests serve static files through the finders; no collectstatic output is needed.
 WHITENOISE_AUTOREFRESH = True
 WHITENOISE_USE_FINDERS = True
+
+# The alert tests post to a receiver on 127.0.0.1; tests of the refusal turn this off.
+ALERT_WEBHOOK_ALLOW_PRIVATE = True
