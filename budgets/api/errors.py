@@ -22,7 +22,7 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, AuthorizationError, HttpError, ValidationError
 
 from ..codec import CONTENT_TYPE, dumps
-from ..errors import BudgetError, BudgetExceeded, PayloadTooLarge
+from ..errors import BudgetError, BudgetExceeded, PayloadTooLarge, TooManyRequests
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,15 @@ def error_response(status: int, type_: str, message: str, **extra: Any) -> HttpR
 def hosted_error_response(status: int, message: str) -> HttpResponse:
     """The hosted protocol's error shape (LiteLLM's client reads `status`)."""
     return json_response({"status": "error", "message": message}, status)
+
+
+def too_many_requests_response(exc: TooManyRequests, *, hosted: bool = False) -> HttpResponse:
+    if hosted:
+        response = hosted_error_response(exc.status, exc.message)
+    else:
+        response = error_response(exc.status, exc.type, exc.message)
+    response["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def budget_error_response(exc: BudgetError) -> HttpResponse:
@@ -148,6 +157,7 @@ def install_exception_handlers(api: NinjaAPI) -> None:
         api.add_exception_handler(exc_class, lambda request, exc: func(exc))
 
     handle(BudgetError, budget_error_response)
+    handle(TooManyRequests, too_many_requests_response)
     handle(ValidationError, validation_error_response)
     handle(HttpError, http_error_response)
     handle(AuthenticationError, lambda exc: unauthorized_response())
