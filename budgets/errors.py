@@ -77,3 +77,14 @@ class BudgetExceeded(BudgetError):
 
     def extra(self) -> dict[str, Any]:
         return {key: value for key, value in self.figures.items() if value is not None}
+
+
+class TooManyRequests(BudgetError):
+    """Too many failed authentications from one address: wait `retry_after` seconds."""
+
+    type = "too_many_requests"
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -89,6 +89,7 @@ INSTALLED_APPS = [
     # django-bootstrap-static: Bootstrap's dist files under static/bootstrap/ (no CDN).
     "bootstrap",
     "django_celery_beat",
+    "axes",  # console and admin login lockout
     "ninja",  # Swagger UI's files, served locally (no CDN) at /api/v1/docs
     "budgets",
 ]
@@ -104,7 +105,21 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# django-axes first: it refuses a locked-out username+address before the password is checked.
+# (client.force_login in tests and sessions already logged in are not affected.)
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = env_int("AXES_COOLOFF_MINUTES", 15) / 60  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "budgets.views.auth.locked_out"
 
 ROOT_URLCONF = "budgetsite.urls"
 
@@ -233,6 +248,15 @@ EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 # An SMTP server that does not answer must not hold an alert delivery for long.
 EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "budget-manager@localhost")
+
+# Failed API authentications (a wrong key) per client address per minute before 429.
+API_AUTH_FAILURE_LIMIT = env_int("API_AUTH_FAILURE_LIMIT", 20)
+
+# Alert webhooks may target loopback, link-local (cloud metadata), private and multicast
+# addresses only when this is on: on by default on one machine (embedded mode, DEBUG), off in
+# production, where a webhook URL typed in the console must not reach the internal network.
+# Set it to true for an on-premise receiver on the private network.
+ALERT_WEBHOOK_ALLOW_PRIVATE = env_bool("ALERT_WEBHOOK_ALLOW_PRIVATE", not PRODUCTION)
 
 # Production sits behind a TLS-terminating load balancer; embedded mode serves plain HTTP.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

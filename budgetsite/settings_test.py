@@ -18,3 +18,9 @@ EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 # Tests serve static files through the finders; no collectstatic output is needed.
 WHITENOISE_AUTOREFRESH = True
 WHITENOISE_USE_FINDERS = True
+
+# The alert tests post to a receiver on 127.0.0.1; tests of the refusal turn this off.
+ALERT_WEBHOOK_ALLOW_PRIVATE = True
+
+# The suite sends many wrong keys on purpose; the rate-limit tests lower this (and use their own address).
+API_AUTH_FAILURE_LIMIT = 10_000

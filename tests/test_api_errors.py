@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from django.test import Client
 
 from budgets.models import CostEvent, UserBudget
 from tests.api_helpers import ApiClient, assert_error, body_of, db_state, new_key
@@ -181,3 +182,65 @@ def test_decimal_amounts_in_errors_and_answers_are_numbers(api):
 
     assert b'"estimated_cost":0.000000000001' in response.content
     assert body_of(response)["remaining"] == Decimal(10)
+
+
+@pytest.mark.parametrize("days", [0, 36526, 10**9])
+def test_duration_days_outside_1_to_36525_is_a_validation_error(api, days):
+    before = db_state()
+
+    response = api.put("/api/v1/users/alice/budget", {"total_budget": 1, "duration": "days", "duration_days": days})
+
+    assert_error(response, 400, "validation_error")
+    assert db_state() == before
+
+
+def test_duration_days_of_36525_is_accepted(api):
+    response = api.put("/api/v1/users/alice/budget", {"total_budget": 1, "duration": "days", "duration_days": 36525})
+
+    assert response.status_code == 200, response.content
+    assert UserBudget.objects.get(user_id="alice").duration_days == 36525
+
+
+@pytest.mark.parametrize("value", ["0.5", "1700000000", "-3", "1e9", "abc"])
+@pytest.mark.parametrize("param", ["since", "until"])
+def test_a_bare_number_is_not_a_time_in_since_and_until(api, param, value):
+    assert_error(api.get(f"/api/v1/costs?{param}={value}"), 400, "validation_error")
+    assert_error(api.get(f"/api/v1/users/alice/costs?{param}={value}"), 400, "validation_error")
+
+
+def test_an_iso_time_is_still_a_time_in_since_and_until(api):
+    response = api.get("/api/v1/costs?since=2026-01-01T00:00:00Z&until=2099-01-01")
+
+    assert response.status_code == 200, response.content
+
+
+def test_the_openapi_schema_carries_the_bounds_the_api_enforces(api):
+    schema = body_of(api.get("/api/v1/openapi.json"))
+    components = schema["components"]["schemas"]
+    days = components["BudgetIn"]["properties"]["duration_days"]["anyOf"][0]
+    assert (days["minimum"], days["maximum"]) == (1, 36525)
+    assert components["BudgetIn"]["properties"]["total_budget"]["exclusiveMaximum"] == 10**12
+    for name in ("MessagesIn", "QuoteIn"):
+        model = components[name]["properties"]["model"]
+        assert (model["minLength"], model["maxLength"]) == (1, 255)
+    user = next(p for p in schema["paths"]["/api/v1/users/{user}/budget"]["put"]["parameters"] if p["name"] == "user")
+    assert user["schema"]["maxLength"] == 255
+    since = next(p for p in schema["paths"]["/api/v1/costs"]["get"]["parameters"] if p["name"] == "since")
+    assert since["schema"]["anyOf"][0] == {"type": "string", "format": "date-time"}
+
+
+@pytest.mark.parametrize("path", ["/api/v1/nope", "/api/v1/users/x/nope", "/api/v1/users/x/budget/nope"])
+@pytest.mark.parametrize("method", ["get", "post", "put", "delete", "patch"])
+@pytest.mark.parametrize("with_key", [True, False])
+def test_an_unknown_route_answers_the_json_404_for_every_method_never_a_csrf_page(project, path, method, with_key):
+    if not with_key and path.startswith("/api/v1/users/") and method in ("get", "delete"):
+        # GET/DELETE /users/{id} with a "/" in the id is a real route: a key comes first (401).
+        path = "/api/v1/nope/x"
+    # enforce_csrf_checks: what a real client without a CSRF cookie meets (Django's test client skips it).
+    api = ApiClient(new_key(project) if with_key else None, Client(enforce_csrf_checks=True))
+    before = db_state()
+
+    response = api.call(method, path) if method in ("get", "delete") else api.call(method, path, {"total_budget": 1})
+
+    assert_error(response, 404, "not_found")
+    assert db_state() == before

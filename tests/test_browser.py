@@ -291,3 +291,47 @@ def test_the_csv_export_downloads_the_users_ledger(session, demo, tmp_path):
     assert {row["user"] for row in rows} == {user_id}
     assert [(int(r["event_id"]), Decimal(r["cost_usd"]), r["model"]) for r in rows] == [
         (e.pk, e.cost, e.model) for e in events]
+
+
+LINK = '<a href="https://evil.example">x</a>'
+IMAGE = "<img src=x onerror=alert(1)>"
+
+
+def test_html_in_user_ids_and_model_names_stays_text_in_every_chart(session, member):
+    project = services.project_create(name="acme")
+    project.members.add(member)
+    for user_id, model in [(LINK, IMAGE), (IMAGE, LINK), ("plain", LINK)]:
+        services.budget_set(project=project, user_id=user_id, total_budget=Decimal(10), actor="test")
+        services.cost_record(project=project, user_id=user_id, usage=Usage(model, 0, 0), cost=Decimal("1.25"),
+                             source=CostEvent.Source.API)
+    dialogs: list[str] = []
+    session.page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    session.login("mia")
+    page = session.page
+    pages = [
+        (reverse("project_overview", args=[project.pk]), 3),
+        (reverse("user_list", args=[project.pk]), None),
+        (reverse("user_detail", args=[project.pk, LINK]), 2),
+        (reverse("user_detail", args=[project.pk, IMAGE]), 2),
+        (reverse("model_list", args=[project.pk]), 2),
+    ]
+
+    for path, charts in pages:
+        session.open(path)
+        if charts is not None:
+            assert_charts_drawn(session, charts)
+        # Hovering every data point draws every tooltip, where the names are shown again.
+        for point in page.locator("[data-chart] .point path, [data-chart] .slice path").all():
+            box = point.bounding_box() or {}
+            if box.get("width", 0) > 1 and box.get("height", 0) > 1:  # a zero amount draws no bar to hover
+                point.hover(force=True, timeout=2000)
+                page.wait_for_timeout(20)
+        assert page.locator('a[href="https://evil.example"]').count() == 0, path
+        assert page.locator("[data-chart] svg a").count() == 0, path
+        assert page.locator('img[src="x"]').count() == 0, path
+        # The names are shown as the text they are.
+        chart_text = " ".join(page.locator("[data-chart]").all_text_contents())
+        if charts is not None:
+            assert "evil.example" in chart_text or "onerror" in chart_text, path
+
+    assert dialogs == []

@@ -19,7 +19,7 @@ from django.urls import reverse
 
 from budgets import services
 from budgets.models import ApiKey, AuditLog, CostEvent, ModelSpend, Project, UserBudget
-from budgets.selectors.console import DateRange, forecast
+from budgets.selectors.console import DateRange, csv_text, forecast
 from budgets.templatetags.console import format_dollars
 from budgets.usage import Usage
 
@@ -694,3 +694,32 @@ def test_the_curl_examples_of_the_empty_states_work(client, project):
     assert (created.status_code, recorded.status_code) == (201, 201)
     assert UserBudget.objects.get(project=project, user_id="alice").current_spend > 0
     assert CostEvent.objects.filter(project=project, user_id="alice").count() == 1
+
+
+@pytest.mark.parametrize("start", ["=", "+", "-", "@"])
+def test_the_export_neutralises_formulas_in_user_ids_and_model_names(client, project, make_budget, start):
+    user_id, model = f"{start}HYPERLINK(\"https://evil.example\")", f"{start}cmd|' /C calc'!A0"
+    make_budget(user_id)
+    record(project, user_id, model, cost=Decimal("1.5"))
+
+    response = client.get(reverse("export_csv", args=[project.pk]))
+
+    rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode(), newline="")))
+    assert rows[1][1:3] == [f"'{user_id}", f"'{model}"]
+    assert rows[1][3:5] == ["1000", "200"] and Decimal(rows[1][7]) == Decimal("1.5")  # numbers stay numbers
+    assert all(not cell.startswith(("=", "+", "-", "@", "\t", "\r")) for cell in rows[1])
+
+
+@pytest.mark.parametrize("text", ["\tcmd", "\rcmd", "=1+2", "+1", "-1", "@SUM(A1)"])
+def test_a_csv_text_cell_starting_like_a_formula_gets_a_quote(text):
+    assert csv_text(text) == f"'{text}"
+
+
+def test_the_export_leaves_ordinary_names_alone(client, project, make_budget):
+    make_budget("alice=bob")
+    record(project, "alice=bob", "gpt-4o-mini", cost=Decimal(1))
+
+    response = client.get(reverse("export_csv", args=[project.pk]))
+
+    rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode(), newline="")))
+    assert rows[1][1:3] == ["alice=bob", "gpt-4o-mini"]

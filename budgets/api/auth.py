@@ -3,27 +3,65 @@
 `Authorization: Bearer bm_...` names a project's active key; the key opens its own
 project and nothing else. Authentication reads; the only write is the throttled
 `last_used_at` stamp, done by its service.
+
+Failed authentications are counted per client address in Django's cache (shared by every
+web process through Redis): past API_AUTH_FAILURE_LIMIT in a minute, the address gets 429
+with Retry-After until the minute is over, whatever key it sends, so keys cannot be guessed.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+from django.conf import settings
+from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
 from ninja.security import HttpBearer
 
 from .. import selectors, services
+from ..errors import TooManyRequests
 from ..models import ApiKey, Project
+
+FAILURE_WINDOW_SECONDS = 60
+
+
+def _failure_counter(request: HttpRequest) -> tuple[str, int]:
+    """The cache key counting this address's failures in the current minute, and the seconds it has left."""
+    now = time.time()
+    window = int(now // FAILURE_WINDOW_SECONDS)
+    address = request.META.get("REMOTE_ADDR", "")
+    left = max(1, int((window + 1) * FAILURE_WINDOW_SECONDS - now + 0.999))
+    return f"budgets:api-auth-failures:{address}:{window}", left
+
+
+def check_failure_rate(request: HttpRequest) -> None:
+    """TooManyRequests while this address is over its failed-authentication limit."""
+    key, left = _failure_counter(request)
+    if (cache.get(key) or 0) >= settings.API_AUTH_FAILURE_LIMIT:
+        raise TooManyRequests(f"too many failed authentications from this address; retry in {left} s",
+                              retry_after=left)
+
+
+def count_failure(request: HttpRequest) -> None:
+    key, _ = _failure_counter(request)
+    if not cache.add(key, 1, FAILURE_WINDOW_SECONDS * 2):
+        try:
+            cache.incr(key)
+        except ValueError:  # expired between add and incr
+            cache.add(key, 1, FAILURE_WINDOW_SECONDS * 2)
 
 
 class ApiKeyAuth(HttpBearer):
     """A project API key as a bearer token; sets request.api_key and request.project."""
 
     def authenticate(self, request: HttpRequest, token: str) -> ApiKey | None:
+        check_failure_rate(request)
         key = selectors.active_api_key(token.strip())
         if key is None:
+            count_failure(request)
             return None
         services.api_key_mark_used(key)
         request.api_key = key  # type: ignore[attr-defined]

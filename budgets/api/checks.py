@@ -11,20 +11,20 @@ from .. import selectors, services
 from . import requests
 from .auth import request_project
 from .common import ERROR_STATUSES, current_budget
-from .schemas import CheckIn, CheckOut, ErrorOut, MessagesIn, ProjectedCostOut, QuoteIn, QuoteOut
+from .schemas import CheckIn, CheckOut, ErrorOut, MessagesIn, ProjectedCostOut, QuoteIn, QuoteOut, UserId
 
 router = Router(tags=["checks"])
 ERRORS = {**dict.fromkeys(ERROR_STATUSES, ErrorOut), 422: ErrorOut}
 
 
 @router.post("/users/{path:user}/projected-cost", response={200: ProjectedCostOut, **ERRORS})
-def projected_cost(request: HttpRequest, user: str, payload: MessagesIn):
+def projected_cost(request: HttpRequest, user: UserId, payload: MessagesIn):
     """The user's current cost plus the prompt cost of `messages` for `model` (the seed's projected_cost)."""
     return selectors.projected_cost(current_budget(request, user), payload.model, payload.messages)._asdict()
 
 
 @router.post("/users/{path:user}/check", response={200: CheckOut, **ERRORS})
-def check(request: HttpRequest, user: str, payload: CheckIn):
+def check(request: HttpRequest, user: UserId, payload: CheckIn):
     """May this user spend about this much now? Takes the user's budget and the project's cap into account."""
     project = request_project(request)
     budget = current_budget(request, user)

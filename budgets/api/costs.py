@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from django.http import HttpRequest
 from ninja import Header, Query, Router
 
@@ -14,7 +12,7 @@ from ..models import CostEvent
 from . import requests
 from .auth import request_project
 from .common import ERROR_STATUSES, MAX_PAGE, aware, event_out, raw_json, user_out
-from .schemas import CostIn, CostOut, ErrorOut, EventPage
+from .schemas import CostIn, CostOut, ErrorOut, EventPage, Timestamp, UserId
 
 router = Router(tags=["costs"])
 ERRORS = dict.fromkeys(ERROR_STATUSES, ErrorOut)
@@ -22,7 +20,7 @@ ERRORS = dict.fromkeys(ERROR_STATUSES, ErrorOut)
 
 @router.post("/users/{path:user}/costs", response={201: CostOut, 402: ErrorOut, 409: ErrorOut, **ERRORS})
 def record_cost(
-    request: HttpRequest, user: str, payload: CostIn, enforce: bool = False,
+    request: HttpRequest, user: UserId, payload: CostIn, enforce: bool = False,
     idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
 ):
     """Record a call's cost; 201 with the cost and the user's new state.
@@ -57,8 +55,8 @@ def _ledger(request: HttpRequest, **filters) -> dict:
 
 @router.get("/users/{path:user}/costs", response={200: EventPage, **ERRORS})
 def list_user_costs(
-    request: HttpRequest, user: str, model: str | None = None, since: datetime | None = None,
-    until: datetime | None = None, cursor: str | None = None, limit: int = Query(50, ge=1, le=MAX_PAGE),
+    request: HttpRequest, user: UserId, model: str | None = None, since: Timestamp | None = None,
+    until: Timestamp | None = None, cursor: str | None = None, limit: int = Query(50, ge=1, le=MAX_PAGE),
 ):
     """The user's ledger events, newest first (also after the budget was deleted)."""
     project = request_project(request)
@@ -70,8 +68,8 @@ def list_user_costs(
 
 @router.get("/costs", response={200: EventPage, **ERRORS})
 def list_costs(
-    request: HttpRequest, user: str | None = None, model: str | None = None, since: datetime | None = None,
-    until: datetime | None = None, cursor: str | None = None, limit: int = Query(50, ge=1, le=MAX_PAGE),
+    request: HttpRequest, user: UserId | None = None, model: str | None = None, since: Timestamp | None = None,
+    until: Timestamp | None = None, cursor: str | None = None, limit: int = Query(50, ge=1, le=MAX_PAGE),
 ):
     """The project's ledger, newest first; `since` inclusive, `until` exclusive (ISO 8601)."""
     return _ledger(request, user_id=user, model=model, since=aware(since), until=aware(until), cursor=cursor,

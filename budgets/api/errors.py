@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, AuthorizationError, HttpError, ValidationError
 
 from ..codec import CONTENT_TYPE, dumps
-from ..errors import BudgetError, BudgetExceeded, PayloadTooLarge
+from ..errors import BudgetError, BudgetExceeded, PayloadTooLarge, TooManyRequests
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,15 @@ def error_response(status: int, type_: str, message: str, **extra: Any) -> HttpR
 def hosted_error_response(status: int, message: str) -> HttpResponse:
     """The hosted protocol's error shape (LiteLLM's client reads `status`)."""
     return json_response({"status": "error", "message": message}, status)
+
+
+def too_many_requests_response(exc: TooManyRequests, *, hosted: bool = False) -> HttpResponse:
+    if hosted:
+        response = hosted_error_response(exc.status, exc.message)
+    else:
+        response = error_response(exc.status, exc.type, exc.message)
+    response["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def budget_error_response(exc: BudgetError) -> HttpResponse:
@@ -147,6 +157,7 @@ def install_exception_handlers(api: NinjaAPI) -> None:
         api.add_exception_handler(exc_class, lambda request, exc: func(exc))
 
     handle(BudgetError, budget_error_response)
+    handle(TooManyRequests, too_many_requests_response)
     handle(ValidationError, validation_error_response)
     handle(HttpError, http_error_response)
     handle(AuthenticationError, lambda exc: unauthorized_response())
@@ -173,6 +184,17 @@ def _has_nul(request: HttpRequest) -> bool:
     )
 
 
+def _looks_like_a_sub_route(request: HttpRequest) -> bool:
+    """`POST /api/v1/users/x/nope` reaches the bare `/users/{path:user}` route (ids may hold "/").
+
+    That route takes GET and DELETE only; another method there with a "/" in the id is a
+    mistyped sub-route (`/users/x/cost`), so it is an unknown endpoint, not a wrong method.
+    """
+    match = getattr(request, "resolver_match", None)
+    return (match is not None and match.route.endswith("users/<path:user>")
+            and "/" in str(match.kwargs.get("user", "")))
+
+
 class ApiErrorsMiddleware:
     """Under /api/: JSON for what Django answers before or beside ninja (unknown route, 405, NUL).
 
@@ -189,7 +211,12 @@ class ApiErrorsMiddleware:
         # NUL is a valid URL escape (%00) but no database column holds it.
         if _has_nul(request):
             return error_response(400, "validation_error", "the URL must not contain NUL characters")
+        # Django's routes never match a newline; a user id cannot hold one (validate_user_id).
+        if any(unicodedata.category(char) == "Cc" for char in request.path_info):
+            return error_response(400, "validation_error", "the URL path must not contain control characters")
         response = self.get_response(request)
+        if isinstance(response, HttpResponseNotAllowed) and _looks_like_a_sub_route(request):
+            return error_response(404, "not_found", f"no API endpoint at {request.path}")
         if isinstance(response, HttpResponseNotAllowed):
             allowed = response["Allow"]
             answer = error_response(405, "method_not_allowed", f"{request.method} is not allowed here; use {allowed}")

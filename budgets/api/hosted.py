@@ -19,7 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from .. import services
 from ..codec import loads
-from ..errors import BudgetError, Forbidden, InvalidInput, PayloadTooLarge
+from ..errors import BudgetError, Forbidden, InvalidInput, PayloadTooLarge, TooManyRequests
 from ..models import Project
 from .auth import api_key_required, request_actor
 from .errors import (
@@ -27,6 +27,7 @@ from .errors import (
     UNAUTHORIZED_MESSAGE,
     hosted_error_response,
     json_response,
+    too_many_requests_response,
     unavailable_response,
 )
 
@@ -50,6 +51,8 @@ def hosted_view(view: Callable[[HttpRequest, Project, dict], HttpResponse]) -> C
             return response
         try:
             return authenticated(request)
+        except TooManyRequests as exc:
+            return too_many_requests_response(exc, hosted=True)
         except (OperationalError, InterfaceError) as exc:
             return unavailable_response(request, exc, hosted=True)
 

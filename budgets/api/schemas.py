@@ -8,6 +8,7 @@ Money comes out as an exact JSON number (see budgets.codec).
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -16,8 +17,10 @@ from ninja import Schema
 from pydantic import BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from .. import periods
 from ..errors import InvalidInput
-from ..money import to_money, to_tokens
+from ..money import MONEY_MAX, to_money, to_tokens
+from ..services.common import USER_ID_MAX, validate_user_id
 
 PRICE_LIMIT = Decimal(1)  # dollars per token: far above any real price
 
@@ -57,11 +60,43 @@ def _text(value: Any) -> str:
     return value
 
 
-# A JSON number of dollars in, an exact JSON number out.
-Money = Annotated[Decimal, BeforeValidator(_money), WithJsonSchema({"type": "number", "minimum": 0})]
-Price = Annotated[Decimal, BeforeValidator(_price), WithJsonSchema({"type": "number", "minimum": 0})]
-Tokens = Annotated[int, BeforeValidator(_tokens), WithJsonSchema({"type": "integer", "minimum": 0})]
+def _user_id(value: Any) -> str:
+    try:
+        return validate_user_id(value)
+    except InvalidInput as exc:
+        raise PydanticCustomError("user_id", exc.message.removeprefix("user ")) from None
+
+
+# A bare number ("0.5", "1700000000") is not a time: pydantic would read it as Unix seconds.
+_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def _timestamp(value: Any) -> Any:
+    if not isinstance(value, str | datetime) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise PydanticCustomError("datetime", "must be an ISO 8601 date-time, e.g. 2026-01-31T00:00:00Z")
+    return value
+
+
+# A JSON number of dollars in, an exact JSON number out. The schemas carry the bounds the
+# validators enforce, so that every request the schema allows is one the API accepts.
+Money = Annotated[Decimal, BeforeValidator(_money),
+                  WithJsonSchema({"type": "number", "minimum": 0, "exclusiveMaximum": int(MONEY_MAX)})]
+Price = Annotated[Decimal, BeforeValidator(_price),
+                  WithJsonSchema({"type": "number", "minimum": 0, "exclusiveMaximum": int(PRICE_LIMIT)})]
+Tokens = Annotated[int, BeforeValidator(_tokens), WithJsonSchema({"type": "integer", "minimum": 0, "maximum": 10**12})]
+Days = Annotated[int, BeforeValidator(_tokens),
+                 WithJsonSchema({"type": "integer", "minimum": 1, "maximum": periods.MAX_DAYS})]
 Text = Annotated[str, BeforeValidator(_text)]
+# A model name: 1..255 characters, not blank (budgets.usage.validate_model).
+ModelName = Annotated[str, BeforeValidator(_text),
+                      WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"\S"})]
+USER_ID_SCHEMA = {
+    "type": "string", "minLength": 1, "maxLength": USER_ID_MAX, "pattern": r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$",
+    "description": "1..255 characters, not blank, no control characters, no '.' or '..' path segments.",
+}
+# A user id in a path or a query: the one rule of budgets.services.common.validate_user_id.
+UserId = Annotated[str, BeforeValidator(_user_id), WithJsonSchema(USER_ID_SCHEMA)]
+Timestamp = Annotated[datetime, BeforeValidator(_timestamp)]
 MoneyOut = Annotated[Decimal, WithJsonSchema({"type": "number"})]
 Scope = Literal["user", "project"]
 DurationName = Literal["none", "daily", "weekly", "monthly", "yearly", "days"]
@@ -77,7 +112,7 @@ class StrictIn(Schema):
 class BudgetIn(StrictIn):
     total_budget: Money
     duration: DurationName | None = None
-    duration_days: Tokens | None = Field(None, description='Only with duration "days": the period length.')
+    duration_days: Days | None = Field(None, description='Only with duration "days": the period length.')
 
 
 class CostIn(StrictIn):
@@ -86,7 +121,7 @@ class CostIn(StrictIn):
     completion: dict[str, Any] | None = Field(
         None, description="An OpenAI/LiteLLM-style response: its `model` and `usage` are read."
     )
-    model: Text | None = None
+    model: ModelName | None = None
     input_text: Text | None = None
     output_text: Text | None = None
     prompt_tokens: Tokens | None = None
@@ -99,14 +134,14 @@ class CostIn(StrictIn):
 
 
 class MessagesIn(StrictIn):
-    model: Text
+    model: ModelName
     messages: list[dict[str, Any]]
 
 
 class CheckIn(StrictIn):
     """Either model + messages (optional max_tokens), or estimated_cost."""
 
-    model: Text | None = None
+    model: ModelName | None = None
     messages: list[dict[str, Any]] | None = None
     max_tokens: Tokens | None = Field(None, description="Completion tokens to reserve, at the output price.")
     estimated_cost: Money | None = None
@@ -115,7 +150,7 @@ class CheckIn(StrictIn):
 class QuoteIn(StrictIn):
     """Either model + prompt_tokens + completion_tokens, or model + messages (+ output_text)."""
 
-    model: Text
+    model: ModelName
     prompt_tokens: Tokens | None = None
     completion_tokens: Tokens | None = None
     cached_tokens: Tokens | None = None

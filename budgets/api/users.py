@@ -8,7 +8,7 @@ from ninja import Query, Router, Status
 from .. import selectors, services
 from .auth import request_actor, request_project
 from .common import ERROR_STATUSES, MAX_PAGE, current_budget, user_out
-from .schemas import BudgetIn, ErrorOut, UserOut, UserPage
+from .schemas import BudgetIn, ErrorOut, UserId, UserOut, UserPage
 
 router = Router(tags=["users"])
 ERRORS = dict.fromkeys(ERROR_STATUSES, ErrorOut)
@@ -25,7 +25,7 @@ def list_users(request: HttpRequest, limit: int = Query(50, ge=1, le=MAX_PAGE), 
 
 
 @router.put("/users/{path:user}/budget", response={200: UserOut, 201: UserOut, **ERRORS})
-def set_budget(request: HttpRequest, user: str, payload: BudgetIn):
+def set_budget(request: HttpRequest, user: UserId, payload: BudgetIn):
     """Create (201) or replace (200) the user's budget; replacing keeps this period's spend."""
     project = request_project(request)
     budget, created = services.budget_set(
@@ -36,7 +36,7 @@ def set_budget(request: HttpRequest, user: str, payload: BudgetIn):
 
 
 @router.post("/users/{path:user}/reset", response={200: UserOut, **ERRORS})
-def reset_user(request: HttpRequest, user: str):
+def reset_user(request: HttpRequest, user: UserId):
     """Set the user's spend in this period to zero (audited; the ledger stays)."""
     budget = services.budget_reset(budget=current_budget(request, user), actor=request_actor(request),
                                    reason="manual")
@@ -48,13 +48,13 @@ bare_router = Router(tags=["users"])
 
 
 @bare_router.get("/users/{path:user}", response={200: UserOut, **ERRORS})
-def get_user(request: HttpRequest, user: str):
+def get_user(request: HttpRequest, user: UserId):
     """The user's budget, spend in this period (total and per model), period and remaining budget."""
     return user_out(current_budget(request, user), request_project(request))
 
 
 @bare_router.delete("/users/{path:user}", response={204: None, **ERRORS})
-def delete_user(request: HttpRequest, user: str):
+def delete_user(request: HttpRequest, user: UserId):
     """Delete the user's budget (audited); their ledger events stay."""
     services.budget_delete(budget=current_budget(request, user), actor=request_actor(request))
     return Status(204, None)

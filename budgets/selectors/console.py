@@ -433,8 +433,22 @@ def export_rows(project: Project, *, rng: DateRange | None = None, user_id: str 
         .values_list("created_at", "user_id", "model", "prompt_tokens", "completion_tokens", "cached_tokens",
                      "cache_creation_tokens", "cost", "source", "id")
     )
-    for created_at, *middle, event_id in rows.iterator(chunk_size=EXPORT_CHUNK_SIZE):
-        yield (created_at.astimezone(zone).isoformat(), *middle, event_id)
+    for created_at, user_id, model, *counts_and_cost, source, event_id in rows.iterator(chunk_size=EXPORT_CHUNK_SIZE):
+        yield (created_at.astimezone(zone).isoformat(), csv_text(user_id), csv_text(model), *counts_and_cost,
+               csv_text(source), event_id)
+
+
+# A spreadsheet reads a cell starting with one of these as a formula (OWASP "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value: str) -> str:
+    """A text cell a spreadsheet shows as text: a leading ' before a formula start.
+
+    Only the text columns pass through here (user ids and model names come from API
+    callers); numbers stay numbers, and none of them is negative.
+    """
+    return f"'{value}" if value.startswith(FORMULA_STARTS) else value
 
 
 

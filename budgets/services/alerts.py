@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
+import ipaddress
 import logging
+import socket
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import current_app
 from django.conf import settings
@@ -34,6 +37,7 @@ from django.db.models import F, Q
 from django.utils.timezone import now as utcnow
 
 from ..codec import dumps
+from ..errors import InvalidInput
 from ..models import Alert, Project, UserBudget
 from .audit import write_audit
 
@@ -265,24 +269,120 @@ def webhook_request(alert: Alert, project: Project, *, timestamp: int | None = N
     return urllib.request.Request(project.alert_webhook_url, data=body, headers=headers, method="POST")
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    # A redirected POST would become a GET or go to another host: treat it as a failure.
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+# --- where a webhook may go ---------------------------------------------------------------------
+# A webhook URL is typed by a project manager and fetched by our servers: without a check it
+# reaches the cloud metadata service (169.254.169.254), localhost or the private network (SSRF).
+# Only http(s); unless ALERT_WEBHOOK_ALLOW_PRIVATE (on-premise receivers), only public
+# addresses — checked when the URL is saved and again at send time, on the addresses DNS gives
+# then, and the connection goes to the address that was checked (no DNS rebinding).
+
+WEBHOOK_SCHEMES = ("http", "https")
+
+
+def _allow_private() -> bool:
+    return bool(getattr(settings, "ALERT_WEBHOOK_ALLOW_PRIVATE", False))
+
+
+def forbidden_address(address: str) -> bool:
+    """Loopback, link-local (cloud metadata), private, multicast, reserved: anything not public."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_multicast or not ip.is_global
+
+
+def _target(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a webhook URL; InvalidInput unless http(s) with a host."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise InvalidInput("the webhook URL is not a valid URL") from None
+    scheme = parts.scheme.lower()
+    if scheme not in WEBHOOK_SCHEMES or not parts.hostname:
+        raise InvalidInput("the webhook URL must be an http:// or https:// URL with a host")
+    return scheme, parts.hostname, port or (443 if scheme == "https" else 80)
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def webhook_address(url: str) -> str | None:
+    """The address to connect to for `url`, after the checks; None when private targets are allowed.
+
+    Raises InvalidInput for a URL that is not http(s) or that resolves to a forbidden address,
+    OSError when the name does not resolve.
+    """
+    _, host, port = _target(url)
+    if _allow_private():
         return None
+    addresses = _resolve(host, port)
+    refused = [address for address in addresses if forbidden_address(address)]
+    if refused or not addresses:
+        raise InvalidInput(f"the webhook URL must point to a public address ({host} is {', '.join(refused)}); "
+                           "set ALERT_WEBHOOK_ALLOW_PRIVATE=true for receivers on your own network")
+    return addresses[0]
 
 
-_opener = urllib.request.build_opener(_NoRedirects)
+def validate_webhook_url(url: Any) -> str:
+    """The saved-time check: http(s), and (unless allowed) no private, loopback or link-local target."""
+    if url in (None, ""):
+        return ""
+    if not isinstance(url, str) or len(url) > 500:
+        raise InvalidInput("the webhook URL must be a string of at most 500 characters")
+    try:
+        webhook_address(url)
+    except OSError:
+        pass  # a name that does not resolve yet: send time checks it again, on what it resolves to then
+    return url
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to an address checked beforehand, not to whatever the host name resolves to now."""
+
+    def __init__(self, host: str, port: int, *, address: str | None, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.address or self.host, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int, *, address: str | None, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.address or self.host, self.port), self.timeout)
+        # The certificate is checked against the host name, as with a direct connection.
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
 def webhook_send(alert: Alert, project: Project) -> None:
-    """POST the signed alert; any answer but 2xx, a timeout or a network error is DeliveryFailed."""
+    """POST the signed alert; any answer but 2xx (redirects too), a timeout, a network error or a
+    forbidden target is DeliveryFailed."""
+    request = webhook_request(alert, project)
     try:
-        with _opener.open(webhook_request(alert, project), timeout=WEBHOOK_TIMEOUT) as response:
+        scheme, host, port = _target(request.full_url)
+        address = webhook_address(request.full_url)
+        parts = urlsplit(request.full_url)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        connection_class = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
+        connection = connection_class(host, port, address=address, timeout=WEBHOOK_TIMEOUT)
+        try:
+            headers = {name.title(): value for name, value in request.header_items()}  # as urllib sends them
+            connection.request("POST", path, body=request.data, headers=headers)
+            response = connection.getresponse()
             response.read(65536)
             status = response.status
-    except urllib.error.HTTPError as exc:
-        raise DeliveryFailed(f"webhook answered HTTP {exc.code}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+        finally:
+            connection.close()
+    except InvalidInput as exc:
+        raise DeliveryFailed(f"webhook refused: {exc.message}") from None
+    except (http.client.HTTPException, OSError, ValueError) as exc:
         raise DeliveryFailed(f"webhook failed: {getattr(exc, 'reason', exc)}") from None
     if not 200 <= status < 300:
         raise DeliveryFailed(f"webhook answered HTTP {status}")

@@ -13,6 +13,7 @@ from .. import periods
 from ..errors import InvalidInput
 from ..models import Project
 from ..money import to_money
+from .alerts import validate_webhook_url
 from .audit import write_audit
 from .common import validate_duration, validate_timezone
 from .resets import project_refresh
@@ -92,7 +93,7 @@ def project_update(
             raise InvalidInput("alert_thresholds must be a list of whole percentages between 1 and 1000")
         changes["alert_thresholds"] = sorted(set(alert_thresholds))
     if alert_webhook_url is not ...:
-        changes["alert_webhook_url"] = alert_webhook_url or ""
+        changes["alert_webhook_url"] = validate_webhook_url(alert_webhook_url)
     if alert_email is not ...:
         changes["alert_email"] = alert_email or ""
     with transaction.atomic():

@@ -6,6 +6,7 @@ only to draw) next to their formatted labels, which the tooltips show.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from datetime import date
 from decimal import Decimal
@@ -37,8 +38,22 @@ class ChartSpec(TypedDict, total=False):
     height: int
 
 
+def label(text: str) -> str:
+    """A name as Plotly text: Plotly renders a subset of HTML (links among it) in labels and tooltips.
+
+    User ids and model names come from API callers; escaped, they show as the text they are
+    (Plotly turns &lt; &gt; &amp; back into characters, and draws no markup).
+    """
+    return html.escape(text, quote=False)
+
+
+def labels(texts: Sequence[str]) -> list[str]:
+    return [label(text) for text in texts]
+
+
 def series(name: str, amounts: Sequence[Decimal], colour: str | None = None) -> Series:
-    result: Series = {"name": name, "y": [str(a) for a in amounts], "labels": [format_dollars(a) for a in amounts]}
+    result: Series = {"name": label(name), "y": [str(a) for a in amounts],
+                      "labels": [format_dollars(a) for a in amounts]}
     if colour:
         result["colour"] = colour
     return result
@@ -56,14 +71,14 @@ def daily_by_model(daily: DailySpend, *, kind: str = "bar") -> ChartSpec:
     }
 
 
-def bars(labels: Sequence[str], amounts: Sequence[Decimal], *, name: str = "Spend") -> ChartSpec:
+def bars(names: Sequence[str], amounts: Sequence[Decimal], *, name: str = "Spend") -> ChartSpec:
     """One bar per label, biggest first, horizontal so that user ids read in full."""
-    return {"kind": "bar", "horizontal": True, "x": list(labels), "xType": "category",
+    return {"kind": "bar", "horizontal": True, "x": labels(names), "xType": "category",
             "series": [series(name, amounts, SPEND_COLOUR)], "yTitle": "Spend (USD)"}
 
 
-def pie(labels: Sequence[str], amounts: Sequence[Decimal]) -> ChartSpec:
-    return {"kind": "pie", "x": list(labels), "series": [series("Spend", amounts)]}
+def pie(names: Sequence[str], amounts: Sequence[Decimal]) -> ChartSpec:
+    return {"kind": "pie", "x": labels(names), "series": [series("Spend", amounts)]}
 
 
 def model_by_user(matrix: ModelByUser, other_name: str) -> ChartSpec:
@@ -71,13 +86,13 @@ def model_by_user(matrix: ModelByUser, other_name: str) -> ChartSpec:
     named = [series(user, matrix.spend[user]) for user in matrix.users]
     if any(matrix.other):
         named.append(series(other_name, matrix.other))
-    return {"kind": "bar", "stack": True, "horizontal": True, "x": list(matrix.models), "xType": "category",
+    return {"kind": "bar", "stack": True, "horizontal": True, "x": labels(matrix.models), "xType": "category",
             "series": named, "yTitle": "Spend (USD)"}
 
 
-def periods_chart(labels: Sequence[str], spend: Sequence[Decimal], budget: Sequence[Decimal]) -> ChartSpec:
+def periods_chart(names: Sequence[str], spend: Sequence[Decimal], budget: Sequence[Decimal]) -> ChartSpec:
     """Past periods: what was spent next to what the budget was."""
-    return {"kind": "bar", "stack": False, "x": list(labels), "xType": "category",
+    return {"kind": "bar", "stack": False, "x": labels(names), "xType": "category",
             "series": [series("Spent", spend, SPEND_COLOUR), series("Budget", budget, BUDGET_COLOUR)], "yTitle": "USD"}
 
 
