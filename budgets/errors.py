@@ -77,3 +77,15 @@ class BudgetExceeded(BudgetError):
 
     def extra(self) -> dict[str, Any]:
         return {key: value for key, value in self.figures.items() if value is not None}
+
+
+class NotFound(BudgetError):
+    type = "not_found"
+    status = 404
+
+
+class Conflict(BudgetError):
+    """The request does not fit the object's state (e.g. settling a released reservation)."""
+
+    type = "conflict"
+    status = 409

@@ -228,6 +228,7 @@ class Reservation(models.Model):
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     request_fingerprint = models.CharField(max_length=64, blank=True)
     response = models.JSONField(null=True, blank=True, help_text="The first answer, replayed on a retry.")
+    settle_response = models.JSONField(null=True, blank=True, help_text="The settle answer, replayed on a retry.")
     event = models.ForeignKey(
         CostEvent, on_delete=models.SET_NULL, null=True, blank=True, related_name="reservations"
     )
