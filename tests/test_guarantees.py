@@ -201,9 +201,8 @@ def _reserve_settle_release(server: str, key: str, users: list[str], scope: str)
     settled = Decimal("0.06") * len(settle)
     assert Project.objects.get().current_spend == settled == ledger_sum()
     assert UserBudget.objects.aggregate(total=Sum("current_spend"))["total"] == settled
-    assert (
-        Counter(Reservation.objects.values_list("status", flat=True))
-        == Counter({"settled": len(settle), "released": len(release)})
+    assert Counter(Reservation.objects.values_list("status", flat=True)) == Counter(
+        {"settled": len(settle), "released": len(release)}
     )
 
 
@@ -296,3 +295,32 @@ def test_one_idempotency_key_from_ten_clients_reserves_once(server, project):
     assert len({json.dumps(body, sort_keys=True, default=str) for _, body in answers}) == 1
     assert Reservation.objects.count() == 1
     assert UserBudget.objects.get().held == Decimal(1) == Project.objects.get().held
+
+
+# --- lock order -----------------------------------------------------------------------------------
+
+
+def test_native_records_and_hosted_merges_at_once_never_deadlock_into_a_500(server, project):
+    users = [f"u{i}" for i in range(10)]
+    budgets_for(project, users, "10")
+    key = new_key(project)
+    records = [
+        (server, key, f"/api/v1/users/{users[i % 10]}/costs", {"model": "x", "cost": 0.01}, {}) for i in range(60)
+    ]
+    merges = [
+        (
+            server,
+            key,
+            "/set_budget",
+            {"project_name": "acme", "user_dict": {u: {"total_budget": 10 + i % 2} for u in users}},
+            {},
+        )
+        for i in range(20)
+    ]
+    calls = [call for pair in zip(records[:20], merges, strict=True) for call in pair] + records[20:]
+
+    answers = at_once(calls, processes=8)
+
+    assert statuses(answers) == {201: 60, 200: 20}, [body for status, body in answers if status >= 300][:3]
+    project.refresh_from_db()
+    assert project.current_spend == Decimal("0.60") == ledger_sum()

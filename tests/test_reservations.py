@@ -248,3 +248,27 @@ def test_the_manager_current_cost_is_spend_only(project, alice):
 
     services.reservation_create(project=project, user_id="alice", amount=Decimal(5), answer=lambda r: "{}")
     assert BudgetManager(project.name).get_current_cost("alice") == 0
+
+
+def test_a_deadlock_victim_is_retried_and_other_database_errors_are_not(monkeypatch):
+    from django.db import OperationalError
+    from psycopg import errors as pg_errors
+
+    from budgets.services import admission
+
+    monkeypatch.setattr(admission.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(admission, "_outermost", lambda: True)
+    calls = []
+
+    @admission.retry_on_conflict
+    def flaky(cause: Exception) -> str:
+        calls.append(cause)
+        if len(calls) < 3:
+            raise OperationalError("deadlock detected") from cause
+        return "done"
+
+    assert flaky(pg_errors.DeadlockDetected("deadlock detected")) == "done" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(OperationalError):
+        flaky(pg_errors.AdminShutdown("terminating connection"))
+    assert len(calls) == 1

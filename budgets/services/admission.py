@@ -97,6 +97,10 @@ def _is_conflict(exc: OperationalError) -> bool:
     return isinstance(exc.__cause__, (pg_errors.DeadlockDetected, pg_errors.SerializationFailure))
 
 
+def _outermost() -> bool:
+    return not connection.in_atomic_block
+
+
 def retry_on_conflict(func: Callable[..., T]) -> Callable[..., T]:
     """Run a service again when PostgreSQL aborted it as a deadlock victim or a serialization failure.
 
@@ -108,7 +112,7 @@ def retry_on_conflict(func: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args: Any, **kwargs: Any) -> T:
         attempt = 0
         while True:
-            outermost = not connection.in_atomic_block
+            outermost = _outermost()
             try:
                 return func(*args, **kwargs)
             except OperationalError as exc:
