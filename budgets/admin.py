@@ -48,11 +48,12 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
-    list_display = ("name", "current_spend", "max_budget", "duration", "timezone", "next_reset_at", "created_at")
+    list_display = ("name", "current_spend", "held", "max_budget", "duration", "timezone", "next_reset_at",
+                    "created_at")
     search_fields = ("name",)
     list_filter = ("duration", "timezone")
     filter_horizontal = ("members",)
-    readonly_fields = ("current_spend", "period_start", "next_reset_at", "created_at")
+    readonly_fields = ("current_spend", "held", "period_start", "next_reset_at", "created_at")
     exclude = ("webhook_secret",)
 
     def save_model(self, request: HttpRequest, obj: Project, form: Any, change: bool) -> None:
