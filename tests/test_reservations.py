@@ -272,3 +272,17 @@ def test_a_deadlock_victim_is_retried_and_other_database_errors_are_not(monkeypa
     with pytest.raises(OperationalError):
         flaky(pg_errors.AdminShutdown("terminating connection"))
     assert len(calls) == 1
+
+
+def test_the_admin_lists_holds_and_shows_reservations_read_only(client, django_user_model, project, alice):
+    from django.urls import reverse
+
+    services.reservation_create(project=project, user_id="alice", amount=Decimal("2.5"), answer=lambda r: "{}")
+    client.force_login(django_user_model.objects.create_superuser("support", "s@example.com", "pw"))
+
+    budgets = client.get(reverse("admin:budgets_userbudget_changelist"))
+    reservations = client.get(reverse("admin:budgets_reservation_changelist"), {"q": "alice"})
+
+    assert budgets.status_code == reservations.status_code == 200
+    assert b"2.5" in budgets.content and b"alice" in reservations.content
+    assert client.get(reverse("admin:budgets_reservation_add")).status_code == 403
