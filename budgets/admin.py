@@ -24,6 +24,7 @@ from .models import (
     ModelPrice,
     ModelSpend,
     Project,
+    Reservation,
     UserBudget,
 )
 
@@ -47,11 +48,12 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
-    list_display = ("name", "current_spend", "max_budget", "duration", "timezone", "next_reset_at", "created_at")
+    list_display = ("name", "current_spend", "held", "max_budget", "duration", "timezone", "next_reset_at",
+                    "created_at")
     search_fields = ("name",)
     list_filter = ("duration", "timezone")
     filter_horizontal = ("members",)
-    readonly_fields = ("current_spend", "period_start", "next_reset_at", "created_at")
+    readonly_fields = ("current_spend", "held", "period_start", "next_reset_at", "created_at")
     exclude = ("webhook_secret",)
 
     def save_model(self, request: HttpRequest, obj: Project, form: Any, change: bool) -> None:
@@ -88,14 +90,15 @@ class ModelSpendInline(admin.TabularInline):
 
 @admin.register(UserBudget)
 class UserBudgetAdmin(admin.ModelAdmin):
-    list_display = ("user_id", "project", "total_budget", "current_spend", "utilisation_display", "duration",
-                    "next_reset_at", "console_link")
+    list_display = ("user_id", "project", "total_budget", "current_spend", "held", "utilisation_display",
+                    "duration", "next_reset_at", "console_link")
     list_select_related = ("project",)
     search_fields = ("user_id", "project__name")
     list_filter = ("duration", "project")
-    readonly_fields = ("current_spend", "period_start", "next_reset_at", "created_at", "updated_at",
+    readonly_fields = ("current_spend", "held", "period_start", "next_reset_at", "created_at", "updated_at",
                        "hosted_model_cost", "hosted_period_start")
-    fields = ("project", "user_id", "total_budget", "duration", "duration_days", "current_spend", "period_start",
+    fields = ("project", "user_id", "total_budget", "duration", "duration_days", "current_spend", "held",
+              "period_start",
               "next_reset_at", "created_at", "updated_at", "hosted_model_cost",
               "hosted_period_start")
     inlines = [ModelSpendInline]
@@ -151,6 +154,16 @@ class CostEventAdmin(ReadOnlyAdmin):
     list_filter = ("source", "project")
     date_hierarchy = "created_at"
     show_full_result_count = False  # counting a million ledger rows per page view is slow
+
+
+@admin.register(Reservation)
+class ReservationAdmin(ReadOnlyAdmin):
+    """Holds change only through the services (reserve, settle, release, expiry), never by hand."""
+
+    list_display = ("created_at", "project", "user_id", "model", "amount", "status", "expires_at", "settled_cost")
+    list_filter = ("status", "project")
+    search_fields = ("user_id", "idempotency_key")
+    list_select_related = ("project",)
 
 
 @admin.register(BudgetPeriod)

@@ -88,3 +88,15 @@ class TooManyRequests(BudgetError):
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class NotFound(BudgetError):
+    type = "not_found"
+    status = 404
+
+
+class Conflict(BudgetError):
+    """The request does not fit the object's state (e.g. settling a released reservation)."""
+
+    type = "conflict"
+    status = 409

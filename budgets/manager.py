@@ -71,6 +71,7 @@ class BudgetManager:
         return {"user": selectors.budget_record(recorded.budget)}
 
     def get_current_cost(self, user: str) -> Decimal:
+        """Spend in the current period, as the seed meant it: open reservations' holds are not cost."""
         return self._budget(user).current_spend
 
     def get_model_cost(self, user: str) -> dict[str, Decimal]:

@@ -45,6 +45,8 @@ class Period(models.Model):
         null=True, blank=True, help_text="Only for 'every N days' (LiteLLM hosted durations such as 30)."
     )
     current_spend = MoneyField(default=ZERO)
+    # Open reservations' holds (reserve adds, settle/release/expire subtract): remaining is one row read.
+    held = MoneyField(default=ZERO)
     period_start = models.DateTimeField(default=now)
     next_reset_at = models.DateTimeField(null=True, blank=True, db_index=True)
 
@@ -120,7 +122,8 @@ class UserBudget(Period):
 
     @property
     def remaining(self) -> Decimal:
-        return self.total_budget - self.current_spend
+        """Budget left for new calls: budget − spend − open holds (may be negative)."""
+        return self.total_budget - self.current_spend - self.held
 
     @property
     def utilisation(self) -> Decimal | None:
@@ -200,6 +203,59 @@ class CostEvent(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+class Reservation(models.Model):
+    """A hold of a call's worst-case cost against a user's and the project's remaining budget."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        SETTLED = "settled", "Settled"
+        RELEASED = "released", "Released"
+        EXPIRED = "expired", "Expired"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="reservations")
+    # Kept when the budget is deleted: the project's hold is still released by id or by expiry.
+    budget = models.ForeignKey(
+        UserBudget, on_delete=models.SET_NULL, null=True, blank=True, related_name="reservations"
+    )
+    user_id = models.CharField(max_length=255)
+    model = models.CharField(max_length=255, null=True, blank=True)
+    amount = MoneyField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(default=now)
+    settled_at = models.DateTimeField(null=True, blank=True)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    request_fingerprint = models.CharField(max_length=64, blank=True)
+    response = models.JSONField(null=True, blank=True, help_text="The first answer, replayed on a retry.")
+    settle_response = models.JSONField(null=True, blank=True, help_text="The settle answer, replayed on a retry.")
+    event = models.ForeignKey(
+        CostEvent, on_delete=models.SET_NULL, null=True, blank=True, related_name="reservations"
+    )
+    settled_cost = MoneyField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="unique_reservation_key_per_project",
+            ),
+            models.CheckConstraint(condition=Q(amount__gte=0), name="reservation_amount_non_negative"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "expires_at"], name="reservation_open_expiry"),
+            models.Index(fields=["project", "user_id", "status"], name="reservation_user_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} ${self.amount} {self.status}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.status == self.Status.OPEN
 
 
 class BudgetPeriod(models.Model):

@@ -22,16 +22,18 @@ from .services.alerts import DELIVER_ALERT_TASK, MAX_ATTEMPTS
 class SweepResult:
     budgets: int
     projects: int
+    reservations: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"budgets": self.budgets, "projects": self.projects}
+        return {"budgets": self.budgets, "projects": self.projects, "reservations": self.reservations}
 
 
 def run_reset_sweep(*, at: datetime | None = None) -> SweepResult:
-    """One reset sweep: projects' and budgets' periods that have ended start anew."""
+    """One reset sweep: projects' and budgets' periods that have ended start anew; expired holds are released."""
     at = at or utcnow()
     projects = services.reset_due_projects(at=at)
-    return SweepResult(budgets=services.reset_due_budgets(at=at), projects=projects)
+    budgets = services.reset_due_budgets(at=at)
+    return SweepResult(budgets=budgets, projects=projects, reservations=services.reservations_expire(at=at))
 
 
 @shared_task(name="budgets.reset_sweep")

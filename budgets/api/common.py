@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse
 
 from .. import selectors, services
 from ..codec import CONTENT_TYPE
-from ..models import CostEvent, Project, UserBudget
+from ..models import CostEvent, Project, Reservation, UserBudget
 from .auth import request_project
 
 ERROR_STATUSES = (400, 401, 404, 503)
@@ -37,6 +37,7 @@ def user_out(budget: UserBudget, project: Project, costs: dict[str, Decimal] | N
         "duration_days": budget.duration_days,
         "current_cost": budget.current_spend,
         "model_cost": selectors.model_costs(budget) if costs is None else costs,
+        "held": budget.held,
         "remaining": max(budget.remaining, Decimal(0)),
         "budget_exceeded": scope is not None,
         "exceeded_scope": scope,
@@ -44,6 +45,21 @@ def user_out(budget: UserBudget, project: Project, costs: dict[str, Decimal] | N
         "next_reset_at": budget.next_reset_at,
         "created_at": budget.created_at,
         "updated_at": budget.updated_at,
+    }
+
+
+def reservation_out(reservation: Reservation) -> dict[str, Any]:
+    """A reservation as ReservationOut declares it."""
+    return {
+        "id": reservation.pk,
+        "user": reservation.user_id,
+        "model": reservation.model,
+        "amount": reservation.amount,
+        "status": reservation.status,
+        "expires_at": reservation.expires_at,
+        "created_at": reservation.created_at,
+        "settled_at": reservation.settled_at,
+        "cost": reservation.settled_cost,
     }
 
 

@@ -21,7 +21,7 @@ from ..usage import (
     usage_of_counts,
     validate_model,
 )
-from .schemas import CheckIn, CostIn, QuoteIn
+from .schemas import CheckIn, CostIn, QuoteIn, ReservationIn
 
 TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_creation_tokens")
 
@@ -129,3 +129,34 @@ def estimated_cost(body: CheckIn) -> Decimal:
     if not body.max_tokens:
         return prompt.cost
     return prompt.cost + pricing.cost_of_usage(Usage(prompt.usage.model, 0, body.max_tokens))
+
+
+def reservation_amount(body: ReservationIn) -> tuple[Decimal, str | None]:
+    """What a reservation holds and for which model: estimated_cost, or the worst case of the call.
+
+    The worst case is the prompt (counted with tiktoken) plus max_tokens at the output price;
+    a model without a price needs estimated_cost (UnknownModel otherwise, never a $0 hold).
+    """
+    if body.estimated_cost is not None:
+        extra = _given(body, "messages", "max_tokens")
+        if extra:
+            raise InvalidInput(f"estimated_cost cannot be combined with {', '.join(extra)}")
+        return body.estimated_cost, None if body.model is None else validate_model(body.model)
+    if body.model is None or body.messages is None or body.max_tokens is None:
+        raise InvalidInput("give model, messages and max_tokens (the worst case is held), or estimated_cost")
+    prompt = prompt_usage(body.model, body.messages)
+    return pricing.cost_of_usage(prompt._replace(completion_tokens=body.max_tokens)), prompt.model
+
+
+def reservation_fingerprint(user_id: str, body: ReservationIn) -> str:
+    canonical = dumps({"user": user_id, "body": body.model_dump(exclude_none=True)}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def with_model(body: CostIn, model: str | None) -> CostIn:
+    """A settle body without a model means the reservation's model."""
+    if body.completion is not None or body.model is not None:
+        return body
+    if model is None:
+        raise InvalidInput("model is required: this reservation was made without one")
+    return body.model_copy(update={"model": model})

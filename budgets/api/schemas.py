@@ -171,7 +171,8 @@ class UserOut(Schema):
     duration_days: int | None = Field(description='Period length for "days"; LiteLLM day count otherwise.')
     current_cost: MoneyOut
     model_cost: dict[str, MoneyOut]
-    remaining: MoneyOut = Field(description="Budget left in this period, never below 0.")
+    held: MoneyOut = Field(description="Open reservations' holds.")
+    remaining: MoneyOut = Field(description="Budget left in this period (budget − spend − held), never below 0.")
     budget_exceeded: bool
     exceeded_scope: Scope | None = Field(description="Which budget is used up: the user's or the project's.")
     period_start: datetime
@@ -273,3 +274,43 @@ class ErrorBody(Schema):
 
 class ErrorOut(Schema):
     error: ErrorBody
+
+
+# --- reservations -------------------------------------------------------------------------------
+
+
+class ReservationIn(StrictIn):
+    """Either model + messages + max_tokens (the worst case is held), or estimated_cost (model optional)."""
+
+    model: Text | None = None
+    messages: list[dict[str, Any]] | None = None
+    max_tokens: Tokens | None = Field(None, description="The call's max_tokens: held at the output price.")
+    estimated_cost: Money | None = Field(None, description="Dollars to hold, instead of messages + max_tokens.")
+    ttl_seconds: Tokens | None = Field(None, description="Seconds until the hold expires: 1 to 86400, default 600.")
+
+
+ReservationStatus = Literal["open", "settled", "released", "expired"]
+
+
+class ReservationOut(Schema):
+    id: int
+    user: str
+    model: str | None
+    amount: MoneyOut = Field(description="The amount held while open.")
+    status: ReservationStatus
+    expires_at: datetime
+    created_at: datetime
+    settled_at: datetime | None = Field(description="When it was settled or released.")
+    cost: MoneyOut | None = Field(description="The real cost recorded by settling.")
+
+
+class SettleOut(Schema):
+    reservation: ReservationOut
+    cost: MoneyOut
+    event: EventOut
+    user: UserOut
+    over_hold: bool = Field(description="The real cost was more than the hold (recorded anyway).")
+
+
+class ReleaseOut(Schema):
+    reservation: ReservationOut

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ninja import NinjaAPI
 
 from ..codec import ExactJSONRenderer, StrictJSONParser
-from . import alerts, checks, costs, users
+from . import alerts, checks, costs, reservations, users
 from .auth import api_key_auth
 from .errors import install_exception_handlers
 
@@ -30,4 +30,5 @@ api.add_router("", users.router)
 api.add_router("", costs.router)
 api.add_router("", checks.router)
 api.add_router("", alerts.router)
+api.add_router("", reservations.router)
 api.add_router("", users.bare_router)

@@ -32,6 +32,16 @@ from .hosted import hosted_budget_get, hosted_budget_set
 from .keys import api_key_authenticate, api_key_create, api_key_mark_used, api_key_revoke
 from .prices import load_price_map, price_save_edited
 from .projects import project_create, project_get_or_create, project_update
+from .reservations import (
+    DEFAULT_TTL_SECONDS,
+    MAX_TTL_SECONDS,
+    Settled,
+    reservation_create,
+    reservation_get,
+    reservation_release,
+    reservation_settle,
+    reservations_expire,
+)
 from .resets import (
     RESET_BATCH_SIZE,
     budget_get,
@@ -43,11 +53,14 @@ from .resets import (
 from .user_budgets import budget_delete, budget_reset, budget_set
 
 __all__ = [
+    "DEFAULT_TTL_SECONDS",
+    "MAX_TTL_SECONDS",
     "RESET_BATCH_SIZE",
     "SYSTEM",
     "SYSTEM_LAZY",
     "SYSTEM_SWEEP",
     "CostRecorded",
+    "Settled",
     "Verdict",
     "actor_for_key",
     "actor_for_manager",
@@ -77,6 +90,11 @@ __all__ = [
     "project_get_or_create",
     "project_refresh",
     "project_update",
+    "reservation_create",
+    "reservation_get",
+    "reservation_release",
+    "reservation_settle",
+    "reservations_expire",
     "reset_due_budgets",
     "reset_due_projects", "superuser_ensure",
     "validate_duration",

@@ -13,12 +13,13 @@ from django.utils.timezone import now as utcnow
 
 from .. import pricing
 from ..codec import decimal_text
-from ..errors import BudgetExceeded, IdempotencyConflict, InvalidInput
+from ..errors import IdempotencyConflict, InvalidInput
 from ..fields import money
 from ..models import CostEvent, ModelSpend, Project, UserBudget
 from ..money import stored, to_money
 from ..usage import Usage, validate_model
 from . import alerts
+from .admission import levels_admit, levels_of, lock_project, retry_on_conflict
 from .resets import ensure_current_period
 
 
@@ -34,16 +35,19 @@ class CostRecorded:
         return self.exceeded is not None
 
 
-def _no_room(spend: Decimal, cap: Decimal, extra: Decimal) -> bool:
-    # Spend that reached the cap is over; a new call may bring spend up to the cap, not past it.
-    return spend >= cap if extra == 0 else spend + extra > cap
+def _no_room(spend: Decimal, held: Decimal, cap: Decimal, extra: Decimal) -> bool:
+    # Spend that reached the cap is used up; a new call (with the open holds) may bring it up to the cap, not past.
+    return spend >= cap if extra == 0 else spend + held + extra > cap
 
 
 def exceeded_scope(budget: UserBudget, project: Project, extra: Decimal = Decimal(0)) -> str | None:
-    """Which budget, if any, has no room left for `extra` more spend ("user" is named first)."""
-    if _no_room(budget.current_spend, budget.total_budget, extra):
+    """Which budget, if any, has no room left for `extra` more spend ("user" is named first).
+
+    With `extra` 0: which budget's spend reached its cap. Otherwise open holds count too.
+    """
+    if _no_room(budget.current_spend, budget.held, budget.total_budget, extra):
         return "user"
-    if project.max_budget is not None and _no_room(project.current_spend, project.max_budget, extra):
+    if project.max_budget is not None and _no_room(project.current_spend, project.held, project.max_budget, extra):
         return "project"
     return None
 
@@ -62,17 +66,18 @@ def admission_check(budget: UserBudget, project: Project, estimate: Decimal) -> 
     scope = exceeded_scope(budget, project, estimate)
     room = budget.remaining
     if project.max_budget is not None:
-        room = min(room, project.max_budget - project.current_spend)
+        room = min(room, project.max_budget - project.current_spend - project.held)
     reason = None
     if scope == "user":
         left = decimal_text(max(budget.remaining, Decimal(0)))
         reason = f"user {budget.user_id!r} has ${left} left of ${decimal_text(budget.total_budget)}"
     elif scope == "project" and project.max_budget is not None:
-        left = decimal_text(max(project.max_budget - project.current_spend, Decimal(0)))
+        left = decimal_text(max(project.max_budget - project.current_spend - project.held, Decimal(0)))
         reason = f"project {project.name!r} has ${left} left of its max_budget ${decimal_text(project.max_budget)}"
     return Verdict(scope=scope, reason=reason, room=room)
 
 
+@retry_on_conflict
 def cost_record(
     *, project: Project, user_id: str, usage: Usage, cost: Any = None, source: str,
     idempotency_key: str | None = None, fingerprint: str = "", enforce: bool = False,
@@ -81,7 +86,9 @@ def cost_record(
 
     `cost` None prices the usage from the price table (UnknownModel if the model has no price).
     With an idempotency key, a retry returns the first event and records nothing.
-    With `enforce`, a call that a used-up budget has no room for raises BudgetExceeded instead.
+    With `enforce`, a call that the user's or the project's remaining budget (after open holds)
+    has no room for raises BudgetExceeded instead (levels_admit, as reservations do).
+    Locks: the project row first, then the user's (one order everywhere; see services.admission).
     """
     model = validate_model(usage.model)
     # Rounded once to the stored 12 places, so the ledger, the spend and the answer agree.
@@ -90,22 +97,14 @@ def cost_record(
         raise InvalidInput("Idempotency-Key must be 1 to 255 characters")
 
     with transaction.atomic():
+        lock_project(project)
         budget = ensure_current_period(project, user_id=user_id)
         if idempotency_key:
             replay = _replay(project, idempotency_key, fingerprint, budget)
             if replay is not None:
                 return replay
         if enforce:
-            # Lock the row so concurrent enforced calls see each other's spend.
-            budget = UserBudget.objects.select_for_update().get(pk=budget.pk)
-            project.refresh_from_db(fields=["current_spend", "max_budget"])
-            scope = exceeded_scope(budget, project, amount)
-            if scope is not None:
-                raise BudgetExceeded(
-                    f"the {scope} budget has no room for ${amount} "
-                    f"({'user ' + repr(user_id) if scope == 'user' else 'project ' + repr(project.name)})",
-                    scope=scope,
-                )
+            levels_admit(levels_of(project, budget), amount)
         event_fields = {
             "project": project, "budget_id": budget.pk, "user_id": user_id, "model": model,
             "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
@@ -124,7 +123,7 @@ def cost_record(
         _add_spend(project=project, budget=budget, model=model, amount=amount, usage=usage)
         budget.refresh_from_db()
         # period_start too: alerts are once per period, and a sweep may have just started a new one.
-        project.refresh_from_db(fields=["current_spend", "period_start"])
+        project.refresh_from_db(fields=["current_spend", "held", "period_start"])
         budget.project = project
         alerts.spend_recorded(project=project, budget=budget, amount=amount)
         return CostRecorded(event=event, budget=budget, created=True, exceeded=exceeded_scope(budget, project))
@@ -142,6 +141,7 @@ def _replay(project: Project, key: str, fingerprint: str, budget: UserBudget) ->
 def _add_spend(*, project: Project, budget: UserBudget, model: str, amount: Decimal, usage: Usage) -> None:
     """Increment spend with F(): concurrent calls add up, none is lost."""
     at = utcnow()
+    Project.objects.filter(pk=project.pk).update(current_spend=F("current_spend") + money(amount))
     UserBudget.objects.filter(pk=budget.pk).update(current_spend=F("current_spend") + money(amount), updated_at=at)
     increments = {
         "spend": F("spend") + money(amount),
@@ -157,9 +157,9 @@ def _add_spend(*, project: Project, budget: UserBudget, model: str, amount: Deci
                 )
         except IntegrityError:
             ModelSpend.objects.filter(budget_id=budget.pk, model=model).update(**increments)
-    Project.objects.filter(pk=project.pk).update(current_spend=F("current_spend") + money(amount))
 
 
+@retry_on_conflict
 def cost_record_answered(
     *, answer: Callable[[CostRecorded], str], status: int = 201, **kwargs: Any,
 ) -> tuple[CostRecorded, str]:

@@ -1,0 +1,206 @@
+"""Reservations: hold a call's worst case (reserve), record its real cost once (settle), give it back.
+
+A hold is added to the user's and the project's `held` with F() in the same transaction that
+creates the reservation, and taken off in the transaction that settles, releases or expires
+it, so remaining = budget − spend − held is one row read. Locks: the project row first,
+then the reservation, then the user's budget (services.admission).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import F, OuterRef, Subquery, Sum
+from django.utils.timezone import now as utcnow
+
+from ..errors import Conflict, IdempotencyConflict, InvalidInput, NotFound
+from ..fields import MoneyField, money
+from ..models import Project, Reservation, UserBudget
+from ..money import stored
+from ..usage import Usage
+from .admission import Level, atomic_retried, levels_admit, levels_of, levels_unhold, lock_project
+from .costs import CostRecorded, cost_record
+from .resets import ensure_current_period
+
+DEFAULT_TTL_SECONDS = 600
+MAX_TTL_SECONDS = 86400
+EXPIRE_BATCH_SIZE = 500
+Status = Reservation.Status
+
+
+def _levels(project: Project, reservation: Reservation) -> list[Level]:
+    """The rows holding this reservation's amount, in lock order (the budget may have been deleted)."""
+    levels = [Level("project", f"project {project.name!r}", Project, project.pk, "max_budget")]
+    if reservation.budget_id is not None:
+        levels.append(Level("user", f"user {reservation.user_id!r}", UserBudget, reservation.budget_id,
+                            "total_budget"))
+    return levels
+
+
+def _expire_locked(project_id: int, *, at: datetime, user_id: str | None = None,
+                   batch_size: int = EXPIRE_BATCH_SIZE) -> int:
+    """Expire open reservations past their time, set-based; the caller holds the project's lock."""
+    total = 0
+    while True:
+        due = Reservation.objects.filter(project_id=project_id, status=Status.OPEN, expires_at__lte=at)
+        if user_id is not None:
+            due = due.filter(user_id=user_id)
+        ids = list(due.order_by("pk").select_for_update(skip_locked=True).values_list("pk", flat=True)[:batch_size])
+        if not ids:
+            return total
+        batch = Reservation.objects.filter(pk__in=ids)
+        held = batch.aggregate(total=Sum("amount", output_field=MoneyField()))["total"] or Decimal(0)
+        per_budget = (
+            Reservation.objects.filter(pk__in=ids, budget=OuterRef("pk"))
+            .values("budget").annotate(total=Sum("amount")).values("total")
+        )
+        Project.objects.filter(pk=project_id).update(held=F("held") - money(held))
+        UserBudget.objects.filter(pk__in=batch.exclude(budget=None).values("budget")).update(
+            held=F("held") - Subquery(per_budget, output_field=MoneyField()))
+        batch.update(status=Status.EXPIRED)
+        total += len(ids)
+        if len(ids) < batch_size:
+            return total
+
+
+def reservations_expire(*, at: datetime | None = None, batch_size: int = EXPIRE_BATCH_SIZE) -> int:
+    """The sweep: release every hold past its expiry, one project at a time; returns how many."""
+    at = at or utcnow()
+    project_ids = (
+        Reservation.objects.filter(status=Status.OPEN, expires_at__lte=at)
+        .values_list("project_id", flat=True).distinct()
+    )
+    total = 0
+    for project_id in list(project_ids):
+        total += _expire_project(project_id, at=at, batch_size=batch_size)
+    return total
+
+
+@atomic_retried
+def _expire_project(project_id: int, *, at: datetime, batch_size: int) -> int:
+    Project.objects.select_for_update(no_key=True).filter(pk=project_id).values_list("pk").first()
+    return _expire_locked(project_id, at=at, batch_size=batch_size)
+
+
+def _validate(amount: Decimal, ttl_seconds: Any, idempotency_key: str | None) -> None:
+    if amount <= 0:
+        raise InvalidInput("a reservation holds more than $0: give a positive estimated_cost or max_tokens")
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
+        raise InvalidInput(f"ttl_seconds must be a whole number from 1 to {MAX_TTL_SECONDS}")
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= 255:
+        raise InvalidInput("Idempotency-Key must be 1 to 255 characters")
+
+
+@atomic_retried
+def reservation_create(
+    *, project: Project, user_id: str, amount: Decimal, model: str | None = None,
+    ttl_seconds: int = DEFAULT_TTL_SECONDS, idempotency_key: str | None = None, fingerprint: str = "",
+    answer: Callable[[Reservation], str],
+) -> tuple[Reservation, str, bool]:
+    """Hold `amount` against the user's and the project's remaining budget, or BudgetExceeded.
+
+    Returns (reservation, answer body, created). With an Idempotency-Key, a retry with the same
+    request gets the first answer back (created False); a different request with it is a conflict.
+    """
+    amount = stored(amount)
+    _validate(amount, ttl_seconds, idempotency_key)
+    lock_project(project)
+    budget = ensure_current_period(project, user_id=user_id)
+    if idempotency_key:
+        first = Reservation.objects.filter(project=project, idempotency_key=idempotency_key).first()
+        if first is not None:
+            if first.request_fingerprint != fingerprint:
+                raise IdempotencyConflict("this Idempotency-Key was used with a different request")
+            return first, first.response["body"], False
+    at = utcnow()
+    _expire_locked(project.pk, at=at, user_id=user_id)  # lazily: this user's stale holds give room back
+    levels_admit(levels_of(project, budget), amount, hold=True)
+    reservation = Reservation.objects.create(
+        project=project, budget=budget, user_id=user_id, model=model, amount=amount, status=Status.OPEN,
+        expires_at=at + timedelta(seconds=ttl_seconds), created_at=at, idempotency_key=idempotency_key or None,
+        request_fingerprint=fingerprint,
+    )
+    body = answer(reservation)
+    Reservation.objects.filter(pk=reservation.pk).update(response={"status": 201, "body": body})
+    return reservation, body, True
+
+
+def _locked(project: Project, reservation_id: int) -> Reservation:
+    reservation = Reservation.objects.select_for_update(no_key=True).filter(project=project, pk=reservation_id).first()
+    if reservation is None:
+        raise NotFound(f"no reservation {reservation_id} in project {project.name!r}")
+    return reservation
+
+
+@dataclass(frozen=True)
+class Settled:
+    reservation: Reservation
+    recorded: CostRecorded | None  # None for a retried settle: nothing new was recorded
+    body: str
+
+
+@atomic_retried
+def reservation_settle(
+    *, project: Project, reservation_id: int, usage: Usage, cost: Any = None, source: str,
+    answer: Callable[[Reservation, CostRecorded], str],
+) -> Settled:
+    """Record the call's real cost in the ledger once and give the hold back.
+
+    More than was held is recorded anyway (spend is a fact; the answer says over_hold).
+    A retried settle answers as the first did and records nothing. Released or expired: Conflict.
+    """
+    lock_project(project)
+    reservation = _locked(project, reservation_id)
+    if reservation.status == Status.SETTLED:
+        return Settled(reservation, None, reservation.settle_response["body"])
+    if reservation.status == Status.OPEN and reservation.expires_at <= utcnow():
+        raise Conflict(f"reservation {reservation_id} expired at {reservation.expires_at.isoformat()}; "
+                       "record the cost with POST /users/{user}/costs")
+    if reservation.status != Status.OPEN:
+        raise Conflict(f"reservation {reservation_id} is {reservation.status}; it cannot be settled")
+    levels_unhold(_levels(project, reservation), reservation.amount)
+    recorded = cost_record(project=project, user_id=reservation.user_id, usage=usage, cost=cost, source=source)
+    at = utcnow()
+    Reservation.objects.filter(pk=reservation.pk).update(
+        status=Status.SETTLED, settled_at=at, event=recorded.event, settled_cost=recorded.event.cost)
+    reservation.refresh_from_db()
+    body = answer(reservation, recorded)
+    Reservation.objects.filter(pk=reservation.pk).update(settle_response={"status": 200, "body": body})
+    return Settled(reservation, recorded, body)
+
+
+@atomic_retried
+def reservation_release(*, project: Project, reservation_id: int) -> Reservation:
+    """Cancel a reservation and give its hold back; releasing again (or an expired one) changes nothing."""
+    lock_project(project)
+    reservation = _locked(project, reservation_id)
+    if reservation.status == Status.SETTLED:
+        raise Conflict(f"reservation {reservation_id} is settled; its cost is in the ledger")
+    if reservation.status == Status.OPEN:
+        levels_unhold(_levels(project, reservation), reservation.amount)
+        Reservation.objects.filter(pk=reservation.pk).update(status=Status.RELEASED, settled_at=utcnow())
+        reservation.refresh_from_db()
+    return reservation
+
+
+def reservation_get(*, project: Project, reservation_id: int) -> Reservation:
+    """One reservation of the project; its user's expired holds are released first (lazily)."""
+    reservation = Reservation.objects.filter(project=project, pk=reservation_id).first()
+    if reservation is None:
+        raise NotFound(f"no reservation {reservation_id} in project {project.name!r}")
+    if reservation.status == Status.OPEN and reservation.expires_at <= utcnow():
+        reservations_expire_user(project=project, user_id=reservation.user_id)
+        reservation.refresh_from_db()
+    return reservation
+
+
+@atomic_retried
+def reservations_expire_user(*, project: Project, user_id: str) -> int:
+    lock_project(project)
+    return _expire_locked(project.pk, at=utcnow(), user_id=user_id)
+
+
