@@ -511,3 +511,40 @@ def test_a_late_create_budget_save_does_not_reset_spend_recorded_after_it(hosted
     assert spend_of("alice") == (Decimal("0.7"), {"gpt-4o": Decimal("0.7")})
     assert sum(CostEvent.objects.values_list("cost", flat=True)) == Decimal("0.7")
     assert not AuditLog.objects.filter(action="budget_reset_hosted").exists()
+
+
+def test_a_user_dict_over_1_mib_is_merged(hosted, project):
+    user_dict = {f"user-{n:05d}": record(10, duration=1, current_cost=0.001, model_cost={"gpt-4o-mini": 0.001})
+                 for n in range(8000)}
+    assert len(json.dumps(user_dict)) > 1024 * 1024  # the native API's limit
+
+    response = hosted.set(user_dict)
+
+    assert response.status_code == 200, response.content
+    assert UserBudget.objects.count() == 8000
+    project.refresh_from_db()
+    assert project.current_spend == Decimal("8")
+    assert CostEvent.objects.filter(source="hosted").count() == 8000
+    assert AuditLog.objects.filter(action="budget_create").count() == 8000
+    assert len(body_of(hosted.get())["data"]) == 8000
+
+
+def test_a_body_over_hosted_max_body_bytes_is_413_in_the_hosted_shape(hosted, settings):
+    settings.HOSTED_MAX_BODY_BYTES = 1000
+
+    response = hosted.set({f"user-{n}": record() for n in range(100)})
+
+    assert response.status_code == 413
+    assert body_of(response)["status"] == "error" and "HOSTED_MAX_BODY_BYTES" in body_of(response)["message"]
+    assert not UserBudget.objects.exists()
+
+
+def test_alerts_are_written_for_thresholds_a_merge_crosses(hosted, project):
+    from budgets.models import Alert
+
+    hosted.set({"alice": record(1, current_cost=0.5, model_cost={"gpt-4o": 0.5}), "bob": record(100)})
+    hosted.set({"alice": record(1, current_cost=0.9, model_cost={"gpt-4o": 0.9}),
+                "bob": record(100, current_cost=0.1, model_cost={"gpt-4o": 0.1})})
+
+    alerts = list(Alert.objects.values_list("scope", "user_id", "threshold"))
+    assert alerts == [("user", "alice", 80)]

@@ -43,10 +43,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, JSONField
 from django.db.models.functions import Greatest
 from django.utils.timezone import now as utcnow
 
@@ -316,7 +317,7 @@ BUDGET_COLUMNS = (
 
 
 def _budget_rows(project: Project, users: Sequence[str], *, lock: bool = False) -> dict[str, UserBudget]:
-    """The project's budgets of these users, as unsaved-looking instances built from one values() read."""
+    """The project's budgets of these users from one values() read: locked, as models; else as BudgetRows."""
     rows: dict[str, UserBudget] = {}
     # Chunked IN lookups (SQLite caps parameters); a big dict is most of the project: read it whole.
     whole = not lock and len(users) > LOOKUP_BATCH
@@ -328,11 +329,28 @@ def _budget_rows(project: Project, users: Sequence[str], *, lock: bool = False) 
             queryset = queryset.filter(user_id__in=chunk)
         if lock:
             queryset = queryset.select_for_update().order_by("id")
-        for values in queryset.values_list(*BUDGET_COLUMNS):
+        for values in queryset.values_list(*(BUDGET_COLUMNS if lock else BudgetRow._fields)):
+            if not lock:  # only compared (_may_change): a tuple is ten times cheaper than a model
+                row = BudgetRow(*values)
+                if wanted is None or row.user_id in wanted:
+                    rows[row.user_id] = row  # type: ignore[assignment]
+                continue
             budget = UserBudget(project_id=project.pk, **dict(zip(BUDGET_COLUMNS, values, strict=True)))
-            if wanted is None or budget.user_id in wanted:
-                rows[budget.user_id] = budget
+            rows[budget.user_id] = budget
     return rows
+
+
+class BudgetRow(NamedTuple):
+    """What _may_change compares: no more columns (each datetime read costs as much as a JSON one)."""
+
+    id: int
+    user_id: str
+    total_budget: Decimal
+    duration: str
+    duration_days: int | None
+    period_start: datetime
+    hosted_model_cost: Any
+    hosted_period_start: datetime | None
 
 
 def _wanted_settings(record: ClientRecord) -> tuple[str, int | None]:
@@ -380,7 +398,10 @@ def hosted_budget_set(*, project: Project, user_dict: Any, actor: str) -> MergeR
         budgets.update(created)
         result.updated = _update_budgets(project, budgets, records, at, actor, audits)
         _merge_spend(project, budgets, records, at, actor, audits, result)
-        write_audits(audits)
+        if connection.vendor == "postgresql":
+            _insert_rows(AuditLog, audits)
+        else:
+            write_audits(audits)
     return result
 
 
@@ -426,8 +447,18 @@ def _create_budgets(
             created_at=anchor, updated_at=at,
         ))
     # A native budget_set may create the same user meanwhile (it does not take the project lock).
-    UserBudget.objects.bulk_create(new, batch_size=WRITE_BATCH, ignore_conflicts=True)
-    created = _budget_rows(project, users, lock=True)
+    inserted = _insert_rows(UserBudget, new, conflicts="project_id, user_id")
+    if connection.vendor == "postgresql":
+        ours = {user_id: pk for pk, _, user_id in inserted}
+        created = {}
+        for budget in new:
+            if budget.user_id in ours:
+                budget.pk = ours[budget.user_id]
+                created[budget.user_id] = budget
+        # Created meanwhile by someone else: merged as existing budgets.
+        created.update(_budget_rows(project, [u for u in users if u not in ours], lock=True))
+    else:
+        created = _budget_rows(project, users, lock=True)
     for budget in created.values():
         if budget.updated_at == at:  # ours (a concurrent create has another timestamp)
             audits.append(AuditLog(project_id=project.pk, budget_id=budget.pk, user_id=budget.user_id,
@@ -495,7 +526,7 @@ def _merge_spend(
             result.reset += 1
     if not merges:
         return
-    CostEvent.objects.bulk_create(events, batch_size=WRITE_BATCH)
+    _insert_rows(CostEvent, events)
     result.recorded = len(events)
     _apply_spend(project, merges, at)
     _alert(project, merges)
@@ -541,44 +572,34 @@ def _model_deltas(merge: Merge) -> dict[str, Decimal]:
 
 
 def _pg_update_budgets(rows: list[tuple[int, Decimal, dict, datetime]], at: datetime) -> None:
-    table = UserBudget._meta.db_table
-    for batch in _chunks(rows, WRITE_BATCH):
-        values = ", ".join(["(%s::bigint, %s::numeric, %s::jsonb, %s::timestamptz)"] * len(batch))
-        params: list[Any] = []
-        for budget_id, delta, baseline, period_start in batch:
-            params += [budget_id, delta, json.dumps(baseline), period_start]
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {table} AS b SET current_spend = GREATEST(b.current_spend + v.delta, 0), "
-                "hosted_model_cost = v.baseline, hosted_period_start = v.period_start, "
-                "updated_at = CASE WHEN v.delta <> 0 THEN %s ELSE b.updated_at END "
-                f"FROM (VALUES {values}) AS v(id, delta, baseline, period_start) WHERE b.id = v.id",
-                [at, *params],
-            )
+    stage = _pg_stage("id bigint, delta numeric, baseline jsonb, period_start timestamptz",
+                      ((pk, delta, json.dumps(baseline), start) for pk, delta, baseline, start in rows))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {UserBudget._meta.db_table} AS b SET current_spend = GREATEST(b.current_spend + v.delta, 0), "
+            "hosted_model_cost = v.baseline, hosted_period_start = v.period_start, "
+            "updated_at = CASE WHEN v.delta <> 0 THEN %s ELSE b.updated_at END "
+            f"FROM {stage} AS v WHERE b.id = v.id",
+            [at],
+        )
 
 
 def _pg_upsert_model_spend(deltas: list[tuple[int, str, Decimal]]) -> None:
+    if not deltas:
+        return
     table = ModelSpend._meta.db_table
-    growth = [d for d in deltas if d[2] > 0]
-    # What a reset takes away was added to that row in this period: the row is there (GREATEST for safety).
-    removals = [d for d in deltas if d[2] < 0]
-    for batch in _chunks(growth, WRITE_BATCH):
-        values = ", ".join(["(%s::bigint, %s, %s::numeric, 0, 0)"] * len(batch))
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {table} AS ms (budget_id, model, spend, prompt_tokens, completion_tokens) "
-                f"VALUES {values} ON CONFLICT (budget_id, model) DO UPDATE SET spend = ms.spend + EXCLUDED.spend",
-                [p for row in batch for p in row],
-            )
-    for batch in _chunks(removals, WRITE_BATCH):
-        values = ", ".join(["(%s::bigint, %s, %s::numeric)"] * len(batch))
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {table} AS ms SET spend = GREATEST(ms.spend + v.delta, 0) "
-                f"FROM (VALUES {values}) AS v(budget_id, model, delta) "
-                "WHERE ms.budget_id = v.budget_id AND ms.model = v.model",
-                [p for row in batch for p in row],
-            )
+    stage = _pg_stage("budget_id bigint, model text, delta numeric", deltas)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} AS ms (budget_id, model, spend, prompt_tokens, completion_tokens) "
+            f"SELECT budget_id, model, delta, 0, 0 FROM {stage} WHERE delta > 0 ORDER BY budget_id, model "
+            "ON CONFLICT (budget_id, model) DO UPDATE SET spend = ms.spend + EXCLUDED.spend"
+        )
+        # What a reset takes away was added to that row in this period: the row is there.
+        cursor.execute(
+            f"UPDATE {table} AS ms SET spend = GREATEST(ms.spend + v.delta, 0) FROM {stage} AS v "
+            "WHERE v.delta < 0 AND ms.budget_id = v.budget_id AND ms.model = v.model"
+        )
 
 
 def _alert(project: Project, merges: dict[int, tuple[UserBudget, Merge]]) -> None:
@@ -612,22 +633,77 @@ def _without_cap(project: Project) -> Project:
     return copy
 
 
+# --- PostgreSQL: thousands of rows through COPY, not thousands of query parameters ---------------
+
+_stage_count = 0
+
+
+def _pg_stage(columns: str, rows: Iterable[Sequence[Any]]) -> str:
+    """A temporary table with `columns` ("name type, ..."), filled with COPY; dropped at commit."""
+    global _stage_count
+    _stage_count += 1
+    name = f"hosted_stage_{_stage_count}"
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TEMPORARY TABLE {name} ({columns}) ON COMMIT DROP")
+        with cursor.cursor.copy(f"COPY {name} FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    return name
+
+
+def _insert_rows(model: type[Any], objs: list[Any], *, conflicts: str = "") -> list[tuple]:
+    """bulk_create through COPY on PostgreSQL (every concrete field, as Django prepares it for saving).
+
+    With `conflicts` (the unique columns) rows that conflict are skipped, and (id, *conflicts) of
+    the inserted rows are returned.
+    """
+    if not objs:
+        return []
+    if connection.vendor != "postgresql":
+        model.objects.bulk_create(objs, batch_size=WRITE_BATCH, ignore_conflicts=bool(conflicts))
+        return []
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in fields)
+    table = quote(model._meta.db_table)
+    # Django's get_db_prep_save per value costs more than the rest of the insert: the columns
+    # here are plain values for psycopg, but JSON, which COPY takes as its text.
+    json_fields = {f.attname for f in fields if isinstance(f, JSONField)}
+    rows = ([_json_text(getattr(obj, f.attname)) if f.attname in json_fields else getattr(obj, f.attname)
+             for f in fields] for obj in objs)
+    with connection.cursor() as cursor:
+        if not conflicts:
+            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            return []
+        stage = f"hosted_stage_{model._meta.model_name}"
+        cursor.execute(f"CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {columns} FROM {table} WITH NO DATA")
+        with cursor.cursor.copy(f"COPY {stage} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cursor.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {stage} "
+                       f"ON CONFLICT ({conflicts}) DO NOTHING RETURNING id, {conflicts}")
+        inserted = cursor.fetchall()
+        cursor.execute(f"DROP TABLE {stage}")
+        return inserted
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, cls=DjangoJSONEncoder)
+
+
 def _write_baselines(rows: list[tuple[int, dict[str, Any], datetime]]) -> None:
     if not rows:
         return
     if connection.vendor == "postgresql":
-        table = UserBudget._meta.db_table
-        for batch in _chunks(rows, WRITE_BATCH):
-            values = ", ".join(["(%s::bigint, %s::jsonb, %s::timestamptz)"] * len(batch))
-            params: list[Any] = []
-            for budget_id, baseline, period_start in batch:
-                params += [budget_id, json.dumps(baseline), period_start]
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    f"UPDATE {table} AS b SET hosted_model_cost = v.baseline, hosted_period_start = v.period_start "
-                    f"FROM (VALUES {values}) AS v(id, baseline, period_start) WHERE b.id = v.id",
-                    params,
-                )
+        stage = _pg_stage("id bigint, baseline jsonb, period_start timestamptz",
+                          ((pk, json.dumps(baseline), start) for pk, baseline, start in rows))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {UserBudget._meta.db_table} AS b SET hosted_model_cost = v.baseline, "
+                f"hosted_period_start = v.period_start FROM {stage} AS v WHERE b.id = v.id"
+            )
         return
     for budget_id, baseline, period_start in rows:
         UserBudget.objects.filter(pk=budget_id).update(hosted_model_cost=baseline, hosted_period_start=period_start)
