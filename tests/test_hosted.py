@@ -523,7 +523,7 @@ def test_a_user_dict_over_1_mib_is_merged(hosted, project):
     assert response.status_code == 200, response.content
     assert UserBudget.objects.count() == 8000
     project.refresh_from_db()
-    assert project.current_spend == Decimal("8")
+    assert project.current_spend == Decimal(8)
     assert CostEvent.objects.filter(source="hosted").count() == 8000
     assert AuditLog.objects.filter(action="budget_create").count() == 8000
     assert len(body_of(hosted.get())["data"]) == 8000

@@ -29,10 +29,14 @@ the same text):
 - A record with neither `current_cost` nor `model_cost` (what the client's
   create_budget sends) says nothing about spend: only the budget is set.
 
+Two processes of one project each send their own counts: the highest per model is
+kept, so the other's growth is lost. That protocol is safe for one process; the
+native API and the Python client record each call.
+
 Set-based: the dict is parsed and compared with one unlocked read of the project's
 budgets; only users whose record may change something are re-read under the locks
-(the project row first, then the budget rows, as everywhere) and written with a few
-bulk statements.
+(the project's advisory lock, then budget rows, then the project row is updated:
+see _serialize) and written with a few bulk statements.
 """
 
 from __future__ import annotations
@@ -275,7 +279,7 @@ def merge_record(record: ClientRecord, baseline: Baseline, *, same_period: bool)
 def hosted_budget_get(*, project: Project) -> dict[str, dict[str, Any]]:
     """Every user's record (money as Decimal); each user's baseline becomes what was served.
 
-    Under the project lock: a merge must not record growth between the read and the new baselines.
+    Under the project's hosted lock: a merge must not record growth between the read and the new baselines.
     """
     reset_due_budgets(project=project)
     with transaction.atomic():
