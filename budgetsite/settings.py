@@ -193,6 +193,9 @@ CRISPY_TEMPLATE_PACK = "bootstrap5"
 
 # Request bodies over 1 MiB are refused (the API answers 413).
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+# LiteLLM's hosted client sends its whole user_dict in every save (~170 bytes a user): its two
+# endpoints read the body themselves, up to this (64 MiB: some 100,000 users and room to spare).
+HOSTED_MAX_BODY_BYTES = env_int("HOSTED_MAX_BODY_BYTES", 64 * 1024 * 1024)
 
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:

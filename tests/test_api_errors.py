@@ -90,18 +90,28 @@ def test_nul_in_the_url_is_refused(api, path):
     assert_error(api.get(path), 400, "validation_error")
 
 
-@pytest.mark.parametrize(("method", "path"), [*WRITES, ("post", "/get_budget"), ("post", "/set_budget")])
+# The hosted endpoints have their own limit, HOSTED_MAX_BODY_BYTES (tests/test_hosted.py).
+@pytest.mark.parametrize(("method", "path"), WRITES)
 def test_a_body_over_one_mib_is_413_and_writes_nothing(api, method, path):
     before = db_state()
     raw = '{"model": "x", "cost": 1, "pad": "' + "x" * ONE_MIB + '"}'
 
     response = api.call(method, path, raw=raw)
 
+    assert_error(response, 413, "payload_too_large")
+    assert db_state() == before
+
+
+@pytest.mark.parametrize("path", ["/get_budget", "/set_budget"])
+def test_a_hosted_body_over_hosted_max_body_bytes_is_413_and_writes_nothing(api, settings, path):
+    settings.HOSTED_MAX_BODY_BYTES = ONE_MIB
+    before = db_state()
+    raw = '{"model": "x", "cost": 1, "pad": "' + "x" * ONE_MIB + '"}'
+
+    response = api.call("post", path, raw=raw)
+
     assert response.status_code == 413
-    if path.startswith("/api/"):
-        assert_error(response, 413, "payload_too_large")
-    else:
-        assert body_of(response)["status"] == "error"
+    assert body_of(response)["status"] == "error"
     assert db_state() == before
 
 

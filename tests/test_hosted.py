@@ -14,7 +14,7 @@ from django.urls import resolve
 
 from budgets import services
 from budgets.models import AuditLog, BudgetPeriod, CostEvent, ModelSpend, UserBudget
-from budgets.services import costs
+from budgets.services import hosted as hosted_service
 from budgets.usage import Usage
 from tests.api_helpers import body_of, db_state, new_key
 
@@ -48,9 +48,10 @@ def hosted(project):
 
 def record(total=10.0, duration=None, current_cost=None, model_cost=None, **extra):
     """A user's record as the client keeps it."""
-    rec = {"total_budget": total, **extra}
+    rec = {"total_budget": total}
     if duration is not None:
         rec.update(duration=duration, created_at=1700000000.0, last_updated_at=1700000000.0)
+    rec.update(extra)
     if current_cost is not None:
         rec["current_cost"] = current_cost
     if model_cost is not None:
@@ -350,16 +351,42 @@ def test_a_value_echoed_back_with_float_rounding_is_neither_growth_nor_a_reset(h
     assert db_state() == before
 
 
-def test_a_lower_cost_is_the_clients_reset_audited_then_counted_from_zero(hosted, project):
+def test_a_lower_cost_without_evidence_of_a_reset_is_an_out_of_order_save_and_ignored(hosted, project):
+    # The client saves from a new thread after each change: an older save can land after a newer one.
     hosted.set({"alice": record(duration=28, current_cost=0.5, model_cost={"gpt-4o": 0.5})})
     native(project, "1")
+    before = db_state()
 
     hosted.set({"alice": record(duration=28, current_cost=0.2, model_cost={"gpt-4o": 0.2})})
 
-    assert spend_of() == (Decimal("0.2"), {"gpt-4o": Decimal("0.2")})
+    assert db_state() == before
+    hosted.set({"alice": record(duration=28, current_cost=0.6, model_cost={"gpt-4o": 0.6})})
+    assert spend_of() == (Decimal("1.6"), {"native-model": Decimal(1), "gpt-4o": Decimal("0.6")})
+    assert not AuditLog.objects.filter(action="budget_reset_hosted").exists()
+
+
+def test_a_later_last_updated_at_is_the_clients_reset_which_takes_away_only_hosted_spend(hosted, project):
+    hosted.set({"alice": record(duration=28, current_cost=0.5, model_cost={"gpt-4o": 0.5})})
+    native(project, "1")
+
+    # reset_on_duration: costs to zero, last_updated_at to now; then a call of 0.2.
+    hosted.set({"alice": record(duration=28, current_cost=0.2, model_cost={"gpt-4o": 0.2},
+                                last_updated_at=1700100000.0)})
+
+    assert spend_of() == (Decimal("1.2"), {"native-model": Decimal(1), "gpt-4o": Decimal("0.2")})
     reset = AuditLog.objects.get(action="budget_reset_hosted")
     assert reset.before["current_spend"] == "1.500000000000"
+    assert reset.before["removed"] == {"gpt-4o": "0.500000000000"}
+    assert reset.after["current_spend"] == "1.200000000000"
     assert CostEvent.objects.count() == 3  # the ledger stays
+    assert project.__class__.objects.get().current_spend == Decimal("1.2")
+
+    # The reset's own save, arriving late (same last_updated_at, zero costs), resets nothing more,
+    # and a save from before the reset (earlier last_updated_at) is ignored.
+    before = db_state()
+    hosted.set({"alice": record(duration=28, current_cost=0, model_cost={}, last_updated_at=1700100000.0)})
+    hosted.set({"alice": record(duration=28, current_cost=0.9, model_cost={"gpt-4o": 0.9})})
+    assert db_state() == before
 
 
 def test_an_emptied_model_cost_is_the_clients_reset(hosted):
@@ -381,17 +408,21 @@ def test_a_user_the_client_never_saw_spend_for_is_not_reset_by_a_zero(hosted, pr
     assert not AuditLog.objects.filter(action="budget_reset_hosted").exists()
 
 
-def test_create_budget_again_on_the_client_resets_the_user_with_its_next_spend(hosted, project):
+def test_create_budget_again_on_the_client_is_not_a_reset_without_evidence(hosted, project):
     hosted.set({"alice": record(10, current_cost=0.5, model_cost={"gpt-4o": 0.5})})
 
     hosted.set({"alice": record(20)})  # the client's create_budget replaces the whole record
     budget = UserBudget.objects.get()
     assert (budget.total_budget, budget.current_spend) == (Decimal(20), Decimal("0.5"))
 
-    hosted.set({"alice": record(20, current_cost=0.1, model_cost={"gpt-4o": 0.1})})  # counted from zero
+    # Its next saves look like out-of-order ones: spend stays until the client's count passes it.
+    hosted.set({"alice": record(20, current_cost=0.1, model_cost={"gpt-4o": 0.1})})
     budget.refresh_from_db()
-    assert budget.current_spend == Decimal("0.1")
-    assert AuditLog.objects.filter(action="budget_reset_hosted").count() == 1
+    assert budget.current_spend == Decimal("0.5")
+    hosted.set({"alice": record(20, current_cost=0.7, model_cost={"gpt-4o": 0.7})})
+    budget.refresh_from_db()
+    assert budget.current_spend == Decimal("0.7")
+    assert not AuditLog.objects.filter(action="budget_reset_hosted").exists()
 
 
 def test_after_the_servers_own_period_reset_a_client_reset_resets_nothing_more(hosted, project, time_machine):
@@ -400,8 +431,9 @@ def test_after_the_servers_own_period_reset_a_client_reset_resets_nothing_more(h
     time_machine.move_to(datetime(2030, 1, 2, 0, 5, tzinfo=UTC))
     native(project, "1")  # in the new day, after the server reset the period
 
-    # The client's own reset_on_duration, then a new call of 0.1.
-    hosted.set({"alice": record(duration=1, current_cost=0.1, model_cost={"gpt-4o": 0.1})})
+    # The client's own reset_on_duration (last_updated_at moves to now), then a new call of 0.1.
+    hosted.set({"alice": record(duration=1, current_cost=0.1, model_cost={"gpt-4o": 0.1},
+                                last_updated_at=1893542700.0)})
 
     assert spend_of() == (Decimal("1.1"), {"native-model": Decimal(1), "gpt-4o": Decimal("0.1")})
     assert not AuditLog.objects.filter(action="budget_reset_hosted").exists()
@@ -421,14 +453,13 @@ def test_after_the_servers_period_reset_client_growth_still_counts(hosted, time_
 def test_a_failure_part_way_through_rolls_back_the_whole_dict(hosted, monkeypatch):
     hosted.set({"alice": record(), "bob": record()})
     before = db_state()
-    real = costs.cost_record
+    real = hosted_service._apply_spend
 
-    def fail_for_bob(**kwargs):
-        if kwargs["user_id"] == "bob":
-            raise OverflowError("too large for the column")
-        return real(**kwargs)
+    def fail_after_writing(*args, **kwargs):
+        real(*args, **kwargs)  # budgets, ledger events and spend written: then the last step fails
+        raise OverflowError("too large for the column")
 
-    monkeypatch.setattr(costs, "cost_record", fail_for_bob)
+    monkeypatch.setattr(hosted_service, "_apply_spend", fail_after_writing)
 
     response = hosted.set({"alice": record(model_cost={"x": 1.0}), "bob": record(model_cost={"x": 1.0})})
 
@@ -480,3 +511,40 @@ def test_a_late_create_budget_save_does_not_reset_spend_recorded_after_it(hosted
     assert spend_of("alice") == (Decimal("0.7"), {"gpt-4o": Decimal("0.7")})
     assert sum(CostEvent.objects.values_list("cost", flat=True)) == Decimal("0.7")
     assert not AuditLog.objects.filter(action="budget_reset_hosted").exists()
+
+
+def test_a_user_dict_over_1_mib_is_merged(hosted, project):
+    user_dict = {f"user-{n:05d}": record(10, duration=1, current_cost=0.001, model_cost={"gpt-4o-mini": 0.001})
+                 for n in range(8000)}
+    assert len(json.dumps(user_dict)) > 1024 * 1024  # the native API's limit
+
+    response = hosted.set(user_dict)
+
+    assert response.status_code == 200, response.content
+    assert UserBudget.objects.count() == 8000
+    project.refresh_from_db()
+    assert project.current_spend == Decimal(8)
+    assert CostEvent.objects.filter(source="hosted").count() == 8000
+    assert AuditLog.objects.filter(action="budget_create").count() == 8000
+    assert len(body_of(hosted.get())["data"]) == 8000
+
+
+def test_a_body_over_hosted_max_body_bytes_is_413_in_the_hosted_shape(hosted, settings):
+    settings.HOSTED_MAX_BODY_BYTES = 1000
+
+    response = hosted.set({f"user-{n}": record() for n in range(100)})
+
+    assert response.status_code == 413
+    assert body_of(response)["status"] == "error" and "HOSTED_MAX_BODY_BYTES" in body_of(response)["message"]
+    assert not UserBudget.objects.exists()
+
+
+def test_alerts_are_written_for_thresholds_a_merge_crosses(hosted, project):
+    from budgets.models import Alert
+
+    hosted.set({"alice": record(1, current_cost=0.5, model_cost={"gpt-4o": 0.5}), "bob": record(100)})
+    hosted.set({"alice": record(1, current_cost=0.9, model_cost={"gpt-4o": 0.9}),
+                "bob": record(100, current_cost=0.1, model_cost={"gpt-4o": 0.1})})
+
+    alerts = list(Alert.objects.values_list("scope", "user_id", "threshold"))
+    assert alerts == [("user", "alice", 80)]

@@ -6,9 +6,11 @@ what the client sent (its user_dict), and the ledger with the server's spend.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
+import urllib.request
 from decimal import Decimal
 
 import pytest
@@ -69,6 +71,10 @@ def wait_for_saves() -> None:
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and "save_data" in thread.name:
             thread.join(timeout=60)
+
+
+def saves_in_flight() -> int:
+    return sum(1 for thread in threading.enumerate() if "save_data" in thread.name and thread.is_alive())
 
 
 def money(value: float) -> Decimal:
@@ -227,3 +233,48 @@ def test_an_api_base_with_a_trailing_slash_works(litellm, live_server, acme):
     wait_for_saves()
 
     assert UserBudget.objects.get().user_id == "alice"
+
+
+def test_saves_arriving_out_of_order_with_native_spend_going_on_lose_and_double_nothing(litellm, live_server, acme):
+    """The client saves from a new thread after every change; the native API records meanwhile."""
+    project, raw = acme
+    client = manager(litellm, live_server, raw)
+    for user in ("alice", "bob"):
+        client.create_budget(total_budget=1000, user=user, duration="daily")
+        wait_for_saves()
+        client.update_cost(user=user, model="gpt-4o-mini", input_text="first", output_text="call")
+        wait_for_saves()
+
+    native_costs = [Decimal("0.0125")] * 40
+    native_failures: list[object] = []
+
+    def record_natively() -> None:
+        for index, cost in enumerate(native_costs):
+            request = urllib.request.Request(
+                f"{live_server.url}/api/v1/users/{('alice', 'bob')[index % 2]}/costs",
+                data=json.dumps({"model": "native-model", "cost": float(cost)}).encode(),
+                headers={"Authorization": f"Bearer {raw}", "Content-Type": "application/json"}, method="POST",
+            )
+            with urllib.request.urlopen(request, timeout=60) as response:
+                if response.status != 201:
+                    native_failures.append(response.status)
+
+    native = threading.Thread(target=record_natively)
+    native.start()
+    for index in range(100):  # each call starts a save thread; they overlap and land out of order
+        while saves_in_flight() >= 8:  # the test database's connection limit, shared with other runs
+            time.sleep(0.002)
+        client.update_cost(user=("alice", "bob")[index % 2], model="gpt-4o-mini",
+                           input_text=f"question {index}", output_text=f"answer {index}")
+    native.join(timeout=120)
+    wait_for_saves()
+
+    assert not native_failures
+    client_total = sum(money(client.get_current_cost(user)) for user in ("alice", "bob"))
+    project.refresh_from_db()
+    assert abs(project.current_spend - (sum(native_costs) + client_total)) <= Decimal("1e-9")
+    for user in ("alice", "bob"):
+        spend = UserBudget.objects.get(user_id=user).current_spend
+        assert abs(spend - Decimal("0.25") - money(client.get_current_cost(user))) <= Decimal("1e-9")
+        assert abs(hosted_ledger(user) - money(client.get_current_cost(user))) <= Decimal("1e-9")
+    assert not AuditLog.objects.filter(action="budget_reset_hosted").exists()
