@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.paginator import Page, Paginator
 from django.db.models import (
@@ -31,12 +32,14 @@ from django.db.models.lookups import GreaterThanOrEqual
 from django.utils.timezone import now as utcnow
 
 from .. import pricing
+from ..errors import InvalidInput
 from ..fields import MoneyField
 from ..models import (
     Alert,
     ApiKey,
     BudgetPeriod,
     CostEvent,
+    Membership,
     ModelPrice,
     ModelSpend,
     Project,
@@ -70,6 +73,41 @@ def visible_projects(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Project
     if getattr(user, "is_staff", False):
         return Project.objects.all()
     return Project.objects.filter(members=user.pk)
+
+
+def account_by_login(login: str) -> AbstractBaseUser:
+    """An active account by username or email (case-insensitive); InvalidInput if none or several."""
+    login = (login or "").strip()
+    if not login:
+        raise InvalidInput("give a username or an email address")
+    accounts = get_user_model().objects.filter(Q(username__iexact=login) | Q(email__iexact=login), is_active=True)
+    matches = list(accounts[:2])
+    if not matches:
+        raise InvalidInput(f"no account with the username or email {login!r}")
+    if len(matches) > 1:
+        raise InvalidInput(f"several accounts match {login!r}: give the username")
+    return matches[0]
+
+
+def project_contents(project: Project) -> dict[str, int]:
+    """What deleting the project takes with it (for its confirmation page)."""
+    return {
+        "ledger_events": CostEvent.objects.filter(project=project).count(),
+        "budgets": UserBudget.objects.filter(project=project).count(),
+        "api_keys": ApiKey.objects.filter(project=project).count(),
+        "members": Membership.objects.filter(project=project).count(),
+    }
+
+
+def members_of(project: Project) -> list[Membership]:
+    return list(Membership.objects.filter(project=project).select_related("user").order_by("user__username"))
+
+
+def role_in(project: Project, user: AbstractBaseUser | AnonymousUser) -> str | None:
+    """The person's role in the project (None: not a member)."""
+    if not user.is_authenticated:
+        return None
+    return Membership.objects.filter(project=project, user_id=user.pk).values_list("role", flat=True).first()
 
 
 # --- date ranges ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from django.views.decorators.http import require_POST
 from .. import services
 from ..errors import BudgetError
 from ..forms import BudgetForm, CreateBudgetForm, UserSearchForm, plain_amount
-from ..models import Duration, Project, UserBudget
+from ..models import Action, Duration, Project, UserBudget
 from ..selectors import console as selectors
 from . import charts
 from .common import (
@@ -67,7 +67,7 @@ def user_list(request: HttpRequest, project_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def budget_create(request: HttpRequest, project_id: int) -> HttpResponse:
-    project = current_project(request, project_id)
+    project = current_project(request, project_id, Action.CHANGE)
     form = CreateBudgetForm(request.POST)
     if form.is_valid():
         data = form.cleaned_data
@@ -121,7 +121,7 @@ def user_detail(request: HttpRequest, project_id: int, user_id: str) -> HttpResp
 @login_required
 @require_POST
 def budget_edit(request: HttpRequest, project_id: int, user_id: str) -> HttpResponse:
-    project = current_project(request, project_id)
+    project = current_project(request, project_id, Action.CHANGE)
     budget = get_budget_for_project(project, user_id)
     form = BudgetForm(request.POST)
     if form.is_valid():
@@ -143,7 +143,7 @@ def budget_edit(request: HttpRequest, project_id: int, user_id: str) -> HttpResp
 @login_required
 @require_POST
 def budget_reset(request: HttpRequest, project_id: int, user_id: str) -> HttpResponse:
-    project = current_project(request, project_id)
+    project = current_project(request, project_id, Action.CHANGE)
     budget = get_budget_for_project(project, user_id)
     services.budget_reset(budget=budget, actor=actor(request))
     messages.success(request, f"Reset the spend of {budget.user_id} to zero. The ledger keeps every call.")
@@ -153,7 +153,7 @@ def budget_reset(request: HttpRequest, project_id: int, user_id: str) -> HttpRes
 @login_required
 @require_POST
 def budget_delete(request: HttpRequest, project_id: int, user_id: str) -> HttpResponse:
-    project = current_project(request, project_id)
+    project = current_project(request, project_id, Action.CHANGE)
     budget = get_budget_for_project(project, user_id)
     services.budget_delete(budget=budget, actor=actor(request))
     messages.success(request, f"Deleted the budget of {user_id}. Its ledger events stay.")
