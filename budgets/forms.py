@@ -18,7 +18,7 @@ from crispy_forms.layout import Column, Field, Layout, Row
 from django import forms
 from django.core.exceptions import ValidationError
 
-from .models import Duration
+from .models import Duration, Role
 from .selectors.console import DateRange
 
 # A user budget or a project cap above this is almost certainly a typo (and on SQLite
@@ -121,7 +121,14 @@ def timezone_choices() -> list[tuple[str, str]]:
     return [(name, name) for name in sorted(available_timezones() - {"localtime"})]
 
 
+PERIOD_CHOICES = [(v, label) for v, label in Duration.choices if v != Duration.DAYS]
+
+
 class ProjectSettingsForm(forms.Form):
+    name = forms.CharField(label="Name", max_length=200, required=False,
+                           help_text="LiteLLM's project_name; clients that use the old name stop finding it.")
+    duration = forms.ChoiceField(label="Cap resets", choices=PERIOD_CHOICES, required=False,
+                                 help_text="When the project's spend starts again at zero.")
     max_budget = money_field(
         "Project cap (USD)", required=False,
         help_text="Project-wide spend limit; leave empty for no cap. Checks answer “not allowed” once it is reached.",
@@ -131,7 +138,67 @@ class ProjectSettingsForm(forms.Form):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         cast(forms.ChoiceField, self.fields["timezone"]).choices = timezone_choices()
-        self.helper = _helper(Row(Column("max_budget", css_class="col-md-6"), Column("timezone", css_class="col-md-6")))
+        self.helper = _helper(Row(Column("name", css_class="col-md-6"), Column("duration", css_class="col-md-6")),
+                              Row(Column("max_budget", css_class="col-md-6"), Column("timezone", css_class="col-md-6")))
+
+    def changes(self) -> dict[str, Any]:
+        """What to give project_update: a name or period left empty stays as it is."""
+        data = self.cleaned_data
+        changes = {"max_budget": data["max_budget"], "timezone": data["timezone"]}
+        if data.get("name", "").strip():
+            changes["name"] = data["name"].strip()
+        if data.get("duration"):
+            changes["duration"] = data["duration"]
+        return changes
+
+
+class NewProjectForm(ProjectSettingsForm):
+    """A new project: its name is required; the creator becomes its owner."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("initial", {"timezone": "UTC", "duration": Duration.MONTHLY})
+        super().__init__(*args, **kwargs)
+        self.fields["name"].required = True
+        self.fields["name"].help_text = "Also LiteLLM's project_name."
+
+
+class ProjectDeleteForm(forms.Form):
+    confirm = forms.CharField(label="Type the project's name to confirm", max_length=200)
+
+    def __init__(self, *args: Any, project_name: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.project_name = project_name
+        self.helper = _helper("confirm")
+
+    def clean_confirm(self) -> str:
+        typed = self.cleaned_data["confirm"]
+        if typed != self.project_name:
+            raise ValidationError("That is not the project's name: nothing was deleted.")
+        return typed
+
+
+class MemberAddForm(forms.Form):
+    login = forms.CharField(label="Username or email", max_length=254)
+    role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.VIEWER)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.helper = _helper(Row(Column("login", css_class="col-md-8"), Column("role", css_class="col-md-4")))
+
+
+class MemberCreateForm(forms.Form):
+    username = forms.CharField(label="New username", max_length=150)
+    email = forms.EmailField(label="Email", help_text="Receives a one-time link to set a password.")
+    role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.VIEWER)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.helper = _helper(Row(Column("username", css_class="col-md-4"), Column("email", css_class="col-md-5"),
+                                  Column("role", css_class="col-md-3")))
+
+
+class MemberRoleForm(forms.Form):
+    role = forms.ChoiceField(label="Role", choices=Role.choices)
 
 
 class AlertSettingsForm(forms.Form):

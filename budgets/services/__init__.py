@@ -29,8 +29,9 @@ from .costs import (
 )
 from .hosted import hosted_budget_get, hosted_budget_set
 from .keys import api_key_authenticate, api_key_create, api_key_mark_used, api_key_revoke
+from .members import member_add, member_create_account, member_remove, member_set_role
 from .prices import load_price_map, price_save_edited
-from .projects import project_create, project_get_or_create, project_update
+from .projects import project_create, project_delete, project_get_or_create, project_update
 from .resets import (
     RESET_BATCH_SIZE,
     budget_get,
@@ -71,8 +72,13 @@ __all__ = [
     "hosted_budget_get",
     "hosted_budget_set",
     "load_price_map",
+    "member_add",
+    "member_create_account",
+    "member_remove",
+    "member_set_role",
     "price_save_edited",
     "project_create",
+    "project_delete",
     "project_get_or_create",
     "project_refresh",
     "project_update",
