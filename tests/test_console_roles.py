@@ -81,9 +81,16 @@ def _u(name: str, *extra: Callable[[Team], object]) -> Callable[[Team], str]:
     return lambda team: reverse(name, args=[team.project.pk, *(f(team) for f in extra)])
 
 
-ALICE = (lambda team: "alice")
-KEY = (lambda team: team.key.pk)
-EXTRA = (lambda team: team.extra.pk)
+def ALICE(team: Team) -> str:
+    return "alice"
+
+
+def KEY(team: Team) -> int:
+    return team.key.pk
+
+
+def EXTRA(team: Team) -> int:
+    return team.extra.pk
 
 ROUTES = [
     Route("overview", "get", Action.VIEW, _u("project_overview")),
