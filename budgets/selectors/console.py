@@ -37,6 +37,7 @@ from ..fields import MoneyField
 from ..models import (
     Alert,
     ApiKey,
+    AuditLog,
     BudgetPeriod,
     CostEvent,
     Membership,
@@ -444,6 +445,35 @@ def model_by_user(project: Project, rng: DateRange, models: list[str],
         named = sum((result.spend[u][i] for u in top), ZERO)
         result.other[i] = max(totals.get(model, ZERO) - named, ZERO)
     return result
+
+
+# --- history: the audit log and the alerts ---------------------------------------------------
+
+AUDIT_PER_PAGE = 50
+ALERTS_PER_PAGE = 50
+
+
+def audit_page(project: Project, *, user_id: str = "", action: str = "", actor: str = "", page: Any = 1) -> Page:
+    """The project's audit log, newest first, filtered by user id, action and actor (exact matches)."""
+    rows = AuditLog.objects.filter(project=project)
+    if user_id:
+        rows = rows.filter(user_id=user_id)
+    if action:
+        rows = rows.filter(action=action)
+    if actor:
+        rows = rows.filter(actor=actor)
+    return Paginator(rows.order_by("-created_at", "-id"), AUDIT_PER_PAGE).get_page(page)
+
+
+def audit_actions(project: Project) -> list[str]:
+    """The actions that occur in the project's log (the filter's choices)."""
+    return list(AuditLog.objects.filter(project=project).order_by("action").values_list("action", flat=True)
+                .distinct())
+
+
+def alerts_page(project: Project, *, page: Any = 1) -> Page:
+    return Paginator(Alert.objects.filter(project=project).select_related("budget").order_by("-created_at", "-id"),
+                     ALERTS_PER_PAGE).get_page(page)
 
 
 # --- API keys ---------------------------------------------------------------------------------

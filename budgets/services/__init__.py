@@ -41,6 +41,7 @@ from .resets import (
     reset_due_projects,
 )
 from .user_budgets import budget_delete, budget_reset, budget_set
+from .webhook_test import WebhookTest, alert_test_webhook
 
 __all__ = [
     "RESET_BATCH_SIZE",
@@ -49,12 +50,14 @@ __all__ = [
     "SYSTEM_SWEEP",
     "CostRecorded",
     "Verdict",
+    "WebhookTest",
     "actor_for_key",
     "actor_for_manager",
     "actor_for_user",
     "admission_check",
     "alert_deliver",
     "alert_retry",
+    "alert_test_webhook",
     "alerts_requeue",
     "api_key_authenticate",
     "api_key_create",

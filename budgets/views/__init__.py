@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .export import export_csv
+from .history import alert_history, audit_log, webhook_test
 from .keys import key_create, key_list, key_revoke
 from .members import member_add, member_create, member_list, member_remove, member_role
 from .models_page import model_list
@@ -23,7 +24,9 @@ from .users import (
 )
 
 __all__ = [
+    "alert_history",
     "alert_settings_save",
+    "audit_log",
     "budget_create",
     "budget_delete",
     "budget_edit",
@@ -46,4 +49,5 @@ __all__ = [
     "project_settings_save",
     "user_detail",
     "user_list",
+    "webhook_test",
 ]
