@@ -355,6 +355,15 @@ def budgets_page(project: Project, *, search: str = "", sort: str | None = None,
     return Paginator(budgets, per_page).get_page(page)
 
 
+def budgets_by_user(project: Project, user_ids: list[str]) -> dict[str, UserBudget]:
+    """The project's budgets of these users, by user id (one query per 1,000 ids)."""
+    found: dict[str, UserBudget] = {}
+    for start in range(0, len(user_ids), 1000):
+        chunk = user_ids[start:start + 1000]
+        found.update((b.user_id, b) for b in UserBudget.objects.filter(project=project, user_id__in=chunk))
+    return found
+
+
 def model_spend_of(budget: UserBudget) -> list[ModelSpend]:
     """The budget's spend per model in its current period, biggest first."""
     return list(ModelSpend.objects.filter(budget_id=budget.pk).order_by("-spend", "model"))

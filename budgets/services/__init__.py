@@ -18,6 +18,7 @@ from .audit import (
     budget_snapshot,
     write_audit,
 )
+from .bulk_budgets import BudgetRow, budget_reset_many, budget_set_many
 from .common import validate_duration, validate_timezone, validate_user_id
 from .costs import (
     CostRecorded,
@@ -48,6 +49,7 @@ __all__ = [
     "SYSTEM",
     "SYSTEM_LAZY",
     "SYSTEM_SWEEP",
+    "BudgetRow",
     "CostRecorded",
     "Verdict",
     "WebhookTest",
@@ -66,7 +68,9 @@ __all__ = [
     "budget_delete",
     "budget_get",
     "budget_reset",
+    "budget_reset_many",
     "budget_set",
+    "budget_set_many",
     "budget_snapshot",
     "cost_record",
     "cost_record_answered",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .bulk import budget_bulk, budget_import
 from .export import export_csv
 from .history import alert_history, audit_log, webhook_test
 from .keys import key_create, key_list, key_revoke
@@ -27,9 +28,11 @@ __all__ = [
     "alert_history",
     "alert_settings_save",
     "audit_log",
+    "budget_bulk",
     "budget_create",
     "budget_delete",
     "budget_edit",
+    "budget_import",
     "budget_reset",
     "export_csv",
     "key_create",

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_POST
 
 from .. import services
 from ..errors import BudgetError
-from ..forms import BudgetForm, CreateBudgetForm, UserSearchForm, plain_amount
+from ..forms import BULK_DURATIONS, BudgetForm, CreateBudgetForm, UserSearchForm, plain_amount
 from ..models import Action, Duration, Project, UserBudget
 from ..selectors import console as selectors
 from . import charts
@@ -54,6 +54,7 @@ def _users_page(request: HttpRequest, project: Project, create_form: CreateBudge
         "page": page,
         "create_form": create_form,
         "columns": _columns(sort),
+        "bulk_durations": BULK_DURATIONS,
     }
     return render_page(request, "console/users.html", context, project=project, nav="users", status=status)
 

@@ -35,6 +35,16 @@
     }
   });
 
+  // The users list: a checkbox in the heading selects every user on the page.
+  var selectAll = document.getElementById("select-all");
+  if (selectAll) {
+    selectAll.addEventListener("change", function () {
+      document.querySelectorAll("input[name=user_ids]").forEach(function (box) {
+        box.checked = selectAll.checked;
+      });
+    });
+  }
+
   // Copy buttons (the new API key).
   document.querySelectorAll("[data-copy]").forEach(function (button) {
     button.addEventListener("click", function () {
