@@ -39,6 +39,7 @@ urlpatterns = [
     path("projects/<int:project_id>/settings/", views.project_settings, name="project_settings"),
     path("projects/<int:project_id>/settings/project/", views.project_settings_save, name="project_settings_save"),
     path("projects/<int:project_id>/settings/alerts/", views.alert_settings_save, name="alert_settings_save"),
+    path("projects/<int:project_id>/periods/", views.project_periods, name="project_periods"),
     path("projects/<int:project_id>/audit/", views.audit_log, name="audit_log"),
     path("projects/<int:project_id>/alerts/", views.alert_history, name="alert_history"),
     path("projects/<int:project_id>/alerts/test-webhook/", views.webhook_test, name="webhook_test"),

@@ -103,6 +103,7 @@ ROUTES = [
     Route("settings", "get", Action.VIEW, _u("project_settings")),
     Route("export", "get", Action.VIEW, _u("export_csv")),
     Route("members", "get", Action.VIEW, _u("member_list")),
+    Route("periods", "get", Action.VIEW, _u("project_periods")),
     Route("audit log", "get", Action.VIEW, _u("audit_log")),
     Route("alerts", "get", Action.VIEW, _u("alert_history")),
     Route("test webhook", "post", Action.CHANGE, _u("webhook_test")),

@@ -376,6 +376,47 @@ def past_periods(budget: UserBudget, limit: int = 24) -> list[BudgetPeriod]:
     return rows
 
 
+@dataclass(frozen=True)
+class PastPeriod:
+    """A finished period: its first instant, the instant it ended, the spend in it and the budget it had."""
+
+    start: datetime
+    end: datetime
+    spend: Decimal
+    budget: Decimal | None
+
+    @property
+    def last_instant(self) -> datetime:
+        """For showing the last day: `end` is the first instant of the next period."""
+        return self.end - timedelta(microseconds=1)
+
+
+def user_past_periods(budget: UserBudget, limit: int = 24) -> list[PastPeriod]:
+    """A user's finished periods, oldest first (BudgetPeriod rows)."""
+    return [PastPeriod(p.period_start, p.period_end, p.spend, p.total_budget)
+            for p in past_periods(budget, limit)]
+
+
+def project_past_periods(project: Project, limit: int = 24) -> list[PastPeriod]:
+    """The project's finished periods, oldest first, from the audit rows its resets wrote.
+
+    Rows written before the end and cap were recorded end where the next period started and have no cap.
+    """
+    rows = (AuditLog.objects.filter(project=project, action="project_period_reset")
+            .order_by("-created_at", "-id").values_list("before", "after")[:limit])
+    result = []
+    for before, after in rows:
+        try:
+            start = datetime.fromisoformat(before["period_start"])
+            end = datetime.fromisoformat(before.get("period_end") or after["period_start"])
+            spend = Decimal(before["current_spend"])
+            cap = before.get("max_budget")
+            result.append(PastPeriod(start, end, spend, None if cap is None else Decimal(cap)))
+        except (KeyError, TypeError, ValueError, ArithmeticError):
+            continue  # a row of another shape is not a period
+    return result[::-1]
+
+
 def ledger_page(project: Project, *, user_id: str | None = None, model: str | None = None, page: Any = 1,
                 per_page: int = LEDGER_PER_PAGE) -> Page:
     events = _ledger(project, user_id=user_id, model=model).order_by("-created_at", "-id")

@@ -8,6 +8,7 @@ from .history import alert_history, audit_log, webhook_test
 from .keys import key_create, key_list, key_revoke
 from .members import member_add, member_create, member_list, member_remove, member_role
 from .models_page import model_list
+from .periods import project_periods
 from .project_manage import project_delete, project_new
 from .project_settings import (
     alert_settings_save,
@@ -48,6 +49,7 @@ __all__ = [
     "project_list",
     "project_new",
     "project_overview",
+    "project_periods",
     "project_settings",
     "project_settings_save",
     "user_detail",

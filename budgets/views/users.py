@@ -92,8 +92,8 @@ def _detail_page(request: HttpRequest, project: Project, budget: UserBudget, for
     rng = selectors.DateRange.last_days(30, zone)
     daily = selectors.daily_spend(project, rng, user_id=budget.user_id)
     spends = selectors.model_spend_of(budget)
-    past = selectors.past_periods(budget)
-    period_labels = [p.period_start.astimezone(zone).strftime("%Y-%m-%d") for p in past]
+    past = selectors.user_past_periods(budget)
+    period_labels = [p.start.astimezone(zone).strftime("%Y-%m-%d") for p in past]
     context = {
         "budget": budget,
         "form": form,
@@ -103,7 +103,7 @@ def _detail_page(request: HttpRequest, project: Project, budget: UserBudget, for
         "model_spends": spends,
         "models_chart": charts.pie([s.model for s in spends], [s.spend for s in spends]),
         "periods": past,
-        "periods_chart": charts.periods_chart(period_labels, [p.spend for p in past], [p.total_budget for p in past]),
+        "periods_chart": charts.periods_chart(period_labels, [p.spend for p in past], [p.budget or 0 for p in past]),
         "ledger": selectors.ledger_page(project, user_id=budget.user_id, page=request.GET.get("page")),
         "export_query": urlencode({"user": budget.user_id}),
     }
