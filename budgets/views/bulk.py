@@ -33,8 +33,10 @@ def budget_bulk(request: HttpRequest, project_id: int) -> HttpResponse:
     # Back to the same page of the list (a query string only: never another site).
     users_page = reverse("user_list", args=[project.pk]) + (back if back.startswith("?") else "")
     if not form.is_valid():
-        for error in [*form.non_field_errors(), *form.errors.get("total_budget", [])]:
-            messages.error(request, error)
+        for field, errors in form.errors.items():
+            for error in errors:
+                label = "" if field == "__all__" else f"{form.fields[field].label or field}: "
+                messages.error(request, f"{label}{error}")
         return redirect(users_page)
     data = form.cleaned_data
     user_ids = list(dict.fromkeys(data["user_ids"]))
