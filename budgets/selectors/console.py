@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, User  # User: AUTH_USER_MODEL
 from django.core.paginator import Page, Paginator
 from django.db.models import (
     Count,
@@ -76,7 +76,7 @@ def visible_projects(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Project
     return Project.objects.filter(members=user.pk)
 
 
-def account_by_login(login: str) -> AbstractBaseUser:
+def account_by_login(login: str) -> User:
     """An active account by username or email (case-insensitive); InvalidInput if none or several."""
     login = (login or "").strip()
     if not login:
@@ -406,6 +406,8 @@ def project_past_periods(project: Project, limit: int = 24) -> list[PastPeriod]:
             .order_by("-created_at", "-id").values_list("before", "after")[:limit])
     result = []
     for before, after in rows:
+        if not isinstance(before, dict) or not isinstance(after, dict):
+            continue  # a row of another shape is not a period
         try:
             start = datetime.fromisoformat(before["period_start"])
             end = datetime.fromisoformat(before.get("period_end") or after["period_start"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User  # AUTH_USER_MODEL
 from django.db import transaction
 
 from ..errors import InvalidInput
@@ -26,11 +26,11 @@ def _role(role: Any) -> str:
     return str(role)
 
 
-def _who(user: AbstractBaseUser) -> dict[str, Any]:
+def _who(user: User) -> dict[str, Any]:
     return {"user": user.get_username(), "user_pk": user.pk}
 
 
-def member_add(*, project: Project, user: AbstractBaseUser, role: Any, actor: str) -> Membership:
+def member_add(*, project: Project, user: User, role: Any, actor: str) -> Membership:
     role = _role(role)
     with transaction.atomic():
         Project.objects.select_for_update().filter(pk=project.pk).first()
@@ -41,22 +41,22 @@ def member_add(*, project: Project, user: AbstractBaseUser, role: Any, actor: st
     return membership
 
 
-def account_create(*, username: str, email: str, actor: str) -> AbstractBaseUser:
+def account_create(*, username: str, email: str, actor: str) -> User:
     """A new account without a usable password: its owner sets one through a one-time link."""
     username, email = (username or "").strip(), (email or "").strip()
-    User = get_user_model()
+    Accounts = get_user_model()
     if not username:
         raise InvalidInput("give a username for the new account")
-    if User.objects.filter(username__iexact=username).exists():
+    if Accounts.objects.filter(username__iexact=username).exists():
         raise InvalidInput(f"the username {username!r} is taken: add that account instead")
-    if email and User.objects.filter(email__iexact=email).exists():
+    if email and Accounts.objects.filter(email__iexact=email).exists():
         raise InvalidInput(f"an account with the email {email!r} exists: add that account instead")
-    user = User.objects.create_user(username=username, email=email)  # no password: unusable until set
+    user = Accounts.objects.create_user(username=username, email=email)  # no password: unusable until set
     return user
 
 
 def member_create_account(*, project: Project, username: str, email: str, role: Any, actor: str
-                          ) -> tuple[AbstractBaseUser, Membership]:
+                          ) -> tuple[User, Membership]:
     """Create an account and make it a member, together (nothing is left half-done)."""
     role = _role(role)
     with transaction.atomic():

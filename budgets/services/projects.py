@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User  # AUTH_USER_MODEL
 from django.db import transaction
 from django.utils.timezone import now as utcnow
 
@@ -24,7 +24,7 @@ logger = logging.getLogger("budgets.projects")
 
 def project_create(
     *, name: str, max_budget: Any = None, timezone: str = "UTC", duration: str | None = None,
-    duration_days: int | None = None, actor: str = "system", owner: AbstractBaseUser | None = None,
+    duration_days: int | None = None, actor: str = "system", owner: User | None = None,
 ) -> Project:
     """A new project in its first period; `owner` (the console's creator) becomes its owner."""
     if not isinstance(name, str) or not name.strip() or len(name) > 200:

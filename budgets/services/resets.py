@@ -153,7 +153,8 @@ def reset_due_projects(*, at: datetime | None = None, project: Project | None = 
                 write_audit(project_id=pk, action="project_period_reset", actor=SYSTEM_SWEEP,
                        before={"period_start": old_start.isoformat(), "current_spend": str(spend),
                                # The period's end and cap, for the console's past periods.
-                               "period_end": old_end.isoformat(), "max_budget": None if cap is None else str(cap)},
+                               "period_end": old_end.isoformat() if old_end else None,
+                               "max_budget": None if cap is None else str(cap)},
                        after={"period_start": period.start.isoformat()})
     return reset
 

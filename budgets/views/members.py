@@ -11,7 +11,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User  # AUTH_USER_MODEL
 from django.contrib.auth.tokens import default_token_generator
 from django.core.mail import send_mail
 from django.http import HttpRequest, HttpResponse
@@ -39,7 +39,7 @@ def shows_links_on_screen() -> bool:
     return bool(settings.DEBUG or getattr(settings, "EMBEDDED", False) or local)
 
 
-def set_password_link(request: HttpRequest, user: AbstractBaseUser) -> str:
+def set_password_link(request: HttpRequest, user: User) -> str:
     uid = urlsafe_base64_encode(force_bytes(user.pk))
     path = reverse("password_reset_confirm", kwargs={"uidb64": uid, "token": default_token_generator.make_token(user)})
     return request.build_absolute_uri(path)

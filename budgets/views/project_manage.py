@@ -33,7 +33,8 @@ def project_new(request: HttpRequest) -> HttpResponse:
         try:
             project = services.project_create(
                 name=data["name"].strip(), max_budget=data["max_budget"], timezone=data["timezone"],
-                duration=data["duration"] or None, actor=actor(request), owner=request.user,
+                duration=data["duration"] or None, actor=actor(request),
+                owner=request.user,  # type: ignore[arg-type]  # logged in: a User
             )
         except BudgetError as exc:
             form.add_error(None, exc.message)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -103,7 +104,8 @@ def _detail_page(request: HttpRequest, project: Project, budget: UserBudget, for
         "model_spends": spends,
         "models_chart": charts.pie([s.model for s in spends], [s.spend for s in spends]),
         "periods": past,
-        "periods_chart": charts.periods_chart(period_labels, [p.spend for p in past], [p.budget or 0 for p in past]),
+        "periods_chart": charts.periods_chart(period_labels, [p.spend for p in past],
+                                              [p.budget or Decimal(0) for p in past]),
         "ledger": selectors.ledger_page(project, user_id=budget.user_id, page=request.GET.get("page")),
         "export_query": urlencode({"user": budget.user_id}),
     }
