@@ -229,3 +229,12 @@ def test_only_staff_or_people_with_add_project_create_projects(teams):
     assert staff.get(url).status_code == 200
     assert staff.post(url, data).status_code == 302
     assert Project.objects.filter(name="fresh-project").exists()
+
+
+def test_a_refused_action_says_why(teams):
+    mine, _ = teams
+
+    response = client_as(mine, "viewer").get(reverse("budget_import", args=[mine.project.pk]))
+
+    assert response.status_code == 403
+    assert "your role in this project (viewer) may not change budgets" in response.content.decode().lower()
