@@ -21,6 +21,7 @@ from .models import (
     AuditLog,
     BudgetPeriod,
     CostEvent,
+    Membership,
     ModelPrice,
     ModelSpend,
     Project,
@@ -46,13 +47,30 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class MembershipInline(admin.TabularInline):
+    """Members are shown here and changed on the console's Members page (through the audited services)."""
+
+    model = Membership
+    fields = ("user", "role", "created_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "Members (change them on the console's Members page)"
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
     list_display = ("name", "current_spend", "held", "max_budget", "duration", "timezone", "next_reset_at",
                     "created_at")
     search_fields = ("name",)
     list_filter = ("duration", "timezone")
-    filter_horizontal = ("members",)
+    inlines = [MembershipInline]
     readonly_fields = ("current_spend", "held", "period_start", "next_reset_at", "created_at")
     exclude = ("webhook_secret",)
 

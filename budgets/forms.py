@@ -6,6 +6,8 @@ given, and a service's InvalidInput is shown on the form (views call `add_error`
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import date, timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -18,7 +20,9 @@ from crispy_forms.layout import Column, Field, Layout, Row
 from django import forms
 from django.core.exceptions import ValidationError
 
-from .models import Duration
+from .errors import InvalidInput
+from .models import Duration, Role
+from .money import to_money
 from .selectors.console import DateRange
 
 # A user budget or a project cap above this is almost certainly a typo (and on SQLite
@@ -105,6 +109,106 @@ class CreateBudgetForm(BudgetForm):
         return user_id
 
 
+BULK_DURATIONS = [(v, label) for v, label in Duration.choices if v != Duration.DAYS]
+IMPORT_MAX_BYTES = 2 * 1024 * 1024
+IMPORT_MAX_ROWS = 10_000
+IMPORT_HEADER = ["user_id", "total_budget", "duration"]
+
+
+class BulkBudgetForm(forms.Form):
+    """The users list's bulk action: one budget for every selected user, or reset them all."""
+
+    user_ids = forms.MultipleChoiceField(required=False)  # choices: any id; the service checks each
+    op = forms.ChoiceField(choices=[("set", "Set budget"), ("reset", "Reset spend")])
+    total_budget = money_field("Budget (USD)", required=False)
+    duration = forms.ChoiceField(label="Resets", choices=BULK_DURATIONS, initial=Duration.MONTHLY, required=False)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = cast(forms.MultipleChoiceField, self.fields["user_ids"])
+        field.valid_value = lambda value: True  # type: ignore[method-assign]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if not data.get("user_ids"):
+            raise ValidationError("Select at least one user.")
+        if data.get("op") == "set" and data.get("total_budget") is None:
+            self.add_error("total_budget", "Give the budget to set.")
+        return data
+
+
+class ImportRow:
+    """One line of a budget CSV: its values, or why it is wrong."""
+
+    def __init__(self, line: int, user_id: str, total_budget: Decimal | None, duration: str, error: str = ""):
+        self.line, self.user_id, self.total_budget, self.duration, self.error = (
+            line, user_id, total_budget, duration, error)
+
+
+def parse_budget_csv(text: str) -> list[ImportRow]:
+    """`user_id,total_budget,duration` lines (a header line is optional); each row valid or with its error."""
+    rows: list[ImportRow] = []
+    seen: set[str] = set()
+    reader = csv.reader(io.StringIO(text))
+    for number, fields in enumerate(reader, start=1):
+        if not fields or not any(f.strip() for f in fields):
+            continue
+        if number == 1 and [f.strip().lower() for f in fields] == IMPORT_HEADER:
+            continue
+        if len(fields) != 3:
+            rows.append(ImportRow(number, ",".join(fields)[:80], None, "",
+                                  f"expected 3 columns (user_id,total_budget,duration), got {len(fields)}"))
+            continue
+        user_id, raw_amount, duration = fields[0], fields[1].strip(), fields[2].strip().lower() or Duration.NONE
+        error = ""
+        amount: Decimal | None = None
+        try:
+            amount = to_money(raw_amount or None, "total_budget")
+            if amount > MAX_AMOUNT:
+                error = f"total_budget above {MAX_AMOUNT:,}"
+        except InvalidInput as exc:
+            error = f"{exc.message} (got {raw_amount!r})"
+        if not user_id.strip() or len(user_id) > 255:
+            error = "user_id must be 1 to 255 characters"
+        elif duration not in dict(BULK_DURATIONS):
+            error = f"duration must be one of {', '.join(dict(BULK_DURATIONS))} (got {duration!r})"
+        elif user_id in seen:
+            error = f"{user_id} appears twice in the file"
+        seen.add(user_id)
+        rows.append(ImportRow(number, user_id, amount, duration, error))
+        if len(rows) > IMPORT_MAX_ROWS:
+            raise ValidationError(f"At most {IMPORT_MAX_ROWS:,} rows per file.")
+    if not rows:
+        raise ValidationError("The file has no rows.")
+    return rows
+
+
+class BudgetImportForm(forms.Form):
+    """A CSV upload (the preview), or the same text sent back from the preview (the confirm step)."""
+
+    file = forms.FileField(label="CSV file", required=False, help_text="Columns: user_id,total_budget,duration.")
+    text = forms.CharField(required=False, widget=forms.HiddenInput, max_length=IMPORT_MAX_BYTES)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.helper = _helper("file")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        upload = data.get("file")
+        if upload is not None:
+            if upload.size > IMPORT_MAX_BYTES:
+                raise ValidationError(f"The file is larger than {IMPORT_MAX_BYTES // 1024 // 1024} MB.")
+            try:
+                data["text"] = upload.read().decode("utf-8-sig")
+            except UnicodeDecodeError:
+                raise ValidationError("The file is not UTF-8 text.") from None
+        if not data.get("text"):
+            raise ValidationError("Choose a CSV file.")
+        data["rows"] = parse_budget_csv(data["text"])
+        return data
+
+
 class ApiKeyForm(forms.Form):
     name = forms.CharField(label="Key name", max_length=100,
                            widget=forms.TextInput(attrs={"placeholder": "production backend"}),
@@ -121,7 +225,14 @@ def timezone_choices() -> list[tuple[str, str]]:
     return [(name, name) for name in sorted(available_timezones() - {"localtime"})]
 
 
+PERIOD_CHOICES = [(v, label) for v, label in Duration.choices if v != Duration.DAYS]
+
+
 class ProjectSettingsForm(forms.Form):
+    name = forms.CharField(label="Name", max_length=200, required=False,
+                           help_text="LiteLLM's project_name; clients that use the old name stop finding it.")
+    duration = forms.ChoiceField(label="Cap resets", choices=PERIOD_CHOICES, required=False,
+                                 help_text="When the project's spend starts again at zero.")
     max_budget = money_field(
         "Project cap (USD)", required=False,
         help_text="Project-wide spend limit; leave empty for no cap. Checks answer “not allowed” once it is reached.",
@@ -131,7 +242,67 @@ class ProjectSettingsForm(forms.Form):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         cast(forms.ChoiceField, self.fields["timezone"]).choices = timezone_choices()
-        self.helper = _helper(Row(Column("max_budget", css_class="col-md-6"), Column("timezone", css_class="col-md-6")))
+        self.helper = _helper(Row(Column("name", css_class="col-md-6"), Column("duration", css_class="col-md-6")),
+                              Row(Column("max_budget", css_class="col-md-6"), Column("timezone", css_class="col-md-6")))
+
+    def changes(self) -> dict[str, Any]:
+        """What to give project_update: a name or period left empty stays as it is."""
+        data = self.cleaned_data
+        changes = {"max_budget": data["max_budget"], "timezone": data["timezone"]}
+        if data.get("name", "").strip():
+            changes["name"] = data["name"].strip()
+        if data.get("duration"):
+            changes["duration"] = data["duration"]
+        return changes
+
+
+class NewProjectForm(ProjectSettingsForm):
+    """A new project: its name is required; the creator becomes its owner."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("initial", {"timezone": "UTC", "duration": Duration.MONTHLY})
+        super().__init__(*args, **kwargs)
+        self.fields["name"].required = True
+        self.fields["name"].help_text = "Also LiteLLM's project_name."
+
+
+class ProjectDeleteForm(forms.Form):
+    confirm = forms.CharField(label="Type the project's name to confirm", max_length=200)
+
+    def __init__(self, *args: Any, project_name: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.project_name = project_name
+        self.helper = _helper("confirm")
+
+    def clean_confirm(self) -> str:
+        typed = self.cleaned_data["confirm"]
+        if typed != self.project_name:
+            raise ValidationError("That is not the project's name: nothing was deleted.")
+        return typed
+
+
+class MemberAddForm(forms.Form):
+    login = forms.CharField(label="Username or email", max_length=254)
+    role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.VIEWER)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.helper = _helper(Row(Column("login", css_class="col-md-8"), Column("role", css_class="col-md-4")))
+
+
+class MemberCreateForm(forms.Form):
+    username = forms.CharField(label="New username", max_length=150)
+    email = forms.EmailField(label="Email", help_text="Receives a one-time link to set a password.")
+    role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.VIEWER)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.helper = _helper(Row(Column("username", css_class="col-md-4"), Column("email", css_class="col-md-5"),
+                                  Column("role", css_class="col-md-3")))
+
+
+class MemberRoleForm(forms.Form):
+    role = forms.ChoiceField(label="Role", choices=Role.choices)
 
 
 class AlertSettingsForm(forms.Form):

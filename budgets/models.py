@@ -67,7 +67,9 @@ class Project(Period):
     name = models.CharField(max_length=200, unique=True)
     max_budget = MoneyField(null=True, blank=True)
     timezone = models.CharField(max_length=64, default="UTC")
-    members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="budget_projects")
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="budget_projects", through="Membership"
+    )
     alert_thresholds = models.JSONField(
         default=default_alert_thresholds, blank=True, help_text="Percentages of a budget, e.g. [80, 100]."
     )
@@ -88,6 +90,55 @@ class Project(Period):
     @property
     def is_over_budget(self) -> bool:
         return self.max_budget is not None and self.current_spend >= self.max_budget
+
+
+class Role(models.TextChoices):
+    """A member's role in a project; each includes what the ones after it may do."""
+
+    OWNER = "owner", "Owner"
+    MANAGER = "manager", "Manager"
+    VIEWER = "viewer", "Viewer"
+
+
+class Action(models.TextChoices):
+    """What a console page or action needs: reading, changing budgets/keys/settings, members, deletion."""
+
+    VIEW = "view", "see every page and export CSV"
+    CHANGE = "change", "change budgets, resets, keys, alert and project settings"
+    MANAGE_MEMBERS = "manage_members", "add, change and remove members"
+    DELETE = "delete", "delete the project"
+
+
+ROLE_ACTIONS: dict[str, frozenset[str]] = {
+    Role.OWNER: frozenset(Action.values),
+    Role.MANAGER: frozenset({Action.VIEW, Action.CHANGE}),
+    Role.VIEWER: frozenset({Action.VIEW}),
+}
+
+
+def role_allows(role: str | None, action: str) -> bool:
+    return role is not None and action in ROLE_ACTIONS.get(role, frozenset())
+
+
+class Membership(models.Model):
+    """A person's role in a project (staff need none: they see and do everything)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="budget_memberships")
+    # `project.members.add(user)` (admin before roles, seed_demo) always meant full rights: it still does.
+    # The console's members page always names the role.
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.OWNER)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["project", "user__username"]
+        constraints = [models.UniqueConstraint(fields=["project", "user"], name="one_membership_per_user")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.project}: {self.role}"
+
+    def allows(self, action: str) -> bool:
+        return role_allows(self.role, action)
 
 
 class UserBudget(Period):

@@ -15,10 +15,18 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(template_name="registration/login.html",
                                                 redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),  # POST only (Django 5+)
+    # The one-time set-password link a new member receives (Django's password reset confirm).
+    path("reset/<uidb64>/<token>/", auth_views.PasswordResetConfirmView.as_view(
+        template_name="registration/set_password.html"), name="password_reset_confirm"),
+    path("reset/done/", auth_views.PasswordResetCompleteView.as_view(
+        template_name="registration/set_password_done.html"), name="password_reset_complete"),
     path("", views.project_list, name="project_list"),
+    path("projects/new/", views.project_new, name="project_new"),
     path("projects/<int:project_id>/", views.project_overview, name="project_overview"),
     path("projects/<int:project_id>/users/", views.user_list, name="user_list"),
     path("projects/<int:project_id>/budget/new/", views.budget_create, name="budget_create"),
+    path("projects/<int:project_id>/bulk/", views.budget_bulk, name="budget_bulk"),
+    path("projects/<int:project_id>/budget/import/", views.budget_import, name="budget_import"),
     path("projects/<int:project_id>/users/<path:user_id>", views.user_detail, name="user_detail"),
     path("projects/<int:project_id>/budget/edit/<path:user_id>", views.budget_edit, name="budget_edit"),
     path("projects/<int:project_id>/budget/reset/<path:user_id>", views.budget_reset, name="budget_reset"),
@@ -31,4 +39,15 @@ urlpatterns = [
     path("projects/<int:project_id>/settings/", views.project_settings, name="project_settings"),
     path("projects/<int:project_id>/settings/project/", views.project_settings_save, name="project_settings_save"),
     path("projects/<int:project_id>/settings/alerts/", views.alert_settings_save, name="alert_settings_save"),
+    path("projects/<int:project_id>/periods/", views.project_periods, name="project_periods"),
+    path("projects/<int:project_id>/audit/", views.audit_log, name="audit_log"),
+    path("projects/<int:project_id>/alerts/", views.alert_history, name="alert_history"),
+    path("projects/<int:project_id>/alerts/test-webhook/", views.webhook_test, name="webhook_test"),
+    path("projects/<int:project_id>/delete/", views.project_delete, name="project_delete"),
+    path("projects/<int:project_id>/members/", views.member_list, name="member_list"),
+    path("projects/<int:project_id>/members/add/", views.member_add, name="member_add"),
+    path("projects/<int:project_id>/members/new/", views.member_create, name="member_create"),
+    path("projects/<int:project_id>/members/<int:membership_id>/role/", views.member_role, name="member_role"),
+    path("projects/<int:project_id>/members/<int:membership_id>/remove/", views.member_remove,
+         name="member_remove"),
 ]

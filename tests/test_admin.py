@@ -115,7 +115,9 @@ def test_a_price_edited_in_admin_is_marked_and_survives_a_reload(staff_client):
 
 def _project_form(**overrides):
     form = {"name": "admin-made", "max_budget": "50", "duration": "monthly", "timezone": "Europe/Berlin",
-            "alert_thresholds": "[80, 100]", "alert_webhook_url": "", "alert_email": ""}
+            "alert_thresholds": "[80, 100]", "alert_webhook_url": "", "alert_email": "",
+            # The members inline (read-only: members change on the console's Members page).
+            "memberships-TOTAL_FORMS": "0", "memberships-INITIAL_FORMS": "0"}
     form.update(overrides)
     return form
 

@@ -239,7 +239,7 @@ def test_a_budget_is_created_edited_and_reset_through_the_forms(session, member)
     services.cost_record(project=project, user_id="carol@example.com", usage=Usage("gpt-4o", 10_000, 2_000),
                          source="api")
     session.open(reverse("user_detail", args=[project.pk, "carol@example.com"]))
-    assert page.locator("#user-spend").inner_text() == "$0.045"
+    assert page.locator("#user-spend").inner_text() == "$0.0450"  # three significant digits below a dollar
     assert_charts_drawn(session, 2)
     session.screenshot("user-detail-before-reset")
 

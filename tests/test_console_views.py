@@ -617,7 +617,7 @@ def test_a_date_range_covers_whole_local_days():
 
 @pytest.mark.parametrize(("amount", "text"), [
     ("0", "$0.00"), ("0.000150", "$0.000150"), ("0.00000012345", "$0.000000123"), ("0.0123", "$0.0123"),
-    ("0.5", "$0.50"), ("1234.567", "$1,234.57"), ("3.25", "$3.25"), (None, "—"),
+    ("0.5", "$0.500"), ("1234.567", "$1,234.57"), ("3.25", "$3.25"), (None, "—"),
 ])
 def test_dollars_are_shown_with_readable_precision(amount, text):
     assert format_dollars(None if amount is None else Decimal(amount)) == text

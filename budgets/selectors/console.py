@@ -14,7 +14,8 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, User  # User: AUTH_USER_MODEL
 from django.core.paginator import Page, Paginator
 from django.db.models import (
     Count,
@@ -31,12 +32,15 @@ from django.db.models.lookups import GreaterThanOrEqual
 from django.utils.timezone import now as utcnow
 
 from .. import pricing
+from ..errors import InvalidInput
 from ..fields import MoneyField
 from ..models import (
     Alert,
     ApiKey,
+    AuditLog,
     BudgetPeriod,
     CostEvent,
+    Membership,
     ModelPrice,
     ModelSpend,
     Project,
@@ -70,6 +74,41 @@ def visible_projects(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Project
     if getattr(user, "is_staff", False):
         return Project.objects.all()
     return Project.objects.filter(members=user.pk)
+
+
+def account_by_login(login: str) -> User:
+    """An active account by username or email (case-insensitive); InvalidInput if none or several."""
+    login = (login or "").strip()
+    if not login:
+        raise InvalidInput("give a username or an email address")
+    accounts = get_user_model().objects.filter(Q(username__iexact=login) | Q(email__iexact=login), is_active=True)
+    matches = list(accounts[:2])
+    if not matches:
+        raise InvalidInput(f"no account with the username or email {login!r}")
+    if len(matches) > 1:
+        raise InvalidInput(f"several accounts match {login!r}: give the username")
+    return matches[0]
+
+
+def project_contents(project: Project) -> dict[str, int]:
+    """What deleting the project takes with it (for its confirmation page)."""
+    return {
+        "ledger_events": CostEvent.objects.filter(project=project).count(),
+        "budgets": UserBudget.objects.filter(project=project).count(),
+        "api_keys": ApiKey.objects.filter(project=project).count(),
+        "members": Membership.objects.filter(project=project).count(),
+    }
+
+
+def members_of(project: Project) -> list[Membership]:
+    return list(Membership.objects.filter(project=project).select_related("user").order_by("user__username"))
+
+
+def role_in(project: Project, user: AbstractBaseUser | AnonymousUser) -> str | None:
+    """The person's role in the project (None: not a member)."""
+    if not user.is_authenticated:
+        return None
+    return Membership.objects.filter(project=project, user_id=user.pk).values_list("role", flat=True).first()
 
 
 # --- date ranges ------------------------------------------------------------------------------
@@ -316,6 +355,15 @@ def budgets_page(project: Project, *, search: str = "", sort: str | None = None,
     return Paginator(budgets, per_page).get_page(page)
 
 
+def budgets_by_user(project: Project, user_ids: list[str]) -> dict[str, UserBudget]:
+    """The project's budgets of these users, by user id (one query per 1,000 ids)."""
+    found: dict[str, UserBudget] = {}
+    for start in range(0, len(user_ids), 1000):
+        chunk = user_ids[start:start + 1000]
+        found.update((b.user_id, b) for b in UserBudget.objects.filter(project=project, user_id__in=chunk))
+    return found
+
+
 def model_spend_of(budget: UserBudget) -> list[ModelSpend]:
     """The budget's spend per model in its current period, biggest first."""
     return list(ModelSpend.objects.filter(budget_id=budget.pk).order_by("-spend", "model"))
@@ -326,6 +374,49 @@ def past_periods(budget: UserBudget, limit: int = 24) -> list[BudgetPeriod]:
     rows = list(BudgetPeriod.objects.filter(budget=budget).order_by("-period_start")[:limit])
     rows.reverse()
     return rows
+
+
+@dataclass(frozen=True)
+class PastPeriod:
+    """A finished period: its first instant, the instant it ended, the spend in it and the budget it had."""
+
+    start: datetime
+    end: datetime
+    spend: Decimal
+    budget: Decimal | None
+
+    @property
+    def last_instant(self) -> datetime:
+        """For showing the last day: `end` is the first instant of the next period."""
+        return self.end - timedelta(microseconds=1)
+
+
+def user_past_periods(budget: UserBudget, limit: int = 24) -> list[PastPeriod]:
+    """A user's finished periods, oldest first (BudgetPeriod rows)."""
+    return [PastPeriod(p.period_start, p.period_end, p.spend, p.total_budget)
+            for p in past_periods(budget, limit)]
+
+
+def project_past_periods(project: Project, limit: int = 24) -> list[PastPeriod]:
+    """The project's finished periods, oldest first, from the audit rows its resets wrote.
+
+    Rows written before the end and cap were recorded end where the next period started and have no cap.
+    """
+    rows = (AuditLog.objects.filter(project=project, action="project_period_reset")
+            .order_by("-created_at", "-id").values_list("before", "after")[:limit])
+    result = []
+    for before, after in rows:
+        if not isinstance(before, dict) or not isinstance(after, dict):
+            continue  # a row of another shape is not a period
+        try:
+            start = datetime.fromisoformat(before["period_start"])
+            end = datetime.fromisoformat(before.get("period_end") or after["period_start"])
+            spend = Decimal(before["current_spend"])
+            cap = before.get("max_budget")
+            result.append(PastPeriod(start, end, spend, None if cap is None else Decimal(cap)))
+        except (KeyError, TypeError, ValueError, ArithmeticError):
+            continue  # a row of another shape is not a period
+    return result[::-1]
 
 
 def ledger_page(project: Project, *, user_id: str | None = None, model: str | None = None, page: Any = 1,
@@ -406,6 +497,35 @@ def model_by_user(project: Project, rng: DateRange, models: list[str],
         named = sum((result.spend[u][i] for u in top), ZERO)
         result.other[i] = max(totals.get(model, ZERO) - named, ZERO)
     return result
+
+
+# --- history: the audit log and the alerts ---------------------------------------------------
+
+AUDIT_PER_PAGE = 50
+ALERTS_PER_PAGE = 50
+
+
+def audit_page(project: Project, *, user_id: str = "", action: str = "", actor: str = "", page: Any = 1) -> Page:
+    """The project's audit log, newest first, filtered by user id, action and actor (exact matches)."""
+    rows = AuditLog.objects.filter(project=project)
+    if user_id:
+        rows = rows.filter(user_id=user_id)
+    if action:
+        rows = rows.filter(action=action)
+    if actor:
+        rows = rows.filter(actor=actor)
+    return Paginator(rows.order_by("-created_at", "-id"), AUDIT_PER_PAGE).get_page(page)
+
+
+def audit_actions(project: Project) -> list[str]:
+    """The actions that occur in the project's log (the filter's choices)."""
+    return list(AuditLog.objects.filter(project=project).order_by("action").values_list("action", flat=True)
+                .distinct())
+
+
+def alerts_page(project: Project, *, page: Any = 1) -> Page:
+    return Paginator(Alert.objects.filter(project=project).select_related("budget").order_by("-created_at", "-id"),
+                     ALERTS_PER_PAGE).get_page(page)
 
 
 # --- API keys ---------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from .audit import (
     budget_snapshot,
     write_audit,
 )
+from .bulk_budgets import BudgetRow, budget_reset_many, budget_set_many
 from .common import validate_duration, validate_timezone, validate_user_id
 from .costs import (
     CostRecorded,
@@ -30,8 +31,9 @@ from .costs import (
 )
 from .hosted import hosted_budget_get, hosted_budget_set
 from .keys import api_key_authenticate, api_key_create, api_key_mark_used, api_key_revoke
+from .members import member_add, member_create_account, member_remove, member_set_role
 from .prices import load_price_map, price_save_edited
-from .projects import project_create, project_get_or_create, project_update
+from .projects import project_create, project_delete, project_get_or_create, project_update
 from .reservations import (
     DEFAULT_TTL_SECONDS,
     MAX_TTL_SECONDS,
@@ -51,6 +53,7 @@ from .resets import (
     reset_due_projects,
 )
 from .user_budgets import budget_delete, budget_reset, budget_set
+from .webhook_test import WebhookTest, alert_test_webhook
 
 __all__ = [
     "DEFAULT_TTL_SECONDS",
@@ -59,15 +62,18 @@ __all__ = [
     "SYSTEM",
     "SYSTEM_LAZY",
     "SYSTEM_SWEEP",
+    "BudgetRow",
     "CostRecorded",
     "Settled",
     "Verdict",
+    "WebhookTest",
     "actor_for_key",
     "actor_for_manager",
     "actor_for_user",
     "admission_check",
     "alert_deliver",
     "alert_retry",
+    "alert_test_webhook",
     "alerts_requeue",
     "api_key_authenticate",
     "api_key_create",
@@ -76,7 +82,9 @@ __all__ = [
     "budget_delete",
     "budget_get",
     "budget_reset",
+    "budget_reset_many",
     "budget_set",
+    "budget_set_many",
     "budget_snapshot",
     "cost_record",
     "cost_record_answered",
@@ -85,8 +93,13 @@ __all__ = [
     "hosted_budget_get",
     "hosted_budget_set",
     "load_price_map",
+    "member_add",
+    "member_create_account",
+    "member_remove",
+    "member_set_role",
     "price_save_edited",
     "project_create",
+    "project_delete",
     "project_get_or_create",
     "project_refresh",
     "project_update",

@@ -361,25 +361,40 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
+@dataclass(frozen=True)
+class WebhookAnswer:
+    status: int
+    headers: dict[str, str]
+    body: bytes  # the first `read_bytes` of it
+
+
+def webhook_post(url: str, body: bytes, headers: dict[str, str], *, read_bytes: int = 65536) -> WebhookAnswer:
+    """POST to a webhook URL after the target checks, connected to the checked address; no redirects.
+
+    Raises InvalidInput for a forbidden target, http.client.HTTPException/OSError/ValueError for
+    network failures.
+    """
+    scheme, host, port = _target(url)
+    address = webhook_address(url)
+    parts = urlsplit(url)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    connection_class = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
+    connection = connection_class(host, port, address=address, timeout=WEBHOOK_TIMEOUT)
+    try:
+        connection.request("POST", path, body=body, headers=headers)
+        response = connection.getresponse()
+        return WebhookAnswer(response.status, dict(response.getheaders()), response.read(read_bytes))
+    finally:
+        connection.close()
+
+
 def webhook_send(alert: Alert, project: Project) -> None:
     """POST the signed alert; any answer but 2xx (redirects too), a timeout, a network error or a
     forbidden target is DeliveryFailed."""
     request = webhook_request(alert, project)
+    headers = {name.title(): value for name, value in request.header_items()}  # as urllib sends them
     try:
-        scheme, host, port = _target(request.full_url)
-        address = webhook_address(request.full_url)
-        parts = urlsplit(request.full_url)
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        connection_class = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
-        connection = connection_class(host, port, address=address, timeout=WEBHOOK_TIMEOUT)
-        try:
-            headers = {name.title(): value for name, value in request.header_items()}  # as urllib sends them
-            connection.request("POST", path, body=request.data, headers=headers)
-            response = connection.getresponse()
-            response.read(65536)
-            status = response.status
-        finally:
-            connection.close()
+        status = webhook_post(request.full_url, request.data, headers).status  # type: ignore[arg-type]
     except InvalidInput as exc:
         raise DeliveryFailed(f"webhook refused: {exc.message}") from None
     except (http.client.HTTPException, OSError, ValueError) as exc:

@@ -1,28 +1,33 @@
-"""Projects: create, find or create by name, change settings."""
+"""Projects: create, find or create by name, change settings, delete."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from django.contrib.auth.models import User  # AUTH_USER_MODEL
 from django.db import transaction
 from django.utils.timezone import now as utcnow
 
 from .. import periods
 from ..errors import InvalidInput
-from ..models import Project
+from ..models import AuditLog, CostEvent, Membership, Project, Role
 from ..money import to_money
 from .alerts import validate_webhook_url
 from .audit import write_audit
 from .common import validate_duration, validate_timezone
 from .resets import project_refresh
 
+logger = logging.getLogger("budgets.projects")
+
 
 def project_create(
     *, name: str, max_budget: Any = None, timezone: str = "UTC", duration: str | None = None,
-    duration_days: int | None = None, actor: str = "system",
+    duration_days: int | None = None, actor: str = "system", owner: User | None = None,
 ) -> Project:
+    """A new project in its first period; `owner` (the console's creator) becomes its owner."""
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise InvalidInput("project name must be a non-empty string of at most 200 characters")
     tz = validate_timezone(timezone)
@@ -38,7 +43,12 @@ def project_create(
             period_start=period.start, next_reset_at=period.next_reset,
         )
         write_audit(project_id=project.pk, action="project_create", actor=actor,
-               after={"name": name, "max_budget": str(cap) if cap is not None else None, "timezone": tz})
+               after={"name": name, "max_budget": str(cap) if cap is not None else None, "timezone": tz,
+                      "duration": duration})
+        if owner is not None:
+            Membership.objects.create(project=project, user=owner, role=Role.OWNER)
+            write_audit(project_id=project.pk, action="member_add", actor=actor,
+                        after={"user": owner.get_username(), "user_pk": owner.pk, "role": Role.OWNER})
     return project
 
 
@@ -103,3 +113,22 @@ def project_update(
                     after={k: v.isoformat() if isinstance(v, datetime) else str(v) if isinstance(v, Decimal) else v
                            for k, v in changes.items()})
     return project
+
+
+def project_delete(*, project: Project, actor: str) -> dict[str, Any]:
+    """Delete a project with its ledger, budgets, keys, alerts, members and audit log.
+
+    The project's audit rows go with it, so the deletion is written to the application log
+    (logger `budgets.projects`) instead; the summary returned is what it logged.
+    """
+    with transaction.atomic():
+        locked = Project.objects.select_for_update().get(pk=project.pk)
+        summary = {
+            "project_id": locked.pk, "name": locked.name, "actor": actor,
+            "ledger_events": CostEvent.objects.filter(project=locked).count(),
+            "budgets": locked.budgets.count(), "audit_rows": AuditLog.objects.filter(project=locked).count(),
+            "spend_this_period": str(locked.current_spend),
+        }
+        locked.delete()
+    logger.warning("project_delete %s", summary, extra={"audit": summary})
+    return summary

@@ -198,10 +198,11 @@ def reset_due_projects(*, at: datetime | None = None, project: Project | None = 
     with transaction.atomic():
         rows = list(
             due.select_for_update(skip_locked=True).values_list(
-                "id", "timezone", "duration", "duration_days", "period_start", "current_spend"
+                "id", "timezone", "duration", "duration_days", "period_start", "current_spend", "next_reset_at",
+                "max_budget",
             )
         )
-        for pk, tz, duration, days, old_start, spend in rows:
+        for pk, tz, duration, days, old_start, spend, old_end, cap in rows:
             period = periods.period_containing(duration, tz, at, days=days, anchor=old_start)
             # Conditional on the old start: a second sweep finds nothing to do.
             if Project.objects.filter(pk=pk, period_start=old_start).update(
@@ -209,7 +210,10 @@ def reset_due_projects(*, at: datetime | None = None, project: Project | None = 
             ):
                 reset += 1
                 write_audit(project_id=pk, action="project_period_reset", actor=SYSTEM_SWEEP,
-                       before={"period_start": old_start.isoformat(), "current_spend": str(spend)},
+                       before={"period_start": old_start.isoformat(), "current_spend": str(spend),
+                               # The period's end and cap, for the console's past periods.
+                               "period_end": old_end.isoformat() if old_end else None,
+                               "max_budget": None if cap is None else str(cap)},
                        after={"period_start": period.start.isoformat()})
     return reset
 

@@ -10,12 +10,15 @@ from django import template
 register = template.Library()
 
 CENT = Decimal("0.01")
-FOUR_PLACES = Decimal("0.0001")
 DASH = "—"
 
 
 def format_dollars(value: Any) -> str:
-    """$1,234.56 for dollars, $0.0123 for cents, three significant digits below a cent ($0.000150)."""
+    """The console's one money format: $1,234.56 from a dollar up, 3 significant digits below ($0.0142, $0.000322).
+
+    Never scientific notation; zero is $0.00. Cards, tables, chart tooltips and chart axes all use it;
+    the CSV export and the JSON API keep the exact amounts.
+    """
     if value is None or value == "":
         return DASH
     try:
@@ -28,18 +31,28 @@ def format_dollars(value: Any) -> str:
     amount = abs(amount)
     if amount == 0:
         return "$0.00"
-    if amount >= 1:
-        text = f"{amount.quantize(CENT, ROUND_HALF_EVEN):,}"
-    elif amount >= CENT:
-        text = str(amount.quantize(FOUR_PLACES, ROUND_HALF_EVEN))
-        # 0.5000 → 0.50, 0.1230 → 0.123; 0.0123 stays.
-        while text.endswith("0") and len(text.partition(".")[2]) > 2:
-            text = text[:-1]
-    else:
-        # Sub-cent amounts (one call's cost): keep three significant digits.
-        exponent = amount.adjusted() - 2
-        text = format(amount.quantize(Decimal(1).scaleb(exponent), ROUND_HALF_EVEN), "f")
-    return f"{sign}${text}"
+    if amount < 1:
+        rounded = amount.quantize(Decimal(1).scaleb(amount.adjusted() - 2), ROUND_HALF_EVEN)
+        if rounded < 1:  # 0.9996 rounds up to a dollar: shown as $1.00 below
+            return f"{sign}${format(rounded, 'f')}"
+    return f"{sign}${amount.quantize(CENT, ROUND_HALF_EVEN):,f}"
+
+
+NICE_STEPS = (Decimal(1), Decimal(2), Decimal("2.5"), Decimal(5), Decimal(10))
+AXIS_TICKS = 5
+
+
+def money_ticks(top: Any) -> dict[str, list[str]] | None:
+    """Tick values (exact decimal strings) and their labels in the one money format, from 0 past `top`."""
+    top = Decimal(str(top)) if top not in (None, "") else Decimal(0)
+    if not top.is_finite() or top <= 0:
+        return None
+    rough = top / AXIS_TICKS
+    magnitude = Decimal(1).scaleb(rough.adjusted())
+    step = next(n * magnitude for n in NICE_STEPS if n * magnitude >= rough)
+    count = int((top / step).to_integral_value(rounding="ROUND_CEILING"))
+    values = [step * n for n in range(count + 1)]
+    return {"vals": [format(v.normalize(), "f") for v in values], "text": [format_dollars(v) for v in values]}
 
 
 def format_percent(value: Any) -> str:

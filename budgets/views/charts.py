@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any, TypedDict
 
 from ..selectors.console import DailySpend, ModelByUser
-from ..templatetags.console import format_dollars
+from ..templatetags.console import format_dollars, money_ticks
 
 
 class Series(TypedDict, total=False):
@@ -36,6 +36,7 @@ class ChartSpec(TypedDict, total=False):
     series: list[Series]
     yTitle: str
     height: int
+    ticks: dict[str, list[str]] | None  # the money axis's ticks, labelled in the one money format
 
 
 def label(text: str) -> str:
@@ -59,22 +60,30 @@ def series(name: str, amounts: Sequence[Decimal], colour: str | None = None) -> 
     return result
 
 
+def with_ticks(spec: ChartSpec) -> ChartSpec:
+    """Add the money axis's ticks: up to the tallest stack (stacked) or the biggest amount."""
+    columns = [[Decimal(v) for v in s["y"]] for s in spec.get("series", [])]
+    sums = [sum(values) for values in zip(*columns, strict=False)] if spec.get("stack") else []
+    spec["ticks"] = money_ticks(max(sums or [v for c in columns for v in c] or [Decimal(0)]))
+    return spec
+
+
 def iso_days(days: Sequence[date]) -> list[str]:
     return [day.isoformat() for day in days]
 
 
 def daily_by_model(daily: DailySpend, *, kind: str = "bar") -> ChartSpec:
     """Spend per day, one series per model (stacked bars, or lines)."""
-    return {
+    return with_ticks({
         "kind": kind, "stack": kind == "bar", "x": iso_days(daily.days), "xType": "date",
         "series": [series(model, daily.spend[model]) for model in daily.models], "yTitle": "Spend (USD)",
-    }
+    })
 
 
 def bars(names: Sequence[str], amounts: Sequence[Decimal], *, name: str = "Spend") -> ChartSpec:
     """One bar per label, biggest first, horizontal so that user ids read in full."""
-    return {"kind": "bar", "horizontal": True, "x": labels(names), "xType": "category",
-            "series": [series(name, amounts, SPEND_COLOUR)], "yTitle": "Spend (USD)"}
+    return with_ticks({"kind": "bar", "horizontal": True, "x": labels(names), "xType": "category",
+                       "series": [series(name, amounts, SPEND_COLOUR)], "yTitle": "Spend (USD)"})
 
 
 def pie(names: Sequence[str], amounts: Sequence[Decimal]) -> ChartSpec:
@@ -86,14 +95,15 @@ def model_by_user(matrix: ModelByUser, other_name: str) -> ChartSpec:
     named = [series(user, matrix.spend[user]) for user in matrix.users]
     if any(matrix.other):
         named.append(series(other_name, matrix.other))
-    return {"kind": "bar", "stack": True, "horizontal": True, "x": labels(matrix.models), "xType": "category",
-            "series": named, "yTitle": "Spend (USD)"}
+    return with_ticks({"kind": "bar", "stack": True, "horizontal": True, "x": labels(matrix.models),
+                       "xType": "category", "series": named, "yTitle": "Spend (USD)"})
 
 
 def periods_chart(names: Sequence[str], spend: Sequence[Decimal], budget: Sequence[Decimal]) -> ChartSpec:
     """Past periods: what was spent next to what the budget was."""
-    return {"kind": "bar", "stack": False, "x": labels(names), "xType": "category",
-            "series": [series("Spent", spend, SPEND_COLOUR), series("Budget", budget, BUDGET_COLOUR)], "yTitle": "USD"}
+    return with_ticks({"kind": "bar", "stack": False, "x": labels(names), "xType": "category",
+                       "series": [series("Spent", spend, SPEND_COLOUR), series("Budget", budget, BUDGET_COLOUR)],
+                       "yTitle": "USD"})
 
 
 def is_empty(spec: dict[str, Any]) -> bool:

@@ -1,30 +1,72 @@
-"""What every console view shares: the one ownership helper, the actor name, rendering."""
+"""What every console view shares: the one access helper, the actor name, rendering."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
 from .. import services
 from ..errors import UnknownUser
-from ..models import Project, UserBudget
-from ..selectors.console import visible_projects
+from ..models import Action, Project, UserBudget, role_allows
+from ..selectors.console import role_in, visible_projects
+
+
+@dataclass(frozen=True)
+class Access:
+    """What the logged-in person may do in one project; pages show only the buttons it allows."""
+
+    role: str | None  # None for staff who are not members
+    is_staff: bool
+
+    def allows(self, action: str) -> bool:
+        return self.is_staff or role_allows(self.role, action)
+
+    @property
+    def change(self) -> bool:
+        return self.allows(Action.CHANGE)
+
+    @property
+    def manage_members(self) -> bool:
+        return self.allows(Action.MANAGE_MEMBERS)
+
+    @property
+    def delete(self) -> bool:
+        return self.allows(Action.DELETE)
+
+    @property
+    def label(self) -> str:
+        return self.role or "staff"
+
+
+def project_for(request: HttpRequest, project_id: int, action: str = Action.VIEW) -> Project:
+    """The project, if the person may see it (404 otherwise) and do `action` in it (403 otherwise).
+
+    Every console view and action gets its project here, and everything else (budgets, keys,
+    the ledger, members) through the project, so no page can reach another project's data and
+    no role can do more than its row in models.ROLE_ACTIONS. Staff see and do everything.
+    """
+    project = get_object_or_404(visible_projects(request.user), pk=project_id)
+    access = Access(role=role_in(project, request.user), is_staff=bool(getattr(request.user, "is_staff", False)))
+    if not access.allows(action):
+        raise PermissionDenied(f"your role in this project ({access.label}) may not {Action(action).label}")
+    request.project_access = access  # type: ignore[attr-defined]  # read by render_page
+    return project
 
 
 def get_project_for_user(request: HttpRequest, project_id: int) -> Project:
-    """The project, if the logged-in person may see it (a member, or staff); 404 otherwise.
-
-    Every console view gets its project here, and everything else (budgets, keys, the
-    ledger) through the project, so no page can reach another project's data.
-    """
-    return get_object_or_404(visible_projects(request.user), pk=project_id)
+    """The project for reading (a member of any role, or staff); 404 otherwise."""
+    return project_for(request, project_id, Action.VIEW)
 
 
-def current_project(request: HttpRequest, project_id: int, *, all_users: bool = False) -> Project:
-    """The project through the ownership helper, brought into its current period (the one lazy reset)."""
-    return services.ensure_current_period(get_project_for_user(request, project_id), all_users=all_users)
+def current_project(request: HttpRequest, project_id: int, action: str = Action.VIEW, *,
+                    all_users: bool = False) -> Project:
+    """The project through the access helper, brought into its current period (the one lazy reset)."""
+    project = project_for(request, project_id, action)
+    return services.ensure_current_period(project, all_users=all_users)
 
 
 def get_budget_for_project(project: Project, user_id: str) -> UserBudget:
@@ -43,5 +85,6 @@ def actor(request: HttpRequest) -> str:
 def render_page(request: HttpRequest, template: str, context: dict[str, Any], *, project: Project | None = None,
                 nav: str = "", status: int = 200) -> HttpResponse:
     """Render a console page; times on a project's pages are shown in the project's time zone."""
-    context = {"project": project, "nav": nav, "tz": project.timezone if project else None, **context}
+    context = {"project": project, "nav": nav, "tz": project.timezone if project else None,
+               "access": getattr(request, "project_access", None) if project else None, **context}
     return render(request, template, context, status=status)

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_POST
 from .. import services
 from ..errors import BudgetError
 from ..forms import ApiKeyForm
-from ..models import ApiKey, Project
+from ..models import Action, ApiKey, Project
 from ..selectors import console as selectors
 from .common import actor, current_project, render_page
 
@@ -33,7 +33,7 @@ def key_list(request: HttpRequest, project_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def key_create(request: HttpRequest, project_id: int) -> HttpResponse:
-    project = current_project(request, project_id)
+    project = current_project(request, project_id, Action.CHANGE)
     form = ApiKeyForm(request.POST)
     if form.is_valid():
         try:
@@ -49,7 +49,7 @@ def key_create(request: HttpRequest, project_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def key_revoke(request: HttpRequest, project_id: int, key_id: int) -> HttpResponse:
-    project = current_project(request, project_id)
+    project = current_project(request, project_id, Action.CHANGE)
     key = get_object_or_404(ApiKey, project=project, pk=key_id)
     services.api_key_revoke(key=key, actor=actor(request))
     messages.success(request, f"Revoked the key “{key.name}” ({key.prefix}…). Requests with it now get 401.")

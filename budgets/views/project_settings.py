@@ -11,12 +11,13 @@ from django.views.decorators.http import require_POST
 from .. import services
 from ..errors import BudgetError
 from ..forms import AlertSettingsForm, ProjectSettingsForm, plain_amount
-from ..models import Project
+from ..models import Action, Project
 from .common import actor, current_project, render_page
 
 
 def _initial_project(project: Project) -> dict:
-    return {"max_budget": plain_amount(project.max_budget), "timezone": project.timezone}
+    return {"name": project.name, "duration": project.duration, "max_budget": plain_amount(project.max_budget),
+            "timezone": project.timezone}
 
 
 def _initial_alerts(project: Project) -> dict:
@@ -42,12 +43,11 @@ def project_settings(request: HttpRequest, project_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def project_settings_save(request: HttpRequest, project_id: int) -> HttpResponse:
-    project = current_project(request, project_id)
+    project = current_project(request, project_id, Action.CHANGE)
     form = ProjectSettingsForm(request.POST)
     if form.is_valid():
         try:
-            services.project_update(project=project, actor=actor(request), max_budget=form.cleaned_data["max_budget"],
-                                    timezone=form.cleaned_data["timezone"])
+            services.project_update(project=project, actor=actor(request), **form.changes())
         except BudgetError as exc:
             form.add_error(None, exc.message)
         else:
@@ -59,7 +59,7 @@ def project_settings_save(request: HttpRequest, project_id: int) -> HttpResponse
 @login_required
 @require_POST
 def alert_settings_save(request: HttpRequest, project_id: int) -> HttpResponse:
-    project = current_project(request, project_id)
+    project = current_project(request, project_id, Action.CHANGE)
     form = AlertSettingsForm(request.POST)
     if form.is_valid():
         data = form.cleaned_data

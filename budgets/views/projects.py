@@ -11,6 +11,7 @@ from ..forms import RangeForm
 from ..selectors import console as selectors
 from . import charts
 from .common import current_project, render_page
+from .project_manage import can_create_projects
 
 
 @login_required
@@ -23,7 +24,8 @@ def project_list(request: HttpRequest) -> HttpResponse:
         {"project": p, "cap_use": selectors.cap_use(p.current_spend, p.max_budget)}
         for p in selectors.project_summaries(projects)
     ]
-    return render_page(request, "console/projects.html", {"rows": rows}, nav="projects")
+    context = {"rows": rows, "can_create": can_create_projects(request.user)}
+    return render_page(request, "console/projects.html", context, nav="projects")
 
 
 @login_required

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -12,8 +13,8 @@ from django.views.decorators.http import require_POST
 
 from .. import services
 from ..errors import BudgetError
-from ..forms import BudgetForm, CreateBudgetForm, UserSearchForm, plain_amount
-from ..models import Duration, Project, UserBudget
+from ..forms import BULK_DURATIONS, BudgetForm, CreateBudgetForm, UserSearchForm, plain_amount
+from ..models import Action, Duration, Project, UserBudget
 from ..selectors import console as selectors
 from . import charts
 from .common import (
@@ -54,6 +55,7 @@ def _users_page(request: HttpRequest, project: Project, create_form: CreateBudge
         "page": page,
         "create_form": create_form,
         "columns": _columns(sort),
+        "bulk_durations": BULK_DURATIONS,
     }
     return render_page(request, "console/users.html", context, project=project, nav="users", status=status)
 
@@ -67,7 +69,7 @@ def user_list(request: HttpRequest, project_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def budget_create(request: HttpRequest, project_id: int) -> HttpResponse:
-    project = current_project(request, project_id)
+    project = current_project(request, project_id, Action.CHANGE)
     form = CreateBudgetForm(request.POST)
     if form.is_valid():
         data = form.cleaned_data
@@ -91,8 +93,8 @@ def _detail_page(request: HttpRequest, project: Project, budget: UserBudget, for
     rng = selectors.DateRange.last_days(30, zone)
     daily = selectors.daily_spend(project, rng, user_id=budget.user_id)
     spends = selectors.model_spend_of(budget)
-    past = selectors.past_periods(budget)
-    period_labels = [p.period_start.astimezone(zone).strftime("%Y-%m-%d") for p in past]
+    past = selectors.user_past_periods(budget)
+    period_labels = [p.start.astimezone(zone).strftime("%Y-%m-%d") for p in past]
     context = {
         "budget": budget,
         "form": form,
@@ -102,7 +104,8 @@ def _detail_page(request: HttpRequest, project: Project, budget: UserBudget, for
         "model_spends": spends,
         "models_chart": charts.pie([s.model for s in spends], [s.spend for s in spends]),
         "periods": past,
-        "periods_chart": charts.periods_chart(period_labels, [p.spend for p in past], [p.total_budget for p in past]),
+        "periods_chart": charts.periods_chart(period_labels, [p.spend for p in past],
+                                              [p.budget or Decimal(0) for p in past]),
         "ledger": selectors.ledger_page(project, user_id=budget.user_id, page=request.GET.get("page")),
         "export_query": urlencode({"user": budget.user_id}),
     }
@@ -121,7 +124,7 @@ def user_detail(request: HttpRequest, project_id: int, user_id: str) -> HttpResp
 @login_required
 @require_POST
 def budget_edit(request: HttpRequest, project_id: int, user_id: str) -> HttpResponse:
-    project = current_project(request, project_id)
+    project = current_project(request, project_id, Action.CHANGE)
     budget = get_budget_for_project(project, user_id)
     form = BudgetForm(request.POST)
     if form.is_valid():
@@ -143,7 +146,7 @@ def budget_edit(request: HttpRequest, project_id: int, user_id: str) -> HttpResp
 @login_required
 @require_POST
 def budget_reset(request: HttpRequest, project_id: int, user_id: str) -> HttpResponse:
-    project = current_project(request, project_id)
+    project = current_project(request, project_id, Action.CHANGE)
     budget = get_budget_for_project(project, user_id)
     services.budget_reset(budget=budget, actor=actor(request))
     messages.success(request, f"Reset the spend of {budget.user_id} to zero. The ledger keeps every call.")
@@ -153,7 +156,7 @@ def budget_reset(request: HttpRequest, project_id: int, user_id: str) -> HttpRes
 @login_required
 @require_POST
 def budget_delete(request: HttpRequest, project_id: int, user_id: str) -> HttpResponse:
-    project = current_project(request, project_id)
+    project = current_project(request, project_id, Action.CHANGE)
     budget = get_budget_for_project(project, user_id)
     services.budget_delete(budget=budget, actor=actor(request))
     messages.success(request, f"Deleted the budget of {user_id}. Its ledger events stay.")

@@ -60,9 +60,19 @@
     return trace;
   }
 
-  function moneyAxis(title, narrow) {
-    return {title: {text: narrow ? "" : (title || "")}, tickprefix: "$", rangemode: "tozero", automargin: true,
-            separatethousands: true, zeroline: true};
+  // Tick labels come from the server, in the console's one money format (templatetags/console.py).
+  function moneyAxis(title, narrow, ticks) {
+    var axis = {title: {text: narrow ? "" : (title || "")}, rangemode: "tozero", automargin: true, zeroline: true};
+    if (ticks) {
+      axis.tickmode = "array";
+      axis.tickvals = ticks.vals.map(Number);
+      axis.ticktext = ticks.text;
+      axis.range = [0, Number(ticks.vals[ticks.vals.length - 1])];
+    } else {
+      axis.tickprefix = "$";
+      axis.tickformat = ".2f";
+    }
+    return axis;
   }
 
   function layoutFor(spec, el) {
@@ -90,7 +100,7 @@
     }
     layout.barmode = spec.stack ? "stack" : "group";
     if (spec.horizontal) {
-      layout.xaxis = moneyAxis(spec.yTitle, narrow);
+      layout.xaxis = moneyAxis(spec.yTitle, narrow, spec.ticks);
       layout.yaxis = {type: "category", autorange: "reversed", automargin: true};
     } else {
       layout.xaxis = {type: spec.xType || "category", automargin: true};
@@ -98,7 +108,7 @@
         layout.xaxis.hoverformat = "%a %d %b %Y";
         layout.xaxis.tickformat = "%d %b";
       }
-      layout.yaxis = moneyAxis(spec.yTitle, narrow);
+      layout.yaxis = moneyAxis(spec.yTitle, narrow, spec.ticks);
     }
     return layout;
   }

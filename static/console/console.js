@@ -12,6 +12,7 @@
   }
   var dialog = new bootstrap.Modal(dialogEl);
   var pending = null;
+  var pendingSubmitter = null;
 
   document.querySelectorAll("form[data-confirm]").forEach(function (form) {
     form.addEventListener("submit", function (event) {
@@ -20,6 +21,8 @@
       }
       event.preventDefault();
       pending = form;
+      // The button that was clicked names the action (e.g. the users list's "op"): submit with it.
+      pendingSubmitter = event.submitter || null;
       dialogEl.querySelector(".modal-body p").textContent = form.dataset.confirm;
       var button = dialogEl.querySelector("[data-confirm-ok]");
       button.textContent = form.dataset.confirmLabel || "Confirm";
@@ -31,9 +34,23 @@
     if (pending) {
       pending.dataset.confirmed = "yes";
       dialog.hide();
-      pending.requestSubmit ? pending.requestSubmit() : pending.submit();
+      if (pending.requestSubmit) {
+        pending.requestSubmit(pendingSubmitter);
+      } else {
+        pending.submit();
+      }
     }
   });
+
+  // The users list: a checkbox in the heading selects every user on the page.
+  var selectAll = document.getElementById("select-all");
+  if (selectAll) {
+    selectAll.addEventListener("change", function () {
+      document.querySelectorAll("input[name=user_ids]").forEach(function (box) {
+        box.checked = selectAll.checked;
+      });
+    });
+  }
 
   // Copy buttons (the new API key).
   document.querySelectorAll("[data-copy]").forEach(function (button) {

@@ -1,0 +1,101 @@
+"""Many budgets at once: the users list's bulk action, and a CSV import with a preview.
+
+The import is two steps: the upload shows each row's change (new, changed from → to,
+unchanged) or its error and writes nothing; the confirm step sends the same text back,
+checks it again and applies every change in one transaction — only if no row is bad.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods, require_POST
+
+from .. import services
+from ..errors import BudgetError
+from ..forms import BudgetImportForm, BulkBudgetForm, ImportRow
+from ..models import Action, Duration, Project
+from ..selectors import console as selectors
+from .common import actor, project_for, render_page
+
+
+@login_required
+@require_POST
+def budget_bulk(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = project_for(request, project_id, Action.CHANGE)
+    form = BulkBudgetForm(request.POST)
+    back = request.POST.get("next") or ""
+    # Back to the same page of the list (a query string only: never another site).
+    users_page = reverse("user_list", args=[project.pk]) + (back if back.startswith("?") else "")
+    if not form.is_valid():
+        for field, errors in form.errors.items():
+            for error in errors:
+                label = "" if field == "__all__" else f"{form.fields[field].label or field}: "
+                messages.error(request, f"{label}{error}")
+        return redirect(users_page)
+    data = form.cleaned_data
+    user_ids = list(dict.fromkeys(data["user_ids"]))
+    try:
+        if data["op"] == "set":
+            rows = [services.BudgetRow(u, data["total_budget"], data["duration"] or Duration.NONE) for u in user_ids]
+            count = services.budget_set_many(project=project, rows=rows, actor=actor(request))
+            messages.success(request, f"Set the budget of {count} user{'s' if count != 1 else ''}.")
+        else:
+            count = services.budget_reset_many(project=project, user_ids=user_ids, actor=actor(request))
+            messages.success(request, f"Reset the spend of {count} user{'s' if count != 1 else ''} to zero.")
+    except BudgetError as exc:
+        messages.error(request, f"Nothing was changed: {exc.message}")
+    return redirect(users_page)
+
+
+def preview(project: Project, rows: list[ImportRow]) -> list[dict[str, Any]]:
+    """Each row with what it would do: error, new, changed (from → to) or unchanged."""
+    existing = selectors.budgets_by_user(project, [r.user_id for r in rows if not r.error])
+    result = []
+    for row in rows:
+        budget = existing.get(row.user_id)
+        if row.error:
+            change = "error"
+        elif budget is None:
+            change = "new"
+        elif (budget.total_budget, budget.duration) == (row.total_budget, row.duration):
+            change = "unchanged"
+        else:
+            change = "changed"
+        result.append({"row": row, "budget": budget, "change": change})
+    return result
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def budget_import(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = project_for(request, project_id, Action.CHANGE)
+    if request.method == "GET":
+        return render_page(request, "console/budget_import.html", {"form": BudgetImportForm()}, project=project,
+                           nav="users")
+    form = BudgetImportForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return render_page(request, "console/budget_import.html", {"form": form}, project=project, nav="users",
+                           status=400)
+    rows = preview(project, form.cleaned_data["rows"])
+    errors = sum(1 for r in rows if r["change"] == "error")
+    changes = [r for r in rows if r["change"] in ("new", "changed")]
+    if request.POST.get("confirm") == "yes" and not errors:
+        batch = [services.BudgetRow(r["row"].user_id, r["row"].total_budget, r["row"].duration) for r in changes]
+        try:
+            count = services.budget_set_many(project=project, rows=batch, actor=actor(request))
+        except BudgetError as exc:
+            messages.error(request, f"Nothing was imported: {exc.message}")
+        else:
+            messages.success(request, f"Imported {count} budget change{'s' if count != 1 else ''} "
+                                      f"({len(rows) - count} unchanged).")
+            return redirect("user_list", project.pk)
+    context = {"form": form, "rows": rows, "errors": errors, "changes": len(changes), "text": form.cleaned_data["text"],
+               "counts": {k: sum(1 for r in rows if r["change"] == k) for k in ("new", "changed", "unchanged")}}
+    return render_page(request, "console/budget_import.html", context, project=project, nav="users",
+                       status=400 if errors else 200)

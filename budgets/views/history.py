@@ -1,0 +1,61 @@
+"""History on screen: a project's audit log and its alerts (with a signed test webhook)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.http import require_POST
+
+from .. import services
+from ..errors import BudgetError
+from ..models import Action, Project
+from ..selectors import console as selectors
+from .common import actor, project_for, render_page
+
+AUDIT_FILTERS = ("user_id", "action", "actor")
+
+
+def changes(before: Any, after: Any) -> list[dict[str, Any]]:
+    """Each field of an audit row as before → after (only the fields that differ, when both exist)."""
+    before = before if isinstance(before, dict) else {}
+    after = after if isinstance(after, dict) else {}
+    keys = list(dict.fromkeys([*before, *after]))
+    rows = [{"field": k, "before": before.get(k), "after": after.get(k)} for k in keys]
+    if before and after:
+        rows = [r for r in rows if r["before"] != r["after"]]
+    return rows
+
+
+@login_required
+def audit_log(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = project_for(request, project_id)
+    filters = {name: request.GET.get(name, "").strip()[:255] for name in AUDIT_FILTERS}
+    page = selectors.audit_page(project, page=request.GET.get("page"), **filters)
+    rows = [{"entry": e, "changes": changes(e.before, e.after)} for e in page.object_list]
+    context = {"page": page, "rows": rows, "filters": filters, "actions": selectors.audit_actions(project)}
+    return render_page(request, "console/audit.html", context, project=project, nav="audit")
+
+
+def _alerts_page(request: HttpRequest, project: Project, *, test: services.WebhookTest | None = None,
+                 error: str = "", status: int = 200) -> HttpResponse:
+    context = {"page": selectors.alerts_page(project, page=request.GET.get("page")), "test": test,
+               "test_error": error}
+    return render_page(request, "console/alerts.html", context, project=project, nav="alerts", status=status)
+
+
+@login_required
+def alert_history(request: HttpRequest, project_id: int) -> HttpResponse:
+    return _alerts_page(request, project_for(request, project_id))
+
+
+@login_required
+@require_POST
+def webhook_test(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = project_for(request, project_id, Action.CHANGE)
+    try:
+        result = services.alert_test_webhook(project=project, actor=actor(request))
+    except BudgetError as exc:
+        return _alerts_page(request, project, error=exc.message, status=400)
+    return _alerts_page(request, project, test=result)

@@ -1,0 +1,66 @@
+"""Creating a project from the console, and deleting one (owners, with the name typed to confirm)."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.views.decorators.http import require_http_methods
+
+from .. import services
+from ..errors import BudgetError
+from ..forms import NewProjectForm, ProjectDeleteForm
+from ..models import Action, Project
+from ..selectors import console as selectors
+from .common import actor, project_for, render_page
+
+
+def can_create_projects(user: object) -> bool:
+    """Staff, or people given the `budgets.add_project` permission."""
+    return bool(getattr(user, "is_staff", False) or user.has_perm("budgets.add_project"))  # type: ignore[attr-defined]
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_new(request: HttpRequest) -> HttpResponse:
+    if not can_create_projects(request.user):
+        raise PermissionDenied("creating projects needs staff or the budgets.add_project permission")
+    form = NewProjectForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            project = services.project_create(
+                name=data["name"].strip(), max_budget=data["max_budget"], timezone=data["timezone"],
+                duration=data["duration"] or None, actor=actor(request),
+                owner=request.user,  # type: ignore[arg-type]  # logged in: a User
+            )
+        except BudgetError as exc:
+            form.add_error(None, exc.message)
+        else:
+            messages.success(request, f"Created the project {project.name}; you are its owner.")
+            return redirect(project)
+    status = 400 if request.method == "POST" else 200
+    return render_page(request, "console/project_new.html", {"form": form}, nav="projects", status=status)
+
+
+def _delete_page(request: HttpRequest, project: Project, form: ProjectDeleteForm, status: int = 200) -> HttpResponse:
+    context = {"form": form, "counts": selectors.project_contents(project)}
+    return render_page(request, "console/project_delete.html", context, project=project, nav="settings",
+                       status=status)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_delete(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = project_for(request, project_id, Action.DELETE)
+    form = ProjectDeleteForm(request.POST or None, project_name=project.name)
+    if request.method == "POST":
+        if not form.is_valid():
+            return _delete_page(request, project, form, status=400)
+        summary = services.project_delete(project=project, actor=actor(request))
+        messages.success(request, f"Deleted the project {summary['name']} and its {summary['ledger_events']:,} "
+                                  "ledger events.")
+        return redirect("project_list")
+    return _delete_page(request, project, form)

@@ -1,0 +1,154 @@
+"""Many budgets at once: the users list's bulk set/reset, and the CSV import with its preview."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+from django.urls import reverse
+
+from budgets import services
+from budgets.models import AuditLog, UserBudget
+from budgets.usage import Usage
+
+pytestmark = pytest.mark.django_db
+
+User = get_user_model()
+
+
+@pytest.fixture
+def manager(db):
+    return User.objects.create_user("max")
+
+
+@pytest.fixture
+def team(manager):
+    project = services.project_create(name="acme", actor="test")
+    services.member_add(project=project, user=manager, role="manager", actor="test")
+    for user_id in ("alice", "bob", "carol"):
+        services.budget_set(project=project, user_id=user_id, total_budget=Decimal(10), duration="monthly",
+                            actor="test")
+        services.cost_record(project=project, user_id=user_id, usage=Usage("gpt-4o-mini", 10000, 1000), source="api")
+    return project
+
+
+@pytest.fixture
+def client(manager):
+    client = Client()
+    client.force_login(manager)
+    return client
+
+
+def budgets(project):
+    return dict(UserBudget.objects.filter(project=project).values_list("user_id", "total_budget"))
+
+
+def test_the_users_list_has_a_checkbox_per_user_for_managers(client, team):
+    page = client.get(reverse("user_list", args=[team.pk])).content.decode()
+
+    assert page.count('name="user_ids"') == 3 and 'id="bulk-form"' in page
+
+
+def test_setting_one_budget_for_the_selected_users(client, team):
+    response = client.post(reverse("budget_bulk", args=[team.pk]), {
+        "op": "set", "user_ids": ["alice", "bob"], "total_budget": "25", "duration": "weekly", "next": "?sort=-spend"})
+
+    assert response.status_code == 302
+    assert response["Location"] == reverse("user_list", args=[team.pk]) + "?sort=-spend"
+    assert budgets(team) == {"alice": Decimal(25), "bob": Decimal(25), "carol": Decimal(10)}
+    assert UserBudget.objects.get(project=team, user_id="alice").duration == "weekly"
+    audits = AuditLog.objects.filter(project=team, action="budget_update", actor="user:max")
+    assert sorted(audits.values_list("user_id", flat=True)) == ["alice", "bob"]
+
+
+def test_resetting_the_selected_users_together(client, team):
+    response = client.post(reverse("budget_bulk", args=[team.pk]), {"op": "reset", "user_ids": ["alice", "carol"]})
+
+    assert response.status_code == 302
+    spend = dict(UserBudget.objects.filter(project=team).values_list("user_id", "current_spend"))
+    assert spend["alice"] == spend["carol"] == 0 and spend["bob"] > 0
+    assert AuditLog.objects.filter(project=team, action="budget_reset_manual", actor="user:max").count() == 2
+
+
+def test_a_bulk_reset_with_an_unknown_user_changes_nobody(client, team):
+    before = AuditLog.objects.count()
+
+    client.post(reverse("budget_bulk", args=[team.pk]), {"op": "reset", "user_ids": ["alice", "ghost"]})
+
+    assert UserBudget.objects.get(project=team, user_id="alice").current_spend > 0
+    assert AuditLog.objects.count() == before
+
+
+def test_a_bulk_set_without_an_amount_or_users_changes_nothing(client, team):
+    before = AuditLog.objects.count()
+
+    client.post(reverse("budget_bulk", args=[team.pk]), {"op": "set", "user_ids": ["alice"], "duration": "daily"})
+    client.post(reverse("budget_bulk", args=[team.pk]), {"op": "set", "total_budget": "3", "duration": "daily"})
+
+    assert budgets(team)["alice"] == Decimal(10)
+    assert AuditLog.objects.count() == before
+
+
+def upload(client, team, text: str, **extra):
+    return client.post(reverse("budget_import", args=[team.pk]),
+                       {"file": SimpleUploadedFile("budgets.csv", text.encode(), "text/csv"), **extra})
+
+
+CSV = "user_id,total_budget,duration\nalice,10,monthly\nbob,40,monthly\ndave,5,daily\n"
+
+
+def test_the_import_preview_lists_each_rows_change_and_writes_nothing(client, team):
+    before = AuditLog.objects.count()
+
+    response = upload(client, team, CSV)
+
+    assert response.status_code == 200
+    changes = {r["row"].user_id: r["change"] for r in response.context["rows"]}
+    assert changes == {"alice": "unchanged", "bob": "changed", "dave": "new"}
+    page = response.content.decode()
+    assert "$10.00, monthly → $40.00, monthly" in page
+    assert budgets(team) == {"alice": Decimal(10), "bob": Decimal(10), "carol": Decimal(10)}
+    assert AuditLog.objects.count() == before
+
+
+@pytest.mark.parametrize("bad_line, error", [
+    ("erin,-5,monthly", "non-negative"), ("erin,ten,monthly", "non-negative number"),
+    ("erin,5,fortnightly", "duration must be one of"), ("erin,5", "expected 3 columns"), ("bob,7,daily", "twice")])
+def test_one_bad_row_shows_its_error_and_nothing_can_be_applied(client, team, bad_line, error):
+    text = CSV + bad_line + "\n"
+
+    preview = upload(client, team, text)
+    forced = client.post(reverse("budget_import", args=[team.pk]), {"text": text, "confirm": "yes"})
+
+    assert preview.status_code == forced.status_code == 400
+    assert error in preview.content.decode()
+    assert "import-confirm-form" not in preview.content.decode()
+    assert budgets(team) == {"alice": Decimal(10), "bob": Decimal(10), "carol": Decimal(10)}
+
+
+def test_confirming_applies_every_change_audited_like_a_single_edit(client, team):
+    preview = upload(client, team, CSV)
+    text = preview.context["text"]
+
+    response = client.post(reverse("budget_import", args=[team.pk]), {"text": text, "confirm": "yes"})
+
+    assert response.status_code == 302
+    assert budgets(team) == {"alice": Decimal(10), "bob": Decimal(40), "carol": Decimal(10), "dave": Decimal(5)}
+    assert UserBudget.objects.get(project=team, user_id="dave").duration == "daily"
+    audits = list(AuditLog.objects.filter(project=team, actor="user:max").values_list("action", "user_id"))
+    assert sorted(audits) == [("budget_create", "dave"), ("budget_update", "bob")]  # alice was unchanged
+
+
+def test_a_viewer_cannot_preview_or_import(team):
+    viewer = User.objects.create_user("vera")
+    services.member_add(project=team, user=viewer, role="viewer", actor="test")
+    client = Client()
+    client.force_login(viewer)
+
+    assert client.get(reverse("budget_import", args=[team.pk])).status_code == 403
+    assert upload(client, team, CSV).status_code == 403
+    page = client.get(reverse("user_list", args=[team.pk])).content.decode()
+    assert "user_ids" not in page and "Import CSV" not in page

@@ -1,0 +1,240 @@
+"""Who may do what: every console URL × every role × two projects, through the one access helper.
+
+Owners do everything (members and deletion too), managers change budgets, keys and settings,
+viewers read and export, non-members get 404, staff do everything everywhere, and a person
+who is not logged in is sent to the login page. A refused request writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+from django.urls import reverse
+
+from budgets import services
+from budgets.models import (
+    Action,
+    ApiKey,
+    AuditLog,
+    CostEvent,
+    Membership,
+    Project,
+    Role,
+    UserBudget,
+)
+from budgets.usage import Usage
+
+pytestmark = pytest.mark.django_db
+
+User = get_user_model()
+ROLES = ("owner", "manager", "viewer", "nonmember", "staff", "anonymous")
+
+
+@dataclass
+class Team:
+    project: Project
+    people: dict[str, object]
+    extra: Membership  # a viewer whose role can be changed or who can be removed
+    key: ApiKey
+
+
+def _project(name: str, people: dict[str, object]) -> Team:
+    project = services.project_create(name=name, timezone="UTC", actor="test")
+    services.budget_set(project=project, user_id="alice", total_budget=Decimal(10), actor="test")
+    services.cost_record(project=project, user_id="alice", usage=Usage("gpt-4o-mini", 1000, 100), source="api")
+    key, _ = services.api_key_create(project=project, name="backend")
+    # Nothing listens on the discard port: a test webhook fails fast (and is still audited).
+    Project.objects.filter(pk=project.pk).update(alert_webhook_url="http://127.0.0.1:9/hook")
+    for role in ("owner", "manager", "viewer"):
+        if role in people:
+            services.member_add(project=project, user=people[role], role=role, actor="test")
+    extra_user = User.objects.create_user(f"extra-{name}", email=f"extra-{name}@example.com")
+    extra = services.member_add(project=project, user=extra_user, role=Role.VIEWER, actor="test")
+    return Team(project, people, extra, key)
+
+
+@pytest.fixture
+def teams(db) -> tuple[Team, Team]:
+    people = {role: User.objects.create_user(role, email=f"{role}@example.com", password="pw-123456-x",
+                                             is_staff=(role == "staff"))
+              for role in ("owner", "manager", "viewer", "nonmember", "staff")}
+    mine = _project("acme", people)
+    # The other project has its own owner: our owner, manager and viewer are strangers there.
+    theirs = _project("other-team", {"owner": User.objects.create_user("their-owner")})
+    return mine, theirs
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    method: str
+    action: str
+    url: Callable[[Team], str]
+    data: Callable[[Team], dict] = lambda team: {}
+    ok: int = 200  # the status when allowed
+
+
+def _u(name: str, *extra: Callable[[Team], object]) -> Callable[[Team], str]:
+    return lambda team: reverse(name, args=[team.project.pk, *(f(team) for f in extra)])
+
+
+def ALICE(team: Team) -> str:
+    return "alice"
+
+
+def KEY(team: Team) -> int:
+    return team.key.pk
+
+
+def EXTRA(team: Team) -> int:
+    return team.extra.pk
+
+ROUTES = [
+    Route("overview", "get", Action.VIEW, _u("project_overview")),
+    Route("users", "get", Action.VIEW, _u("user_list")),
+    Route("user", "get", Action.VIEW, _u("user_detail", ALICE)),
+    Route("models", "get", Action.VIEW, _u("model_list")),
+    Route("keys", "get", Action.VIEW, _u("key_list")),
+    Route("settings", "get", Action.VIEW, _u("project_settings")),
+    Route("export", "get", Action.VIEW, _u("export_csv")),
+    Route("members", "get", Action.VIEW, _u("member_list")),
+    Route("periods", "get", Action.VIEW, _u("project_periods")),
+    Route("audit log", "get", Action.VIEW, _u("audit_log")),
+    Route("alerts", "get", Action.VIEW, _u("alert_history")),
+    Route("test webhook", "post", Action.CHANGE, _u("webhook_test")),
+    Route("budget create", "post", Action.CHANGE, _u("budget_create"),
+          lambda t: {"user_id": "newbie", "total_budget": "5", "duration": "monthly"}, 302),
+    Route("budget edit", "post", Action.CHANGE, _u("budget_edit", ALICE),
+          lambda t: {"total_budget": "7", "duration": "monthly"}, 302),
+    Route("budget reset", "post", Action.CHANGE, _u("budget_reset", ALICE), ok=302),
+    Route("budget delete", "post", Action.CHANGE, _u("budget_delete", ALICE), ok=302),
+    Route("bulk set", "post", Action.CHANGE, _u("budget_bulk"),
+          lambda t: {"op": "set", "user_ids": ["alice"], "total_budget": "3", "duration": "daily"}, 302),
+    Route("bulk reset", "post", Action.CHANGE, _u("budget_bulk"), lambda t: {"op": "reset", "user_ids": ["alice"]},
+          302),
+    Route("import page", "get", Action.CHANGE, _u("budget_import")),
+    Route("import confirm", "post", Action.CHANGE, _u("budget_import"),
+          lambda t: {"text": "alice,3,weekly\n", "confirm": "yes"}, 302),
+    Route("key create", "post", Action.CHANGE, _u("key_create"), lambda t: {"name": "ci"}, 201),
+    Route("key revoke", "post", Action.CHANGE, _u("key_revoke", KEY), ok=302),
+    Route("project settings", "post", Action.CHANGE, _u("project_settings_save"),
+          lambda t: {"max_budget": "99", "timezone": "Europe/Berlin"}, 302),
+    Route("alert settings", "post", Action.CHANGE, _u("alert_settings_save"),
+          lambda t: {"alert_thresholds": "50, 90"}, 302),
+    Route("member add", "post", Action.MANAGE_MEMBERS, _u("member_add"),
+          lambda t: {"login": "nonmember@example.com", "role": "viewer"}, 302),
+    Route("member create", "post", Action.MANAGE_MEMBERS, _u("member_create"),
+          lambda t: {"username": "fresh", "email": "fresh@example.com", "role": "viewer"}, 201),
+    Route("member role", "post", Action.MANAGE_MEMBERS, _u("member_role", EXTRA), lambda t: {"role": "manager"}, 302),
+    Route("member remove", "post", Action.MANAGE_MEMBERS, _u("member_remove", EXTRA), ok=302),
+    Route("delete page", "get", Action.DELETE, _u("project_delete")),
+    Route("project delete", "post", Action.DELETE, _u("project_delete"),
+          lambda t: {"confirm": t.project.name}, 302),
+]
+
+
+def allowed(role: str, action: str) -> bool:
+    if role == "staff":
+        return True
+    return role in Role.values and action in {
+        "owner": set(Action.values), "manager": {Action.VIEW, Action.CHANGE}, "viewer": {Action.VIEW},
+    }[role]
+
+
+def snapshot() -> tuple:
+    """Everything a console action could change, in every project."""
+    return (
+        list(Project.objects.order_by("pk").values_list("pk", "name", "max_budget", "timezone", "alert_thresholds")),
+        list(UserBudget.objects.order_by("pk").values_list("pk", "total_budget", "current_spend", "duration")),
+        list(ApiKey.objects.order_by("pk").values_list("pk", "revoked_at")),
+        list(Membership.objects.order_by("pk").values_list("pk", "role")),
+        AuditLog.objects.count(), CostEvent.objects.count(), User.objects.count(),
+    )
+
+
+def client_as(team: Team, role: str) -> Client:
+    client = Client()
+    if role != "anonymous":
+        person = team.people.get(role) or User.objects.get(username=role)
+        client.force_login(person)
+    return client
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=[r.name for r in ROUTES])
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("which", ["own project", "other project"])
+def test_every_console_url_answers_each_role_as_its_rights_say(teams, route, role, which):
+    mine, theirs = teams
+    team = mine if which == "own project" else theirs
+    client = client_as(mine, role)
+    member = role in Role.values and which == "own project"
+    before = snapshot()
+
+    response = getattr(client, route.method)(route.url(team), route.data(team))
+
+    if role == "anonymous":
+        assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
+    elif role != "staff" and not member:
+        assert response.status_code == 404
+    elif not allowed(role, route.action):
+        assert response.status_code == 403
+    else:
+        assert response.status_code == route.ok, response.content.decode()[:500]
+        if route.method == "post":
+            assert snapshot() != before, "an allowed action should have changed something"
+        return
+    assert snapshot() == before, "a refused request wrote something"
+
+
+@pytest.mark.parametrize("role", ["owner", "manager", "viewer"])
+def test_pages_show_only_the_buttons_the_role_can_use(teams, role):
+    mine, _ = teams
+    client = client_as(mine, role)
+    pk = mine.project.pk
+
+    users = client.get(reverse("user_list", args=[pk])).content.decode()
+    user = client.get(reverse("user_detail", args=[pk, "alice"])).content.decode()
+    keys = client.get(reverse("key_list", args=[pk])).content.decode()
+    settings_page = client.get(reverse("project_settings", args=[pk])).content.decode()
+    members = client.get(reverse("member_list", args=[pk])).content.decode()
+
+    can_change, can_manage = role in ("owner", "manager"), role == "owner"
+    assert ("create-budget-form" in users) is can_change
+    assert ("reset-form" in user and "edit-budget-form" in user) is can_change
+    assert ("create-key-form" in keys and "Revoke</button>" in keys) is can_change
+    assert ("Save project settings" in settings_page) is can_change
+    assert ("delete-project" in settings_page) is can_manage
+    assert ("add-member-form" in members and "remove-form" in members) is can_manage
+    assert "Export CSV" in users
+
+
+def test_only_staff_or_people_with_add_project_create_projects(teams):
+    mine, _ = teams
+    url = reverse("project_new")
+    data = {"name": "fresh-project", "max_budget": "100", "duration": "monthly", "timezone": "Europe/Paris"}
+
+    for role in ("owner", "manager", "viewer", "nonmember"):
+        response = client_as(mine, role).post(url, data)
+        assert response.status_code == 403
+        assert client_as(mine, role).get(url).status_code == 403
+    assert not Project.objects.filter(name="fresh-project").exists()
+    assert client_as(mine, "anonymous").get(url).status_code == 302
+
+    staff = client_as(mine, "staff")
+    assert staff.get(url).status_code == 200
+    assert staff.post(url, data).status_code == 302
+    assert Project.objects.filter(name="fresh-project").exists()
+
+
+def test_a_refused_action_says_why(teams):
+    mine, _ = teams
+
+    response = client_as(mine, "viewer").get(reverse("budget_import", args=[mine.project.pk]))
+
+    assert response.status_code == 403
+    assert "your role in this project (viewer) may not change budgets" in response.content.decode().lower()
