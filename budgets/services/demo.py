@@ -143,21 +143,53 @@ def demo_models() -> list[tuple[DemoModel, pricing.Price]]:
 # --- writing in bulk ----------------------------------------------------------------------------
 
 
-def _copy_value(value: Any) -> Any:
-    return json.dumps(value) if isinstance(value, dict | list) else value
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _escape(value: str) -> str:
+    return value.translate(_COPY_ESCAPES)
+
+
+def _copy_converter(field: models.Field) -> Any:
+    """value → COPY text for one column, chosen once per column (not per value)."""
+    if isinstance(field, models.JSONField):
+        convert = lambda value: _escape(json.dumps(value))  # noqa: E731
+    elif isinstance(field, models.DateTimeField):
+        convert = datetime.isoformat
+    elif isinstance(field, models.BooleanField):
+        convert = lambda value: "t" if value else "f"  # noqa: E731
+    elif isinstance(field, models.CharField | models.TextField):
+        convert = _escape
+    else:
+        convert = str
+    if field.null:
+        return lambda value: "\\N" if value is None else convert(value)
+    return convert
 
 
 def bulk_insert(model: type[models.Model], columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
     """Insert plain rows (values in `columns` order, attnames): COPY on PostgreSQL, bulk_create elsewhere."""
     count = 0
     if connection.vendor == "postgresql":
+        from psycopg.copy import QueuedLibpqWriter
+
         table = model._meta.db_table
         names = ", ".join(connection.ops.quote_name(model._meta.get_field(c).column) for c in columns)
-        json_columns = {i for i, c in enumerate(columns) if isinstance(model._meta.get_field(c), models.JSONField)}
-        with connection.cursor() as cursor, cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row([_copy_value(v) if i in json_columns else v for i, v in enumerate(row)])
-                count += 1
+        converters = [_copy_converter(model._meta.get_field(c)) for c in columns]
+        with connection.cursor() as cursor:
+            # The queued writer sends from a thread: PostgreSQL indexes one chunk while Python makes the next.
+            with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN",
+                                    writer=QueuedLibpqWriter(cursor.cursor)) as copy:
+                lines: list[str] = []
+                for row in rows:
+                    lines.append("\t".join([convert(value) for convert, value in zip(converters, row, strict=True)]))
+                    if len(lines) >= BATCH_SIZE:
+                        count += len(lines)
+                        copy.write("\n".join(lines) + "\n")
+                        lines = []
+                if lines:
+                    count += len(lines)
+                    copy.write("\n".join(lines) + "\n")
         return count
     batch: list[models.Model] = []
     for row in rows:
@@ -284,6 +316,7 @@ def _fabricate_calls(names: list[str], days: int, n_events: int, models_: list[t
         midnights.append(datetime.combine(day, time(), tzinfo=zone))
     day_weights = list(accumulate(day_weights))
     utc = at.tzinfo
+    cost_of = _cost_function(models_)
     done = 0
     while done < n_events:
         size = min(CHUNK, n_events - done)
@@ -305,9 +338,36 @@ def _fabricate_calls(names: list[str], days: int, n_events: int, models_: list[t
             cached = 0
             if price.cache_read is not None and prompt > 1024 and rng.random() < 0.3:
                 cached = int(prompt * rng.uniform(0.3, 0.9))
-            cost = stored(pricing.cost_of_tokens(price, prompt_tokens=prompt, completion_tokens=completion,
-                                                 cached_tokens=cached))
+            cost = cost_of(price, prompt, completion, cached)
             yield user, model.name, prompt, completion, cached, cost, created_at.astimezone(utc)
+
+
+def _cost_function(models_: list[tuple[DemoModel, pricing.Price]]) -> Any:
+    """pricing.cost_of_tokens rounded as stored, in integer arithmetic: a million calls cost seconds less.
+
+    Prices have at most 18 places (the price table's column), so in units of 1e-18 dollars every
+    product is an exact integer; rounding to the stored 12 places is half-even, as Decimal.quantize does.
+    """
+    units: dict[str, tuple[int, int, int]] = {}
+    for _, price in models_:
+        scaled = [p.scaleb(18) for p in (price.input, price.cache_read or price.input, price.output)]
+        if any(p != p.to_integral_value() for p in scaled):
+            units = {}
+            break
+        units[price.model] = tuple(int(p) for p in scaled)  # type: ignore[assignment]
+
+    def cost_of(price: pricing.Price, prompt: int, completion: int, cached: int) -> Decimal:
+        if price.model not in units:
+            return stored(pricing.cost_of_tokens(price, prompt_tokens=prompt, completion_tokens=completion,
+                                                 cached_tokens=cached))
+        per_input, per_cached, per_output = units[price.model]
+        quotient, remainder = divmod((prompt - cached) * per_input + cached * per_cached + completion * per_output,
+                                     10**6)
+        if remainder > 500_000 or (remainder == 500_000 and quotient % 2):
+            quotient += 1
+        return Decimal(quotient).scaleb(-12)
+
+    return cost_of
 
 
 def _derive_spend(project: Project) -> None:
@@ -343,9 +403,14 @@ def _set_budget_totals(project: Project, names: list[str], rng: random.Random) -
     spenders = sorted((u for u in names if planned[u] > 0), key=lambda u: (-planned[u], u))
     over = set(spenders[1::5][: max(1, len(names) // 15)])
     budgets = list(UserBudget.objects.filter(project=project))
+    by_amount: dict[Decimal, list[int]] = defaultdict(list)
     for budget in budgets:
         budget.total_budget = budget_for(planned[budget.user_id], budget.user_id in over, rng)
-    UserBudget.objects.bulk_update(budgets, ["total_budget"], batch_size=500)
+        by_amount[budget.total_budget].append(budget.pk)
+    # Budgets people set take few distinct amounts: one UPDATE per amount, not one per budget.
+    for amount, ids in by_amount.items():
+        for i in range(0, len(ids), BATCH_SIZE):
+            UserBudget.objects.filter(pk__in=ids[i:i + BATCH_SIZE]).update(total_budget=amount)
     # What budget_set writes for a new budget (spend was zero when it was created).
     AuditLog.objects.bulk_create(
         (AuditLog(project_id=project.pk, budget=b, user_id=b.user_id, action="budget_create", actor=ACTOR,
