@@ -27,8 +27,9 @@ test: install
 lint: install
 	$(BIN)/ruff check budgets budgetsite tests bench
 
+# make bench [ROWS=1,2] [BENCH_ARGS="--big --keep"]: PostgreSQL at 127.0.0.1 and wrk needed (docs/PERFORMANCE.md).
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(if $(ROWS),--rows $(ROWS)) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

@@ -43,7 +43,7 @@ class Row:
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def add(self, workload: str, value: float | None, unit: str, *, ratio: float | None = None,
+    def add(self, workload: str, value: float | str | None, unit: str, *, ratio: float | None = None,
             baseline: str = "", target: str = "", met: bool | None = None, **more: Any) -> None:
         self.lines.append({"workload": workload, "value": value, "unit": unit, "ratio": ratio,
                            "baseline": baseline, "target": target, "met": met, **more})
@@ -56,7 +56,7 @@ class Row:
         head = ("workload", "value", "ratio", "vs", "target", "met")
         body = [head]
         for line in self.lines:
-            value = "-" if line["value"] is None else f"{fmt(line['value'])} {line['unit']}"
+            value = "-" if line["value"] is None else f"{fmt(line['value'])} {line['unit']}".strip()
             ratio = "-" if line["ratio"] is None else f"{line['ratio']:.2f}x"
             met = {True: "yes", False: "NO", None: "-"}[line["met"]]
             body.append((line["workload"], value, ratio, line["baseline"], line["target"], met))
@@ -77,7 +77,9 @@ class Row:
         return path
 
 
-def fmt(value: float) -> str:
+def fmt(value: float | str) -> str:
+    if isinstance(value, str):
+        return value
     if isinstance(value, int):
         return f"{value:,}"
     if value == 0:
