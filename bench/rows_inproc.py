@@ -26,9 +26,10 @@ def size_label(n: int) -> str:
 # --- row 5 --------------------------------------------------------------------------------------
 
 
-def ours_per_call(users: int, calls: int) -> float:
-    """Mean seconds per budgets.manager.BudgetManager.update_cost on random users of `users`."""
+def ours_per_call(users: int, calls: int) -> tuple[float, int]:
+    """Mean seconds per budgets.manager.BudgetManager.update_cost on random users of `users`, and its statements."""
     from bench.rows_data import copy_budgets
+    from bench.rows_http import count_statements
     from budgets.manager import BudgetManager
 
     name = f"bench-manager-{users}-{time.time_ns()}"
@@ -41,7 +42,10 @@ def ours_per_call(users: int, calls: int) -> float:
     start = time.perf_counter()
     for user in picks[5:]:
         manager.update_cost(user, model="gpt-4o-mini", input_text=INPUT_TEXT, output_text=OUTPUT_TEXT)
-    return (time.perf_counter() - start) / calls
+    seconds = (time.perf_counter() - start) / calls
+    real, *_ = count_statements(lambda: manager.update_cost(picks[-1], model="gpt-4o-mini", input_text=INPUT_TEXT,
+                                                             output_text=OUTPUT_TEXT))
+    return seconds, len(real)
 
 
 def litellm_per_call(users: int, calls: int) -> float:
@@ -88,19 +92,20 @@ def row_manager(args: argparse.Namespace, env: dict[str, str]) -> Row:
     litellm_calls = {1_000: 100, 10_000: 30, 100_000: 6, 1_000_000: 2}
     first: float | None = None
     for users in sizes:
-        ours = ours_per_call(users, 200)
+        ours, statements = ours_per_call(users, 200)
         first = first or ours
         theirs = litellm_per_call(users, litellm_calls[users])
         label = size_label(users)
         flat = ours / first
         row.add(f"ours, {label} users", ours * 1000, "ms/call", ratio=flat, baseline="ours at 1k",
-                target="<= 1.5x" if users > 1_000 else "", met=flat <= 1.5 if users > 1_000 else None)
+                target="<= 1.5x" if users > 1_000 else "", met=flat <= 1.5 if users > 1_000 else None,
+                statements_per_call=statements)
         row.add(f"litellm local, {label} users", theirs * 1000, "ms/call", calls=litellm_calls[users])
         speedup = theirs / ours
         row.add(f"speed-up over litellm, {label} users", speedup, "x", ratio=speedup, baseline="litellm local",
                 target=">= 100x" if users == 100_000 else "", met=speedup >= 100 if users == 100_000 else None)
-        print(f"  {label}: ours {ours * 1000:.2f} ms/call ({flat:.2f}x 1k), litellm {theirs * 1000:.1f} ms/call "
-              f"-> {speedup:.1f}x", flush=True)
+        print(f"  {label}: ours {ours * 1000:.2f} ms/call ({flat:.2f}x 1k, {statements} SQL statements), "
+              f"litellm {theirs * 1000:.1f} ms/call -> {speedup:.1f}x", flush=True)
     return row
 
 

@@ -146,6 +146,7 @@ def main() -> None:
         for key in [r for r in ALL_ROWS if r in args.rows]:
             print(f"== row {key} ==", flush=True)
             begun = time.perf_counter()
+            load_before = os.getloadavg()[0]
             try:
                 row = runners[key](args, env)
             except Exception as exc:  # one broken row must not hide the others
@@ -155,6 +156,10 @@ def main() -> None:
 
                 traceback.print_exc()
             row.extra["seconds"] = round(time.perf_counter() - begun, 1)
+            # The machine is shared: how busy it was says how far to trust the absolute figures.
+            row.extra["load_average_1min"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
+            row.note(f"load average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+                     f"on {os.cpu_count()} cores; row took {row.extra['seconds']:.0f} s")
             row.save(context)
             print(row.table() + "\n", flush=True)
             done.append(row)
