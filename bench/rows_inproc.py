@@ -26,26 +26,41 @@ def size_label(n: int) -> str:
 # --- row 5 --------------------------------------------------------------------------------------
 
 
-def ours_per_call(users: int, calls: int) -> tuple[float, int]:
-    """Mean seconds per budgets.manager.BudgetManager.update_cost on random users of `users`, and its statements."""
+def ours_per_call(sizes: list[int], calls: int, rounds: int = 4) -> dict[int, tuple[float, int]]:
+    """Median seconds per budgets.manager.BudgetManager.update_cost on random users, per project size,
+    and the SQL statements of one call. The sizes take turns (`rounds` of calls/rounds each), so the
+    shared machine's load drifts over all of them alike."""
     from bench.rows_data import copy_budgets
     from bench.rows_http import count_statements
     from budgets.manager import BudgetManager
 
-    name = f"bench-manager-{users}-{time.time_ns()}"
-    manager = BudgetManager(name)
-    copy_budgets(manager.project, users, "u", duration="monthly", due=False, model_spend=False)
-    rng = random.Random(users)
-    picks = [f"u{rng.randrange(users)}" for _ in range(calls + 5)]
-    for user in picks[:5]:  # warm
-        manager.update_cost(user, model="gpt-4o-mini", input_text=INPUT_TEXT, output_text=OUTPUT_TEXT)
-    start = time.perf_counter()
-    for user in picks[5:]:
-        manager.update_cost(user, model="gpt-4o-mini", input_text=INPUT_TEXT, output_text=OUTPUT_TEXT)
-    seconds = (time.perf_counter() - start) / calls
-    real, *_ = count_statements(lambda: manager.update_cost(picks[-1], model="gpt-4o-mini", input_text=INPUT_TEXT,
-                                                             output_text=OUTPUT_TEXT))
-    return seconds, len(real)
+    managers = {}
+    for users in sizes:
+        manager = BudgetManager(f"bench-manager-{users}-{time.time_ns()}")
+        copy_budgets(manager.project, users, "u", duration="monthly", due=False, model_spend=False)
+        managers[users] = manager
+    rng = random.Random(5)
+
+    def call(users: int) -> None:
+        managers[users].update_cost(f"u{rng.randrange(users)}", model="gpt-4o-mini", input_text=INPUT_TEXT,
+                                    output_text=OUTPUT_TEXT)
+
+    for users in sizes:  # warm
+        for _ in range(5):
+            call(users)
+    per_round: dict[int, list[float]] = {users: [] for users in sizes}
+    batch = max(1, calls // rounds)
+    for _ in range(rounds):
+        for users in sizes:
+            start = time.perf_counter()
+            for _ in range(batch):
+                call(users)
+            per_round[users].append((time.perf_counter() - start) / batch)
+    out = {}
+    for users in sizes:
+        real, *_ = count_statements(lambda users=users: call(users))
+        out[users] = (statistics.median(per_round[users]), len(real))
+    return out
 
 
 def litellm_per_call(users: int, calls: int) -> float:
@@ -88,12 +103,14 @@ def _join_strays() -> None:
 def row_manager(args: argparse.Namespace, env: dict[str, str]) -> Row:
     row = Row("5", "budgets.manager.BudgetManager.update_cost(user, model, input_text, output_text) vs "
                    "litellm.BudgetManager(client_type='local') update_cost + save_data")
+    row.note("ours: median of 4 interleaved rounds of 50 calls per size; litellm: mean of a few calls per size, "
+             "the save threads update_cost starts waited for inside the measurement")
     sizes = [1_000, 10_000, 100_000] + ([1_000_000] if args.big else [])
     litellm_calls = {1_000: 100, 10_000: 30, 100_000: 6, 1_000_000: 2}
-    first: float | None = None
+    ours_by_size = ours_per_call(sizes, 200)
+    first = ours_by_size[sizes[0]][0]
     for users in sizes:
-        ours, statements = ours_per_call(users, 200)
-        first = first or ours
+        ours, statements = ours_by_size[users]
         theirs = litellm_per_call(users, litellm_calls[users])
         label = size_label(users)
         flat = ours / first
