@@ -30,8 +30,9 @@ lint: install
 	$(BIN)/mypy budgets budgetsite
 	$(BIN)/mypy clients/python/budget_client
 
+# make bench [ROWS=1,2] [BENCH_ARGS="--big --keep"]: PostgreSQL at 127.0.0.1 and wrk needed (docs/PERFORMANCE.md).
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(if $(ROWS),--rows $(ROWS)) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

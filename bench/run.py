@@ -1,149 +1,175 @@
-"""Side-by-side benchmarks of the budget core. Run: `make bench` (or .venv/bin/python bench/run.py).
+"""Budget Manager benchmarks: `make bench` (all rows) or `make bench ROWS=1,2` (.venv/bin/python bench/run.py).
 
-Each comparison runs both variants in one process, interleaved, on a throw-away
-test database (SQLite by default, PostgreSQL with DATABASE_URL), and reports the
-ratio of medians: the machine is shared and noisy, so absolute times mean little.
+Runs on PostgreSQL (a fresh database named bench_*, dropped at the end unless --keep) with
+production-like settings (DEBUG off, a real SECRET_KEY, Redis db 7 as the cache), starts gunicorn
+itself for the HTTP rows, drives it with wrk, and prints one table per row. Each row also writes
+bench/results/<row>.json. Every figure is a ratio to a baseline measured in the same run.
+
+Rows:
+  1      POST /api/v1/users/{u}/costs (hot user, 1,000 users, Idempotency-Key, ?enforce=true,
+         reserve + settle) vs GET /healthz; SQL statements per record, in-process
+  1b     POST .../check and GET /api/v1/users/{u} vs GET /healthz
+  2      LiteLLM hosted /set_budget and /get_budget at 10k and 100k users vs json round trip
+  3      console pages at 1M ledger events (10M with --huge) vs the same pages at 10k events
+  4      reset sweep of 100k due budgets (1M with --big) vs one budget at a time
+  5      BudgetManager.update_cost at 1k/10k/100k users (1M with --big) vs litellm's local BudgetManager
+  6      projected cost of a 10,000-token conversation vs raw tiktoken and litellm.token_counter
+  7      CSV export of 1M events through gunicorn: peak RSS of the worker, rows/s
+  8      manage.py seed_demo --users 10000 --events 1000000
+  micro  the older in-process comparisons (price cache, encoder cache, cost given vs priced)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import statistics
+import platform
+import secrets
+import subprocess
 import sys
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "budgetsite.settings_test")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-import django  # noqa: E402
-
-django.setup()
-
-from django.db import connection, transaction  # noqa: E402
-from django.test.utils import setup_test_environment  # noqa: E402
-from django.utils.timezone import now  # noqa: E402
-
-from budgets import pricing, services, tokens  # noqa: E402
-from budgets.models import ModelPrice, UserBudget  # noqa: E402
-from budgets.usage import Usage  # noqa: E402
+ALL_ROWS = ("8", "1", "1b", "2", "3", "4", "5", "6", "7", "micro")
+PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
+REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/7")
 
 
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default=os.environ.get("ROWS") or ",".join(ALL_ROWS),
+                        help="Comma-separated rows to run (default: all). Also the ROWS environment variable.")
+    parser.add_argument("--big", action="store_true", help="Also the big sizes: 1M budgets (4), 1M users (5).")
+    parser.add_argument("--huge", action="store_true", help="Row 3 at 10M ledger events too (slow: minutes).")
+    parser.add_argument("--quick", action="store_true", help="Row 2 at 10k users only; rows 3 and 7 reuse data.")
+    parser.add_argument("--duration", type=int, default=5, help="Seconds per wrk run (default 5; keep it short).")
+    parser.add_argument("--connections", type=int, default=4, help="wrk connections (default 4; 2 threads).")
+    parser.add_argument("--database", default="bench_run", help="Database name (must start with bench_).")
+    parser.add_argument("--keep", action="store_true", help="Keep the bench database at the end.")
+    args = parser.parse_args()
+    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in args.rows if r not in ALL_ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; rows are {', '.join(ALL_ROWS)}")
+    if not args.database.startswith("bench_"):
+        parser.error("--database must start with bench_")
+    return args
 
 
-def compare(name: str, a_name: str, a: Callable[[], object], b_name: str, b: Callable[[], object],
-            rounds: int, setup: Callable[[], object] | None = None) -> None:
-    a_times, b_times = [], []
-    for _ in range(rounds):
-        for fn, times in ((a, a_times), (b, b_times)):
-            if setup:
-                setup()
-            times.append(timed(fn))
-    ma, mb = statistics.median(a_times), statistics.median(b_times)
-    print(f"{name}: {a_name} {ma * 1000:.1f} ms, {b_name} {mb * 1000:.1f} ms (median of {rounds}) "
-          f"-> {b_name} / {a_name} = {mb / ma:.1f}x")
+def server_env(database: str) -> dict[str, str]:
+    """Production-like settings for the bench process and the gunicorn it starts."""
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "budgetsite.settings",
+        "DATABASE_URL": f"{PG}/{database}",
+        "REDIS_URL": REDIS,
+        "SECRET_KEY": os.environ.get("BENCH_SECRET_KEY") or secrets.token_urlsafe(50),
+        "DEBUG": "false",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
+        # Plain HTTP on the loopback: no TLS redirect, no secure-only cookies for the bench client.
+        "SECURE_SSL_REDIRECT": "false",
+        "SESSION_COOKIE_SECURE": "false",
+        "CSRF_COOKIE_SECURE": "false",
+        "LOG_LEVEL": "WARNING",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "PYTHONPATH": str(ROOT),
+    }
 
 
-def bench_sweep(users: int, rounds: int) -> None:
-    """The set-based reset sweep against resetting the same budgets one row at a time."""
-    project = services.project_create(name=f"bench-sweep-{time.time_ns()}")
-    UserBudget.objects.bulk_create(
-        UserBudget(project=project, user_id=f"u{i}", total_budget=Decimal(10), duration="daily",
-                   current_spend=Decimal("1.5"), period_start=datetime(2020, 1, 1, tzinfo=UTC),
-                   next_reset_at=datetime(2020, 1, 2, tzinfo=UTC))
-        for i in range(users)
-    )
-    start = UserBudget.objects.filter(project=project).values_list("period_start", flat=True).first()
-    due = UserBudget.objects.filter(project=project).values_list("next_reset_at", flat=True).first()
+def recreate_database(name: str) -> None:
+    import psycopg
 
-    def make_due() -> None:
-        UserBudget.objects.filter(project=project).update(period_start=start, next_reset_at=due,
-                                                         current_spend=Decimal("1.5"))
-        from budgets.models import AuditLog, BudgetPeriod
-        BudgetPeriod.objects.filter(project=project).delete()
-        AuditLog.objects.filter(project=project).delete()
-
-    def per_row() -> None:
-        for budget in UserBudget.objects.filter(project=project, next_reset_at__lte=now()):
-            with transaction.atomic():
-                services.reset_due_budgets(ids=[budget.pk])
-
-    compare(f"reset sweep, {users} due budgets", "set-based sweep",
-            lambda: services.reset_due_budgets(project=project), "one row at a time", per_row, rounds, make_due)
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def bench_price_lookup(rounds: int) -> None:
-    """The in-process price cache against a database query per lookup."""
-    models = list(ModelPrice.objects.values_list("model", flat=True)[:200])
+def drop_database(name: str) -> None:
+    import psycopg
+    from django.db import connections
 
-    def cached() -> None:
-        for _ in range(5):
-            for model in models:
-                pricing.get_price(model)
-
-    def uncached() -> None:
-        for _ in range(5):
-            for model in models:
-                pricing.Price.from_row(ModelPrice.objects.get(model=model))
-
-    compare("price lookup x1000", "cached get_price", cached, "query per lookup", uncached, rounds)
+    connections.close_all()
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def bench_tokens(rounds: int) -> None:
-    """Cached encoders against building the encoder for every call."""
-    text = "The quick brown fox jumps over the lazy dog. " * 20
+def machine() -> dict[str, Any]:
+    from django.db import connection
 
-    def cached() -> None:
-        for _ in range(20):
-            tokens.count_text_tokens("gpt-4o", text)
-
-    def rebuilt() -> None:
-        for _ in range(20):
-            len(tokens.build_encoding("o200k_base").encode(text))
-
-    compare("token count x20", "cached encoder", cached, "encoder per call", rebuilt, max(3, rounds // 2))
-
-
-def bench_record(calls: int, rounds: int) -> None:
-    """Recording cost through the service: with a price lookup, and with the cost given."""
-    project = services.project_create(name=f"bench-record-{time.time_ns()}")
-    services.budget_set(project=project, user_id="u", total_budget=Decimal(10**6), actor="bench")
-
-    def priced() -> None:
-        for _ in range(calls):
-            services.cost_record(project=project, user_id="u", usage=Usage("gpt-4o", 1000, 200), source="api")
-
-    def given() -> None:
-        for _ in range(calls):
-            services.cost_record(project=project, user_id="u", usage=Usage("gpt-4o", 1000, 200),
-                                 cost=Decimal("0.0045"), source="api")
-
-    compare(f"cost_record x{calls}", "cost given", given, "priced from the table", priced, rounds)
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW server_version")
+        pg = cursor.fetchone()[0]
+    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal"))
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=False).stdout.strip()
+    except OSError:
+        commit = ""
+    return {"nproc": os.cpu_count(), "ram_gib": round(mem_kib / 2**20, 1), "postgresql": pg,
+            "python": platform.python_version(), "commit": commit, "when": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--users", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    setup_test_environment()
-    old_name = connection.creation.create_test_db(verbosity=0, keepdb=False)
+    args = parse_args()
+    env = server_env(args.database)
+    os.environ.update(env)
+    recreate_database(args.database)
+
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    from bench import rows_data, rows_http, rows_inproc
+    from bench.harness import Row
+
+    started = time.perf_counter()
+    call_command("migrate", verbosity=0)
+    context = {"machine": machine(), "command": " ".join(["bench/run.py", *sys.argv[1:]]),
+               "wrk": f"-t2 -c{args.connections} -d{args.duration}s", "gunicorn": "-w 2 (sync)"}
+    print(f"Machine: {json.dumps(context['machine'])}")
+    print(f"Database {args.database}; wrk {context['wrk']}; gunicorn {context['gunicorn']}. The machine is shared: "
+          "load runs are kept short and figures are ratios to a baseline of the same run.\n", flush=True)
+    runners = {
+        "1": rows_http.row_record, "1b": rows_http.row_reads, "2": rows_http.row_hosted, "7": rows_http.row_export,
+        "3": rows_data.row_console, "4": rows_data.row_sweep, "8": rows_data.row_seed,
+        "5": rows_inproc.row_manager, "6": rows_inproc.row_projected, "micro": rows_inproc.row_micro,
+    }
+    done: list[Row] = []
     try:
-        print(f"database: {connection.vendor}")
-        bench_sweep(args.users, args.rounds)
-        bench_price_lookup(args.rounds)
-        bench_tokens(args.rounds)
-        bench_record(200, args.rounds)
+        for key in [r for r in ALL_ROWS if r in args.rows]:
+            print(f"== row {key} ==", flush=True)
+            begun = time.perf_counter()
+            load_before = os.getloadavg()[0]
+            try:
+                row = runners[key](args, env)
+            except Exception as exc:  # one broken row must not hide the others
+                row = Row(key, "failed")
+                row.note(f"the row failed: {type(exc).__name__}: {exc}")
+                import traceback
+
+                traceback.print_exc()
+            row.extra["seconds"] = round(time.perf_counter() - begun, 1)
+            # The machine is shared: how busy it was says how far to trust the absolute figures.
+            row.extra["load_average_1min"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
+            row.note(f"load average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+                     f"on {os.cpu_count()} cores; row took {row.extra['seconds']:.0f} s")
+            row.save(context)
+            print(row.table() + "\n", flush=True)
+            done.append(row)
     finally:
-        connection.creation.destroy_test_db(old_name, verbosity=0)
+        if args.keep:
+            print(f"kept database {args.database}")
+        else:
+            drop_database(args.database)
+    print(f"All rows in {time.perf_counter() - started:.0f} s; results in bench/results/.")
+    print("\n\n".join(r.table() for r in done))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,491 @@
+"""Demo data: a project filled with realistic, fabricated spend (the seed_demo command calls demo_seed).
+
+This is the one place that writes spend in bulk without cost_record: it fabricates history
+(calls "made" over the last D days), which cost_record cannot do since it records calls now.
+The ledger goes in with PostgreSQL's COPY (bulk_create elsewhere), streamed in chunks so that
+millions of events never sit in memory; every derived number is then set from the ledger with
+set-based queries, exactly as the services would have left it: each budget's current_spend and
+ModelSpend rows from the events of its current period, the project's spend from the events of
+the project's period, one BudgetPeriod per finished period. The project, its cap and the API key
+go through the services; the budgets are inserted in bulk with the same audit rows budget_set writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from decimal import ROUND_DOWN, ROUND_UP, Decimal
+from itertools import accumulate
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.contrib.auth import get_user_model
+from django.db import connection, models, transaction
+from django.db.models import Count, F, OuterRef, Subquery, Sum
+from django.db.models.functions import Coalesce, TruncDate
+from django.utils.timezone import now as utcnow
+
+from .. import periods, pricing
+from ..errors import InvalidInput
+from ..fields import MoneyField, money
+from ..models import Alert, AuditLog, BudgetPeriod, CostEvent, Duration, ModelSpend, Project, UserBudget
+from ..money import stored
+from ..selectors.console import MoneySum
+from .audit import budget_snapshot
+from .keys import api_key_create
+from .projects import project_create, project_update
+
+ACTOR = "system:seed_demo"
+BATCH_SIZE = 2000
+CHUNK = 50_000  # calls fabricated and written at a time
+ZERO = Decimal(0)
+CENT = Decimal("0.01")
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """A model the demo calls, with typical token counts (medians) for one call."""
+
+    name: str
+    weight: float  # how popular it is
+    prompt: int
+    completion: int
+
+
+# Real names from the price table; the ones the table lacks are skipped.
+DEMO_MODELS = (
+    DemoModel("gpt-4o-mini", 10, 2500, 400),
+    DemoModel("gpt-4o", 4, 6000, 700),
+    DemoModel("gpt-4.1", 2, 8000, 800),
+    DemoModel("o4-mini", 2, 3000, 2500),
+    DemoModel("claude-sonnet-4-5", 3, 9000, 900),
+    DemoModel("claude-haiku-4-5", 3, 3000, 400),
+    DemoModel("gemini-2.5-flash", 2, 5000, 500),
+    DemoModel("text-embedding-3-small", 3, 800, 0),
+)
+# Budgets people set.
+BUDGET_STEPS = tuple(Decimal(n) for n in (1, 2, 5, 10, 20, 25, 50, 75, 100, 150, 200, 250, 500, 750, 1000, 2000, 5000))
+FIRST_NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory",
+               "niaj", "olivia", "peggy", "rupert", "sybil", "trent", "victor", "walter", "yasmin", "zoe",
+               "amir", "bea", "chen", "dara", "elif", "femi", "goran", "hana", "ines", "jonas", "kofi", "lena",
+               "mateo", "noor", "oskar", "priya", "quinn", "ravi", "sofia", "tomas", "uma", "vera", "wei")
+TEAMS = ("support", "search", "growth", "research", "billing", "docs", "mobile", "data", "sales", "infra")
+SERVICE_ACCOUNTS = ("svc-nightly-summaries", "svc-support-bot", "svc-doc-indexer", "svc-eval-runner",
+                    "svc-translation", "svc-email-triage")
+# (duration, share of users)
+DURATIONS = ((Duration.MONTHLY, 0.6), (Duration.WEEKLY, 0.2), (Duration.DAILY, 0.15), (Duration.NONE, 0.05))
+
+Call = tuple[str, str, int, int, int, Decimal, datetime]  # user, model, prompt, completion, cached, cost, time
+
+
+class ProjectNotEmpty(InvalidInput):
+    """The project already has a ledger and no reset was asked for."""
+
+
+def user_names(count: int, rng: random.Random) -> list[str]:
+    """Distinct, plausible user ids: people by team, and a few service accounts."""
+    names = list(SERVICE_ACCOUNTS[: max(1, count // 12)])
+    seen = set(names)
+    while len(names) < count:
+        name = f"{rng.choice(FIRST_NAMES)}.{rng.choice(TEAMS)}"
+        if name in seen:
+            name = f"{name}{rng.randint(2, 99)}"
+        if name in seen:
+            # Past a few thousand users the short names run out: a longer number keeps it fast.
+            name = f"{rng.choice(FIRST_NAMES)}.{rng.choice(TEAMS)}{rng.randint(100, 10**7)}"
+        if name not in seen:
+            seen.add(name)
+            names.append(name)
+    rng.shuffle(names)
+    return names[:count]
+
+
+def lognormal_tokens(rng: random.Random, median: int, spread: float = 0.9, cap: int = 200_000) -> int:
+    if median <= 0:
+        return 0
+    return max(1, min(cap, int(rng.lognormvariate(math.log(median), spread))))
+
+
+def nice_amount(amount: Decimal, rounding: str) -> Decimal:
+    """An amount to two significant digits (budgets people would set), at least one cent."""
+    if amount <= 0:
+        return Decimal(10)
+    step = Decimal(1).scaleb(amount.adjusted() - 1)
+    return max((amount / step).quantize(Decimal(1), rounding=rounding) * step, CENT).quantize(CENT)
+
+
+def budget_for(planned: Decimal, over: bool, rng: random.Random) -> Decimal:
+    """A budget that puts the user at a realistic use: most well under, some near, a few over."""
+    if planned <= 0:
+        return rng.choice(BUDGET_STEPS[2:8])
+    if over:
+        # The biggest usual budget below what was spent (a cent-exact one for tiny spenders).
+        below = [step for step in BUDGET_STEPS if step <= planned / Decimal("1.05")]
+        return below[-1] if below else nice_amount(planned / Decimal("1.2"), ROUND_DOWN)
+    target = rng.uniform(0.8, 0.97) if rng.random() < 0.12 else rng.uniform(0.05, 0.7)
+    wanted = planned / Decimal(str(target))
+    above = [step for step in BUDGET_STEPS if step >= wanted]
+    return above[0] if above else nice_amount(wanted, ROUND_UP)
+
+
+def demo_models() -> list[tuple[DemoModel, pricing.Price]]:
+    found = [(m, pricing.find_price(m.name)) for m in DEMO_MODELS]
+    models_ = [(m, price) for m, price in found if price is not None]
+    if len(models_) < 2:
+        raise InvalidInput("the price table has fewer than two of the demo models: run `manage.py load_prices`")
+    return models_
+
+
+# --- writing in bulk ----------------------------------------------------------------------------
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _escape(value: str) -> str:
+    return value.translate(_COPY_ESCAPES)
+
+
+def _copy_converter(field: models.Field) -> Any:
+    """value → COPY text for one column, chosen once per column (not per value)."""
+    if isinstance(field, models.JSONField):
+        convert = lambda value: _escape(json.dumps(value))  # noqa: E731
+    elif isinstance(field, models.DateTimeField):
+        convert = datetime.isoformat
+    elif isinstance(field, models.BooleanField):
+        convert = lambda value: "t" if value else "f"  # noqa: E731
+    elif isinstance(field, models.CharField | models.TextField):
+        convert = _escape
+    else:
+        convert = str
+    if field.null:
+        return lambda value: "\\N" if value is None else convert(value)
+    return convert
+
+
+def bulk_insert(model: type[models.Model], columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+    """Insert plain rows (values in `columns` order, attnames): COPY on PostgreSQL, bulk_create elsewhere."""
+    count = 0
+    if connection.vendor == "postgresql":
+        from psycopg.copy import QueuedLibpqWriter
+
+        table = model._meta.db_table
+        names = ", ".join(connection.ops.quote_name(model._meta.get_field(c).column) for c in columns)
+        converters = [_copy_converter(model._meta.get_field(c)) for c in columns]
+        with connection.cursor() as cursor:
+            # The queued writer sends from a thread: PostgreSQL indexes one chunk while Python makes the next.
+            with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN",
+                                    writer=QueuedLibpqWriter(cursor.cursor)) as copy:
+                lines: list[str] = []
+                for row in rows:
+                    lines.append("\t".join([convert(value) for convert, value in zip(converters, row, strict=True)]))
+                    if len(lines) >= BATCH_SIZE:
+                        count += len(lines)
+                        copy.write("\n".join(lines) + "\n")
+                        lines = []
+                if lines:
+                    count += len(lines)
+                    copy.write("\n".join(lines) + "\n")
+        return count
+    batch: list[models.Model] = []
+    for row in rows:
+        batch.append(model(**dict(zip(columns, row, strict=True))))
+        if len(batch) >= BATCH_SIZE:
+            model.objects.bulk_create(batch)  # type: ignore[attr-defined]
+            count += len(batch)
+            batch = []
+    model.objects.bulk_create(batch)  # type: ignore[attr-defined]
+    return count + len(batch)
+
+
+def _analyze(*tables: type[models.Model]) -> None:
+    """Fresh statistics after a bulk load, so the aggregate queries that follow plan well."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            for model in tables:
+                cursor.execute(f"ANALYZE {model._meta.db_table}")
+
+
+# --- the seed -----------------------------------------------------------------------------------
+
+
+def demo_seed(*, name: str = "demo", users: int = 50, days: int = 30, events: int = 5000, timezone: str = "UTC",
+              seed: int = 42, reset: bool = False) -> dict[str, Any]:
+    """Seed project `name`; returns {"project", "key" (raw, shown once), "users", "events", "periods", "over",
+    "member"}. ProjectNotEmpty if the project already has a ledger and `reset` is False."""
+    rng = random.Random(seed)
+    models_ = demo_models()
+    with transaction.atomic():
+        project = _fresh_project(name, timezone, reset=reset)
+        zone = ZoneInfo(project.timezone)
+        at = utcnow()
+        start = at - timedelta(days=days)
+        names = user_names(users, rng)
+        durations = rng.choices([d for d, _ in DURATIONS], weights=[w for _, w in DURATIONS], k=users)
+        budget_ids = _insert_budgets(project, names, durations, start, at)
+        written = bulk_insert(CostEvent, EVENT_COLUMNS, _event_rows(
+            project, budget_ids, _fabricate_calls(names, days, events, models_, zone, at, rng)))
+        _analyze(CostEvent)
+        _derive_spend(project)
+        _set_budget_totals(project, names, rng)
+        _analyze(UserBudget, ModelSpend)
+        project.refresh_from_db()
+        cap = nice_amount(project.current_spend / Decimal("0.62"), ROUND_UP) if project.current_spend else Decimal(100)
+        project = project_update(project=project, actor=ACTOR, max_budget=cap)
+        closed = _close_past_periods(project, zone)
+        _fabricate_alerts(project, at, rng)
+        _, raw_key = api_key_create(project=project, name="demo", actor=ACTOR)
+        member = _add_admin_member(project)
+        AuditLog.objects.create(project=project, action="demo_seed", actor=ACTOR,
+                                after={"users": users, "events": written, "days": days})
+        over_count = UserBudget.objects.filter(project=project, current_spend__gte=F("total_budget")).count()
+    return {"project": project, "key": raw_key, "users": users, "events": written, "periods": closed,
+            "over": over_count, "member": member}
+
+
+def _fresh_project(name: str, tz: str, *, reset: bool) -> Project:
+    project = Project.objects.filter(name=name).first()
+    if project is not None:
+        count = CostEvent.objects.filter(project=project).count()
+        if count:
+            if not reset:
+                raise ProjectNotEmpty(
+                    f"project {name!r} already has {count} ledger events; run with --reset to delete the "
+                    "project (its ledger, budgets, keys and audit log) and seed it again"
+                )
+            _delete_project(project)
+            project = None
+    if project is None:
+        project = project_create(name=name, timezone=tz, duration=Duration.MONTHLY, actor=ACTOR)
+    return project
+
+
+def _delete_project(project: Project) -> None:
+    """Delete a project; its ledger first, so deleting the budgets need not unlink a million events."""
+    CostEvent.objects.filter(project=project).delete()
+    project.delete()
+
+
+def _insert_budgets(project: Project, names: list[str], durations: list[str], start: datetime,
+                    at: datetime) -> dict[str, int]:
+    """The users' budgets (total set later, from what they spend), with budget_set's audit rows."""
+    period_of = {d: periods.period_containing(d, project.timezone, at, anchor=start) for d in set(durations)}
+    budgets = [
+        UserBudget(project=project, user_id=user, total_budget=ZERO, duration=duration,
+                   period_start=period_of[duration].start, next_reset_at=period_of[duration].next_reset,
+                   created_at=start, updated_at=at)
+        for user, duration in zip(names, durations, strict=True)
+    ]
+    UserBudget.objects.bulk_create(budgets, batch_size=BATCH_SIZE)
+    if any(b.pk is None for b in budgets):  # a backend that does not return ids
+        ids = dict(UserBudget.objects.filter(project=project).values_list("user_id", "pk"))
+    else:
+        ids = {b.user_id: b.pk for b in budgets}
+    return ids
+
+
+EVENT_COLUMNS = ("project_id", "budget_id", "user_id", "model", "prompt_tokens", "completion_tokens", "cached_tokens",
+                 "cache_creation_tokens", "cost", "source", "request_fingerprint", "created_at")
+
+
+def _event_rows(project: Project, budget_ids: dict[str, int], calls: Iterable[Call]) -> Iterator[tuple]:
+    for user, model, prompt, completion, cached, cost, created_at in calls:
+        yield (project.pk, budget_ids[user], user, model, prompt, completion, cached, 0, cost,
+               CostEvent.Source.DEMO.value, "", created_at)
+
+
+def _fabricate_calls(names: list[str], days: int, n_events: int, models_: list[tuple[DemoModel, pricing.Price]],
+                     zone: ZoneInfo, at: datetime, rng: random.Random) -> Iterator[Call]:
+    """(user, model, prompt, completion, cached, cost, time) for each call, generated in chunks."""
+    # Heavy users and many light ones: call volume falls off with rank (Zipf-like).
+    user_weights = list(accumulate(1 / (rank + 1) ** 1.1 for rank in range(len(names))))
+    # Each user favours a few models.
+    favourites = {user: rng.choices(models_, weights=[m.weight for m, _ in models_], k=3) for user in names}
+    today = at.astimezone(zone).date()
+    first_day = today - timedelta(days=days - 1)
+    # More calls on later days (a growing product) and fewer at weekends.
+    day_weights = []
+    midnights = []
+    for offset in range(days):
+        day = first_day + timedelta(days=offset)
+        day_weights.append((0.6 + 0.8 * offset / max(days - 1, 1)) * (0.35 if day.weekday() >= 5 else 1.0))
+        midnights.append(datetime.combine(day, time(), tzinfo=zone))
+    day_weights = list(accumulate(day_weights))
+    utc = at.tzinfo
+    cost_of = _cost_function(models_)
+    done = 0
+    while done < n_events:
+        size = min(CHUNK, n_events - done)
+        done += size
+        users = rng.choices(names, cum_weights=user_weights, k=size)
+        offsets = rng.choices(range(days), cum_weights=day_weights, k=size)
+        for user, offset in zip(users, offsets, strict=True):
+            model, price = rng.choice(favourites[user])
+            # Office hours, give or take. A call that would be later than now happened on an earlier day,
+            # so today has only the calls of the hours gone by.
+            seconds = min(max(rng.gauss(14 * 3600, 3.5 * 3600), 0), 86399)
+            midnight = midnights[offset]
+            created_at = midnight + timedelta(seconds=seconds)
+            if created_at > at:
+                # Only today can be later than now: the day before is always past.
+                created_at = created_at - timedelta(days=1) if days > 1 else midnight + (at - midnight) * rng.random()
+            prompt = lognormal_tokens(rng, model.prompt)
+            completion = lognormal_tokens(rng, model.completion, cap=16_000)
+            cached = 0
+            if price.cache_read is not None and prompt > 1024 and rng.random() < 0.3:
+                cached = int(prompt * rng.uniform(0.3, 0.9))
+            cost = cost_of(price, prompt, completion, cached)
+            yield user, model.name, prompt, completion, cached, cost, created_at.astimezone(utc)
+
+
+def _cost_function(models_: list[tuple[DemoModel, pricing.Price]]) -> Any:
+    """pricing.cost_of_tokens rounded as stored, in integer arithmetic: a million calls cost seconds less.
+
+    Prices have at most 18 places (the price table's column), so in units of 1e-18 dollars every
+    product is an exact integer; rounding to the stored 12 places is half-even, as Decimal.quantize does.
+    """
+    units: dict[str, tuple[int, int, int]] = {}
+    for _, price in models_:
+        scaled = [p.scaleb(18) for p in (price.input, price.cache_read or price.input, price.output)]
+        if any(p != p.to_integral_value() for p in scaled):
+            units = {}
+            break
+        units[price.model] = tuple(int(p) for p in scaled)  # type: ignore[assignment]
+
+    def cost_of(price: pricing.Price, prompt: int, completion: int, cached: int) -> Decimal:
+        if price.model not in units:
+            return stored(pricing.cost_of_tokens(price, prompt_tokens=prompt, completion_tokens=completion,
+                                                 cached_tokens=cached))
+        per_input, per_cached, per_output = units[price.model]
+        quotient, remainder = divmod((prompt - cached) * per_input + cached * per_cached + completion * per_output,
+                                     10**6)
+        if remainder > 500_000 or (remainder == 500_000 and quotient % 2):
+            quotient += 1
+        return Decimal(quotient).scaleb(-12)
+
+    return cost_of
+
+
+def _derive_spend(project: Project) -> None:
+    """Spend as the services would have left it, from the ledger, with set-based queries."""
+    in_period = CostEvent.objects.filter(project=project, budget__isnull=False,
+                                         created_at__gte=F("budget__period_start"))
+    ModelSpend.objects.filter(budget__project=project).delete()
+    ModelSpend.objects.bulk_create(
+        (
+            ModelSpend(budget_id=row["budget_id"], model=row["model"], spend=row["spend"],
+                       prompt_tokens=row["prompt"], completion_tokens=row["completion"])
+            for row in in_period.values("budget_id", "model").annotate(
+                spend=MoneySum("cost"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"))
+        ),
+        batch_size=BATCH_SIZE,
+    )
+    per_budget = (
+        ModelSpend.objects.filter(budget_id=OuterRef("pk")).order_by().values("budget_id")
+        .annotate(total=Sum("spend")).values("total")
+    )
+    UserBudget.objects.filter(project=project).update(
+        current_spend=Coalesce(Subquery(per_budget, output_field=MoneyField()), money(ZERO)),
+    )
+    total = CostEvent.objects.filter(project=project, created_at__gte=project.period_start).aggregate(
+        total=MoneySum("cost"))["total"]
+    Project.objects.filter(pk=project.pk).update(current_spend=total or ZERO)
+
+
+def _set_budget_totals(project: Project, names: list[str], rng: random.Random) -> set[str]:
+    """Budgets planned from what each user spends in their current period; returns the users put over."""
+    planned = dict(UserBudget.objects.filter(project=project).values_list("user_id", "current_spend"))
+    # A few users over budget: every fifth of the spenders, biggest first, skipping the very biggest.
+    spenders = sorted((u for u in names if planned[u] > 0), key=lambda u: (-planned[u], u))
+    over = set(spenders[1::5][: max(1, len(names) // 15)])
+    budgets = list(UserBudget.objects.filter(project=project))
+    by_amount: dict[Decimal, list[int]] = defaultdict(list)
+    for budget in budgets:
+        budget.total_budget = budget_for(planned[budget.user_id], budget.user_id in over, rng)
+        by_amount[budget.total_budget].append(budget.pk)
+    # Budgets people set take few distinct amounts: one UPDATE per amount, not one per budget.
+    for amount, ids in by_amount.items():
+        for i in range(0, len(ids), BATCH_SIZE):
+            UserBudget.objects.filter(pk__in=ids[i:i + BATCH_SIZE]).update(total_budget=amount)
+    # What budget_set writes for a new budget (spend was zero when it was created).
+    AuditLog.objects.bulk_create(
+        (AuditLog(project_id=project.pk, budget=b, user_id=b.user_id, action="budget_create", actor=ACTOR,
+                  after={**budget_snapshot(b), "current_spend": "0"}, created_at=b.created_at) for b in budgets),
+        batch_size=BATCH_SIZE,
+    )
+    return over
+
+
+PERIOD_COLUMNS = ("budget_id", "project_id", "user_id", "period_start", "period_end", "spend", "total_budget",
+                  "model_spend", "reason", "created_at")
+
+
+def _close_past_periods(project: Project, zone: ZoneInfo) -> int:
+    """One BudgetPeriod per finished period of each budget, from the ledger (zero-spend periods too)."""
+    budgets = {b.pk: b for b in UserBudget.objects.filter(project=project).exclude(duration=Duration.NONE)}
+    earlier = (
+        CostEvent.objects.filter(project=project, budget_id__in=budgets, created_at__lt=F("budget__period_start"))
+        .annotate(day=TruncDate("created_at", tzinfo=zone))
+        .values("budget_id", "day", "model").annotate(spend=MoneySum("cost"), n=Count("id")).order_by()
+    )
+    per_period: dict[tuple[int, datetime], dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    first_start: dict[int, datetime] = {}
+    found_periods: dict[tuple[str, Any], periods.Period] = {}
+    for row in earlier.iterator(chunk_size=10_000):
+        budget = budgets[row["budget_id"]]
+        key = (budget.duration, row["day"])
+        if key not in found_periods:
+            noon = datetime.combine(row["day"], time(12), tzinfo=zone)
+            found_periods[key] = periods.period_containing(budget.duration, project.timezone, noon)
+        start = found_periods[key].start
+        per_period[(budget.pk, start)][row["model"]] += row["spend"]
+        if budget.pk not in first_start or start < first_start[budget.pk]:
+            first_start[budget.pk] = start
+    rows = []
+    next_of: dict[tuple[str, datetime], periods.Period] = {}
+    for budget in budgets.values():
+        # Every period from the first call's period to the current one, empty ones included.
+        if budget.pk not in first_start:
+            continue
+        period = periods.period_containing(budget.duration, project.timezone, first_start[budget.pk])
+        while period.next_reset is not None and period.start < budget.period_start:
+            spend = per_period.get((budget.pk, period.start), {})
+            rows.append((budget.pk, project.pk, budget.user_id, period.start, period.next_reset,
+                         sum(spend.values(), ZERO), budget.total_budget,
+                         {m: str(s) for m, s in sorted(spend.items())}, "period_end", period.next_reset))
+            key = (budget.duration, period.next_reset)
+            if key not in next_of:
+                next_of[key] = periods.period_containing(budget.duration, project.timezone, period.next_reset)
+            period = next_of[key]
+    return bulk_insert(BudgetPeriod, PERIOD_COLUMNS, rows)
+
+
+def _fabricate_alerts(project: Project, at: datetime, rng: random.Random) -> None:
+    """Alerts for the thresholds users crossed this period, as already delivered (nothing is sent)."""
+    alerts = []
+    for budget in UserBudget.objects.filter(project=project, total_budget__gt=0):
+        used = budget.current_spend * 100 / budget.total_budget
+        for threshold in project.alert_thresholds or []:
+            if used >= threshold:
+                when = max(budget.period_start, at - timedelta(minutes=rng.randint(5, 3 * 24 * 60)))
+                alerts.append(Alert(
+                    project=project, budget=budget, scope=Alert.Scope.USER, user_id=budget.user_id,
+                    threshold=threshold, period_start=budget.period_start,
+                    spend=budget.total_budget * threshold / 100, limit=budget.total_budget, created_at=when,
+                    delivered_at=when + timedelta(seconds=2), attempts=1,
+                ))
+    Alert.objects.bulk_create(alerts, batch_size=BATCH_SIZE, ignore_conflicts=True)
+
+
+def _add_admin_member(project: Project) -> str | None:
+    """The embedded demo's superuser `admin` sees the project as a member too."""
+    user = get_user_model().objects.filter(username="admin").first()
+    if user is None:
+        return None
+    project.members.add(user)
+    return user.get_username()
