@@ -17,6 +17,7 @@ from budgets.models import (
     CostEvent,
     ModelSpend,
     Project,
+    SpendDay,
     UserBudget,
 )
 
@@ -94,4 +95,5 @@ def db_state() -> dict[str, Any]:
         "periods": list(BudgetPeriod.objects.order_by("pk").values_list("pk", "spend")),
         "alerts": list(Alert.objects.order_by("pk").values_list("pk")),
         "keys": list(ApiKey.objects.order_by("pk").values_list("pk", "revoked_at")),
+        "spend_days": list(SpendDay.objects.order_by("pk").values_list("pk", "spend", "events")),
     }

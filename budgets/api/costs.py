@@ -36,7 +36,8 @@ def record_cost(
     def answer(recorded: services.CostRecorded) -> dict:
         # Through the declared schema, so the answer (kept and replayed on retries) is what the docs say.
         return CostOut.model_validate({
-            "cost": recorded.event.cost, "event": event_out(recorded.event), "user": user_out(recorded.budget, project),
+            "cost": recorded.event.cost, "event": event_out(recorded.event),
+            "user": user_out(recorded.budget, project, recorded.model_costs),
             "budget_exceeded": recorded.budget_exceeded, "exceeded_scope": recorded.exceeded,
         }).model_dump()
 

@@ -15,6 +15,7 @@ from .budgets import (
     budget_record,
     budgets_with_costs,
     cost_events,
+    forget_api_keys,
     has_budget_or_costs,
     hash_key,
     ledger_slice,
@@ -27,6 +28,7 @@ from .budgets import (
 
 __all__ = [
     "KEY_PREFIX", "SHOWN_LENGTH", "ProjectedCost", "PromptCost", "active_api_key", "budget_record",
-    "budgets_with_costs", "cost_events", "has_budget_or_costs", "hash_key", "ledger_slice", "model_costs",
+    "budgets_with_costs", "cost_events", "forget_api_keys", "has_budget_or_costs", "hash_key", "ledger_slice",
+    "model_costs",
     "projected_cost", "prompt_cost", "unix", "user_ids",
 ]

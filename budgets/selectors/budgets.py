@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import hashlib
 import hmac
 import json
+import threading
+import time
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
+from django.conf import settings
 from django.db.models import Q, QuerySet
 
 from .. import periods, pricing
@@ -154,11 +158,43 @@ def hash_key(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
+# Active keys found recently: digest → (expiry on the monotonic clock, key with its project).
+# Every API request starts with this lookup; the cache saves it a query. A revoked key or a
+# changed project is forgotten at once in the process that changed it (services call
+# forget_api_keys) and within API_KEY_CACHE_SECONDS everywhere else.
+_key_cache: dict[str, tuple[float, ApiKey]] = {}
+_key_cache_lock = threading.Lock()
+KEY_CACHE_MAX = 10_000
+
+
+def forget_api_keys() -> None:
+    with _key_cache_lock:
+        _key_cache.clear()
+
+
+def _fresh_copy(key: ApiKey) -> ApiKey:
+    """A copy per request: a request may change its project object's figures, another must not see that."""
+    clone = copy.copy(key)
+    clone.project = copy.copy(key.project)
+    return clone
+
+
 def active_api_key(raw: str) -> ApiKey | None:
-    """The active key for this secret, or None."""
+    """The active key for this secret (with its project), or None."""
     if not isinstance(raw, str) or not raw.startswith(KEY_PREFIX) or len(raw) > 200:
         return None
     digest = hash_key(raw)
+    ttl = float(getattr(settings, "API_KEY_CACHE_SECONDS", 5))
+    now = time.monotonic()
+    cached = _key_cache.get(digest)
+    if cached is not None and cached[0] > now:
+        return _fresh_copy(cached[1])
     # Found by its public prefix, then the secret's hash compared in constant time.
     candidates = ApiKey.objects.select_related("project").filter(prefix=raw[:SHOWN_LENGTH], revoked_at__isnull=True)
-    return next((k for k in candidates if hmac.compare_digest(k.key_hash, digest)), None)
+    key = next((k for k in candidates if hmac.compare_digest(k.key_hash, digest)), None)
+    if key is not None and ttl > 0:
+        with _key_cache_lock:
+            if len(_key_cache) >= KEY_CACHE_MAX:
+                _key_cache.clear()
+            _key_cache[digest] = (now + ttl, _fresh_copy(key))
+    return key

@@ -27,7 +27,7 @@ from django.db.models import (
     Sum,
     Value,
 )
-from django.db.models.functions import NullIf, TruncDate
+from django.db.models.functions import NullIf
 from django.db.models.lookups import GreaterThanOrEqual
 from django.utils.timezone import now as utcnow
 
@@ -44,6 +44,7 @@ from ..models import (
     ModelPrice,
     ModelSpend,
     Project,
+    SpendDay,
     UserBudget,
 )
 from ..money import MONEY_PLACES
@@ -196,14 +197,28 @@ def _ledger(project: Project, rng: DateRange | None = None, *, user_id: str | No
     ).order_by()
 
 
+def _days(project: Project, rng: DateRange, *, user_id: str | None = None,
+          model: str | None = None) -> QuerySet[SpendDay]:
+    """The daily rollups over the range (local days in the project's time zone), unordered.
+
+    The charts and tables over a range read these, not the ledger: a few thousand rows
+    for a month whatever the number of calls (services.rollups keeps them equal to the ledger).
+    """
+    days = SpendDay.objects.filter(project=project, day__gte=rng.start, day__lte=rng.end)
+    if user_id is not None:
+        days = days.filter(user_id=user_id)
+    if model is not None:
+        days = days.filter(model=model)
+    return days.order_by()
+
+
 def daily_spend(project: Project, rng: DateRange, *, user_id: str | None = None,
                 model: str | None = None) -> DailySpend:
-    """Spend per local day and model: one GROUP BY query."""
+    """Spend per local day and model: one GROUP BY query over the daily rollups."""
     rows = (
-        _ledger(project, rng, user_id=user_id, model=model)
-        .annotate(day=TruncDate("created_at", tzinfo=rng.zone))
+        _days(project, rng, user_id=user_id, model=model)
         .values("day", "model")
-        .annotate(spend=MoneySum("cost"), events=Count("id"))
+        .annotate(spend=MoneySum("spend"), events=Sum("events"))
         .order_by("day", "model")
     )
     index = {day: i for i, day in enumerate(rng.days)}
@@ -239,7 +254,7 @@ def _ranked(rows: Any, key: str, total: Decimal) -> list[Ranked]:
 
 def top_users(project: Project, rng: DateRange, total: Decimal, limit: int = TOP_N) -> list[Ranked]:
     rows = (
-        _ledger(project, rng).values("user_id").annotate(spend=MoneySum("cost"), events=Count("id"))
+        _days(project, rng).values("user_id").annotate(spend=MoneySum("spend"), events=Sum("events"))
         .order_by("-spend", "user_id")[:limit]
     )
     return _ranked(rows, "user_id", total)
@@ -247,7 +262,7 @@ def top_users(project: Project, rng: DateRange, total: Decimal, limit: int = TOP
 
 def top_models(project: Project, rng: DateRange, total: Decimal, limit: int = TOP_N) -> list[Ranked]:
     rows = (
-        _ledger(project, rng).values("model").annotate(spend=MoneySum("cost"), events=Count("id"))
+        _days(project, rng).values("model").annotate(spend=MoneySum("spend"), events=Sum("events"))
         .order_by("-spend", "model")[:limit]
     )
     return _ranked(rows, "model", total)
@@ -419,10 +434,34 @@ def project_past_periods(project: Project, limit: int = 24) -> list[PastPeriod]:
     return result[::-1]
 
 
+class _CountedEvents:
+    """The ledger's rows with their count taken from the daily rollups (equal to the ledger's,
+    one row per day and model instead of one per call): COUNT(*) over a heavy user's millions
+    of events was the slowest part of their page."""
+
+    def __init__(self, events: QuerySet[CostEvent], count: int) -> None:
+        self.events, self._count = events, count
+
+    def count(self) -> int:
+        return self._count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.events[index]
+
+
 def ledger_page(project: Project, *, user_id: str | None = None, model: str | None = None, page: Any = 1,
                 per_page: int = LEDGER_PER_PAGE) -> Page:
     events = _ledger(project, user_id=user_id, model=model).order_by("-created_at", "-id")
-    return Paginator(events, per_page).get_page(page)
+    days = SpendDay.objects.filter(project=project)
+    if user_id is not None:
+        days = days.filter(user_id=user_id)
+    if model is not None:
+        days = days.filter(model=model)
+    count = days.aggregate(n=Sum("events"))["n"] or 0
+    return Paginator(_CountedEvents(events, count), per_page).get_page(page)
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -447,8 +486,8 @@ class ModelUsage:
 def model_usage(project: Project, rng: DateRange) -> list[ModelUsage]:
     """Spend and tokens per model over the range, with the price the table has for each model."""
     rows = (
-        _ledger(project, rng).values("model")
-        .annotate(spend=MoneySum("cost"), events=Count("id"), prompt=Sum("prompt_tokens"),
+        _days(project, rng).values("model")
+        .annotate(spend=MoneySum("spend"), events=Sum("events"), prompt=Sum("prompt_tokens"),
                   completion=Sum("completion_tokens"), cached=Sum("cached_tokens"))
         .order_by("-spend", "model")
     )
@@ -480,19 +519,19 @@ OTHER_USERS = "other users"
 def model_by_user(project: Project, rng: DateRange, models: list[str],
                   limit: int = USERS_PER_MODEL_CHART) -> ModelByUser:
     """Two GROUP BY queries: the top users over the range, then spend per model for them and the rest."""
-    events = _ledger(project, rng)
+    events = _days(project, rng)
     top = list(
-        events.values("user_id").annotate(spend=MoneySum("cost")).order_by("-spend", "user_id")
+        events.values("user_id").annotate(spend=MoneySum("spend")).order_by("-spend", "user_id")
         .values_list("user_id", flat=True)[:limit]
     )
     result = ModelByUser(models=models, users=top, spend={u: [ZERO] * len(models) for u in top},
                          other=[ZERO] * len(models))
     index = {m: i for i, m in enumerate(models)}
-    rows = events.values("model", "user_id").annotate(spend=MoneySum("cost")).filter(user_id__in=top)
+    rows = events.values("model", "user_id").annotate(spend=MoneySum("spend")).filter(user_id__in=top)
     for row in rows:
         if row["model"] in index:
             result.spend[row["user_id"]][index[row["model"]]] = row["spend"]
-    totals = dict(events.values("model").annotate(spend=MoneySum("cost")).values_list("model", "spend"))
+    totals = dict(events.values("model").annotate(spend=MoneySum("spend")).values_list("model", "spend"))
     for model, i in index.items():
         named = sum((result.spend[u][i] for u in top), ZERO)
         result.other[i] = max(totals.get(model, ZERO) - named, ZERO)

@@ -67,6 +67,17 @@ def levels_admit(levels: Sequence[Level], amount: Decimal, *, hold: bool = False
             .filter(pk=level.pk).values_list(level.cap_field, "current_spend", "held").get()
         )
         figures.append((level, cap, spend, held))
+    check_figures(figures, amount)
+    if hold:
+        for level in levels:
+            level.model.objects.filter(pk=level.pk).update(held=F("held") + money(amount))
+
+
+def check_figures(figures: Sequence[tuple[Level, Decimal | None, Decimal, Decimal]], amount: Decimal) -> None:
+    """BudgetExceeded naming the first level (the user first) whose cap has no room for `amount`.
+
+    `figures` are (level, cap, spend, held) read under the levels' row locks.
+    """
     # The user is named first when both have no room: it is the budget the caller can act on.
     for level, cap, spend, held in sorted(figures, key=lambda f: f[0].scope != "user"):
         # A zero amount is refused once the cap is reached (nothing left), as exceeded_scope says.
@@ -78,9 +89,6 @@ def levels_admit(levels: Sequence[Level], amount: Decimal, *, hold: bool = False
                 f"(spend ${decimal_text(spend)}, held ${decimal_text(held)})",
                 scope=level.scope, limit=cap, spend=spend, held=held, requested=amount,
             )
-    if hold:
-        for level in levels:
-            level.model.objects.filter(pk=level.pk).update(held=F("held") + money(amount))
 
 
 def levels_unhold(levels: Sequence[Level], amount: Decimal) -> None:

@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils.timezone import now as utcnow
 
-from .. import pricing
+from .. import metrics, pricing
 from ..codec import decimal_text
-from ..errors import IdempotencyConflict, InvalidInput
+from ..errors import BudgetExceeded, IdempotencyConflict, InvalidInput, UnknownUser
 from ..fields import money
 from ..models import CostEvent, ModelSpend, Project, UserBudget
 from ..money import stored, to_money
 from ..usage import Usage, validate_model
 from . import alerts
-from .admission import levels_admit, levels_of, lock_project, retry_on_conflict
+from .admission import check_figures, levels_admit, levels_of, lock_project, retry_on_conflict
 from .resets import ensure_current_period
+from .rollups import local_day, rollups_add_events
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class CostRecorded:
     budget: UserBudget
     created: bool  # False for an idempotent retry: nothing new was recorded
     exceeded: str | None  # "user" or "project" when a budget is used up after this call
+    model_costs: dict[str, Decimal] | None = None  # the user's spend per model after it, when known
 
     @property
     def budget_exceeded(self) -> bool:
@@ -84,6 +87,19 @@ def cost_record(
 ) -> CostRecorded:
     """Record one call's cost in the ledger and add it to the user's and the project's spend.
 
+    (The work is `_cost_record`, in a transaction of its own or a savepoint of the caller's.)
+    """
+    with transaction.atomic():
+        return _cost_record(project=project, user_id=user_id, usage=usage, cost=cost, source=source,
+                            idempotency_key=idempotency_key, fingerprint=fingerprint, enforce=enforce)
+
+
+def _cost_record(
+    *, project: Project, user_id: str, usage: Usage, cost: Any = None, source: str,
+    idempotency_key: str | None = None, fingerprint: str = "", enforce: bool = False,
+) -> CostRecorded:
+    """Record one call's cost in the ledger and add it to the user's and the project's spend.
+
     `cost` None prices the usage from the price table (UnknownModel if the model has no price).
     With an idempotency key, a retry returns the first event and records nothing.
     With `enforce`, a call that the user's or the project's remaining budget (after open holds)
@@ -96,37 +112,182 @@ def cost_record(
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255):
         raise InvalidInput("Idempotency-Key must be 1 to 255 characters")
 
-    with transaction.atomic():
-        lock_project(project)
-        budget = ensure_current_period(project, user_id=user_id)
-        if idempotency_key:
-            replay = _replay(project, idempotency_key, fingerprint, budget)
-            if replay is not None:
-                return replay
-        if enforce:
-            levels_admit(levels_of(project, budget), amount)
-        event_fields = {
-            "project": project, "budget_id": budget.pk, "user_id": user_id, "model": model,
-            "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "cached_tokens": usage.cached_tokens, "cache_creation_tokens": usage.cache_creation_tokens,
-            "cost": amount, "source": source, "idempotency_key": idempotency_key or None,
-            "request_fingerprint": fingerprint,
-        }
-        try:
-            with transaction.atomic():
-                event = CostEvent.objects.create(**event_fields)
-        except IntegrityError:
-            replay = _replay(project, idempotency_key or "", fingerprint, budget) if idempotency_key else None
-            if replay is None:
-                raise
+    if connection.vendor == "postgresql":
+        recorded = _record_in_one_statement(
+            project=project, user_id=user_id, usage=usage, model=model, amount=amount, source=source,
+            idempotency_key=idempotency_key, fingerprint=fingerprint, enforce=enforce,
+        )
+        if recorded is not None:
+            return _recorded(project, recorded, amount)
+    recorded = _record_with_the_orm(
+        project=project, user_id=user_id, usage=usage, model=model, amount=amount, source=source,
+        idempotency_key=idempotency_key, fingerprint=fingerprint, enforce=enforce,
+    )
+    return _recorded(project, recorded, amount)
+
+
+def _recorded(project: Project, recorded: CostRecorded, amount: Decimal) -> CostRecorded:
+    """After a new ledger row: alert rows for crossed thresholds, and the metrics."""
+    if recorded.created:
+        alerts.spend_recorded(project=project, budget=recorded.budget, amount=amount)
+        metrics.cost_recorded(project.name, recorded.event.model, amount)
+    return recorded
+
+
+def _record_with_the_orm(
+    *, project: Project, user_id: str, usage: Usage, model: str, amount: Decimal, source: str,
+    idempotency_key: str | None, fingerprint: str, enforce: bool,
+) -> CostRecorded:
+    """Any database: a statement per row (SQLite, and PostgreSQL when a period must start first)."""
+    lock_project(project)
+    budget = ensure_current_period(project, user_id=user_id)
+    if idempotency_key:
+        replay = _replay(project, idempotency_key, fingerprint, budget)
+        if replay is not None:
             return replay
-        _add_spend(project=project, budget=budget, model=model, amount=amount, usage=usage)
-        budget.refresh_from_db()
-        # period_start too: alerts are once per period, and a sweep may have just started a new one.
-        project.refresh_from_db(fields=["current_spend", "held", "period_start"])
-        budget.project = project
-        alerts.spend_recorded(project=project, budget=budget, amount=amount)
-        return CostRecorded(event=event, budget=budget, created=True, exceeded=exceeded_scope(budget, project))
+    if enforce:
+        _admit(levels_of(project, budget), amount, project)
+    event_fields = {
+        "project": project, "budget_id": budget.pk, "user_id": user_id, "model": model,
+        "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+        "cached_tokens": usage.cached_tokens, "cache_creation_tokens": usage.cache_creation_tokens,
+        "cost": amount, "source": source, "idempotency_key": idempotency_key or None,
+        "request_fingerprint": fingerprint,
+    }
+    try:
+        with transaction.atomic():
+            event = CostEvent.objects.create(**event_fields)
+    except IntegrityError:
+        replay = _replay(project, idempotency_key or "", fingerprint, budget) if idempotency_key else None
+        if replay is None:
+            raise
+        return replay
+    _add_spend(project=project, budget=budget, model=model, amount=amount, usage=usage)
+    rollups_add_events(project, [event])
+    budget.refresh_from_db()
+    # period_start too: alerts are once per period, and a sweep may have just started a new one.
+    project.refresh_from_db(fields=["current_spend", "held", "period_start"])
+    budget.project = project
+    return CostRecorded(event=event, budget=budget, created=True, exceeded=exceeded_scope(budget, project))
+
+
+def _admit(levels: Any, amount: Decimal, project: Project) -> None:
+    try:
+        levels_admit(levels, amount)
+    except BudgetExceeded as exc:
+        metrics.budget_exceeded(project.name, exc.scope)
+        raise
+
+
+# PostgreSQL: the project row locked and the user's budget read with its spend per model in one
+# statement, then the ledger row, the three spend increments and the daily rollup in a second
+# one (data-modifying CTEs). A repeated Idempotency-Key inserts nothing, so nothing else changes.
+_READ_LOCKED = """
+SELECT p.current_spend, p.held, p.max_budget, p.period_start, p.next_reset_at,
+       b.id, b.total_budget, b.current_spend, b.held, b.duration, b.duration_days, b.period_start, b.next_reset_at,
+       b.created_at, b.updated_at,
+       (SELECT COALESCE(jsonb_object_agg(s.model, s.spend::text), '{{}}'::jsonb)
+        FROM budgets_modelspend s WHERE s.budget_id = b.id)
+FROM budgets_project p JOIN budgets_userbudget b ON b.project_id = p.id AND b.user_id = %(user)s
+WHERE p.id = %(project)s
+FOR NO KEY UPDATE OF {locked}
+"""
+_WRITE = """
+WITH ev AS (
+    INSERT INTO budgets_costevent (project_id, budget_id, user_id, model, prompt_tokens, completion_tokens,
+        cached_tokens, cache_creation_tokens, cost, source, idempotency_key, request_fingerprint, created_at)
+    VALUES (%(project)s, %(budget)s, %(user)s, %(model)s, %(prompt)s, %(completion)s, %(cached)s, %(creation)s,
+        %(amount)s, %(source)s, %(key)s, %(fingerprint)s, %(at)s)
+    ON CONFLICT (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id
+), p AS (
+    UPDATE budgets_project SET current_spend = current_spend + %(amount)s
+    WHERE id = %(project)s AND EXISTS (SELECT 1 FROM ev) RETURNING current_spend
+), b AS (
+    UPDATE budgets_userbudget SET current_spend = current_spend + %(amount)s, updated_at = %(at)s
+    WHERE id = %(budget)s AND EXISTS (SELECT 1 FROM ev) RETURNING current_spend
+), m AS (
+    INSERT INTO budgets_modelspend AS s (budget_id, model, spend, prompt_tokens, completion_tokens)
+    SELECT %(budget)s, %(model)s, %(amount)s, %(prompt)s, %(completion)s WHERE EXISTS (SELECT 1 FROM ev)
+    ON CONFLICT (budget_id, model) DO UPDATE SET spend = s.spend + EXCLUDED.spend,
+        prompt_tokens = s.prompt_tokens + EXCLUDED.prompt_tokens,
+        completion_tokens = s.completion_tokens + EXCLUDED.completion_tokens
+    RETURNING spend
+), d AS (
+    INSERT INTO budgets_spendday AS d (project_id, day, user_id, model, spend, events, prompt_tokens,
+        completion_tokens, cached_tokens)
+    SELECT %(project)s, %(day)s, %(user)s, %(model)s, %(amount)s, 1, %(prompt)s, %(completion)s, %(cached)s
+    WHERE EXISTS (SELECT 1 FROM ev)
+    ON CONFLICT (project_id, day, user_id, model) DO UPDATE SET spend = d.spend + EXCLUDED.spend,
+        events = d.events + 1, prompt_tokens = d.prompt_tokens + EXCLUDED.prompt_tokens,
+        completion_tokens = d.completion_tokens + EXCLUDED.completion_tokens,
+        cached_tokens = d.cached_tokens + EXCLUDED.cached_tokens
+    RETURNING 1
+)
+SELECT ev.id, p.current_spend, b.current_spend, m.spend FROM ev, p, b, m, d
+"""
+
+
+def _record_in_one_statement(
+    *, project: Project, user_id: str, usage: Usage, model: str, amount: Decimal, source: str,
+    idempotency_key: str | None, fingerprint: str, enforce: bool,
+) -> CostRecorded | None:
+    """Record with two statements; None when the project's or the user's period must start first."""
+    at = utcnow()
+    with connection.cursor() as cursor:
+        # With enforce the budget row is locked too: admission reads figures no one may change meanwhile.
+        cursor.execute(_READ_LOCKED.format(locked="p, b" if enforce else "p"),
+                       {"user": user_id, "project": project.pk})
+        row = cursor.fetchone()
+        if row is None:
+            raise UnknownUser(f"user {user_id!r} has no budget in project {project.name!r}")
+        (project.current_spend, project.held, project.max_budget, project.period_start, project.next_reset_at,
+         budget_id, total, spend, held, duration, days, period_start, next_reset_at, created_at, updated_at,
+         costs) = row
+        budget = UserBudget(
+            pk=budget_id, project=project, user_id=user_id, total_budget=total, current_spend=spend, held=held,
+            duration=duration, duration_days=days, period_start=period_start, next_reset_at=next_reset_at,
+            created_at=created_at, updated_at=updated_at,
+        )
+        if project.is_due(at) or budget.is_due(at):
+            return None  # the ORM path starts the new period first (rare: the sweep usually has)
+        if enforce:
+            figures = [(level, cap, level_spend, level_held) for level, cap, level_spend, level_held in (
+                (levels_of(project, budget)[0], project.max_budget, project.current_spend, project.held),
+                (levels_of(project, budget)[1], budget.total_budget, budget.current_spend, budget.held),
+            )]
+            try:
+                check_figures(figures, amount)
+            except BudgetExceeded as exc:
+                metrics.budget_exceeded(project.name, exc.scope)
+                raise
+        params = {
+            "project": project.pk, "budget": budget_id, "user": user_id, "model": model,
+            "prompt": usage.prompt_tokens, "completion": usage.completion_tokens, "cached": usage.cached_tokens,
+            "creation": usage.cache_creation_tokens, "amount": amount, "source": source,
+            "key": idempotency_key or None, "fingerprint": fingerprint, "at": at,
+            "day": local_day(project.timezone, at),
+        }
+        cursor.execute(_WRITE, params)
+        written = cursor.fetchone()
+    if written is None:  # the Idempotency-Key was used before: answer as the first time
+        replay = _replay(project, idempotency_key or "", fingerprint, budget)
+        if replay is None:
+            raise IdempotencyConflict("this Idempotency-Key is being used by a request in flight; retry")
+        return replay
+    event_id, project.current_spend, budget.current_spend, model_spend = written
+    budget.updated_at = at
+    event = CostEvent(
+        pk=event_id, project=project, budget_id=budget_id, user_id=user_id, model=model,
+        prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens, cache_creation_tokens=usage.cache_creation_tokens, cost=amount,
+        source=source, idempotency_key=idempotency_key or None, request_fingerprint=fingerprint, created_at=at,
+    )
+    # Django leaves jsonb undecoded (psycopg gives text): decoded here, amounts as exact decimals.
+    before = json.loads(costs) if isinstance(costs, str) else costs
+    model_costs = {name: Decimal(value) for name, value in before.items()} | {model: model_spend}
+    return CostRecorded(event=event, budget=budget, created=True, exceeded=exceeded_scope(budget, project),
+                        model_costs=model_costs)
 
 
 def _replay(project: Project, key: str, fingerprint: str, budget: UserBudget) -> CostRecorded | None:
@@ -169,7 +330,7 @@ def cost_record_answered(
     event in the same transaction; a retry with the same Idempotency-Key gets those bytes back.
     """
     with transaction.atomic():
-        recorded = cost_record(**kwargs)
+        recorded = _cost_record(**kwargs)  # in this transaction: no savepoint needed
         if not recorded.created and recorded.event.response:
             return recorded, recorded.event.response["body"]
         body = answer(recorded)

@@ -39,6 +39,7 @@ from ..selectors.console import MoneySum
 from .audit import budget_snapshot
 from .keys import api_key_create
 from .projects import project_create, project_update
+from .rollups import rollups_rebuild
 
 ACTOR = "system:seed_demo"
 BATCH_SIZE = 2000
@@ -231,6 +232,7 @@ def demo_seed(*, name: str = "demo", users: int = 50, days: int = 30, events: in
         written = bulk_insert(CostEvent, EVENT_COLUMNS, _event_rows(
             project, budget_ids, _fabricate_calls(names, days, events, models_, zone, at, rng)))
         _analyze(CostEvent)
+        rollups_rebuild(project)
         _derive_spend(project)
         _set_budget_totals(project, names, rng)
         _analyze(UserBudget, ModelSpend)

@@ -66,6 +66,7 @@ from .admission import lock_project, retry_on_conflict
 from .audit import budget_snapshot, write_audits
 from .common import validate_user_id
 from .resets import reset_due_budgets
+from .rollups import rollups_add_events
 
 UNKNOWN_MODEL = "unknown"
 # Beside the models in the baseline: validate_model strips names, so none starts with a space.
@@ -524,6 +525,7 @@ def _merge_spend(
     if not merges:
         return
     _insert_rows(CostEvent, events)
+    rollups_add_events(project, events)
     result.recorded = len(events)
     _apply_spend(project, merges, at)
     _alert(project, merges)

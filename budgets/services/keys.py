@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.utils.timezone import now as utcnow
 
 from ..errors import InvalidInput
 from ..models import ApiKey, Project
-from ..selectors import KEY_PREFIX, SHOWN_LENGTH, active_api_key, hash_key
+from ..selectors import KEY_PREFIX, SHOWN_LENGTH, active_api_key, forget_api_keys, hash_key
 from .audit import write_audit
 
 USED_STAMP_EVERY = timedelta(minutes=1)
@@ -29,12 +29,18 @@ def api_key_create(*, project: Project, name: str, actor: str = "system") -> tup
     return key, raw
 
 
+# When this process last stamped each key: the key objects are cached copies, so their own
+# last_used_at does not say it.
+_stamped: dict[int, datetime] = {}
+
+
 def api_key_mark_used(key: ApiKey) -> None:
-    """Stamp `last_used_at`, at most once a minute per key (no write on the usual request)."""
+    """Stamp `last_used_at`, at most once a minute per key and process (no write on the usual request)."""
     at = utcnow()
-    if key.last_used_at is None or at - key.last_used_at > USED_STAMP_EVERY:
+    last = max((t for t in (key.last_used_at, _stamped.get(key.pk)) if t is not None), default=None)
+    if last is None or at - last > USED_STAMP_EVERY:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=at)
-        key.last_used_at = at
+        _stamped[key.pk] = key.last_used_at = at
 
 
 def api_key_authenticate(raw: str) -> ApiKey | None:
@@ -48,6 +54,7 @@ def api_key_authenticate(raw: str) -> ApiKey | None:
 def api_key_revoke(*, key: ApiKey, actor: str) -> ApiKey:
     with transaction.atomic():
         if ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=utcnow()):
+            transaction.on_commit(forget_api_keys)  # this process at once; others within seconds
             write_audit(project_id=key.project_id, action="api_key_revoke", actor=actor,
                         after={"name": key.name, "prefix": key.prefix})
         key.refresh_from_db()

@@ -15,10 +15,12 @@ from .. import periods
 from ..errors import InvalidInput
 from ..models import AuditLog, CostEvent, Membership, Project, Role
 from ..money import to_money
+from ..selectors import forget_api_keys
 from .alerts import validate_webhook_url
 from .audit import write_audit
 from .common import validate_duration, validate_timezone
 from .resets import project_refresh
+from .rollups import rollups_rebuild
 
 logger = logging.getLogger("budgets.projects")
 
@@ -108,6 +110,10 @@ def project_update(
         changes["alert_email"] = alert_email or ""
     with transaction.atomic():
         Project.objects.filter(pk=project.pk).update(**changes)
+        transaction.on_commit(forget_api_keys)  # keys cache their project's settings for seconds
+        if changes.get("timezone", project.timezone) != project.timezone:
+            project.timezone = changes["timezone"]
+            rollups_rebuild(project)  # the daily rollups are local days: regroup them in the new zone
         project.refresh_from_db()
         write_audit(project_id=project.pk, action="project_update", actor=actor, before=before,
                     after={k: v.isoformat() if isinstance(v, datetime) else str(v) if isinstance(v, Decimal) else v
@@ -122,6 +128,7 @@ def project_delete(*, project: Project, actor: str) -> dict[str, Any]:
     (logger `budgets.projects`) instead; the summary returned is what it logged.
     """
     with transaction.atomic():
+        transaction.on_commit(forget_api_keys)  # its keys stop working in this process at once
         locked = Project.objects.select_for_update().get(pk=project.pk)
         summary = {
             "project_id": locked.pk, "name": locked.name, "actor": actor,

@@ -226,11 +226,20 @@ def project_refresh(project: Project, at: datetime | None = None) -> Project:
     return project
 
 
+PROJECT_FIGURES = ("current_spend", "held", "max_budget", "period_start", "next_reset_at", "duration",
+                   "duration_days", "timezone", "alert_thresholds", "alert_webhook_url", "alert_email")
+
+
 def budget_get(*, project: Project, user_id: str, at: datetime | None = None) -> UserBudget:
     """The user's budget, reset first if its period has ended; UnknownUser if there is none."""
-    budget = UserBudget.objects.filter(project=project, user_id=user_id).first()
+    budget = UserBudget.objects.select_related("project").filter(project=project, user_id=user_id).first()
     if budget is None:
         raise UnknownUser(f"user {user_id!r} has no budget in project {project.name!r}")
+    # The project's figures come with the budget (one query): the caller's project object may be
+    # a cached copy from authentication, its spend seconds old.
+    fresh = budget.project
+    for name in PROJECT_FIGURES:
+        setattr(project, name, getattr(fresh, name))
     if budget.is_due(at):
         reset_due_budgets(ids=[budget.pk], at=at, actor=SYSTEM_LAZY)
         budget.refresh_from_db()

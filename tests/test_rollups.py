@@ -1,0 +1,109 @@
+"""The daily rollups the console reads equal the ledger, whoever wrote the ledger; the hot path stays lean."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.db.models import Count, Sum
+from django.test.utils import CaptureQueriesContext
+
+from budgets import services
+from budgets.manager import BudgetManager
+from budgets.models import CostEvent, SpendDay
+from budgets.services.rollups import local_day
+from tests.api_helpers import ApiClient, body_of, new_key
+
+pytestmark = pytest.mark.django_db
+TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT")
+
+
+def ledger_by_day(project) -> dict:
+    totals: dict = {}
+    for event in CostEvent.objects.filter(project=project):
+        key = (local_day(project.timezone, event.created_at), event.user_id, event.model)
+        spend, events, prompt = totals.get(key, (Decimal(0), 0, 0))
+        totals[key] = (spend + event.cost, events + 1, prompt + event.prompt_tokens)
+    return totals
+
+
+def rollups_by_day(project) -> dict:
+    return {(d.day, d.user_id, d.model): (d.spend, d.events, d.prompt_tokens)
+            for d in SpendDay.objects.filter(project=project)}
+
+
+@pytest.fixture
+def api(client, project):
+    return ApiClient(new_key(project), client)
+
+
+def test_every_writer_keeps_the_rollups_equal_to_the_ledger(api, project, make_budget):
+    services.project_update(project=project, actor="test", timezone="Asia/Tokyo")
+    make_budget("alice", total_budget="100")
+    make_budget("bob", total_budget="100")
+    for model in ("gpt-4o", "gpt-4o-mini", "gpt-4o"):
+        assert api.post("/api/v1/users/alice/costs", {"model": model, "prompt_tokens": 100,
+                                                      "completion_tokens": 50}).status_code == 201
+    assert api.post("/api/v1/users/bob/costs", {"model": "mystery", "cost": 0.25},
+                    headers={"Idempotency-Key": "k1"}).status_code == 201
+    assert api.post("/api/v1/users/bob/costs", {"model": "mystery", "cost": 0.25},
+                    headers={"Idempotency-Key": "k1"}).status_code == 201  # a replay adds nothing
+    BudgetManager(project.name).update_cost("bob", model="gpt-4o", input_text="hi", output_text="hello")
+    hold = body_of(api.post("/api/v1/users/alice/reservations", {"estimated_cost": 1}))
+    assert api.post(f"/api/v1/reservations/{hold['id']}/settle", {"model": "gpt-4o", "cost": 0.5}).status_code == 200
+    hosted = api.post("/set_budget", {"project_name": project.name, "user_dict": {
+        "carol": {"total_budget": 5.0, "current_cost": 0.75, "model_cost": {"gpt-4o": 0.75}}}})
+    assert hosted.status_code == 200, hosted.content
+
+    assert CostEvent.objects.filter(project=project).count() == 7
+    assert rollups_by_day(project) == ledger_by_day(project)
+    assert SpendDay.objects.filter(project=project).aggregate(n=Sum("events"))["n"] == 7
+
+
+def test_a_rebuild_regroups_the_days_after_a_time_zone_change(api, project, make_budget):
+    make_budget("alice", total_budget="100")
+    assert api.post("/api/v1/users/alice/costs", {"model": "gpt-4o", "cost": 1}).status_code == 201
+    before = rollups_by_day(project)
+
+    services.project_update(project=project, actor="test", timezone="Pacific/Kiritimati")  # UTC+14
+    project.refresh_from_db()
+
+    assert rollups_by_day(project) == ledger_by_day(project)
+    assert sum(v[0] for v in rollups_by_day(project).values()) == sum(v[0] for v in before.values())
+
+
+def test_the_rollups_of_a_seeded_demo_equal_its_ledger(db):
+    from django.core.management import call_command
+
+    call_command("seed_demo", "--users", "12", "--days", "9", "--events", "400", stdout=open("/dev/null", "w"))
+    project = __import__("budgets.models", fromlist=["Project"]).Project.objects.get(name="demo")
+    grouped = CostEvent.objects.filter(project=project).aggregate(n=Count("id"), s=Sum("cost"))
+    assert rollups_by_day(project) == ledger_by_day(project)
+    assert SpendDay.objects.filter(project=project).aggregate(n=Sum("events"))["n"] == grouped["n"] == 400
+
+
+@pytest.mark.postgres
+def test_recording_a_cost_is_two_statements_on_postgresql(api, project, make_budget):
+    """The hot path: the project locked with the budget read, then one write (ledger, spend, rollup)."""
+    make_budget("alice", total_budget="100")
+    body = {"model": "gpt-4o-mini", "prompt_tokens": 1000, "completion_tokens": 500}
+    assert api.post("/api/v1/users/alice/costs", body).status_code == 201  # the key is cached from here on
+
+    with CaptureQueriesContext(connection) as queries:
+        response = api.post("/api/v1/users/alice/costs", body)
+    assert response.status_code == 201
+    real = [q["sql"] for q in queries.captured_queries if not q["sql"].lstrip().upper().startswith(TRANSACTION_CONTROL)]
+    assert len(real) <= 2, real
+    answer = json.loads(response.content)
+    assert answer["user"]["model_cost"] == {"gpt-4o-mini": float(Decimal("0.00090"))}
+
+
+def test_reads_of_a_user_take_at_most_three_statements(api, project, make_budget, django_assert_max_num_queries):
+    make_budget("alice", total_budget="100")
+    assert api.get("/api/v1/users/alice").status_code == 200
+    with django_assert_max_num_queries(3):
+        assert api.get("/api/v1/users/alice").status_code == 200
+    with django_assert_max_num_queries(2):
+        assert api.post("/api/v1/users/alice/check", {"estimated_cost": 0.01}).status_code == 200
