@@ -109,7 +109,8 @@ def test_metrics_add_up_across_gunicorn_workers(tmp_path):
         return sum(float(count) for count in counts)
 
     try:
-        for _ in range(150):
+        for _ in range(450):  # a loaded machine may take a while to start two workers
+            assert server.poll() is None, server.stderr.read().decode()[-3000:] if server.stderr else ""
             try:
                 before = healthz_count()
                 break
