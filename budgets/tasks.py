@@ -14,7 +14,7 @@ from typing import Any
 from celery import shared_task
 from django.utils.timezone import now as utcnow
 
-from . import services
+from . import metrics, services
 from .services.alerts import DELIVER_ALERT_TASK, MAX_ATTEMPTS
 
 
@@ -33,7 +33,9 @@ def run_reset_sweep(*, at: datetime | None = None) -> SweepResult:
     at = at or utcnow()
     projects = services.reset_due_projects(at=at)
     budgets = services.reset_due_budgets(at=at)
-    return SweepResult(budgets=budgets, projects=projects, reservations=services.reservations_expire(at=at))
+    result = SweepResult(budgets=budgets, projects=projects, reservations=services.reservations_expire(at=at))
+    metrics.sweep_ran(budgets=budgets, projects=projects)
+    return result
 
 
 @shared_task(name="budgets.reset_sweep")
@@ -49,6 +51,7 @@ def alert_outbox() -> int:
 @shared_task(bind=True, name=DELIVER_ALERT_TASK, max_retries=MAX_ATTEMPTS)
 def deliver_alert(self: Any, alert_id: int) -> str:
     result = services.alert_deliver(alert_id=alert_id)
+    metrics.alert_delivery("retry" if result.retry_in is not None else result.status)
     if result.retry_in is not None:
         # If even this publish fails, the row keeps its next_attempt_at and the outbox re-queues it.
         raise self.retry(countdown=result.retry_in)

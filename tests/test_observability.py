@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 import logging
 import os
 import re
@@ -124,3 +125,20 @@ def test_metrics_add_up_across_gunicorn_workers(tmp_path):
         server.wait(timeout=30)
     assert after - before == 40
     assert len({p.name.split("_")[-1] for p in multiproc.glob("counter_*.db")}) >= 1
+
+
+def test_metrics_count_recorded_costs_and_refusals(api, client, project, settings):
+    settings.METRICS_TOKEN = "scrape-me"
+    project.max_budget = Decimal("0.001")
+    project.save()  # a test shortcut: the cap is only read
+    api.put("/api/v1/users/m-user/budget", {"total_budget": 5})
+
+    assert api.post("/api/v1/users/m-user/costs", {"model": "metric-model", "cost": 0.002}).status_code == 201
+    assert api.post("/api/v1/users/m-user/costs?enforce=true", {"model": "metric-model", "cost": 0.002}
+                    ).status_code == 402
+
+    text = client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me").content.decode()
+    name = re.escape(project.name)
+    assert re.search(rf'budget_cost_recorded_events_total\{{model="metric-model",project="{name}"\}} 1\.0', text)
+    assert re.search(rf'budget_cost_recorded_dollars_total\{{model="metric-model",project="{name}"\}} 0\.002', text)
+    assert re.search(rf'budget_exceeded_total\{{project="{name}",scope="project"\}} 1\.0', text)

@@ -17,7 +17,8 @@ from typing import Any
 from django.db.models import F, OuterRef, Subquery, Sum
 from django.utils.timezone import now as utcnow
 
-from ..errors import Conflict, IdempotencyConflict, InvalidInput, NotFound
+from .. import metrics
+from ..errors import BudgetExceeded, Conflict, IdempotencyConflict, InvalidInput, NotFound
 from ..fields import MoneyField, money
 from ..models import Project, Reservation, UserBudget
 from ..money import stored
@@ -118,7 +119,11 @@ def reservation_create(
             return first, first.response["body"], False
     at = utcnow()
     _expire_locked(project.pk, at=at, user_id=user_id)  # lazily: this user's stale holds give room back
-    levels_admit(levels_of(project, budget), amount, hold=True)
+    try:
+        levels_admit(levels_of(project, budget), amount, hold=True)
+    except BudgetExceeded as exc:
+        metrics.budget_exceeded(project.name, exc.scope)
+        raise
     reservation = Reservation.objects.create(
         project=project, budget=budget, user_id=user_id, model=model, amount=amount, status=Status.OPEN,
         expires_at=at + timedelta(seconds=ttl_seconds), created_at=at, idempotency_key=idempotency_key or None,
