@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, User  # User: AUTH_USER_MODEL
 from django.core.paginator import Page, Paginator
+from django.db import connection, transaction
 from django.db.models import (
     Count,
     DecimalField,
@@ -595,6 +596,49 @@ def export_rows(project: Project, *, rng: DateRange | None = None, user_id: str 
     for created_at, user_id, model, *counts_and_cost, source, event_id in rows.iterator(chunk_size=EXPORT_CHUNK_SIZE):
         yield (created_at.astimezone(zone).isoformat(), csv_text(user_id), csv_text(model), *counts_and_cost,
                csv_text(source), event_id)
+
+
+def _text_cell(column: str) -> str:
+    """SQL for csv_text: a leading ' before a formula start."""
+    return (f"CASE WHEN left({column}, 1) IN ('=', '+', '-', '@', E'\\t', E'\\r') "
+            f"THEN '''' || {column} ELSE {column} END")
+
+
+_EXPORT_COPY = """
+COPY (
+    SELECT to_char(created_at, 'YYYY-MM-DD"T"HH24:MI:SS')
+           || CASE WHEN to_char(created_at, 'US') <> '000000' THEN '.' || to_char(created_at, 'US') ELSE '' END
+           || to_char(created_at, 'TZH:TZM') AS "time",
+           {user} AS "user", {model} AS "model", prompt_tokens, completion_tokens, cached_tokens,
+           cache_creation_tokens, cost AS cost_usd, {source} AS source, id AS event_id
+    FROM budgets_costevent WHERE {where} ORDER BY created_at, id
+) TO STDOUT WITH (FORMAT csv, HEADER true)
+"""
+
+
+def export_csv_chunks(project: Project, *, rng: DateRange | None = None, user_id: str | None = None,
+                      model: str | None = None) -> Iterator[bytes]:
+    """PostgreSQL: the export as CSV bytes written by the database (COPY): no row becomes a Python object.
+
+    The same columns, filters, order, time zone and neutralised text cells as export_rows.
+    """
+    where = ["project_id = %(project)s"]
+    params: dict[str, Any] = {"project": project.pk}
+    for column, value in (("user_id", user_id), ("model", model)):
+        if value is not None:
+            where.append(f"{column} = %({column})s")
+            params[column] = value
+    if rng is not None:
+        where += ["created_at >= %(since)s", "created_at < %(until)s"]
+        params.update(since=rng.since, until=rng.until)
+    sql = _EXPORT_COPY.format(user=_text_cell("user_id"), model=_text_cell("model"), source=_text_cell("source"),
+                              where=" AND ".join(where))
+    with transaction.atomic(), connection.cursor() as cursor:
+        # The times in the project's zone, for this transaction only.
+        cursor.execute("SELECT set_config('TimeZone', %s, true)", [project.timezone])
+        with cursor.copy(sql, params) as copy:
+            for block in copy:
+                yield bytes(block)
 
 
 # A spreadsheet reads a cell starting with one of these as a formula (OWASP "CSV injection").
