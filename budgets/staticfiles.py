@@ -16,7 +16,7 @@ from typing import Any
 
 from django.contrib.staticfiles import finders
 from django.contrib.staticfiles.finders import BaseFinder
-from django.core.checks import Error
+from django.core.checks import CheckMessage, Error
 from django.core.files.storage import FileSystemStorage
 
 PLOTLY_PREFIX = "vendor/plotly"
@@ -45,12 +45,13 @@ class PlotlyFinder(BaseFinder):
         root = _plotly_package_data()
         self.storage = FileSystemStorage(location=root) if root is not None else None
         if self.storage is not None:
-            self.storage.prefix = PLOTLY_PREFIX  # collectstatic and WhiteNoise put the file under it
+            # collectstatic and WhiteNoise put the file under it; `prefix` is not in the stub.
+            self.storage.prefix = PLOTLY_PREFIX  # type: ignore[attr-defined]
 
     def _available(self) -> bool:
         return self.storage is not None and self.storage.exists(PLOTLY_FILE)
 
-    def check(self, **kwargs: Any) -> list[Error]:
+    def check(self, **kwargs: Any) -> list[CheckMessage]:
         missing = [path for path in REQUIRED_ASSETS if not finders.find(path)]
         if not missing:
             return []
@@ -61,7 +62,8 @@ class PlotlyFinder(BaseFinder):
             id="budgets.E001",
         )]
 
-    def find(self, path: str, find_all: bool = False, **kwargs: Any) -> str | list[str]:
+    # The stub's overloads cannot express the `all=` keyword Django 5.2 still passes.
+    def find(self, path: str, find_all: bool = False, **kwargs: Any) -> str | list[str]:  # type: ignore[override]
         find_all = kwargs.pop("all", find_all)  # Django 5.2 still passes the old name
         matches = []
         if path == f"{PLOTLY_PREFIX}/{PLOTLY_FILE}" and self._available():

@@ -462,7 +462,8 @@ def ledger_page(project: Project, *, user_id: str | None = None, model: str | No
     if model is not None:
         days = days.filter(model=model)
     count = days.aggregate(n=Sum("events"))["n"] or 0
-    return Paginator(_CountedEvents(events, count), per_page).get_page(page)
+    # Duck-typed: Paginator needs only count() and slicing, not the stub's Iterable protocol.
+    return Paginator(_CountedEvents(events, count), per_page).get_page(page)  # type: ignore[arg-type]
 
 
 # --- models -----------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from django.db import OperationalError, connection, transaction
-from django.db.models import F, Model
+from django.db.models import F
 
 from ..codec import decimal_text
 from ..errors import BudgetExceeded
@@ -35,7 +35,7 @@ class Level:
 
     scope: str  # "project" or "user": what a refusal names
     label: str  # e.g. "project 'acme'", "user 'alice'"
-    model: type[Model]
+    model: type[Project] | type[UserBudget]
     pk: int
     cap_field: str
 

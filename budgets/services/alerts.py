@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from celery import current_app
@@ -90,7 +90,8 @@ def spend_recorded(*, project: Project, budget: UserBudget, amount: Decimal) -> 
     ]
     candidates += [
         Alert(project=project, budget=None, scope=Alert.Scope.PROJECT, user_id="", threshold=t,
-              period_start=project.period_start, spend=project.current_spend, limit=project.max_budget)
+              period_start=project.period_start, spend=project.current_spend,
+              limit=cast(Decimal, project.max_budget))  # not None: crossed_thresholds yields none then
         for t in crossed_thresholds(before=project.current_spend - amount, after=project.current_spend,
                                     limit=project.max_budget, thresholds=thresholds)
     ]

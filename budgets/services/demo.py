@@ -176,8 +176,9 @@ def bulk_insert(model: type[models.Model], columns: Sequence[str], rows: Iterabl
         from psycopg.copy import QueuedLibpqWriter
 
         table = model._meta.db_table
-        names = ", ".join(connection.ops.quote_name(model._meta.get_field(c).column) for c in columns)
-        converters = [_copy_converter(model._meta.get_field(c)) for c in columns]
+        # `columns` are concrete fields (never reverse relations), whose column is set.
+        names = ", ".join(connection.ops.quote_name(model._meta.get_field(c).column) for c in columns)  # type: ignore[union-attr,arg-type]
+        converters = [_copy_converter(model._meta.get_field(c)) for c in columns]  # type: ignore[arg-type]
         with connection.cursor() as cursor:
             # The queued writer sends from a thread: PostgreSQL indexes one chunk while Python makes the next.
             with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN",
@@ -273,7 +274,7 @@ def _delete_project(project: Project) -> None:
     project.delete()
 
 
-def _insert_budgets(project: Project, names: list[str], durations: list[str], start: datetime,
+def _insert_budgets(project: Project, names: list[str], durations: Sequence[str], start: datetime,
                     at: datetime) -> dict[str, int]:
     """The users' budgets (total set later, from what they spend), with budget_set's audit rows."""
     period_of = {d: periods.period_containing(d, project.timezone, at, anchor=start) for d in set(durations)}

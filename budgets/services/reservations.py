@@ -116,6 +116,7 @@ def reservation_create(
         if first is not None:
             if first.request_fingerprint != fingerprint:
                 raise IdempotencyConflict("this Idempotency-Key was used with a different request")
+            assert first.response is not None  # written in the transaction that created the row
             return first, first.response["body"], False
     at = utcnow()
     _expire_locked(project.pk, at=at, user_id=user_id)  # lazily: this user's stale holds give room back
@@ -161,6 +162,7 @@ def reservation_settle(
     lock_project(project)
     reservation = _locked(project, reservation_id)
     if reservation.status == Status.SETTLED:
+        assert reservation.settle_response is not None  # written in the transaction that settled it
         return Settled(reservation, None, reservation.settle_response["body"])
     if reservation.status == Status.OPEN and reservation.expires_at <= utcnow():
         raise Conflict(f"reservation {reservation_id} expired at {reservation.expires_at.isoformat()}; "

@@ -146,7 +146,7 @@ WHERE id = ANY(%(ids)s) AND period_start = %(old_start)s
 def _reset_in_sql(ids: list[int], *, old_start: datetime, period: periods.Period, at: datetime,
                   actor: str, reason: str) -> int:
     """PostgreSQL: the group's periods closed, audited and started anew in four statements."""
-    params = {"ids": ids, "old_start": old_start, "old_start_text": old_start.isoformat(), "at": at,
+    params: dict[str, Any] = {"ids": ids, "old_start": old_start, "old_start_text": old_start.isoformat(), "at": at,
               "actor": actor, "reason": reason, "after": json.dumps(_after_reset(period)),
               "new_start": period.start, "next_reset": period.next_reset}
     with connection.cursor() as cursor:

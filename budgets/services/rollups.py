@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from datetime import date, datetime
 from decimal import Decimal
 from functools import lru_cache
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.db import IntegrityError, connection, transaction
@@ -82,7 +83,7 @@ ON CONFLICT (project_id, day, user_id, model) DO UPDATE SET
 
 
 def _pg_upsert(items: list[tuple[Key, Totals]]) -> None:
-    params: list[object] = []
+    params: list[Any] = []
     for (project_id, day, user_id, model), t in items:
         params += [project_id, day, user_id, model, t.spend, t.events, t.prompt, t.completion, t.cached]
     values = ", ".join(["(%s, %s, %s, %s, %s::numeric, %s, %s, %s, %s)"] * len(items))
