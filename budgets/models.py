@@ -212,7 +212,6 @@ class CostEvent(models.Model):
         API = "api", "JSON API"
         HOSTED = "hosted", "LiteLLM hosted"
         MANAGER = "manager", "BudgetManager (Python)"
-        CONSOLE = "console", "Console"
         DEMO = "demo", "Demo data"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="cost_events")
