@@ -13,7 +13,7 @@ from ..models import ApiKey, AuditLog, UserBudget
 
 SYSTEM = "system"
 SYSTEM_SWEEP = "system:sweep"
-SYSTEM_LAZY = "system:lazy-reset"
+SYSTEM_LAZY = "system:lazy-reset"  # the spellings of actor_for_system("sweep") and ("lazy-reset")
 
 
 def actor_for_user(user: Any, *, via: str = "user") -> str:
@@ -28,6 +28,11 @@ def actor_for_key(key: ApiKey, *, via: str | None = None) -> str:
 
 def actor_for_manager(project_name: str) -> str:
     return f"manager:{project_name}"
+
+
+def actor_for_system(job: str) -> str:
+    """Work nobody asked for in a request: a sweep, a command, the demo seed."""
+    return f"system:{job}"
 
 
 def budget_snapshot(budget: UserBudget) -> dict[str, Any]:

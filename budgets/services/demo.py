@@ -36,12 +36,12 @@ from ..fields import MoneyField, money
 from ..models import Alert, AuditLog, BudgetPeriod, CostEvent, Duration, ModelSpend, Project, UserBudget
 from ..money import stored
 from ..selectors.console import MoneySum
-from .audit import budget_snapshot
+from .audit import actor_for_system, budget_snapshot
 from .keys import api_key_create
 from .projects import project_create, project_update
 from .rollups import rollups_rebuild
 
-ACTOR = "system:seed_demo"
+ACTOR = actor_for_system("seed_demo")
 BATCH_SIZE = 2000
 CHUNK = 50_000  # calls fabricated and written at a time
 ZERO = Decimal(0)

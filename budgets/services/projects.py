@@ -17,7 +17,7 @@ from ..models import AuditLog, CostEvent, Membership, Project, Role
 from ..money import to_money
 from ..selectors import forget_api_keys
 from .alerts import validate_webhook_url
-from .audit import write_audit
+from .audit import actor_for_manager, write_audit
 from .common import validate_duration, validate_timezone
 from .resets import project_refresh
 from .rollups import rollups_rebuild
@@ -61,7 +61,7 @@ def project_get_or_create(*, name: str) -> Project:
         project_refresh(project)
         return project
     try:
-        return project_create(name=name, actor="manager")
+        return project_create(name=name, actor=actor_for_manager(name))
     except InvalidInput:
         # Created concurrently by someone else: use theirs.
         return Project.objects.get(name=name)

@@ -23,9 +23,10 @@ class Command(BaseCommand):
         try:
             project = services.project_create(
                 name=options["name"], max_budget=options["max_budget"], timezone=options["timezone"],
-                duration=options["duration"], actor="cli",
+                duration=options["duration"], actor=services.actor_for_system("create_project"),
             )
-            _, raw = services.api_key_create(project=project, name=options["key_name"], actor="cli")
+            _, raw = services.api_key_create(project=project, name=options["key_name"],
+                                              actor=services.actor_for_system("create_project"))
         except BudgetError as exc:
             raise CommandError(exc.message) from None
         cap = f"${project.max_budget}" if project.max_budget is not None else "none"
