@@ -25,7 +25,7 @@ from django.core.management import call_command
 from django.urls import reverse
 
 from budgets import services
-from budgets.models import ApiKey, CostEvent, Project, UserBudget
+from budgets.models import Alert, ApiKey, CostEvent, Project, UserBudget
 from budgets.usage import Usage
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
@@ -301,7 +301,8 @@ def test_html_in_user_ids_and_model_names_stays_text_in_every_chart(session, mem
     project = services.project_create(name="acme")
     project.members.add(member)
     for user_id, model in [(LINK, IMAGE), (IMAGE, LINK), ("plain", LINK)]:
-        services.budget_set(project=project, user_id=user_id, total_budget=Decimal(10), actor="test")
+        # $1.25 of $1: past the 80 % and 100 % thresholds, so the alert history names them too.
+        services.budget_set(project=project, user_id=user_id, total_budget=Decimal(1), actor="test")
         services.cost_record(project=project, user_id=user_id, usage=Usage(model, 0, 0), cost=Decimal("1.25"),
                              source=CostEvent.Source.API)
     dialogs: list[str] = []
@@ -314,6 +315,14 @@ def test_html_in_user_ids_and_model_names_stays_text_in_every_chart(session, mem
         (reverse("user_detail", args=[project.pk, LINK]), 2),
         (reverse("user_detail", args=[project.pk, IMAGE]), 2),
         (reverse("model_list", args=[project.pk]), 2),
+        # Every other page a user id or model name can reach.
+        (reverse("project_list"), None),
+        (reverse("audit_log", args=[project.pk]), None),
+        (reverse("alert_history", args=[project.pk]), None),
+        (reverse("project_periods", args=[project.pk]), None),
+        (reverse("key_list", args=[project.pk]), None),
+        (reverse("project_settings", args=[project.pk]), None),
+        (reverse("member_list", args=[project.pk]), None),
     ]
 
     for path, charts in pages:
@@ -335,3 +344,4 @@ def test_html_in_user_ids_and_model_names_stays_text_in_every_chart(session, mem
             assert "evil.example" in chart_text or "onerror" in chart_text, path
 
     assert dialogs == []
+    assert Alert.objects.filter(project=project, user_id=IMAGE).exists()  # the alert page had it to show
