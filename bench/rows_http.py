@@ -97,7 +97,7 @@ def short(sql: str) -> str:
 
 def sql_per_record(row: Row, key: str) -> None:
     """Statements per recorded call through the whole API request, and through the service alone."""
-    from budgets.auth import api_key_auth  # noqa: F401  (import cost outside the measurement)
+    from budgets.api.auth import api_key_auth  # noqa: F401  (import cost outside the measurement)
     from django.test import Client
 
     from budgets import services
@@ -272,8 +272,8 @@ def hosted_in_process(row: Row, users: int, base: float) -> None:
     A sample: today's merge writes each user through the services, and 10k users take many minutes.
     """
     try:
-        from budgets.api_json import loads
-        from budgets.hosted_sync import hosted_budget_get, hosted_budget_set
+        from budgets.codec import loads
+        from budgets.services.hosted import hosted_budget_get, hosted_budget_set
     except ImportError as exc:
         row.note(f"in-process hosted merge not measured: {exc}")
         return
