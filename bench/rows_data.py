@@ -174,13 +174,13 @@ def copy_budgets(project: Any, count: int, prefix: str, *, duration: str = "dail
         start, end = today - timedelta(days=2), today - timedelta(days=1)
     else:
         start, end = today, (today + timedelta(days=1) if duration == "daily" else None)
-    columns = ("project_id", "user_id", "total_budget", "duration", "current_spend", "period_start",
+    columns = ("project_id", "user_id", "total_budget", "duration", "current_spend", "held", "period_start",
                "next_reset_at", "hosted_model_cost", "created_at", "updated_at")
     with connection.cursor() as cursor:
         with cursor.cursor.copy(f"COPY budgets_userbudget ({', '.join(columns)}) FROM STDIN") as copy:
             for i in range(count):
                 copy.write_row((project.pk, f"{prefix}{i}", Decimal(10**6) if not due else Decimal(10), duration,
-                                Decimal("1.5"), start, end, "{}", start, start))
+                                Decimal("1.5"), Decimal(0), start, end, "{}", start, start))
         if model_spend:
             cursor.execute("""
                 INSERT INTO budgets_modelspend (budget_id, model, spend, prompt_tokens, completion_tokens)

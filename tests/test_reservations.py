@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.urls import reverse
 from django.utils.timezone import now as utcnow
 
 from budgets import services, tasks
@@ -286,3 +288,19 @@ def test_the_admin_lists_holds_and_shows_reservations_read_only(client, django_u
     assert budgets.status_code == reservations.status_code == 200
     assert b"2.5" in budgets.content and b"alice" in reservations.content
     assert client.get(reverse("admin:budgets_reservation_add")).status_code == 403
+
+
+def test_open_holds_show_in_the_console(client, project, make_budget, django_user_model):
+    """User page, users list and overview show what open reservations hold, beside the spend."""
+    make_budget("alice", total_budget="10")
+    services.reservation_create(project=project, user_id="alice", amount=Decimal("1.25"), answer=lambda r: "{}")
+    staff = django_user_model.objects.create_superuser("staff", "s@example.com", "pw")
+    client.force_login(staff)
+
+    detail = client.get(reverse("user_detail", args=[project.pk, "alice"])).content.decode()
+    users = client.get(reverse("user_list", args=[project.pk])).content.decode()
+    overview = client.get(reverse("project_overview", args=[project.pk])).content.decode()
+
+    assert re.search(r'id="user-held">\+ \$1\.25 held by open reservations', detail)
+    assert "+ $1.25 held" in users
+    assert re.search(r'id="project-held">\+ \$1\.25 held by open reservations', overview)
