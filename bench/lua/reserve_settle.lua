@@ -31,7 +31,7 @@ function request()
     user = "u" .. math.random(0, users - 1)
   end
   last = "reserve"
-  return wrk.format("POST", "/api/v1/users/" .. user .. "/reservations", headers, '{"estimated_cost": 0.01}')
+  return wrk.format("POST", "/api/v1/users/" .. user .. "/reservations", headers, '{"model": "gpt-4o-mini", "estimated_cost": 0.01}')
 end
 
 function response(status, response_headers, body)
