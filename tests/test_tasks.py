@@ -271,6 +271,7 @@ def test_recording_cost_succeeds_with_the_broker_down_and_the_alert_goes_out_onc
         project.refresh_from_db()
         with celery_app(**redis_broker(f"redis://127.0.0.1:{closed_port()}/0")):
             recorded = spend(project, "alice", "9")
+            assert alerts.publisher.wait_until_idle(30)  # the publish runs on the publisher thread
 
         assert recorded.created
         assert CostEvent.objects.get().cost == Decimal(9)
@@ -299,7 +300,8 @@ def test_queueing_on_a_broker_that_never_answers_gives_up_instead_of_hanging(cap
         silent.listen(16)
         outcome: list[bool] = []
         with celery_app(**redis_broker(f"redis://127.0.0.1:{silent.getsockname()[1]}/0")):
-            thread = threading.Thread(target=lambda: outcome.append(alerts.queue_delivery(12345)), daemon=True)
+            thread = threading.Thread(target=lambda: outcome.append(alerts.queue_delivery(12345, wait=True)),
+                                      daemon=True)
             thread.start()
             thread.join(60)  # a generous bound: this asserts it returns at all, not how fast
 
@@ -316,6 +318,7 @@ def test_the_api_records_cost_with_the_broker_down(project, make_budget, client)
     with celery_app(**redis_broker(f"redis://127.0.0.1:{closed_port()}/0")):
         response = client.post("/api/v1/users/alice/costs", {"model": "gpt-4o", "cost": 9},
                                content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}")
+        assert alerts.publisher.wait_until_idle(30)
 
     assert response.status_code == 201
     assert UserBudget.objects.get().current_spend == Decimal(9)
@@ -371,6 +374,7 @@ def test_an_alert_recorded_while_redis_was_down_goes_out_through_the_same_redis_
                 redis.start()
                 redis.stop()  # it was up, and now it is down
                 recorded = spend(project, "alice", "9")
+                assert alerts.publisher.wait_until_idle(30)
 
                 assert recorded.created
                 assert UserBudget.objects.get().current_spend == Decimal(9)

@@ -7,14 +7,15 @@ from ninja import Query, Router
 
 from ..selectors import console
 from .auth import request_project
-from .common import ERROR_STATUSES, MAX_PAGE
+from .common import ERROR_STATUSES, MAX_OFFSET, MAX_PAGE
 from .schemas import AlertPage, ErrorOut
 
 router = Router(tags=["alerts"])
 
 
 @router.get("/alerts", response={200: AlertPage, **dict.fromkeys(ERROR_STATUSES, ErrorOut)})
-def list_alerts(request: HttpRequest, limit: int = Query(50, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0)):
+def list_alerts(request: HttpRequest, limit: int = Query(50, ge=1, le=MAX_PAGE),
+                offset: int = Query(0, ge=0, le=MAX_OFFSET)):
     """Budget thresholds crossed in this project, newest first."""
     alerts, total = console.alerts_slice(request_project(request), offset=offset, limit=limit)
     items = [

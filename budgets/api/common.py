@@ -15,6 +15,8 @@ from .auth import request_project
 
 ERROR_STATUSES = (400, 401, 404, 503)
 MAX_PAGE = 500
+# Past any real page, and inside SQLite's and PostgreSQL's 64-bit OFFSET (SQLite answered 500 past it).
+MAX_OFFSET = 10**9
 IDEMPOTENT_REPLAYED = "Idempotent-Replayed"
 
 

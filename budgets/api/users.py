@@ -7,7 +7,7 @@ from ninja import Query, Router, Status
 
 from .. import selectors, services
 from .auth import request_actor, request_project
-from .common import ERROR_STATUSES, MAX_PAGE, current_budget, user_out
+from .common import ERROR_STATUSES, MAX_OFFSET, MAX_PAGE, current_budget, user_out
 from .schemas import BudgetIn, ErrorOut, UserId, UserOut, UserPage
 
 router = Router(tags=["users"])
@@ -15,7 +15,8 @@ ERRORS = dict.fromkeys(ERROR_STATUSES, ErrorOut)
 
 
 @router.get("/users", response={200: UserPage, **ERRORS})
-def list_users(request: HttpRequest, limit: int = Query(50, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0)):
+def list_users(request: HttpRequest, limit: int = Query(50, ge=1, le=MAX_PAGE),
+               offset: int = Query(0, ge=0, le=MAX_OFFSET)):
     """The project's users with their budgets and spend, ordered by user id."""
     project = request_project(request)
     services.ensure_current_period(project, all_users=True)  # right even while no worker runs

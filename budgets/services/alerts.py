@@ -4,7 +4,8 @@
 amount carries a user's or the project's spend across a threshold (a percentage of
 the budget), it inserts one Alert row per threshold per period (the unique
 constraint makes it once under concurrency too) and queues the delivery when the
-transaction commits. Queueing never fails the cost recording: with the broker down
+transaction commits, on a background publisher thread with a bounded backlog, so a broker
+that hangs never holds the request. Queueing never fails the cost recording: with the broker down
 the row stays undelivered and `alerts_requeue` (the outbox sweep, every minute on
 beat) queues it again later.
 
@@ -19,7 +20,10 @@ import hmac
 import http.client
 import ipaddress
 import logging
+import os
+import queue
 import socket
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -118,8 +122,63 @@ def has_channel(project: Project) -> bool:
     return bool(project.alert_webhook_url or project.alert_email)
 
 
-def queue_delivery(alert_id: int, **options: Any) -> bool:
-    """Queue the delivery task by name (services never import tasks); False when the broker can't take it."""
+PUBLISH_BACKLOG = 1000  # deliveries waiting for the publisher thread; past it, the outbox sweep queues them
+
+
+class _Publisher:
+    """One daemon thread per process that hands deliveries to the broker, behind a bounded backlog.
+
+    A request queues its alerts on commit; a broker that accepts connections but never answers
+    would otherwise hold that request for the socket timeouts and retries (5-15 s). The thread is
+    made lazily and again after a fork (gunicorn --preload, Celery prefork children).
+    """
+
+    def __init__(self, backlog: int) -> None:
+        self.backlog = backlog
+        self.lock = threading.Lock()
+        self.pid = 0
+        self.jobs: queue.Queue[tuple[int, dict[str, Any]]] = queue.Queue(backlog)
+        self.thread: threading.Thread | None = None
+
+    def submit(self, alert_id: int, options: dict[str, Any]) -> bool:
+        with self.lock:
+            if self.pid != os.getpid() or self.thread is None or not self.thread.is_alive():
+                if self.pid != os.getpid():
+                    self.jobs = queue.Queue(self.backlog)  # a forked child: the parent's thread is gone
+                self.pid = os.getpid()
+                self.thread = threading.Thread(target=self._run, name="alert-publisher", daemon=True)
+                self.thread.start()
+        try:
+            self.jobs.put_nowait((alert_id, options))
+        except queue.Full:
+            return False
+        return True
+
+    def _run(self) -> None:
+        jobs = self.jobs
+        while True:
+            alert_id, options = jobs.get()
+            try:
+                _publish(alert_id, options)
+            finally:
+                jobs.task_done()
+
+    def wait_until_idle(self, timeout: float) -> bool:
+        """For tests and shutdown: wait until every submitted delivery was tried; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self.jobs.all_tasks_done:
+            while self.jobs.unfinished_tasks:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.jobs.all_tasks_done.wait(left)
+        return True
+
+
+publisher = _Publisher(PUBLISH_BACKLOG)
+
+
+def _publish(alert_id: int, options: dict[str, Any]) -> bool:
     try:
         current_app.send_task(DELIVER_ALERT_TASK, args=[alert_id], **options)
     except Exception as exc:
@@ -129,6 +188,23 @@ def queue_delivery(alert_id: int, **options: Any) -> bool:
                        alert_id, type(exc).__name__, exc)
         return False
     return True
+
+
+def queue_delivery(alert_id: int, *, wait: bool = False, **options: Any) -> bool:
+    """Queue the delivery task by name (services never import tasks).
+
+    By default (on commit, inside a request) the publish happens on the publisher thread and this
+    returns at once: True when it was taken into the backlog, False when the backlog is full (the
+    alert stays in the outbox). With `wait=True` (the outbox sweep, in a worker) it publishes here
+    and returns False when the broker can't take it.
+    """
+    if wait:
+        return _publish(alert_id, options)
+    if publisher.submit(alert_id, options):
+        return True
+    logger.warning("could not queue the delivery of alert %s (the publish backlog of %s is full); "
+                   "the outbox sweep will queue it again", alert_id, PUBLISH_BACKLOG)
+    return False
 
 
 # --- the outbox sweep -----------------------------------------------------------------------
@@ -145,7 +221,7 @@ def alerts_requeue(*, at: datetime | None = None, limit: int = OUTBOX_BATCH) -> 
     )
     queued = 0
     for alert_id in pending:
-        if not queue_delivery(alert_id, expires=OUTBOX_EXPIRES):
+        if not queue_delivery(alert_id, wait=True, expires=OUTBOX_EXPIRES):
             break  # the broker is down again: the next sweep tries
         queued += 1
     return queued
