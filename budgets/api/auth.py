@@ -11,6 +11,7 @@ with Retry-After until the minute is over, whatever key it sends, so keys cannot
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -26,6 +27,7 @@ from ..errors import TooManyRequests
 from ..models import ApiKey, Project
 
 FAILURE_WINDOW_SECONDS = 60
+logger = logging.getLogger(__name__)
 
 
 def _failure_counter(request: HttpRequest) -> tuple[str, int]:
@@ -37,21 +39,58 @@ def _failure_counter(request: HttpRequest) -> tuple[str, int]:
     return f"budgets:api-auth-failures:{address}:{window}", left
 
 
+class _CacheBreaker:
+    """The throttle's cache is a guard, not a dependency: while it fails, requests go on unthrottled.
+
+    After a failure the cache is left alone for `pause` seconds (a hung Redis would otherwise
+    cost every request its socket timeout), and the outage is logged once.
+    """
+
+    pause = 30.0
+
+    def __init__(self) -> None:
+        self.down_until = 0.0
+
+    def available(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+    def failed(self, exc: Exception) -> None:
+        if self.available():
+            logger.warning("the cache behind the API's failed-authentication limit does not answer (%s); "
+                           "requests go on unthrottled for %d s", type(exc).__name__, self.pause)
+        self.down_until = time.monotonic() + self.pause
+
+
+breaker = _CacheBreaker()
+
+
 def check_failure_rate(request: HttpRequest) -> None:
     """TooManyRequests while this address is over its failed-authentication limit."""
+    if not breaker.available():
+        return
     key, left = _failure_counter(request)
-    if (cache.get(key) or 0) >= settings.API_AUTH_FAILURE_LIMIT:
+    try:
+        failures = cache.get(key) or 0
+    except Exception as exc:  # Redis down or hung: never fail (or stall) the request for it
+        breaker.failed(exc)
+        return
+    if failures >= settings.API_AUTH_FAILURE_LIMIT:
         raise TooManyRequests(f"too many failed authentications from this address; retry in {left} s",
                               retry_after=left)
 
 
 def count_failure(request: HttpRequest) -> None:
+    if not breaker.available():
+        return
     key, _ = _failure_counter(request)
-    if not cache.add(key, 1, FAILURE_WINDOW_SECONDS * 2):
-        try:
-            cache.incr(key)
-        except ValueError:  # expired between add and incr
-            cache.add(key, 1, FAILURE_WINDOW_SECONDS * 2)
+    try:
+        if not cache.add(key, 1, FAILURE_WINDOW_SECONDS * 2):
+            try:
+                cache.incr(key)
+            except ValueError:  # expired between add and incr
+                cache.add(key, 1, FAILURE_WINDOW_SECONDS * 2)
+    except Exception as exc:
+        breaker.failed(exc)
 
 
 class ApiKeyAuth(HttpBearer):
