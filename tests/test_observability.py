@@ -132,13 +132,23 @@ def test_metrics_count_recorded_costs_and_refusals(api, client, project, setting
     project.max_budget = Decimal("0.001")
     project.save()  # a test shortcut: the cap is only read
     api.put("/api/v1/users/m-user/budget", {"total_budget": 5})
+    name = re.escape(project.name)
+    series = {
+        "events": rf'budget_cost_recorded_events_total\{{model="metric-model",project="{name}"\}} ([0-9.e+-]+)',
+        "dollars": rf'budget_cost_recorded_dollars_total\{{model="metric-model",project="{name}"\}} ([0-9.e+-]+)',
+        "refused": rf'budget_exceeded_total\{{project="{name}",scope="project"\}} ([0-9.e+-]+)',
+    }
 
+    def scrape() -> dict[str, float]:
+        text = client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me").content.decode()
+        return {k: float(m.group(1)) if (m := re.search(p, text)) else 0.0 for k, p in series.items()}
+
+    before = scrape()  # counters are per process: other tests may have counted this project too
     assert api.post("/api/v1/users/m-user/costs", {"model": "metric-model", "cost": 0.002}).status_code == 201
     assert api.post("/api/v1/users/m-user/costs?enforce=true", {"model": "metric-model", "cost": 0.002}
                     ).status_code == 402
+    after = scrape()
 
-    text = client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me").content.decode()
-    name = re.escape(project.name)
-    assert re.search(rf'budget_cost_recorded_events_total\{{model="metric-model",project="{name}"\}} 1\.0', text)
-    assert re.search(rf'budget_cost_recorded_dollars_total\{{model="metric-model",project="{name}"\}} 0\.002', text)
-    assert re.search(rf'budget_exceeded_total\{{project="{name}",scope="project"\}} 1\.0', text)
+    assert after["events"] - before["events"] == 1
+    assert abs(after["dollars"] - before["dollars"] - 0.002) < 1e-12
+    assert after["refused"] - before["refused"] == 1

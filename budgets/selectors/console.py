@@ -365,7 +365,7 @@ def budgets_page(project: Project, *, search: str = "", sort: str | None = None,
     ordering.append(F("pk").asc())
     # No model_spends here: the table needs none, so there is no query per row.
     budgets = budgets.order_by(*ordering).only(
-        "id", "project_id", "user_id", "total_budget", "current_spend", "duration", "duration_days",
+        "id", "project_id", "user_id", "total_budget", "current_spend", "held", "duration", "duration_days",
         "period_start", "next_reset_at",
     )
     return Paginator(budgets, per_page).get_page(page)
