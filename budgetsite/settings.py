@@ -257,6 +257,9 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "budget-manager@localhost")
 
 # Failed API authentications (a wrong key) per client address per minute before 429.
 API_AUTH_FAILURE_LIMIT = env_int("API_AUTH_FAILURE_LIMIT", 20)
+# How long a web process remembers an API key it found (a revoked key stops at once in the process
+# that revoked it, within this many seconds everywhere else); 0 looks every key up every time.
+API_KEY_CACHE_SECONDS = env_int("API_KEY_CACHE_SECONDS", 5)
 
 # Alert webhooks may target loopback, link-local (cloud metadata), private and multicast
 # addresses only when this is on: on by default on one machine (embedded mode, DEBUG), off in
