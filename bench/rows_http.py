@@ -97,10 +97,10 @@ def short(sql: str) -> str:
 
 def sql_per_record(row: Row, key: str) -> None:
     """Statements per recorded call through the whole API request, and through the service alone."""
-    from budgets.api.auth import api_key_auth  # noqa: F401  (import cost outside the measurement)
     from django.test import Client
 
     from budgets import services
+    from budgets.api.auth import api_key_auth  # noqa: F401  (import cost outside the measurement)
     from budgets.models import Project
     from budgets.usage import Usage
 
