@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +29,7 @@ from django.db.models import Sum
 
 from budgets import services
 from budgets.models import CostEvent, ModelSpend, Project, Reservation, UserBudget
+from budgets.usage import Usage
 from tests.api_helpers import new_key
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -324,3 +326,55 @@ def test_native_records_and_hosted_merges_at_once_never_deadlock_into_a_500(serv
     assert statuses(answers) == {201: 60, 200: 20}, [body for status, body in answers if status >= 300][:3]
     project.refresh_from_db()
     assert project.current_spend == Decimal("0.60") == ledger_sum()
+
+
+# --- a reset sweep while records stream in --------------------------------------------------------
+
+
+def test_a_sweep_running_while_records_stream_in_loses_nothing_and_splits_no_record(server, project):
+    """30 daily budgets whose period just ended, $1 spent in it each; 5 client processes record
+    through gunicorn while sweeps run over and over: every record lands in exactly one period."""
+    from datetime import timedelta
+
+    from django.utils.timezone import now as utcnow
+
+    from budgets.models import BudgetPeriod
+
+    users = [f"d{i}" for i in range(30)]
+    for user in users:
+        services.budget_set(project=project, user_id=user, total_budget=Decimal(1000), duration="daily", actor="t")
+        services.cost_record(project=project, user_id=user, usage=Usage("gpt-4o-mini", 0, 0), cost="1",
+                             source="api")
+    # The day ended a minute ago (no worker ran): the budgets are due.
+    yesterday = utcnow() - timedelta(days=1, minutes=1)
+    UserBudget.objects.filter(project=project).update(period_start=yesterday,
+                                                      next_reset_at=yesterday + timedelta(days=1))
+    CostEvent.objects.filter(project=project).update(created_at=yesterday + timedelta(hours=1))
+    key = new_key(project)
+    calls = [(server, key, f"/api/v1/users/{users[i % 30]}/costs", {"model": "gpt-4o-mini", "cost": 0.25}, {})
+             for i in range(150)]
+    answers: list[tuple[int, dict]] = []
+    burst = threading.Thread(target=lambda: answers.extend(at_once(calls)))
+    burst.start()
+    # Some records reach their due budgets before any sweep (the lazy reset's part), then sweeps
+    # keep running for as long as the rest stream in.
+    deadline = time.monotonic() + 60
+    while CostEvent.objects.filter(project=project).count() < 30 + 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sweeps = 0
+    while burst.is_alive():
+        sweeps += services.reset_due_budgets()
+    burst.join()
+    sweeps += services.reset_due_budgets()
+
+    assert statuses(answers) == {201: 150}, statuses(answers)
+    assert sweeps + BudgetPeriod.objects.filter(reason="lazy").count() == 30  # by a sweep or lazily, once
+    # Each budget's ended day closed once, with exactly the $1 recorded in it...
+    assert BudgetPeriod.objects.filter(project=project).count() == 30
+    assert set(BudgetPeriod.objects.values_list("spend", flat=True)) == {Decimal(1)}
+    # ...and every streamed record counted in the new day, none lost, none in both.
+    for user in users:
+        budget = UserBudget.objects.get(project=project, user_id=user)
+        assert budget.current_spend == Decimal("1.25"), user  # 5 × $0.25
+    assert ledger_sum() == Decimal(30) + Decimal("37.5")
+    assert Project.objects.get(pk=project.pk).current_spend == ledger_sum()  # a lifetime cap: never reset
