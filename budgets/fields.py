@@ -14,12 +14,13 @@ from functools import cache
 from typing import Any
 
 from django.conf import settings
-from django.db import models
+from django.db import DataError, models
 from django.db.models import Value
 
 from .money import MONEY_PLACES as PLACES
 
 SCALE = Decimal(10) ** 12  # 1 / PLACES
+SQLITE_INTEGER_MAX = 2**63 - 1  # about $9.2 million in units of 10^-12 dollars
 
 
 @cache
@@ -58,7 +59,12 @@ class MoneyField(models.DecimalField):
                                                           self.decimal_places)
         if value is None or hasattr(value, "resolve_expression"):
             return value
-        return int((self.to_python(value) * SCALE).to_integral_value(ROUND_HALF_EVEN))
+        units = int((self.to_python(value) * SCALE).to_integral_value(ROUND_HALF_EVEN))
+        if not -SQLITE_INTEGER_MAX <= units <= SQLITE_INTEGER_MAX:
+            # A database error, before the driver's OverflowError: the transaction stays usable and
+            # the API answers it as any out-of-range value (400).
+            raise DataError(f"an amount of ${value} is more than SQLite's money column holds")
+        return units
 
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Decimal | None:
         if value is None:

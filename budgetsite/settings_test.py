@@ -24,3 +24,10 @@ ALERT_WEBHOOK_ALLOW_PRIVATE = True
 
 # The suite sends many wrong keys on purpose; the rate-limit tests lower this (and use their own address).
 API_AUTH_FAILURE_LIMIT = 10_000
+
+# On SQLite the test database is a file, not pytest-django's shared-cache in-memory database:
+# tests whose threads write at once (live servers, workers, LiteLLM's logging threads) then wait
+# on SQLite's busy timeout instead of failing with "database table is locked".
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}

@@ -31,16 +31,16 @@ def api_key_create(*, project: Project, name: str, actor: str = "system") -> tup
 
 # When this process last stamped each key: the key objects are cached copies, so their own
 # last_used_at does not say it.
-_stamped: dict[int, datetime] = {}
+_stamped: dict[str, datetime] = {}  # by key hash: ids can be reused (SQLite), hashes not
 
 
 def api_key_mark_used(key: ApiKey) -> None:
     """Stamp `last_used_at`, at most once a minute per key and process (no write on the usual request)."""
     at = utcnow()
-    last = max((t for t in (key.last_used_at, _stamped.get(key.pk)) if t is not None), default=None)
+    last = max((t for t in (key.last_used_at, _stamped.get(key.key_hash)) if t is not None), default=None)
     if last is None or at - last > USED_STAMP_EVERY:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=at)
-        _stamped[key.pk] = key.last_used_at = at
+        _stamped[key.key_hash] = key.last_used_at = at
 
 
 def api_key_authenticate(raw: str) -> ApiKey | None:
