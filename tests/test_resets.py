@@ -174,3 +174,22 @@ def test_a_period_is_kept_after_a_duration_change_moved_the_start_back(project, 
         (at("2026-03-16T00:00:00+00:00"), at("2026-03-17T00:00:00+00:00"), Decimal(1)),
         (at("2026-03-16T00:00:00+00:00"), at("2026-03-23T00:00:00+00:00"), Decimal(2)),
     ]
+
+
+def test_a_read_through_a_cached_project_still_starts_the_projects_new_period(project, make_budget, time_machine):
+    """An API key caches its project for seconds; a project period that ended meanwhile still resets on a read."""
+    from budgets.models import Project
+
+    time_machine.move_to("2026-03-31 23:59:58+00:00", tick=False)
+    services.project_update(project=project, actor="test", duration="monthly")
+    make_budget("alice")
+    spend(project, "alice", "2")
+    cached = Project.objects.get(pk=project.pk)  # what the key cache holds: spend $2, reset at 1 April
+    Project.objects.filter(pk=project.pk).update(next_reset_at=cached.next_reset_at)
+    time_machine.move_to("2026-04-01 00:00:03+00:00", tick=False)
+    cached.next_reset_at = None  # as if cached before the period had a reset time it has now passed
+
+    services.ensure_current_period(cached, user_id="alice")
+
+    assert cached.current_spend == 0
+    assert Project.objects.get(pk=project.pk).current_spend == 0

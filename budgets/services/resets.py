@@ -301,5 +301,10 @@ def ensure_current_period(
     if all_users and UserBudget.objects.filter(project=project, next_reset_at__lte=at or utcnow()).exists():
         reset_due_budgets(project=project, at=at)
     if user_id is not None:
-        return budget_get(project=project, user_id=user_id, at=at)
+        budget = budget_get(project=project, user_id=user_id, at=at)
+        if project.is_due(at):
+            # The figures read with the budget are fresher than a key's cached project: its period
+            # may have ended within the cache's seconds. (The budget's own lazy reset is committed.)
+            project_refresh(project, at)
+        return budget
     return project
