@@ -335,6 +335,65 @@ class SpendDay(models.Model):
         return f"{self.day} {self.user_id} {self.model} ${self.spend}"
 
 
+class ModelDay(models.Model):
+    """Spend per model and local day, all users together: the project-wide charts and model tables.
+
+    A few rows a day whatever the number of users or calls; kept with SpendDay (services.rollups).
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="model_days")
+    day = models.DateField()
+    model = models.CharField(max_length=255)
+    spend = MoneyField(default=ZERO)
+    events = models.BigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "day", "model"], name="unique_model_day")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.model} ${self.spend}"
+
+
+class UserDay(models.Model):
+    """Spend per user and local day, all models together: what ranks the top users over a range.
+
+    One row per active user a day (not per call, not per model); kept with SpendDay (services.rollups).
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="user_days")
+    day = models.DateField()
+    user_id = models.CharField(max_length=255)
+    spend = MoneyField(default=ZERO)
+    events = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "day", "user_id"], name="unique_user_day")]
+        indexes = [models.Index(fields=["project", "user_id", "day"], name="user_day_user")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.user_id} ${self.spend}"
+
+
+class UserMonth(models.Model):
+    """Spend per user and local calendar month (`month` is its first day): an upper bound that lets
+    the console rank users over any range from a couple of rows per user (selectors.console)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="user_months")
+    month = models.DateField()
+    user_id = models.CharField(max_length=255)
+    spend = MoneyField(default=ZERO)
+    events = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "month", "user_id"], name="unique_user_month")]
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m} {self.user_id} ${self.spend}"
+
+
 class BudgetPeriod(models.Model):
     """A finished period of a user's budget: what was spent in it."""
 

@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 
 from budgets import services
 from budgets.manager import BudgetManager
-from budgets.models import CostEvent, SpendDay
+from budgets.models import CostEvent, ModelDay, SpendDay, UserDay, UserMonth
 from budgets.services.rollups import local_day
 from tests.api_helpers import ApiClient, body_of, new_key
 
@@ -32,6 +32,24 @@ def ledger_by_day(project) -> dict:
 def rollups_by_day(project) -> dict:
     return {(d.day, d.user_id, d.model): (d.spend, d.events, d.prompt_tokens)
             for d in SpendDay.objects.filter(project=project)}
+
+
+def assert_coarser_grains_agree(project) -> None:
+    """ModelDay, UserDay and UserMonth hold the ledger's sums per (day, model), (day, user), (month, user)."""
+    by_model: dict = {}
+    by_user: dict = {}
+    by_month: dict = {}
+    for event in CostEvent.objects.filter(project=project):
+        day = local_day(project.timezone, event.created_at)
+        for totals, key in ((by_model, (day, event.model)), (by_user, (day, event.user_id)),
+                            (by_month, (day.replace(day=1), event.user_id))):
+            spend, events = totals.get(key, (Decimal(0), 0))
+            totals[key] = (spend + event.cost, events + 1)
+    assert {(r.day, r.model): (r.spend, r.events) for r in ModelDay.objects.filter(project=project)} == by_model
+    assert {(r.day, r.user_id): (r.spend, r.events) for r in UserDay.objects.filter(project=project)} == by_user
+    assert {(r.month, r.user_id): (r.spend, r.events) for r in UserMonth.objects.filter(project=project)} == by_month
+    tokens = ModelDay.objects.filter(project=project).aggregate(p=Sum("prompt_tokens"))["p"]
+    assert tokens == CostEvent.objects.filter(project=project).aggregate(p=Sum("prompt_tokens"))["p"]
 
 
 @pytest.fixture
@@ -60,6 +78,7 @@ def test_every_writer_keeps_the_rollups_equal_to_the_ledger(api, project, make_b
     assert CostEvent.objects.filter(project=project).count() == 7
     assert rollups_by_day(project) == ledger_by_day(project)
     assert SpendDay.objects.filter(project=project).aggregate(n=Sum("events"))["n"] == 7
+    assert_coarser_grains_agree(project)
 
 
 def test_a_rebuild_regroups_the_days_after_a_time_zone_change(api, project, make_budget):
@@ -72,6 +91,7 @@ def test_a_rebuild_regroups_the_days_after_a_time_zone_change(api, project, make
 
     assert rollups_by_day(project) == ledger_by_day(project)
     assert sum(v[0] for v in rollups_by_day(project).values()) == sum(v[0] for v in before.values())
+    assert_coarser_grains_agree(project)
 
 
 def test_the_rollups_of_a_seeded_demo_equal_its_ledger(db):
@@ -82,6 +102,7 @@ def test_the_rollups_of_a_seeded_demo_equal_its_ledger(db):
     grouped = CostEvent.objects.filter(project=project).aggregate(n=Count("id"), s=Sum("cost"))
     assert rollups_by_day(project) == ledger_by_day(project)
     assert SpendDay.objects.filter(project=project).aggregate(n=Sum("events"))["n"] == grouped["n"] == 400
+    assert_coarser_grains_agree(project)
 
 
 @pytest.mark.postgres

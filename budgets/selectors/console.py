@@ -42,11 +42,14 @@ from ..models import (
     BudgetPeriod,
     CostEvent,
     Membership,
+    ModelDay,
     ModelPrice,
     ModelSpend,
     Project,
     SpendDay,
     UserBudget,
+    UserDay,
+    UserMonth,
 )
 from ..money import MONEY_PLACES
 from . import budgets as selectors
@@ -199,18 +202,59 @@ def _ledger(project: Project, rng: DateRange | None = None, *, user_id: str | No
 
 
 def _days(project: Project, rng: DateRange, *, user_id: str | None = None,
-          model: str | None = None) -> QuerySet[SpendDay]:
+          model: str | None = None) -> QuerySet[Any]:
     """The daily rollups over the range (local days in the project's time zone), unordered.
 
-    The charts and tables over a range read these, not the ledger: a few thousand rows
-    for a month whatever the number of calls (services.rollups keeps them equal to the ledger).
+    The charts and tables over a range read these, not the ledger (services.rollups keeps them
+    equal to it), at the coarsest grain that answers: per model (a few rows a day) unless one
+    user is asked for, then per user and model.
     """
-    days = SpendDay.objects.filter(project=project, day__gte=rng.start, day__lte=rng.end)
-    if user_id is not None:
-        days = days.filter(user_id=user_id)
+    days: QuerySet[Any]
+    if user_id is None:
+        days = ModelDay.objects.filter(project=project)
+    else:
+        days = SpendDay.objects.filter(project=project, user_id=user_id)
     if model is not None:
         days = days.filter(model=model)
-    return days.order_by()
+    return days.filter(day__gte=rng.start, day__lte=rng.end).order_by()
+
+
+# Users whose month bounds are read first when ranking; most rankings end within them.
+RANKING_CANDIDATES = 200
+RANKING_BATCH = 50
+
+
+def ranked_users(project: Project, rng: DateRange, limit: int) -> list[dict[str, Any]]:
+    """The `limit` users who spent most over the range ({user_id, spend, events}; spend, then id), exactly.
+
+    Summing every user's days reads a row per active user a day (300,000 for 10,000 users over a
+    month). Instead: a user's spend in the calendar months the range touches (UserMonth, two rows
+    per user for 30 days) bounds their spend in the range from above. Users are taken in that
+    order and their exact spend over the range is read from their days (UserDay, a batch at a
+    time) until the `limit`-th exact spend is above every bound left: no one later can pass it.
+    """
+    bounds = (
+        UserMonth.objects.filter(project=project, month__gte=rng.start.replace(day=1), month__lte=rng.end)
+        .order_by().values("user_id").annotate(bound=MoneySum("spend")).order_by("-bound", "user_id")
+        .values_list("user_id", "bound")
+    )
+    ranked: list[dict[str, Any]] = []
+    candidates = list(bounds[:RANKING_CANDIDATES])
+    more = len(candidates) == RANKING_CANDIDATES
+    start = 0
+    while True:
+        if start >= len(candidates) and more:  # rare: the first candidates did not settle it
+            candidates, more = list(bounds), False
+        batch = candidates[start: start + RANKING_BATCH]
+        if not batch or (len(ranked) >= limit and ranked[limit - 1]["spend"] > batch[0][1]):
+            return ranked[:limit]
+        exact = (
+            UserDay.objects.filter(project=project, user_id__in=[user_id for user_id, _ in batch],
+                                   day__gte=rng.start, day__lte=rng.end)
+            .order_by().values("user_id").annotate(spend=MoneySum("spend"), events=Sum("events"))
+        )
+        ranked = sorted([*ranked, *map(dict, exact)], key=lambda row: (-row["spend"], row["user_id"]))[:limit]
+        start += len(batch)
 
 
 def daily_spend(project: Project, rng: DateRange, *, user_id: str | None = None,
@@ -254,11 +298,7 @@ def _ranked(rows: Any, key: str, total: Decimal) -> list[Ranked]:
 
 
 def top_users(project: Project, rng: DateRange, total: Decimal, limit: int = TOP_N) -> list[Ranked]:
-    rows = (
-        _days(project, rng).values("user_id").annotate(spend=MoneySum("spend"), events=Sum("events"))
-        .order_by("-spend", "user_id")[:limit]
-    )
-    return _ranked(rows, "user_id", total)
+    return _ranked(ranked_users(project, rng, limit), "user_id", total)
 
 
 def top_models(project: Project, rng: DateRange, total: Decimal, limit: int = TOP_N) -> list[Ranked]:
@@ -456,9 +496,10 @@ class _CountedEvents:
 def ledger_page(project: Project, *, user_id: str | None = None, model: str | None = None, page: Any = 1,
                 per_page: int = LEDGER_PER_PAGE) -> Page:
     events = _ledger(project, user_id=user_id, model=model).order_by("-created_at", "-id")
-    days = SpendDay.objects.filter(project=project)
-    if user_id is not None:
-        days = days.filter(user_id=user_id)
+    days: QuerySet[Any] = (
+        ModelDay.objects.filter(project=project) if user_id is None
+        else SpendDay.objects.filter(project=project, user_id=user_id)
+    )
     if model is not None:
         days = days.filter(model=model)
     count = days.aggregate(n=Sum("events"))["n"] or 0
@@ -521,19 +562,18 @@ OTHER_USERS = "other users"
 def model_by_user(project: Project, rng: DateRange, models: list[str],
                   limit: int = USERS_PER_MODEL_CHART) -> ModelByUser:
     """Two GROUP BY queries: the top users over the range, then spend per model for them and the rest."""
-    events = _days(project, rng)
-    top = list(
-        events.values("user_id").annotate(spend=MoneySum("spend")).order_by("-spend", "user_id")
-        .values_list("user_id", flat=True)[:limit]
-    )
+    top = [row["user_id"] for row in ranked_users(project, rng, limit)]
     result = ModelByUser(models=models, users=top, spend={u: [ZERO] * len(models) for u in top},
                          other=[ZERO] * len(models))
     index = {m: i for i, m in enumerate(models)}
-    rows = events.values("model", "user_id").annotate(spend=MoneySum("spend")).filter(user_id__in=top)
+    rows = (
+        SpendDay.objects.filter(project=project, user_id__in=top, day__gte=rng.start, day__lte=rng.end).order_by()
+        .values("model", "user_id").annotate(spend=MoneySum("spend"))
+    )
     for row in rows:
         if row["model"] in index:
             result.spend[row["user_id"]][index[row["model"]]] = row["spend"]
-    totals = dict(events.values("model").annotate(spend=MoneySum("spend")).values_list("model", "spend"))
+    totals = dict(_days(project, rng).values("model").annotate(spend=MoneySum("spend")).values_list("model", "spend"))
     for model, i in index.items():
         named = sum((result.spend[u][i] for u in top), ZERO)
         result.other[i] = max(totals.get(model, ZERO) - named, ZERO)

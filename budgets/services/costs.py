@@ -180,8 +180,9 @@ def _admit(levels: Any, amount: Decimal, project: Project) -> None:
 
 
 # PostgreSQL: the project row locked and the user's budget read with its spend per model in one
-# statement, then the ledger row, the three spend increments and the daily rollup in a second
-# one (data-modifying CTEs). A repeated Idempotency-Key inserts nothing, so nothing else changes.
+# statement, then the ledger row, the three spend increments and the daily rollups in a second
+# one (data-modifying CTEs; the last four are the rollups of services.rollups). A repeated
+# Idempotency-Key inserts nothing, so nothing else changes.
 _READ_LOCKED = """
 SELECT p.current_spend, p.held, p.max_budget, p.period_start, p.next_reset_at,
        b.id, b.total_budget, b.current_spend, b.held, b.duration, b.duration_days, b.period_start, b.next_reset_at,
@@ -223,8 +224,28 @@ WITH ev AS (
         completion_tokens = d.completion_tokens + EXCLUDED.completion_tokens,
         cached_tokens = d.cached_tokens + EXCLUDED.cached_tokens
     RETURNING 1
+), md AS (
+    INSERT INTO budgets_modelday AS d (project_id, day, model, spend, events, prompt_tokens, completion_tokens,
+        cached_tokens)
+    SELECT %(project)s, %(day)s, %(model)s, %(amount)s, 1, %(prompt)s, %(completion)s, %(cached)s
+    WHERE EXISTS (SELECT 1 FROM ev)
+    ON CONFLICT (project_id, day, model) DO UPDATE SET spend = d.spend + EXCLUDED.spend,
+        events = d.events + 1, prompt_tokens = d.prompt_tokens + EXCLUDED.prompt_tokens,
+        completion_tokens = d.completion_tokens + EXCLUDED.completion_tokens,
+        cached_tokens = d.cached_tokens + EXCLUDED.cached_tokens
+    RETURNING 1
+), ud AS (
+    INSERT INTO budgets_userday AS d (project_id, day, user_id, spend, events)
+    SELECT %(project)s, %(day)s, %(user)s, %(amount)s, 1 WHERE EXISTS (SELECT 1 FROM ev)
+    ON CONFLICT (project_id, day, user_id) DO UPDATE SET spend = d.spend + EXCLUDED.spend, events = d.events + 1
+    RETURNING 1
+), um AS (
+    INSERT INTO budgets_usermonth AS d (project_id, month, user_id, spend, events)
+    SELECT %(project)s, %(month)s, %(user)s, %(amount)s, 1 WHERE EXISTS (SELECT 1 FROM ev)
+    ON CONFLICT (project_id, month, user_id) DO UPDATE SET spend = d.spend + EXCLUDED.spend, events = d.events + 1
+    RETURNING 1
 )
-SELECT ev.id, p.current_spend, b.current_spend, m.spend FROM ev, p, b, m, d
+SELECT ev.id, p.current_spend, b.current_spend, m.spend FROM ev, p, b, m, d, md, ud, um
 """
 
 
@@ -261,12 +282,13 @@ def _record_in_one_statement(
             except BudgetExceeded as exc:
                 metrics.budget_exceeded(project.name, exc.scope)
                 raise
+        day = local_day(project.timezone, at)
         params = {
             "project": project.pk, "budget": budget_id, "user": user_id, "model": model,
             "prompt": usage.prompt_tokens, "completion": usage.completion_tokens, "cached": usage.cached_tokens,
             "creation": usage.cache_creation_tokens, "amount": amount, "source": source,
             "key": idempotency_key or None, "fingerprint": fingerprint, "at": at,
-            "day": local_day(project.timezone, at),
+            "day": day, "month": day.replace(day=1),
         }
         cursor.execute(_WRITE, params)
         written = cursor.fetchone()

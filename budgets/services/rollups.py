@@ -1,31 +1,64 @@
-"""Daily spend rollups (SpendDay): kept in step with the ledger, rebuilt from it when needed.
+"""Daily spend rollups: kept in step with the ledger, rebuilt from it when needed.
 
-Every writer of ledger rows adds the same amounts here in the same transaction:
-cost_record (on PostgreSQL inside its one write statement), the hosted merge and the demo
-seed (in bulk). `rollups_rebuild` recomputes a project's rows from the ledger in one
-GROUP BY (after a time zone change, or to repair), so the rule "rollup sums equal ledger
-sums" can always be restored.
+Four grains of the same sums, in the project's local days: SpendDay (user and model, for one
+user's pages), ModelDay (model: the project's charts and model tables, a few rows a day), UserDay
+(user: one row per active user a day) and UserMonth (user and local month: with UserDay, ranks
+users over a range from a few rows per user). Every writer of ledger rows adds the same amounts
+to all four in the same transaction: cost_record (on PostgreSQL inside
+its one write statement), the hosted merge and the demo seed (in bulk). `rollups_rebuild`
+recomputes a project's rows from the ledger, so the rule "rollup sums equal ledger sums" can
+always be restored.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Count, F, Sum
 from django.db.models.functions import TruncDate
 
 from ..fields import MoneyField, money
-from ..models import CostEvent, Project, SpendDay
+from ..models import CostEvent, ModelDay, Project, SpendDay, UserDay, UserMonth
 
 ROLLUP_BATCH = 1000
-Key = tuple[int, date, str, str]  # project, local day, user, model
+Key = tuple[Any, ...]  # project, local day, then the grain's own keys
+
+
+@dataclass(frozen=True)
+class Grain:
+    """One rollup table: what it groups by besides (project, day), and whether it sums tokens."""
+
+    model: type[models.Model]
+    keys: tuple[str, ...]
+    tokens: bool
+    column: str = "day"  # the local day, or for "month" the first day of the local month
+
+    @property
+    def table(self) -> str:
+        return self.model._meta.db_table
+
+    def key(self, project: Project, event: CostEvent) -> Key:
+        day = local_day(project.timezone, event.created_at)
+        return (project.pk, day.replace(day=1) if self.column == "month" else day,
+                *(getattr(event, name) for name in self.keys))
+
+
+# Always in this order: writers lock the rows of one grain after another alike.
+GRAINS = (
+    Grain(SpendDay, ("user_id", "model"), tokens=True),
+    Grain(ModelDay, ("model",), tokens=True),
+    Grain(UserDay, ("user_id",), tokens=False),
+    Grain(UserMonth, ("user_id",), tokens=False, column="month"),
+)
+TOKENS = ("prompt_tokens", "completion_tokens", "cached_tokens")
 
 
 @lru_cache(maxsize=512)
@@ -39,7 +72,7 @@ def local_day(timezone: str, at: datetime) -> date:
 
 
 class Totals:
-    """What a group of ledger rows adds to one SpendDay row."""
+    """What a group of ledger rows adds to one rollup row."""
 
     __slots__ = ("cached", "completion", "events", "prompt", "spend")
 
@@ -54,61 +87,56 @@ class Totals:
         self.completion += event.completion_tokens
         self.cached += event.cached_tokens
 
+    def values(self, tokens: bool) -> list[Any]:
+        return [self.spend, self.events, *((self.prompt, self.completion, self.cached) if tokens else ())]
+
 
 def rollups_add_events(project: Project, events: Iterable[CostEvent]) -> int:
     """Add ledger rows just inserted (in this transaction) to their days; returns the rows touched."""
-    totals: dict[Key, Totals] = defaultdict(Totals)
-    for event in events:
-        totals[(project.pk, local_day(project.timezone, event.created_at), event.user_id, event.model)].add(event)
-    items = sorted(totals.items())  # one order, so concurrent writers lock rows alike
-    if connection.vendor == "postgresql":
-        for start in range(0, len(items), ROLLUP_BATCH):
-            _pg_upsert(items[start: start + ROLLUP_BATCH])
-    else:
-        for key, total in items:
-            _orm_upsert(key, total)
-    return len(items)
+    events = list(events)
+    touched = 0
+    for grain in GRAINS:
+        totals: dict[Key, Totals] = defaultdict(Totals)
+        for event in events:
+            totals[grain.key(project, event)].add(event)
+        items = sorted(totals.items())  # one order, so concurrent writers lock rows alike
+        if connection.vendor == "postgresql":
+            for start in range(0, len(items), ROLLUP_BATCH):
+                _pg_upsert(grain, items[start: start + ROLLUP_BATCH])
+        else:
+            for key, total in items:
+                _orm_upsert(grain, key, total)
+        touched += len(items)
+    return touched
 
 
-_UPSERT = """
-INSERT INTO budgets_spendday AS d
-    (project_id, day, user_id, model, spend, events, prompt_tokens, completion_tokens, cached_tokens)
-VALUES {values}
-ON CONFLICT (project_id, day, user_id, model) DO UPDATE SET
-    spend = d.spend + EXCLUDED.spend, events = d.events + EXCLUDED.events,
-    prompt_tokens = d.prompt_tokens + EXCLUDED.prompt_tokens,
-    completion_tokens = d.completion_tokens + EXCLUDED.completion_tokens,
-    cached_tokens = d.cached_tokens + EXCLUDED.cached_tokens
-"""
-
-
-def _pg_upsert(items: list[tuple[Key, Totals]]) -> None:
+def _pg_upsert(grain: Grain, items: list[tuple[Key, Totals]]) -> None:
+    keys = ("project_id", grain.column, *grain.keys)
+    sums = ("spend", "events", *(TOKENS if grain.tokens else ()))
+    row = "(" + ", ".join(["%s"] * len(keys) + ["%s::numeric"] + ["%s"] * (len(sums) - 1)) + ")"
     params: list[Any] = []
-    for (project_id, day, user_id, model), t in items:
-        params += [project_id, day, user_id, model, t.spend, t.events, t.prompt, t.completion, t.cached]
-    values = ", ".join(["(%s, %s, %s, %s, %s::numeric, %s, %s, %s, %s)"] * len(items))
+    for key, total in items:
+        params += [*key, *total.values(grain.tokens)]
+    sql = (
+        f"INSERT INTO {grain.table} AS d ({', '.join(keys + sums)}) VALUES {', '.join([row] * len(items))} "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
+        + ", ".join(f"{name} = d.{name} + EXCLUDED.{name}" for name in sums)
+    )
     with connection.cursor() as cursor:
-        cursor.execute(_UPSERT.format(values=values), params)
+        cursor.execute(sql, params)
 
 
-def _orm_upsert(key: Key, total: Totals) -> None:
-    project_id, day, user_id, model = key
-    increments = {
-        "spend": F("spend") + money(total.spend), "events": F("events") + total.events,
-        "prompt_tokens": F("prompt_tokens") + total.prompt,
-        "completion_tokens": F("completion_tokens") + total.completion,
-        "cached_tokens": F("cached_tokens") + total.cached,
-    }
-    rows = SpendDay.objects.filter(project_id=project_id, day=day, user_id=user_id, model=model)
+def _orm_upsert(grain: Grain, key: Key, total: Totals) -> None:
+    project_id, day, *own = key
+    sums = dict(zip(("spend", "events", *(TOKENS if grain.tokens else ())), total.values(grain.tokens), strict=True))
+    increments = {name: F(name) + (money(value) if name == "spend" else value) for name, value in sums.items()}
+    match = {"project_id": project_id, grain.column: day, **dict(zip(grain.keys, own, strict=True))}
+    rows = grain.model._default_manager.filter(**match)
     if rows.update(**increments):
         return
     try:
         with transaction.atomic():
-            SpendDay.objects.create(
-                project_id=project_id, day=day, user_id=user_id, model=model, spend=total.spend,
-                events=total.events, prompt_tokens=total.prompt, completion_tokens=total.completion,
-                cached_tokens=total.cached,
-            )
+            grain.model._default_manager.create(**match, **sums)
     except IntegrityError:  # created meanwhile by a concurrent writer
         rows.update(**increments)
 
@@ -121,15 +149,50 @@ SELECT project_id, (created_at AT TIME ZONE %(tz)s)::date, user_id, model, SUM(c
 FROM budgets_costevent WHERE project_id = %(project)s
 GROUP BY 1, 2, 3, 4
 """
+# The coarser grains are sums of the finest one. Plain SQL both databases run: on SQLite money
+# columns hold integers (MoneyField), whose sums are exact too.
+_DERIVE = {
+    ModelDay: """
+INSERT INTO budgets_modelday (project_id, day, model, spend, events, prompt_tokens, completion_tokens, cached_tokens)
+SELECT project_id, day, model, SUM(spend), SUM(events), SUM(prompt_tokens), SUM(completion_tokens),
+       SUM(cached_tokens)
+FROM budgets_spendday WHERE project_id = %s GROUP BY project_id, day, model
+""",
+    UserDay: """
+INSERT INTO budgets_userday (project_id, day, user_id, spend, events)
+SELECT project_id, day, user_id, SUM(spend), SUM(events)
+FROM budgets_spendday WHERE project_id = %s GROUP BY project_id, day, user_id
+""",
+    UserMonth: """
+INSERT INTO budgets_usermonth (project_id, month, user_id, spend, events)
+SELECT project_id, {month}, user_id, SUM(spend), SUM(events)
+FROM budgets_spendday WHERE project_id = %s GROUP BY project_id, {month}, user_id
+""",
+}
+MONTH = {"postgresql": "date_trunc('month', day)::date", "sqlite": "date(day, 'start of month')"}
 
 
 def rollups_rebuild(project: Project) -> int:
-    """Recompute the project's daily rows from its ledger (one GROUP BY); returns how many rows."""
-    if connection.vendor == "postgresql":
-        with transaction.atomic(), connection.cursor() as cursor:
-            SpendDay.objects.filter(project=project).delete()
-            cursor.execute(_REBUILD, {"tz": project.timezone, "project": project.pk})
-            return cursor.rowcount
+    """Recompute the project's rollup rows from its ledger; returns how many per-user-and-model rows."""
+    with transaction.atomic():
+        for grain in GRAINS:
+            grain.model._default_manager.filter(project=project).delete()
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(_REBUILD, {"tz": project.timezone, "project": project.pk})
+                count = cursor.rowcount
+        else:
+            count = _rebuild_with_the_orm(project)
+        with connection.cursor() as cursor:
+            for sql in _DERIVE.values():
+                cursor.execute(sql.format(month=MONTH[connection.vendor]), [project.pk])
+            if connection.vendor == "postgresql":  # the planner's figures for the tables just refilled
+                for grain in GRAINS:
+                    cursor.execute(f"ANALYZE {grain.table}")
+    return count
+
+
+def _rebuild_with_the_orm(project: Project) -> int:
     zone = _zone(project.timezone)
     grouped = (
         CostEvent.objects.filter(project=project).order_by()
@@ -138,13 +201,11 @@ def rollups_rebuild(project: Project) -> int:
         .annotate(spend=Sum("cost", output_field=MoneyField()), events=Count("id"), prompt=Sum("prompt_tokens"),
                   completion=Sum("completion_tokens"), cached=Sum("cached_tokens"))
     )
-    with transaction.atomic():
-        SpendDay.objects.filter(project=project).delete()
-        rows = [
-            SpendDay(project=project, day=g["day"], user_id=g["user_id"], model=g["model"], spend=g["spend"],
-                     events=g["events"], prompt_tokens=g["prompt"] or 0, completion_tokens=g["completion"] or 0,
-                     cached_tokens=g["cached"] or 0)
-            for g in grouped.iterator(chunk_size=5000)
-        ]
-        SpendDay.objects.bulk_create(rows, batch_size=ROLLUP_BATCH)
+    rows = [
+        SpendDay(project=project, day=g["day"], user_id=g["user_id"], model=g["model"], spend=g["spend"],
+                 events=g["events"], prompt_tokens=g["prompt"] or 0, completion_tokens=g["completion"] or 0,
+                 cached_tokens=g["cached"] or 0)
+        for g in grouped.iterator(chunk_size=5000)
+    ]
+    SpendDay.objects.bulk_create(rows, batch_size=ROLLUP_BATCH)
     return len(rows)
