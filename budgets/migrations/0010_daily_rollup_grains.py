@@ -81,6 +81,7 @@ class Migration(migrations.Migration):
                 ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='user_months', to='budgets.project')),
             ],
             options={
+                'indexes': [models.Index(fields=['project', 'month', '-spend', 'user_id'], name='user_month_rank')],
                 'constraints': [models.UniqueConstraint(fields=('project', 'month', 'user_id'), name='unique_user_month')],
             },
         ),

@@ -219,42 +219,50 @@ def _days(project: Project, rng: DateRange, *, user_id: str | None = None,
     return days.filter(day__gte=rng.start, day__lte=rng.end).order_by()
 
 
-# Users whose month bounds are read first when ranking; most rankings end within them.
-RANKING_CANDIDATES = 200
-RANKING_BATCH = 50
+# How deep ranking reads each month's biggest spenders at first (then 4× deeper while unsettled).
+RANKING_DEPTH = 64
+
+
+def _months(rng: DateRange) -> list[date]:
+    """The first days of the calendar months the range touches."""
+    months, month = [], rng.start.replace(day=1)
+    while month <= rng.end:
+        months.append(month)
+        month = (month + timedelta(days=32)).replace(day=1)
+    return months
 
 
 def ranked_users(project: Project, rng: DateRange, limit: int) -> list[dict[str, Any]]:
     """The `limit` users who spent most over the range ({user_id, spend, events}; spend, then id), exactly.
 
     Summing every user's days reads a row per active user a day (300,000 for 10,000 users over a
-    month). Instead: a user's spend in the calendar months the range touches (UserMonth, two rows
-    per user for 30 days) bounds their spend in the range from above. Users are taken in that
-    order and their exact spend over the range is read from their days (UserDay, a batch at a
-    time) until the `limit`-th exact spend is above every bound left: no one later can pass it.
+    month). Instead, a threshold algorithm on the months the range touches: the `depth` biggest
+    spenders of each month are read from an index (UserMonth), and their exact spend over the range
+    from their days (UserDay). Anyone not read spent at most the depth-th figure in each month, so
+    at most the sum of those figures over the range (the threshold); once the `limit`-th exact
+    spend is above it, no one else can rank. Otherwise read 4× deeper, until every user is read.
     """
-    bounds = (
-        UserMonth.objects.filter(project=project, month__gte=rng.start.replace(day=1), month__lte=rng.end)
-        .order_by().values("user_id").annotate(bound=MoneySum("spend")).order_by("-bound", "user_id")
-        .values_list("user_id", "bound")
-    )
-    ranked: list[dict[str, Any]] = []
-    candidates = list(bounds[:RANKING_CANDIDATES])
-    more = len(candidates) == RANKING_CANDIDATES
-    start = 0
+    months = _months(rng)
+    depth = max(RANKING_DEPTH, limit)
     while True:
-        if start >= len(candidates) and more:  # rare: the first candidates did not settle it
-            candidates, more = list(bounds), False
-        batch = candidates[start: start + RANKING_BATCH]
-        if not batch or (len(ranked) >= limit and ranked[limit - 1]["spend"] > batch[0][1]):
-            return ranked[:limit]
-        exact = (
-            UserDay.objects.filter(project=project, user_id__in=[user_id for user_id, _ in batch],
-                                   day__gte=rng.start, day__lte=rng.end)
+        threshold, complete, candidates = ZERO, True, set[str]()
+        for month in months:
+            heads = list(
+                UserMonth.objects.filter(project=project, month=month).order_by("-spend", "user_id")
+                .values_list("user_id", "spend")[:depth]
+            )
+            candidates.update(user_id for user_id, _ in heads)
+            if len(heads) == depth:  # some users of this month were not read: they spent at most this
+                threshold += heads[-1][1]
+                complete = False
+        exact: list[dict[str, Any]] = [dict(row) for row in (
+            UserDay.objects.filter(project=project, user_id__in=candidates, day__gte=rng.start, day__lte=rng.end)
             .order_by().values("user_id").annotate(spend=MoneySum("spend"), events=Sum("events"))
-        )
-        ranked = sorted([*ranked, *map(dict, exact)], key=lambda row: (-row["spend"], row["user_id"]))[:limit]
-        start += len(batch)
+        )] if candidates else []
+        ranked = sorted(exact, key=lambda row: (-row["spend"], row["user_id"]))[:limit]
+        if complete or (len(ranked) == limit and ranked[-1]["spend"] > threshold):
+            return ranked
+        depth *= 4
 
 
 def daily_spend(project: Project, rng: DateRange, *, user_id: str | None = None,
