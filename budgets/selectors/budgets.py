@@ -179,9 +179,23 @@ def _fresh_copy(key: ApiKey) -> ApiKey:
     return clone
 
 
+def _well_formed(raw: object) -> bool:
+    return isinstance(raw, str) and raw.startswith(KEY_PREFIX) and len(raw) <= 200
+
+
+def remembered_api_key(raw: str) -> ApiKey | None:
+    """The key for this secret if this process found it active within API_KEY_CACHE_SECONDS; no query."""
+    if not _well_formed(raw):
+        return None
+    cached = _key_cache.get(hash_key(raw))
+    if cached is not None and cached[0] > time.monotonic():
+        return _fresh_copy(cached[1])
+    return None
+
+
 def active_api_key(raw: str) -> ApiKey | None:
     """The active key for this secret (with its project), or None."""
-    if not isinstance(raw, str) or not raw.startswith(KEY_PREFIX) or len(raw) > 200:
+    if not _well_formed(raw):
         return None
     digest = hash_key(raw)
     ttl = float(getattr(settings, "API_KEY_CACHE_SECONDS", 5))
