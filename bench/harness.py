@@ -152,11 +152,17 @@ def status_kib(pid: int, field_name: str) -> int | None:
 
 @contextmanager
 def gunicorn(env: dict[str, str], workers: int = 2, timeout: int = 300) -> Iterator[Server]:
-    """`gunicorn budgetsite.wsgi:application -w 2` on a free port; always stopped on the way out."""
+    """`gunicorn budgetsite.wsgi:application -w 2` on a free port; always stopped on the way out.
+
+    BENCH_GUNICORN_THREADS in `env` (bench/run.py --threads) above 1 runs gthread workers.
+    """
     port = free_port()
     log = Path(tempfile.gettempdir()) / f"bench-gunicorn-{port}.log"
     command = [sys.executable, "-m", "gunicorn", "budgetsite.wsgi:application", "-w", str(workers),
                "-b", f"127.0.0.1:{port}", "--timeout", str(timeout), "--error-logfile", str(log)]
+    threads = int(env.get("BENCH_GUNICORN_THREADS", "1"))
+    if threads > 1:
+        command += ["--threads", str(threads)]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = Server(port, process, log)
     try:

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 ALL_ROWS = ("8", "1", "1b", "2", "3", "4", "5", "6", "7", "micro")
+HTTP_ROWS = ("1", "1b", "2", "7")
 PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
 REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/7")
 
@@ -51,7 +52,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=4, help="wrk connections (default 4; 2 threads).")
     parser.add_argument("--database", default="bench_run", help="Database name (must start with bench_).")
     parser.add_argument("--keep", action="store_true", help="Keep the bench database at the end.")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="gunicorn threads per worker (default 1: sync workers; more: gthread workers).")
+    parser.add_argument("--synchronous-commit-off", action="store_true",
+                        help="Evidence only, never a product setting: the bench's gunicorn connects with "
+                             "synchronous_commit=off (a COMMIT no longer waits for the WAL flush; a crash could "
+                             "lose acknowledged records). The bench process itself keeps it on.")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="An environment variable for the bench's gunicorn only (repeatable), e.g. "
+                             "DB_CONN_HEALTH_CHECKS=false.")
     args = parser.parse_args()
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
+    if any("=" not in item for item in args.server_env):
+        parser.error("--server-env takes NAME=VALUE")
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in args.rows if r not in ALL_ROWS]
     if unknown:
@@ -79,6 +93,22 @@ def server_env(database: str) -> dict[str, str]:
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         "PYTHONPATH": str(ROOT),
     }
+
+
+def gunicorn_env(env: dict[str, str], args: argparse.Namespace) -> dict[str, str]:
+    """The environment of the gunicorn the HTTP rows start: the bench's, plus the opt-in switches."""
+    server = {**env, "BENCH_GUNICORN_THREADS": str(args.threads)}
+    if args.synchronous_commit_off:
+        # dj-database-url passes the query string to psycopg as connection options.
+        server["DATABASE_URL"] = env["DATABASE_URL"] + "?options=-c%20synchronous_commit%3Doff"
+    server.update(item.split("=", 1) for item in args.server_env)
+    return server
+
+
+def gunicorn_description(args: argparse.Namespace) -> str:
+    kind = f"-w 2 --threads {args.threads} (gthread)" if args.threads > 1 else "-w 2 (sync)"
+    extra = [*(["synchronous_commit=off"] if args.synchronous_commit_off else []), *args.server_env]
+    return kind + (f"; {', '.join(extra)}" if extra else "")
 
 
 def recreate_database(name: str) -> None:
@@ -132,10 +162,11 @@ def main() -> None:
     started = time.perf_counter()
     call_command("migrate", verbosity=0)
     context = {"machine": machine(), "command": " ".join(["bench/run.py", *sys.argv[1:]]),
-               "wrk": f"-t2 -c{args.connections} -d{args.duration}s", "gunicorn": "-w 2 (sync)"}
+               "wrk": f"-t2 -c{args.connections} -d{args.duration}s", "gunicorn": gunicorn_description(args)}
     print(f"Machine: {json.dumps(context['machine'])}")
     print(f"Database {args.database}; wrk {context['wrk']}; gunicorn {context['gunicorn']}. The machine is shared: "
           "load runs are kept short and figures are ratios to a baseline of the same run.\n", flush=True)
+    http_env = gunicorn_env(env, args)  # the HTTP rows' gunicorn; every other row runs as before
     runners = {
         "1": rows_http.row_record, "1b": rows_http.row_reads, "2": rows_http.row_hosted, "7": rows_http.row_export,
         "3": rows_data.row_console, "4": rows_data.row_sweep, "8": rows_data.row_seed,
@@ -148,7 +179,7 @@ def main() -> None:
             begun = time.perf_counter()
             load_before = os.getloadavg()[0]
             try:
-                row = runners[key](args, env)
+                row = runners[key](args, http_env if key in HTTP_ROWS else env)
             except Exception as exc:  # one broken row must not hide the others
                 row = Row(key, "failed")
                 row.note(f"the row failed: {type(exc).__name__}: {exc}")

@@ -64,3 +64,17 @@ def test_check_deploy_passes_with_production_settings(tmp_path):
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_kept_database_connections_are_health_checked_unless_turned_off(tmp_path):
+    show = ("from django.conf import settings as s; d = s.DATABASES['default'];"
+            " print(d['CONN_MAX_AGE'], d['CONN_HEALTH_CHECKS'])")
+    production = {"DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
+                  "SECRET_KEY": "k3v9-Qz7!pLm2@Wx8#Rt5$Yb1%Nc4^Hd6&Jf0*Gs3(Ua7)Ei9_Ov"}
+
+    default = manage("shell", "-c", show, env=production, tmp_path=tmp_path)
+    off = manage("shell", "-c", show, env={**production, "DB_CONN_HEALTH_CHECKS": "false"}, tmp_path=tmp_path)
+
+    assert default.returncode == 0 and off.returncode == 0, default.stderr + off.stderr
+    assert default.stdout.strip().splitlines()[-1] == "60 True"
+    assert off.stdout.strip().splitlines()[-1] == "60 False"

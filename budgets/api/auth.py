@@ -7,6 +7,12 @@ project and nothing else. Authentication reads; the only write is the throttled
 Failed authentications are counted per client address in Django's cache (shared by every
 web process through Redis): past API_AUTH_FAILURE_LIMIT in a minute, the address gets 429
 with Retry-After until the minute is over, whatever key it sends, so keys cannot be guessed.
+
+The counter is read before every key this process does not hold (every guess) and counted
+after every failure. A key this process found active within API_KEY_CACHE_SECONDS skips the
+round trip while this process learnt less than THROTTLE_RECHECK_SECONDS ago that its address
+is under the limit: a request that needs no query then needs no Redis either, and an address
+over the limit in another process is refused here too within that second.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ from ninja.security import HttpBearer
 from .. import selectors, services
 from ..errors import TooManyRequests
 from ..models import ApiKey, Project
+from ..selectors.budgets import remembered_api_key
 
 FAILURE_WINDOW_SECONDS = 60
+THROTTLE_RECHECK_SECONDS = 1.0
 logger = logging.getLogger(__name__)
 
 
@@ -64,16 +72,47 @@ class _CacheBreaker:
 breaker = _CacheBreaker()
 
 
-def check_failure_rate(request: HttpRequest) -> None:
-    """TooManyRequests while this address is over its failed-authentication limit."""
+class _SeenCounters:
+    """The failure counts this process last read or wrote, by counter key, for THROTTLE_RECHECK_SECONDS."""
+
+    most = 10_000
+
+    def __init__(self) -> None:
+        self.counts: dict[str, tuple[float, int]] = {}
+
+    def get(self, key: str) -> int | None:
+        seen = self.counts.get(key)
+        return seen[1] if seen is not None and seen[0] > time.monotonic() else None
+
+    def put(self, key: str, failures: int) -> None:
+        if len(self.counts) >= self.most:
+            self.counts.clear()  # a new window's keys replace the old ones; a flood of addresses cannot grow it
+        self.counts[key] = (time.monotonic() + THROTTLE_RECHECK_SECONDS, failures)
+
+    def clear(self) -> None:
+        self.counts.clear()
+
+
+seen_counters = _SeenCounters()
+
+
+def check_failure_rate(request: HttpRequest, *, known_key: bool = False) -> None:
+    """TooManyRequests while this address is over its failed-authentication limit.
+
+    `known_key`: the request's key is one this process found active seconds ago, so the count
+    this process saw within THROTTLE_RECHECK_SECONDS will do; otherwise the shared cache is asked.
+    """
     if not breaker.available():
         return
     key, left = _failure_counter(request)
-    try:
-        failures = cache.get(key) or 0
-    except Exception as exc:  # Redis down or hung: never fail (or stall) the request for it
-        breaker.failed(exc)
-        return
+    failures = seen_counters.get(key) if known_key else None
+    if failures is None:
+        try:
+            failures = cache.get(key) or 0
+        except Exception as exc:  # Redis down or hung: never fail (or stall) the request for it
+            breaker.failed(exc)
+            return
+        seen_counters.put(key, failures)
     if failures >= settings.API_AUTH_FAILURE_LIMIT:
         raise TooManyRequests(f"too many failed authentications from this address; retry in {left} s",
                               retry_after=left)
@@ -84,21 +123,27 @@ def count_failure(request: HttpRequest) -> None:
         return
     key, _ = _failure_counter(request)
     try:
+        failures = 1
         if not cache.add(key, 1, FAILURE_WINDOW_SECONDS * 2):
             try:
-                cache.incr(key)
+                failures = cache.incr(key)
             except ValueError:  # expired between add and incr
                 cache.add(key, 1, FAILURE_WINDOW_SECONDS * 2)
     except Exception as exc:
         breaker.failed(exc)
+        return
+    seen_counters.put(key, failures)
 
 
 class ApiKeyAuth(HttpBearer):
     """A project API key as a bearer token; sets request.api_key and request.project."""
 
     def authenticate(self, request: HttpRequest, token: str) -> ApiKey | None:
-        check_failure_rate(request)
-        key = selectors.active_api_key(token.strip())
+        raw = token.strip()
+        key = remembered_api_key(raw)
+        check_failure_rate(request, known_key=key is not None)
+        if key is None:
+            key = selectors.active_api_key(raw)
         if key is None:
             count_failure(request)
             return None
