@@ -27,6 +27,13 @@ def demo_name(events: int) -> str:
 
 def demo_project(args: argparse.Namespace, *, events: int, users: int = DEMO_USERS) -> int:
     """A seeded demo project with `users` users and `events` ledger events; seeded once per run."""
+    if events not in _DEMO_PROJECTS and args.reuse:
+        from budgets.models import CostEvent, Project
+
+        project = Project.objects.filter(name=demo_name(events)).first()
+        if project is not None and CostEvent.objects.filter(project=project).count() == events:
+            print(f"  reused the seeded project of {events:,} events", flush=True)
+            _DEMO_PROJECTS[events] = project.pk
     if events not in _DEMO_PROJECTS:
         from budgets.services.demo import demo_seed
 

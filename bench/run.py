@@ -61,6 +61,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="An environment variable for the bench's gunicorn only (repeatable), e.g. "
                              "DB_CONN_HEALTH_CHECKS=false.")
+    parser.add_argument("--reuse", action="store_true",
+                        help="Reuse the database (from an earlier --keep run) and the demo projects seeded in it.")
     args = parser.parse_args()
     if args.threads < 1:
         parser.error("--threads must be at least 1")
@@ -149,7 +151,8 @@ def main() -> None:
     args = parse_args()
     env = server_env(args.database)
     os.environ.update(env)
-    recreate_database(args.database)
+    if not args.reuse:
+        recreate_database(args.database)
 
     import django
 
@@ -195,7 +198,7 @@ def main() -> None:
             print(row.table() + "\n", flush=True)
             done.append(row)
     finally:
-        if args.keep:
+        if args.keep or args.reuse:
             print(f"kept database {args.database}")
         else:
             drop_database(args.database)
