@@ -44,9 +44,11 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -59,7 +61,7 @@ from .. import periods, selectors
 from ..errors import InvalidInput
 from ..fields import money
 from ..models import AuditLog, CostEvent, ModelSpend, Project, UserBudget
-from ..money import stored, to_money
+from ..money import MONEY_MAX, MONEY_PLACES, stored, to_money
 from ..usage import validate_model
 from . import alerts
 from .admission import lock_project, retry_on_conflict
@@ -117,9 +119,36 @@ def _amount(value: Any, where: str) -> Decimal:
     return stored(to_money(value, where))
 
 
+def _plain_amount(value: Any) -> Decimal | None:
+    """What _amount returns for a JSON number it accepts as it is, else None (_amount then says why).
+
+    Most of a big dict's numbers: the check without building the error's wording per value.
+    """
+    if type(value) is Decimal:  # a JSON number with a fraction (never a float: codec.loads)
+        if value.is_finite() and ZERO <= value < MONEY_MAX:
+            return value.quantize(MONEY_PLACES)
+    elif type(value) is int and 0 <= value < MONEY_MAX:
+        return Decimal(value).quantize(MONEY_PLACES)
+    return None
+
+
+@lru_cache(maxsize=64)
+def _day_count(value: int | Decimal) -> int:
+    """_days for a value it accepts; a client sends a handful of values, each checked once."""
+    if isinstance(value, Decimal):
+        if not value.is_finite() or value.adjusted() > 6 or value != value.to_integral_value():
+            raise ValueError("not a whole number of days")
+        value = int(value)
+    periods.duration_from_days(value)
+    return int(value)
+
+
 def _days(value: Any, where: str) -> int | None:
     if value is None:
         return None
+    if type(value) in (int, Decimal):  # not bool, whose True would share 1's cache entry
+        with suppress(ValueError, TypeError):  # refused: explained below
+            return _day_count(value)
     if isinstance(value, Decimal):
         if not value.is_finite() or value.adjusted() > 6 or value != value.to_integral_value():
             raise InvalidInput(f"{where} must be a whole number of days")
@@ -140,28 +169,39 @@ def _seconds(value: Any, where: str) -> Decimal | None:
 
 
 def parse_record(user: str, record: Any) -> ClientRecord:
-    where = f"user_dict[{user!r}]"
     if not isinstance(record, dict):
-        raise InvalidInput(f"{where} must be an object")
+        raise InvalidInput(f"{_where(user)} must be an object")
     if "total_budget" not in record:
-        raise InvalidInput(f"{where}.total_budget is required")
-    total_budget = _amount(record["total_budget"], f"{where}.total_budget")
-    days = _days(record.get("duration"), f"{where}.duration")
-    created = _seconds(record.get("created_at"), f"{where}.created_at")
+        raise InvalidInput(f"{_where(user)}.total_budget is required")
+    total_budget = _plain_amount(record["total_budget"])
+    if total_budget is None:
+        total_budget = _amount(record["total_budget"], f"{_where(user)}.total_budget")
+    days = record.get("duration")
+    if days is not None:
+        days = _days(days, f"{_where(user)}.duration")
+    created = record.get("created_at")
+    if created is not None:
+        created = _seconds(created, f"{_where(user)}.created_at")
     created_at = None if created is None else datetime.fromtimestamp(float(created), tz=UTC)
-    last_updated = _seconds(record.get("last_updated_at"), f"{where}.last_updated_at")
+    last_updated = record.get("last_updated_at")
+    if last_updated is not None:
+        last_updated = _seconds(last_updated, f"{_where(user)}.last_updated_at")
 
     raw_model_cost = record.get("model_cost")
     model_cost = {} if raw_model_cost is None else raw_model_cost
     if not isinstance(model_cost, dict):
-        raise InvalidInput(f"{where}.model_cost must be an object of model → cost")
+        raise InvalidInput(f"{_where(user)}.model_cost must be an object of model → cost")
     spend: dict[str, Decimal] = {}
     for model, value in model_cost.items():
         name = validate_model(model)
-        spend[name] = spend.get(name, ZERO) + _amount(value, f"{where}.model_cost[{model!r}]")
-    current = None
-    if record.get("current_cost") is not None:
-        current = _amount(record["current_cost"], f"{where}.current_cost")
+        amount = _plain_amount(value)
+        if amount is None:
+            amount = _amount(value, f"{_where(user)}.model_cost[{model!r}]")
+        spend[name] = spend.get(name, ZERO) + amount
+    current = record.get("current_cost")
+    if current is not None:
+        amount = _plain_amount(current)
+        current = _amount(current, f"{_where(user)}.current_cost") if amount is None else amount
         unexplained = current - sum(spend.values(), ZERO)
         if unexplained > max(NOISE_ABSOLUTE, current * UNEXPLAINED_RELATIVE):
             spend[UNKNOWN_MODEL] = spend.get(UNKNOWN_MODEL, ZERO) + unexplained
@@ -170,6 +210,10 @@ def parse_record(user: str, record: Any) -> ClientRecord:
         reports_spend=raw_model_cost is not None or current is not None, last_updated=last_updated,
         zeroed=current == 0 and raw_model_cost == {},
     )
+
+
+def _where(user: str) -> str:
+    return f"user_dict[{user!r}]"
 
 
 def parse_user_dict(user_dict: Any) -> dict[str, ClientRecord]:
