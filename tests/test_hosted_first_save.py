@@ -121,3 +121,25 @@ def test_a_first_save_takes_as_many_statements_for_500_users_as_for_5(hosted, dj
         _first_save_statements(hosted, 500, "many-")
     assert UserBudget.objects.count() == 505
     assert CostEvent.objects.count() == 1010
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ({"duration": True}, "user_dict['carol'].duration: duration in days must be a whole number"),
+    ({"duration": 1e7}, "user_dict['carol'].duration must be a whole number of days"),
+    ({"duration": 2.5}, "user_dict['carol'].duration must be a whole number of days"),
+    ({"last_updated_at": -1}, "user_dict['carol'].last_updated_at must be Unix seconds"),
+    ({"created_at": True}, "user_dict['carol'].created_at must be Unix seconds"),
+    ({"total_budget": 1e12}, "user_dict['carol'].total_budget is too large"),
+    ({"model_cost": {"gpt-4o": 1e13}}, "user_dict['carol'].model_cost['gpt-4o'] is too large"),
+    ({"current_cost": True}, "user_dict['carol'].current_cost must be a non-negative number"),
+])
+def test_a_bad_value_after_many_good_ones_is_named_with_its_user_and_key(hosted, bad, message):
+    user_dict = {f"user-{n}": record(10, duration=1, **FLOATS) for n in range(50)}
+    user_dict["carol"] = {**record(10, duration=1, **FLOATS), **bad}
+    before = db_state()
+
+    response = hosted.set(user_dict)
+
+    assert response.status_code == 400, response.content
+    assert response.json()["message"].startswith(message), response.json()
+    assert db_state() == before

@@ -146,12 +146,13 @@ def _day_count(value: int | Decimal) -> int:
     return int(value)
 
 
-def _days(value: Any, where: str) -> int | None:
+def _days(value: Any, user: str) -> int | None:
     if value is None:
         return None
     if type(value) in (int, Decimal):  # not bool, whose True would share 1's cache entry
         with suppress(ValueError, TypeError):  # refused: explained below
             return _day_count(value)
+    where = f"{_where(user)}.duration"
     if isinstance(value, Decimal):
         if not value.is_finite() or value.adjusted() > 6 or value != value.to_integral_value():
             raise InvalidInput(f"{where} must be a whole number of days")
@@ -171,6 +172,11 @@ def _seconds(value: Any, where: str) -> Decimal | None:
     return Decimal(value)
 
 
+def _plain_seconds(value: Any) -> bool:
+    """What _seconds accepts, without the wording of its error."""
+    return type(value) in (int, Decimal) and 0 <= value <= MAX_TIMESTAMP
+
+
 def parse_record(user: str, record: Any) -> ClientRecord:
     if not isinstance(record, dict):
         raise InvalidInput(f"{_where(user)} must be an object")
@@ -179,16 +185,15 @@ def parse_record(user: str, record: Any) -> ClientRecord:
     total_budget = _plain_amount(record["total_budget"])
     if total_budget is None:
         total_budget = _amount(record["total_budget"], f"{_where(user)}.total_budget")
-    days = record.get("duration")
-    if days is not None:
-        days = _days(days, f"{_where(user)}.duration")
+    days = _days(record.get("duration"), user)
     created = record.get("created_at")
-    if created is not None:
+    if created is not None and not _plain_seconds(created):
         created = _seconds(created, f"{_where(user)}.created_at")
     created_at = None if created is None else datetime.fromtimestamp(float(created), tz=UTC)
     last_updated = record.get("last_updated_at")
     if last_updated is not None:
-        last_updated = _seconds(last_updated, f"{_where(user)}.last_updated_at")
+        last_updated = (Decimal(last_updated) if _plain_seconds(last_updated)
+                        else _seconds(last_updated, f"{_where(user)}.last_updated_at"))
 
     raw_model_cost = record.get("model_cost")
     model_cost = {} if raw_model_cost is None else raw_model_cost
