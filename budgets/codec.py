@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -44,8 +45,14 @@ def loads(body: bytes | str) -> Any:
         raise InvalidJSON(f"the JSON body is nested more than {MAX_DEPTH} levels deep") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InvalidJSON(f"the body is not valid JSON: {exc}") from None
-    check_tree(value)
+    # Decoded UTF-8 holds no lone surrogate and json refuses a raw NUL (a control character) in a
+    # string: either can only come from a \u escape, so without one the strings need no walk.
+    check_tree(value, strings=not isinstance(body, bytes) or _RISKY_ESCAPE.search(text) is not None)
     return value
+
+
+# \u0000 or a surrogate's \uD800-\uDFFF (an escaped backslash before "u" only costs the full check).
+_RISKY_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 
 
 def check_string(text: str, what: str = "a string") -> str:
@@ -58,21 +65,26 @@ def check_string(text: str, what: str = "a string") -> str:
     return text
 
 
-def check_tree(value: Any) -> None:
-    """Walk a parsed body without recursion: depth and strings."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
+def check_tree(value: Any, *, strings: bool = True) -> None:
+    """Walk a parsed body one level at a time, without recursion: depth, and strings unless told they are safe."""
+    level = [value]
+    depth = 1
+    while level:
         if depth > MAX_DEPTH:
             raise InvalidJSON(f"the JSON body is nested more than {MAX_DEPTH} levels deep")
-        if isinstance(node, str):
-            check_string(node, "a JSON string")
-        elif isinstance(node, dict):
-            for key, item in node.items():
-                check_string(key, "a JSON key")
-                stack.append((item, depth + 1))
-        elif isinstance(node, list):
-            stack.extend((item, depth + 1) for item in node)
+        below: list[Any] = []
+        for node in level:
+            if isinstance(node, dict):
+                if strings:
+                    for key in node:
+                        check_string(key, "a JSON key")
+                below += node.values()
+            elif isinstance(node, list):
+                below += node
+            elif strings and isinstance(node, str):
+                check_string(node, "a JSON string")
+        level = below
+        depth += 1
 
 
 # --- output -------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ through the LiteLLM hosted protocol), `manager:<project>` (the Python BudgetMana
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol
 
 from ..models import ApiKey, AuditLog, UserBudget
 
@@ -35,7 +37,24 @@ def actor_for_system(job: str) -> str:
     return f"system:{job}"
 
 
-def budget_snapshot(budget: UserBudget) -> dict[str, Any]:
+class BudgetState(Protocol):
+    """What a snapshot reads: a UserBudget, or one about to be inserted (the hosted merge's NewBudget)."""
+
+    @property
+    def total_budget(self) -> Decimal: ...
+    @property
+    def duration(self) -> str: ...
+    @property
+    def duration_days(self) -> int | None: ...
+    @property
+    def current_spend(self) -> Decimal: ...
+    @property
+    def period_start(self) -> datetime: ...
+    @property
+    def next_reset_at(self) -> datetime | None: ...
+
+
+def budget_snapshot(budget: BudgetState) -> dict[str, Any]:
     """A budget's state as the audit log keeps it."""
     return {
         "total_budget": str(budget.total_budget),

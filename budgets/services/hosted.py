@@ -36,7 +36,10 @@ native API and the Python client record each call.
 Set-based: the dict is parsed and compared with one unlocked read of the project's
 budgets; only users whose record may change something are re-read under the locks
 (the project row first, then budget rows, as every writer takes them:
-see _serialize) and written with a few bulk statements.
+see _serialize) and written with a few bulk statements. A user the read did not find is
+inserted with its first record already merged (a new budget's baseline is empty), so a
+first save writes each row once; one created meanwhile is skipped by the insert and merged
+as an existing budget.
 """
 
 from __future__ import annotations
@@ -44,9 +47,11 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -59,7 +64,7 @@ from .. import periods, selectors
 from ..errors import InvalidInput
 from ..fields import money
 from ..models import AuditLog, CostEvent, ModelSpend, Project, UserBudget
-from ..money import stored, to_money
+from ..money import MONEY_MAX, MONEY_PLACES, stored, to_money
 from ..usage import validate_model
 from . import alerts
 from .admission import lock_project, retry_on_conflict
@@ -117,9 +122,37 @@ def _amount(value: Any, where: str) -> Decimal:
     return stored(to_money(value, where))
 
 
-def _days(value: Any, where: str) -> int | None:
+def _plain_amount(value: Any) -> Decimal | None:
+    """What _amount returns for a JSON number it accepts as it is, else None (_amount then says why).
+
+    Most of a big dict's numbers: the check without building the error's wording per value.
+    """
+    if type(value) is Decimal:  # a JSON number with a fraction (never a float: codec.loads)
+        if value.is_finite() and ZERO <= value < MONEY_MAX:
+            return value.quantize(MONEY_PLACES)
+    elif type(value) is int and 0 <= value < MONEY_MAX:
+        return Decimal(value).quantize(MONEY_PLACES)
+    return None
+
+
+@lru_cache(maxsize=64)
+def _day_count(value: int | Decimal) -> int:
+    """_days for a value it accepts; a client sends a handful of values, each checked once."""
+    if isinstance(value, Decimal):
+        if not value.is_finite() or value.adjusted() > 6 or value != value.to_integral_value():
+            raise ValueError("not a whole number of days")
+        value = int(value)
+    periods.duration_from_days(value)
+    return int(value)
+
+
+def _days(value: Any, user: str) -> int | None:
     if value is None:
         return None
+    if type(value) in (int, Decimal):  # not bool, whose True would share 1's cache entry
+        with suppress(ValueError, TypeError):  # refused: explained below
+            return _day_count(value)
+    where = f"{_where(user)}.duration"
     if isinstance(value, Decimal):
         if not value.is_finite() or value.adjusted() > 6 or value != value.to_integral_value():
             raise InvalidInput(f"{where} must be a whole number of days")
@@ -139,29 +172,44 @@ def _seconds(value: Any, where: str) -> Decimal | None:
     return Decimal(value)
 
 
+def _plain_seconds(value: Any) -> bool:
+    """What _seconds accepts, without the wording of its error."""
+    return type(value) in (int, Decimal) and 0 <= value <= MAX_TIMESTAMP
+
+
 def parse_record(user: str, record: Any) -> ClientRecord:
-    where = f"user_dict[{user!r}]"
     if not isinstance(record, dict):
-        raise InvalidInput(f"{where} must be an object")
+        raise InvalidInput(f"{_where(user)} must be an object")
     if "total_budget" not in record:
-        raise InvalidInput(f"{where}.total_budget is required")
-    total_budget = _amount(record["total_budget"], f"{where}.total_budget")
-    days = _days(record.get("duration"), f"{where}.duration")
-    created = _seconds(record.get("created_at"), f"{where}.created_at")
+        raise InvalidInput(f"{_where(user)}.total_budget is required")
+    total_budget = _plain_amount(record["total_budget"])
+    if total_budget is None:
+        total_budget = _amount(record["total_budget"], f"{_where(user)}.total_budget")
+    days = _days(record.get("duration"), user)
+    created = record.get("created_at")
+    if created is not None and not _plain_seconds(created):
+        created = _seconds(created, f"{_where(user)}.created_at")
     created_at = None if created is None else datetime.fromtimestamp(float(created), tz=UTC)
-    last_updated = _seconds(record.get("last_updated_at"), f"{where}.last_updated_at")
+    last_updated = record.get("last_updated_at")
+    if last_updated is not None:
+        last_updated = (Decimal(last_updated) if _plain_seconds(last_updated)
+                        else _seconds(last_updated, f"{_where(user)}.last_updated_at"))
 
     raw_model_cost = record.get("model_cost")
     model_cost = {} if raw_model_cost is None else raw_model_cost
     if not isinstance(model_cost, dict):
-        raise InvalidInput(f"{where}.model_cost must be an object of model → cost")
+        raise InvalidInput(f"{_where(user)}.model_cost must be an object of model → cost")
     spend: dict[str, Decimal] = {}
     for model, value in model_cost.items():
         name = validate_model(model)
-        spend[name] = spend.get(name, ZERO) + _amount(value, f"{where}.model_cost[{model!r}]")
-    current = None
-    if record.get("current_cost") is not None:
-        current = _amount(record["current_cost"], f"{where}.current_cost")
+        amount = _plain_amount(value)
+        if amount is None:
+            amount = _amount(value, f"{_where(user)}.model_cost[{model!r}]")
+        spend[name] = spend.get(name, ZERO) + amount
+    current = record.get("current_cost")
+    if current is not None:
+        amount = _plain_amount(current)
+        current = _amount(current, f"{_where(user)}.current_cost") if amount is None else amount
         unexplained = current - sum(spend.values(), ZERO)
         if unexplained > max(NOISE_ABSOLUTE, current * UNEXPLAINED_RELATIVE):
             spend[UNKNOWN_MODEL] = spend.get(UNKNOWN_MODEL, ZERO) + unexplained
@@ -170,6 +218,10 @@ def parse_record(user: str, record: Any) -> ClientRecord:
         reports_spend=raw_model_cost is not None or current is not None, last_updated=last_updated,
         zeroed=current == 0 and raw_model_cost == {},
     )
+
+
+def _where(user: str) -> str:
+    return f"user_dict[{user!r}]"
 
 
 def parse_user_dict(user_dict: Any) -> dict[str, ClientRecord]:
@@ -395,21 +447,20 @@ def hosted_budget_set(*, project: Project, user_dict: Any, actor: str) -> MergeR
     result = MergeResult()
     if not candidates:
         return result
-    at = utcnow()
     with transaction.atomic():
         _serialize(project)
         project = Project.objects.get(pk=project.pk)
-        budgets = _budget_rows(project, candidates, lock=True)
-        audits: list[AuditLog] = []
-        created = _create_budgets(project, [u for u in candidates if u not in budgets], records, at, actor, audits)
-        result.created = len(created)
-        budgets.update(created)
-        result.updated = _update_budgets(project, budgets, records, at, actor, audits)
-        _merge_spend(project, budgets, records, at, actor, audits, result)
-        if connection.vendor == "postgresql":
-            _insert_rows(AuditLog, audits)
-        else:
-            write_audits(audits)
+        writes = Writes(project=project, at=utcnow(), actor=actor)
+        # Only users the unlocked read found are read again, under their locks. The others are
+        # inserted, and the insert finds any created meanwhile: a first save is inserts only.
+        budgets = _budget_rows(project, [user for user in candidates if user in existing], lock=True)
+        taken = _create_budgets(project, [user for user in candidates if user not in budgets], records, writes)
+        result.created = writes.created
+        budgets.update(taken)
+        result.updated = _update_budgets(project, budgets, records, writes)
+        result.reset = _merge_spend(project, budgets, records, writes)
+        result.recorded = len(writes.events)
+        writes.flush()
     return result
 
 
@@ -422,13 +473,94 @@ def _serialize(project: Project) -> None:
     lock_project(project)
 
 
+class SpendAdded(NamedTuple):
+    """What a merge added to one budget's spend (negative for a reset), for the alert check."""
+
+    budget_id: int
+    user_id: str
+    period_start: datetime
+    limit: Decimal
+    before: Decimal
+    delta: Decimal
+
+
+EVENT_COLUMNS = ("project_id", "budget_id", "user_id", "model", "cost", "source", "created_at")
+AUDIT_COLUMNS = ("project_id", "budget_id", "user_id", "action", "actor", "before", "after")
+
+
+@dataclass
+class Writes:
+    """What a merge writes besides its budget rows, gathered so that each table gets one bulk write."""
+
+    project: Project
+    at: datetime
+    actor: str
+    created: int = 0
+    events: list[tuple[Any, ...]] = field(default_factory=list)  # EVENT_COLUMNS
+    audits: list[tuple[Any, ...]] = field(default_factory=list)  # AUDIT_COLUMNS
+    new_model_spend: list[tuple[int, str, Decimal]] = field(default_factory=list)  # budgets created by this merge
+    added: list[SpendAdded] = field(default_factory=list)
+
+    def audit(self, budget_id: int, user_id: str, action: str, before: dict | None, after: dict | None) -> None:
+        self.audits.append((self.project.pk, budget_id, user_id, action, self.actor, before, after))
+
+    def spend(self, budget_id: int, user_id: str, growth: dict[str, Decimal]) -> None:
+        """One ledger event per model the client's cost grew for."""
+        self.events += [(self.project.pk, budget_id, user_id, model, amount, CostEvent.Source.HOSTED, self.at)
+                        for model, amount in sorted(growth.items())]
+
+    def flush(self) -> None:
+        """Ledger rows and their daily rollups, the project's spend, alerts and audit rows."""
+        project = self.project
+        _insert(ModelSpend, ("budget_id", "model", "spend"), self.new_model_spend)
+        if self.events:
+            events = _instances(CostEvent, EVENT_COLUMNS, self.events)
+            if connection.vendor == "postgresql":
+                _insert(CostEvent, EVENT_COLUMNS, self.events)
+            else:
+                CostEvent.objects.bulk_create(events, batch_size=WRITE_BATCH)
+            rollups_add_events(project, events)
+        total = sum((added.delta for added in self.added), ZERO)
+        if total:
+            Project.objects.filter(pk=project.pk).update(
+                current_spend=Greatest(F("current_spend") + money(total), money(ZERO)))
+        if self.added:
+            _alert(project, self.added, total)
+        if connection.vendor == "postgresql":
+            _insert(AuditLog, AUDIT_COLUMNS, self.audits)
+        else:
+            write_audits([AuditLog(**dict(zip(AUDIT_COLUMNS, row, strict=True))) for row in self.audits])
+
+
+class NewBudget(NamedTuple):
+    """A budget this merge creates. Its baseline is empty, so its first record's merge is known
+    before the insert: the row is written once, with its spend and its new baseline."""
+
+    user_id: str
+    total_budget: Decimal
+    duration: str
+    duration_days: int | None
+    period_start: datetime
+    next_reset_at: datetime | None
+    created_at: datetime
+    merge: Merge | None  # None: the record says nothing about spend
+    current_spend: Decimal = ZERO  # before the merge: what the budget_create audit shows
+
+
+BUDGET_INSERT_COLUMNS = (
+    "project_id", "user_id", "total_budget", "duration", "duration_days", "period_start", "next_reset_at",
+    "current_spend", "hosted_model_cost", "hosted_period_start", "created_at", "updated_at",
+)
+
+
 def _create_budgets(
-    project: Project, users: list[str], records: dict[str, ClientRecord], at: datetime, actor: str,
-    audits: list[AuditLog],
+    project: Project, users: list[str], records: dict[str, ClientRecord], writes: Writes,
 ) -> dict[str, UserBudget]:
+    """Insert these users' budgets, merged; return those someone else created meanwhile (locked, still to merge)."""
     if not users:
         return {}
-    new = []
+    at = writes.at
+    new: dict[str, NewBudget] = {}
     period_cache: dict[tuple, periods.Period] = {}
     for user in users:
         record = records[user]
@@ -439,40 +571,51 @@ def _create_budgets(
         if key not in period_cache:
             period_cache[key] = periods.period_containing(duration, project.timezone, at, days=days, anchor=anchor)
         period = period_cache[key]
-        new.append(UserBudget(
-            project=project, user_id=user, total_budget=record.total_budget, duration=duration,
-            duration_days=days, period_start=period.start, next_reset_at=period.next_reset,
-            created_at=anchor, updated_at=at,
-        ))
+        merge = merge_record(record, Baseline(), same_period=False) if record.reports_spend else None
+        new[user] = NewBudget(user, record.total_budget, duration, days, period.start, period.next_reset, anchor,
+                              merge)
+    rows = [
+        (project.pk, user, budget.total_budget, budget.duration, budget.duration_days, budget.period_start,
+         budget.next_reset_at, ZERO if budget.merge is None else budget.merge.delta,
+         {} if budget.merge is None else budget.merge.baseline.dump(),
+         None if budget.merge is None else budget.period_start, budget.created_at, at)
+        for user, budget in new.items()
+    ]
     # A native budget_set may create the same user meanwhile (it does not take the project lock).
-    inserted = _insert_rows(UserBudget, new, conflicts="project_id, user_id")
+    inserted = _insert(UserBudget, BUDGET_INSERT_COLUMNS, rows, conflicts=("project_id", "user_id"))
     if connection.vendor == "postgresql":
         ours = {user_id: pk for pk, _, user_id in inserted}
-        created = {}
-        for budget in new:
-            if budget.user_id in ours:
-                budget.pk = ours[budget.user_id]
-                created[budget.user_id] = budget
-        # Created meanwhile by someone else: merged as existing budgets.
-        created.update(_budget_rows(project, [u for u in users if u not in ours], lock=True))
+        taken = _budget_rows(project, [user for user in users if user not in ours], lock=True)
     else:
-        created = _budget_rows(project, users, lock=True)
-    for budget in created.values():
-        if budget.updated_at == at:  # ours (a concurrent create has another timestamp)
-            audits.append(AuditLog(project_id=project.pk, budget_id=budget.pk, user_id=budget.user_id,
-                                   action="budget_create", actor=actor, after=budget_snapshot(budget)))
-    return created
+        read = _budget_rows(project, users, lock=True)
+        ours = {user: budget.pk for user, budget in read.items() if budget.updated_at == at}
+        taken = {user: budget for user, budget in read.items() if user not in ours}
+    snapshots: dict[tuple, dict[str, Any]] = {}  # one dict per kind of budget: its JSON is written once
+    for user, pk in ours.items():
+        budget = new[user]
+        kind = (str(budget.total_budget), budget.duration, budget.duration_days, budget.period_start,
+                budget.next_reset_at)
+        if kind not in snapshots:
+            snapshots[kind] = budget_snapshot(budget)
+        writes.audit(pk, user, "budget_create", None, snapshots[kind])
+        if budget.merge is not None:
+            writes.spend(pk, user, budget.merge.growth)
+            writes.new_model_spend += [(pk, model, amount) for model, amount in budget.merge.growth.items()]
+            writes.added.append(SpendAdded(pk, user, budget.period_start, budget.total_budget, ZERO,
+                                           budget.merge.delta))
+    writes.created = len(ours)
+    return taken
 
 
 def _update_budgets(
-    project: Project, budgets: dict[str, UserBudget], records: dict[str, ClientRecord], at: datetime, actor: str,
-    audits: list[AuditLog],
+    project: Project, budgets: dict[str, UserBudget], records: dict[str, ClientRecord], writes: Writes,
 ) -> int:
     """Replace changed budgets (rare: the client changed a total or a duration); spend is kept."""
     changed = []
+    at = writes.at
     for user, budget in budgets.items():
         record = records[user]
-        if budget.updated_at == at or not _needs_update(budget, record):
+        if not _needs_update(budget, record):
             continue
         before = budget_snapshot(budget)
         duration, days = _wanted_settings(record)
@@ -484,8 +627,7 @@ def _update_budgets(
             budget.period_start, budget.next_reset_at = period.start, period.next_reset
         budget.updated_at = at
         changed.append(budget)
-        audits.append(AuditLog(project_id=project.pk, budget_id=budget.pk, user_id=user, action="budget_update",
-                               actor=actor, before=before, after=budget_snapshot(budget)))
+        writes.audit(budget.pk, user, "budget_update", before, budget_snapshot(budget))
     UserBudget.objects.bulk_update(
         changed, ["total_budget", "duration", "duration_days", "period_start", "next_reset_at", "updated_at"],
         batch_size=WRITE_BATCH,
@@ -494,11 +636,11 @@ def _update_budgets(
 
 
 def _merge_spend(
-    project: Project, budgets: dict[str, UserBudget], records: dict[str, ClientRecord], at: datetime, actor: str,
-    audits: list[AuditLog], result: MergeResult,
-) -> None:
-    events: list[CostEvent] = []
+    project: Project, budgets: dict[str, UserBudget], records: dict[str, ClientRecord], writes: Writes,
+) -> int:
+    """Merge the records of budgets that were there before this save; returns how many were client resets."""
     merges: dict[int, tuple[UserBudget, Merge]] = {}
+    resets = 0
     for user, budget in budgets.items():
         record = records[user]
         if not record.reports_spend:
@@ -509,30 +651,22 @@ def _merge_spend(
         if merge is None:
             continue
         merges[budget.pk] = (budget, merge)
-        events += [
-            CostEvent(project_id=project.pk, budget_id=budget.pk, user_id=user, model=model, cost=amount,
-                      source=CostEvent.Source.HOSTED, created_at=at)
-            for model, amount in sorted(merge.growth.items())
-        ]
+        writes.spend(budget.pk, user, merge.growth)
+        delta = merge.delta
+        writes.added.append(SpendAdded(budget.pk, user, budget.period_start, budget.total_budget,
+                                       budget.current_spend, delta))
         if merge.reset:
-            after = budget_snapshot(budget) | {"current_spend": str(max(budget.current_spend + merge.delta, ZERO))}
-            audits.append(AuditLog(
-                project_id=project.pk, budget_id=budget.pk, user_id=user, action="budget_reset_hosted", actor=actor,
-                before=budget_snapshot(budget) | {"removed": {m: str(v) for m, v in merge.removed.items()}},
-                after=after,
-            ))
-            result.reset += 1
-    if not merges:
-        return
-    _insert_rows(CostEvent, events)
-    rollups_add_events(project, events)
-    result.recorded = len(events)
-    _apply_spend(project, merges, at)
-    _alert(project, merges)
+            after = budget_snapshot(budget) | {"current_spend": str(max(budget.current_spend + delta, ZERO))}
+            writes.audit(budget.pk, user, "budget_reset_hosted",
+                         budget_snapshot(budget) | {"removed": {m: str(v) for m, v in merge.removed.items()}}, after)
+            resets += 1
+    if merges:
+        _apply_spend(merges, writes.at)
+    return resets
 
 
-def _apply_spend(project: Project, merges: dict[int, tuple[UserBudget, Merge]], at: datetime) -> None:
-    """Spend deltas, per-model spend and the new baselines, set-based; the project's spend once."""
+def _apply_spend(merges: dict[int, tuple[UserBudget, Merge]], at: datetime) -> None:
+    """Spend deltas, per-model spend and the new baselines of existing budgets, set-based."""
     model_deltas = [
         (budget_id, model, amount)
         for budget_id, (_, merge) in merges.items()
@@ -557,10 +691,6 @@ def _apply_spend(project: Project, merges: dict[int, tuple[UserBudget, Merge]], 
     if reset_ids:  # what the client's reset took to zero and no native call ever used
         ModelSpend.objects.filter(budget_id__in=reset_ids, spend__lte=0, prompt_tokens=0,
                                   completion_tokens=0).delete()
-    total = sum((merge.delta for _, merge in merges.values()), ZERO)
-    if total:
-        Project.objects.filter(pk=project.pk).update(
-            current_spend=Greatest(F("current_spend") + money(total), money(ZERO)))
 
 
 def _model_deltas(merge: Merge) -> dict[str, Decimal]:
@@ -601,22 +731,20 @@ def _pg_upsert_model_spend(deltas: list[tuple[int, str, Decimal]]) -> None:
         )
 
 
-def _alert(project: Project, merges: dict[int, tuple[UserBudget, Merge]]) -> None:
+def _alert(project: Project, added: list[SpendAdded], total: Decimal) -> None:
     """Alert rows for thresholds the merge carried a user or the project across (a cheap check first)."""
     thresholds = alerts.thresholds_of(project)
     if not thresholds:
         return
-    total = sum((merge.delta for _, merge in merges.values()), ZERO)
     project.refresh_from_db(fields=["current_spend", "period_start"])
-    for budget, merge in merges.values():
-        delta = merge.delta
-        after = max(budget.current_spend + delta, ZERO)
-        if delta > 0 and alerts.crossed_thresholds(before=budget.current_spend, after=after,
-                                                   limit=budget.total_budget, thresholds=thresholds):
-            budget.current_spend = after
-            budget.project = project
+    for change in added:
+        after = max(change.before + change.delta, ZERO)
+        if change.delta > 0 and alerts.crossed_thresholds(before=change.before, after=after, limit=change.limit,
+                                                          thresholds=thresholds):
+            budget = UserBudget(pk=change.budget_id, project=project, user_id=change.user_id,
+                                total_budget=change.limit, current_spend=after, period_start=change.period_start)
             # The project's own crossing is checked once below, over the whole merge.
-            alerts.spend_recorded(project=_without_cap(project), budget=budget, amount=delta)
+            alerts.spend_recorded(project=_without_cap(project), budget=budget, amount=change.delta)
     if total > 0 and alerts.crossed_thresholds(before=project.current_spend - total, after=project.current_spend,
                                               limit=project.max_budget, thresholds=thresholds):
         # A budget of 0 crosses no user threshold: only the project's are checked.
@@ -650,46 +778,86 @@ def _pg_stage(columns: str, rows: Iterable[Sequence[Any]]) -> str:
     return name
 
 
-def _insert_rows(model: type[Any], objs: list[Any], *, conflicts: str = "") -> list[tuple]:
-    """bulk_create through COPY on PostgreSQL (every concrete field, as Django prepares it for saving).
+def _insert(
+    model: type[Any], columns: Sequence[str], rows: Sequence[Sequence[Any]], *, conflicts: Sequence[str] = (),
+) -> list[tuple]:
+    """Insert rows of `columns` (attnames); every other column takes its model default, evaluated once.
 
-    With `conflicts` (the unique columns) rows that conflict are skipped, and (id, *conflicts) of
-    the inserted rows are returned.
+    On PostgreSQL through COPY; with `conflicts` (the unique columns) rows that conflict are
+    skipped and (id, *conflicts) of the inserted rows are returned. Elsewhere bulk_create.
     """
-    if not objs:
+    if not rows:
         return []
     if connection.vendor != "postgresql":
-        model.objects.bulk_create(objs, batch_size=WRITE_BATCH, ignore_conflicts=bool(conflicts))
+        model.objects.bulk_create([model(**dict(zip(columns, row, strict=True))) for row in rows],
+                                  batch_size=WRITE_BATCH, ignore_conflicts=bool(conflicts))
         return []
-    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    by_name = {f.attname: f for f in model._meta.concrete_fields if not f.primary_key}
+    defaulted = [f for name, f in by_name.items() if name not in columns]
+    texts: dict[int, tuple[Any, str | None]] = {}  # JSON by object: a value shared by many rows is written once
+
+    def json_text(value: Any) -> str | None:
+        if value is None:
+            return None
+        if id(value) not in texts:
+            texts[id(value)] = (value, _json_text(value))  # the value kept: its id stays its own
+        return texts[id(value)][1]
+
+    # The values are plain for psycopg (Django's get_db_prep_save per value costs more than the
+    # rest of the insert), but JSON, which COPY takes as its text.
+    defaults = tuple(json_text(f.get_default()) if isinstance(f, JSONField) else f.get_default() for f in defaulted)
+    json_slots = [index for index, name in enumerate(columns) if isinstance(by_name[name], JSONField)]
+
+    def values(row: Sequence[Any]) -> tuple[Any, ...]:
+        if json_slots:
+            row = list(row)
+            for index in json_slots:
+                row[index] = json_text(row[index])
+        return (*row, *defaults)
+
     quote = connection.ops.quote_name
-    columns = ", ".join(quote(f.column) for f in fields)
+    names = ", ".join(quote(f.column) for f in [*(by_name[name] for name in columns), *defaulted])
     table = quote(model._meta.db_table)
-    # Django's get_db_prep_save per value costs more than the rest of the insert: the columns
-    # here are plain values for psycopg, but JSON, which COPY takes as its text.
-    json_fields = {f.attname for f in fields if isinstance(f, JSONField)}
-    rows = ([_json_text(getattr(obj, f.attname)) if f.attname in json_fields else getattr(obj, f.attname)
-             for f in fields] for obj in objs)
     with connection.cursor() as cursor:
         if not conflicts:
-            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
                 for row in rows:
-                    copy.write_row(row)
+                    copy.write_row(values(row))
             return []
+        unique = ", ".join(quote(by_name[name].column) for name in conflicts)
         stage = f"hosted_stage_{model._meta.model_name}"
-        cursor.execute(f"CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {columns} FROM {table} WITH NO DATA")
-        with cursor.cursor.copy(f"COPY {stage} ({columns}) FROM STDIN") as copy:
+        cursor.execute(f"CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {names} FROM {table} WITH NO DATA")
+        with cursor.cursor.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
             for row in rows:
-                copy.write_row(row)
-        cursor.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {stage} "
-                       f"ON CONFLICT ({conflicts}) DO NOTHING RETURNING id, {conflicts}")
+                copy.write_row(values(row))
+        cursor.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage} "
+                       f"ON CONFLICT ({unique}) DO NOTHING RETURNING id, {unique}")
         inserted = cursor.fetchall()
         cursor.execute(f"DROP TABLE {stage}")
         return inserted
 
 
-def _json_text(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, cls=DjangoJSONEncoder)
+def _instances(model: type[Any], columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[Any]:
+    """Unsaved instances of rows, built positionally from defaults evaluated once (a third of the
+    keyword __init__'s cost). The defaults are shared between instances: read them, do not mutate."""
+    fields = model._meta.concrete_fields
+    slot = {f.attname: index for index, f in enumerate(fields)}
+    template = [None if f.primary_key else f.get_default() for f in fields]
+    slots = [slot[name] for name in columns]
+    instances = []
+    for row in rows:
+        values = template.copy()
+        for index, value in zip(slots, row, strict=True):
+            values[index] = value
+        instances.append(model(*values))
+    return instances
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return json.dumps(value)  # the C encoder: the values here are plain (str, numbers, dicts)
+    except TypeError:
+        return json.dumps(value, cls=DjangoJSONEncoder)
 
 
 def _write_baselines(rows: list[tuple[int, dict[str, Any], datetime]]) -> None:
