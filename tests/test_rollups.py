@@ -81,6 +81,26 @@ def test_every_writer_keeps_the_rollups_equal_to_the_ledger(api, project, make_b
     assert_coarser_grains_agree(project)
 
 
+def test_a_hosted_save_of_many_users_adds_to_the_rollups_in_bulk(api, project, monkeypatch):
+    """Past BULK_EVENTS events (PostgreSQL: COPY and one INSERT ... SELECT per grain), the same sums."""
+    from budgets.services import rollups
+
+    services.project_update(project=project, actor="test", timezone="America/Los_Angeles")
+    users = {f"u{i:03}": {"total_budget": 50.0, "current_cost": 0.5 + i / 1000,
+                          "model_cost": {"gpt-4o": 0.5, "gpt-4o-mini": i / 1000}} for i in range(150)}
+    assert api.post("/set_budget", {"project_name": project.name, "user_dict": users}).status_code == 200
+    monkeypatch.setattr(rollups, "BULK_EVENTS", 0)  # every writer through the bulk path from here on
+    for i in range(0, 150, 7):
+        users[f"u{i:03}"]["current_cost"] += 0.25
+        users[f"u{i:03}"]["model_cost"]["gpt-4o"] += 0.25
+    assert api.post("/set_budget", {"project_name": project.name, "user_dict": users}).status_code == 200
+    assert api.post("/api/v1/users/u001/costs", {"model": "gpt-4o", "cost": 1}).status_code == 201
+
+    assert CostEvent.objects.filter(project=project).count() > 150
+    assert rollups_by_day(project) == ledger_by_day(project)
+    assert_coarser_grains_agree(project)
+
+
 def test_a_rebuild_regroups_the_days_after_a_time_zone_change(api, project, make_budget):
     make_budget("alice", total_budget="100")
     assert api.post("/api/v1/users/alice/costs", {"model": "gpt-4o", "cost": 1}).status_code == 201
