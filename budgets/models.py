@@ -144,7 +144,10 @@ class Membership(models.Model):
 class UserBudget(Period):
     """One end user's budget inside a project, with the spend of its current period."""
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="budgets")
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="budgets",
+        db_index=False,  # the indexes and constraints below lead with it
+    )
     user_id = models.CharField(max_length=255)
     total_budget = MoneyField()
     # What LiteLLM's hosted client last reported per model; set_budget records growth past it.
@@ -191,7 +194,10 @@ class UserBudget(Period):
 class ModelSpend(models.Model):
     """A user's spend on one model in the current period."""
 
-    budget = models.ForeignKey(UserBudget, on_delete=models.CASCADE, related_name="model_spends")
+    budget = models.ForeignKey(
+        UserBudget, on_delete=models.CASCADE, related_name="model_spends",
+        db_index=False,  # the indexes and constraints below lead with it
+    )
     model = models.CharField(max_length=255)
     spend = MoneyField(default=ZERO)
     prompt_tokens = models.BigIntegerField(default=0)
@@ -214,7 +220,10 @@ class CostEvent(models.Model):
         MANAGER = "manager", "BudgetManager (Python)"
         DEMO = "demo", "Demo data"
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="cost_events")
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="cost_events",
+        db_index=False,  # the indexes and constraints below lead with it
+    )
     budget = models.ForeignKey(
         UserBudget, on_delete=models.SET_NULL, null=True, blank=True, related_name="cost_events"
     )
@@ -264,7 +273,10 @@ class Reservation(models.Model):
         RELEASED = "released", "Released"
         EXPIRED = "expired", "Expired"
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="reservations")
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="reservations",
+        db_index=False,  # the indexes and constraints below lead with it
+    )
     # Kept when the budget is deleted: the project's hold is still released by id or by expiry.
     budget = models.ForeignKey(
         UserBudget, on_delete=models.SET_NULL, null=True, blank=True, related_name="reservations"
@@ -315,7 +327,10 @@ class SpendDay(models.Model):
     sums equal the ledger's; at millions of events the charts read thousands of rows, not millions.
     """
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="spend_days")
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="spend_days",
+        db_index=False,  # the indexes and constraints below lead with it
+    )
     day = models.DateField()
     user_id = models.CharField(max_length=255)
     model = models.CharField(max_length=255)
@@ -341,7 +356,10 @@ class ModelDay(models.Model):
     A few rows a day whatever the number of users or calls; kept with SpendDay (services.rollups).
     """
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="model_days")
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="model_days",
+        db_index=False,  # the indexes and constraints below lead with it
+    )
     day = models.DateField()
     model = models.CharField(max_length=255)
     spend = MoneyField(default=ZERO)
@@ -363,7 +381,10 @@ class UserDay(models.Model):
     One row per active user a day (not per call, not per model); kept with SpendDay (services.rollups).
     """
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="user_days")
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="user_days",
+        db_index=False,  # the indexes and constraints below lead with it
+    )
     day = models.DateField()
     user_id = models.CharField(max_length=255)
     spend = MoneyField(default=ZERO)
@@ -381,7 +402,10 @@ class UserMonth(models.Model):
     """Spend per user and local calendar month (`month` is its first day): an upper bound that lets
     the console rank users over any range from a couple of rows per user (selectors.console)."""
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="user_months")
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="user_months",
+        db_index=False,  # the indexes and constraints below lead with it
+    )
     month = models.DateField()
     user_id = models.CharField(max_length=255)
     spend = MoneyField(default=ZERO)
@@ -471,7 +495,10 @@ class ApiKey(models.Model):
 class AuditLog(models.Model):
     """Who changed which budget, and from what to what."""
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="audit_entries")
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="audit_entries",
+        db_index=False,  # the indexes and constraints below lead with it
+    )
     budget = models.ForeignKey(UserBudget, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     user_id = models.CharField(max_length=255, blank=True)
     action = models.CharField(max_length=40)

@@ -148,3 +148,28 @@ def test_reads_of_a_user_take_at_most_three_statements(api, project, make_budget
         assert api.get("/api/v1/users/alice").status_code == 200
     with django_assert_max_num_queries(2):
         assert api.post("/api/v1/users/alice/check", {"estimated_cost": 0.01}).status_code == 200
+
+
+def test_the_migration_fills_the_coarser_grains_from_the_daily_rows(project):
+    """Existing installs: 0010 sums SpendDay into ModelDay, UserDay and UserMonth (both databases)."""
+    import importlib
+    from datetime import UTC, datetime, timedelta
+
+    from django.apps import apps
+
+    services.project_update(project=project, actor="test", timezone="Asia/Kolkata")
+    now = datetime.now(UTC)
+    CostEvent.objects.bulk_create([
+        CostEvent(project=project, user_id=f"u{i % 7}", model=("gpt-4o", "o3")[i % 2], cost=Decimal(i) / 7,
+                  prompt_tokens=i, created_at=now - timedelta(hours=13 * i))
+        for i in range(200)  # about 108 days: four months or so
+    ])
+    services.rollups_rebuild(project)
+    for model in (ModelDay, UserDay, UserMonth):
+        model.objects.all().delete()
+
+    migration = importlib.import_module("budgets.migrations.0010_daily_rollup_grains")
+    migration.backfill(apps, connection.schema_editor())
+
+    assert UserMonth.objects.filter(project=project).values("month").distinct().count() >= 4
+    assert_coarser_grains_agree(project)
