@@ -320,7 +320,26 @@ class Reservation(models.Model):
         return self.status == self.Status.OPEN
 
 
-class SpendDay(models.Model):
+class Sums(models.Model):
+    """What a rollup row adds up of its ledger rows (services.rollups keeps them equal to the ledger)."""
+
+    spend = MoneyField(default=ZERO)
+    events = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+class TokenSums(Sums):
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+class SpendDay(TokenSums):
     """Spend per user, model and local day (the project's time zone): what the console's charts read.
 
     Every ledger insert adds to its row in the same transaction (services.rollups), so these
@@ -334,11 +353,6 @@ class SpendDay(models.Model):
     day = models.DateField()
     user_id = models.CharField(max_length=255)
     model = models.CharField(max_length=255)
-    spend = MoneyField(default=ZERO)
-    events = models.BigIntegerField(default=0)
-    prompt_tokens = models.BigIntegerField(default=0)
-    completion_tokens = models.BigIntegerField(default=0)
-    cached_tokens = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [
@@ -350,7 +364,7 @@ class SpendDay(models.Model):
         return f"{self.day} {self.user_id} {self.model} ${self.spend}"
 
 
-class ModelDay(models.Model):
+class ModelDay(TokenSums):
     """Spend per model and local day, all users together: the project-wide charts and model tables.
 
     A few rows a day whatever the number of users or calls; kept with SpendDay (services.rollups).
@@ -362,11 +376,6 @@ class ModelDay(models.Model):
     )
     day = models.DateField()
     model = models.CharField(max_length=255)
-    spend = MoneyField(default=ZERO)
-    events = models.BigIntegerField(default=0)
-    prompt_tokens = models.BigIntegerField(default=0)
-    completion_tokens = models.BigIntegerField(default=0)
-    cached_tokens = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["project", "day", "model"], name="unique_model_day")]
@@ -375,7 +384,7 @@ class ModelDay(models.Model):
         return f"{self.day} {self.model} ${self.spend}"
 
 
-class UserDay(models.Model):
+class UserDay(Sums):
     """Spend per user and local day, all models together: what ranks the top users over a range.
 
     One row per active user a day (not per call, not per model); kept with SpendDay (services.rollups).
@@ -387,8 +396,6 @@ class UserDay(models.Model):
     )
     day = models.DateField()
     user_id = models.CharField(max_length=255)
-    spend = MoneyField(default=ZERO)
-    events = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["project", "day", "user_id"], name="unique_user_day")]
@@ -398,7 +405,7 @@ class UserDay(models.Model):
         return f"{self.day} {self.user_id} ${self.spend}"
 
 
-class UserMonth(models.Model):
+class UserMonth(Sums):
     """Spend per user and local calendar month (`month` is its first day): an upper bound that lets
     the console rank users over any range from a couple of rows per user (selectors.console)."""
 
@@ -408,8 +415,6 @@ class UserMonth(models.Model):
     )
     month = models.DateField()
     user_id = models.CharField(max_length=255)
-    spend = MoneyField(default=ZERO)
-    events = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["project", "month", "user_id"], name="unique_user_month")]
