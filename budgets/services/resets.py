@@ -62,44 +62,95 @@ def reset_due_budgets(
     total = 0
     while True:
         with transaction.atomic():
-            due = UserBudget.objects.filter(next_reset_at__lte=at)
-            if ids is not None:
-                due = due.filter(pk__in=ids)
-            if project is not None:
-                due = due.filter(project=project)
-            # A sweep skips rows another sweep holds; a lazy reset of one budget waits for its row.
-            locked = due.select_for_update(skip_locked=ids is None, of=("self",))
-            rows = _due_rows(locked, limit=batch_size)
-            if not rows:
+            if connection.vendor == "postgresql":
+                groups = _lock_due_groups(at=at, ids=ids, project=project, limit=batch_size)
+            else:
+                due = UserBudget.objects.filter(next_reset_at__lte=at)
+                if ids is not None:
+                    due = due.filter(pk__in=ids)
+                if project is not None:
+                    due = due.filter(project=project)
+                # A sweep skips rows another sweep holds; a lazy reset of one budget waits for its row.
+                groups = _grouped(_due_rows(due.select_for_update(skip_locked=ids is None, of=("self",)),
+                                            limit=batch_size))
+            locked = sum(len(group.ids) for group in groups)
+            if not locked:
                 break
-            done = _reset_rows(rows, at=at, actor=actor)
+            done = _reset_groups(groups, at=at, actor=actor)
         total += done
-        if done == 0 or len(rows) < batch_size:
+        if done == 0 or locked < batch_size:
             break
     return total
 
 
-def _reset_rows(rows: Iterable[_DueRow], *, at: datetime, actor: str) -> int:
-    """Close the finished period of each row and move it into the period containing `at`.
+@dataclass
+class _Group:
+    """Due budgets that share a time zone, duration and period start, so also their next period."""
 
-    The rows are locked by the caller. Rows that share a time zone, duration and period start
-    share their new period, so each group is a handful of set-based statements whatever its size.
-    """
-    rows = list(rows)
-    if not rows:
-        return 0
-    groups: dict[tuple, list[_DueRow]] = defaultdict(list)
+    timezone: str
+    duration: str
+    duration_days: int | None
+    period_start: datetime
+    ids: list[int]
+    rows: list[_DueRow]  # the rows themselves: only the SQLite path reads them
+
+
+def _grouped(rows: Iterable[_DueRow]) -> list[_Group]:
+    groups: dict[tuple[Any, ...], _Group] = {}
     for row in rows:
-        groups[(row.timezone, row.duration, row.duration_days, row.period_start)].append(row)
+        key = (row.timezone, row.duration, row.duration_days, row.period_start)
+        group = groups.get(key) or groups.setdefault(key, _Group(*key, ids=[], rows=[]))
+        group.ids.append(row.id)
+        group.rows.append(row)
+    return list(groups.values())
+
+
+# PostgreSQL: a batch of due budgets locked in (next_reset_at, id) order and handed back already
+# grouped, a row per group with its ids: nothing per budget crosses to Python.
+_LOCK_DUE_SQL = """
+WITH due AS (
+    SELECT b.id, b.project_id, b.duration, b.duration_days, b.period_start FROM budgets_userbudget b
+    WHERE b.next_reset_at <= %(at)s {filters}
+    ORDER BY b.next_reset_at, b.id LIMIT %(limit)s
+    FOR UPDATE OF b {skip}
+)
+SELECT p.timezone, due.duration, due.duration_days, due.period_start, array_agg(due.id ORDER BY due.id)
+FROM due JOIN budgets_project p ON p.id = due.project_id
+GROUP BY 1, 2, 3, 4
+"""
+
+
+def _lock_due_groups(*, at: datetime, ids: Sequence[int] | None, project: Project | None,
+                     limit: int) -> list[_Group]:
+    filters = (" AND b.id = ANY(%(ids)s)" if ids is not None else "") + (
+        " AND b.project_id = %(project)s" if project is not None else "")
+    # A sweep skips rows another sweep holds; a lazy reset of one budget waits for its row.
+    sql = _LOCK_DUE_SQL.format(filters=filters, skip="SKIP LOCKED" if ids is None else "")
+    params: dict[str, Any] = {"at": at, "limit": limit, "ids": list(ids) if ids is not None else None,
+              "project": project.pk if project is not None else None}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [_Group(tz, duration, days, start, list(group_ids), rows=[])
+                for tz, duration, days, start, group_ids in cursor.fetchall()]
+
+
+def _reset_rows(rows: Iterable[_DueRow], *, at: datetime, actor: str) -> int:
+    """Close the finished period of each row (locked by the caller) and start the one containing `at`."""
+    return _reset_groups(_grouped(rows), at=at, actor=actor)
+
+
+def _reset_groups(groups: Iterable[_Group], *, at: datetime, actor: str) -> int:
+    """Each group is a handful of set-based statements whatever its size."""
     reason = "lazy" if actor == SYSTEM_LAZY else "period_end"
     reset = 0
-    for (tz, duration, days, old_start), members in groups.items():
-        period = periods.period_containing(duration, tz, at, days=days, anchor=old_start)
-        ids = [m.id for m in members]
+    for group in groups:
+        period = periods.period_containing(group.duration, group.timezone, at, days=group.duration_days,
+                                           anchor=group.period_start)
+        old_start, ids = group.period_start, group.ids
         if connection.vendor == "postgresql":
             reset += _reset_in_sql(ids, old_start=old_start, period=period, at=at, actor=actor, reason=reason)
             continue
-        _close_periods_in_python(members, period=period, actor=actor, reason=reason)
+        _close_periods_in_python(group.rows, period=period, actor=actor, reason=reason)
         changed = UserBudget.objects.filter(pk__in=ids, period_start=old_start).update(
             period_start=period.start, next_reset_at=period.next_reset, current_spend=0, updated_at=at
         )
