@@ -724,3 +724,20 @@ def test_the_export_leaves_ordinary_names_alone(client, project, make_budget):
 
     rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode(), newline="")))
     assert rows[1][1:3] == ["alice=bob", "gpt-4o-mini"]
+
+
+@pytest.mark.postgres
+def test_a_big_export_goes_out_in_blocks_not_a_write_per_row(client, project, make_budget, monkeypatch):
+    """COPY hands over a row at a time; the response gathers them into blocks of EXPORT_BLOCK bytes."""
+    from budgets.selectors import console
+
+    monkeypatch.setattr(console, "EXPORT_BLOCK", 1024)
+    make_budget("alice", total_budget="1000")
+    for _ in range(60):
+        services.cost_record(project=project, user_id="alice", usage=Usage("gpt-4o", 10, 5), cost=Decimal("0.01"),
+                             source="api")
+    chunks = list(console.export_csv_chunks(project))
+    text = b"".join(chunks).decode()
+    assert text.count("\n") == 61  # the header and 60 rows, each whole
+    assert len(chunks) < 20
+    assert all(len(chunk) >= 1024 for chunk in chunks[:-1])
