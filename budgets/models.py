@@ -390,7 +390,7 @@ class ModelDay(TokenSums):
 
 
 class UserDay(Sums):
-    """Spend per user and local day, all models together: what ranks the top users over a range.
+    """Spend per user and local day, all models together: a user's exact spend over a range.
 
     One row per active user a day (not per call, not per model); kept with SpendDay (services.rollups).
     """
@@ -411,8 +411,8 @@ class UserDay(Sums):
 
 
 class UserMonth(Sums):
-    """Spend per user and local calendar month (`month` is its first day): an upper bound that lets
-    the console rank users over any range from a couple of rows per user (selectors.console)."""
+    """Spend per user and local calendar month (`month` is its first day): each month's biggest
+    spenders, read from an index, rank users over any range (selectors.console.ranked_users)."""
 
     project = models.ForeignKey(
         Project, on_delete=models.CASCADE, related_name="user_months",
