@@ -239,8 +239,9 @@ def ranked_users(project: Project, rng: DateRange, limit: int) -> list[dict[str,
     month). Instead, a threshold algorithm on the months the range touches: the `depth` biggest
     spenders of each month are read from an index (UserMonth), and their exact spend over the range
     from their days (UserDay). Anyone not read spent at most the depth-th figure in each month, so
-    at most the sum of those figures over the range (the threshold); once the `limit`-th exact
-    spend is above it, no one else can rank. Otherwise read 4× deeper, until every user is read.
+    (a cost is never negative: a constraint on the ledger) at most the sum of those figures over
+    the range, the threshold; once the `limit`-th exact spend is above it, no one else can rank.
+    Otherwise read 4× deeper, until every user is read.
     """
     months = _months(rng)
     depth = max(RANKING_DEPTH, limit)
