@@ -48,3 +48,43 @@ def test_create_project_refuses_a_name_that_is_taken(project):
     with pytest.raises(CommandError, match="already exists"):
         call_command("create_project", project.name, stdout=StringIO())
     assert Project.objects.count() == 1
+
+
+# --- run_embedded's login line (the demo superuser's password) ----------------------------------------
+
+def embedded_login(password_file) -> str:
+    from budgets.management.commands.run_embedded import Command
+
+    return Command(stdout=StringIO()).ensure_admin(password_file)
+
+
+def test_run_embedded_prints_the_generated_password_while_it_is_still_the_admins_password(tmp_path):
+    from django.contrib.auth import get_user_model
+
+    password_file = tmp_path / "admin_password"
+
+    login = embedded_login(password_file)
+
+    password = password_file.read_text().strip()
+    assert login.startswith(f"Log in as admin with password {password} ")
+    assert get_user_model().objects.get(username="admin").check_password(password)
+    assert embedded_login(password_file) == login  # the next start prints it again
+
+
+def test_run_embedded_does_not_print_a_password_changed_in_the_admin_and_says_how_to_reset_it(tmp_path):
+    from django.contrib.auth import get_user_model
+
+    password_file = tmp_path / "admin_password"
+    embedded_login(password_file)
+    old_password = password_file.read_text().strip()
+    admin = get_user_model().objects.get(username="admin")
+    admin.set_password("a new password chosen in the admin")
+    admin.save()
+
+    login = embedded_login(password_file)
+
+    assert old_password not in login
+    assert "password changed" in login
+    assert "python manage.py changepassword admin" in login
+    admin.refresh_from_db()
+    assert admin.check_password("a new password chosen in the admin")  # reading it changed nothing

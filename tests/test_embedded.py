@@ -45,6 +45,14 @@ def manage(var_dir: Path, *args: str) -> str:
     return done.stdout
 
 
+def accepts_connections(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 class Embedded:
     """A running `manage.py run_embedded`, its output collected by a thread."""
 
@@ -52,6 +60,8 @@ class Embedded:
         self.var_dir = var_dir
         self.port = free_port()
         self.lines: list[str] = []
+        # Whether the port accepted a connection at the moment the "running at" line was read.
+        self.accepting_when_announced: bool | None = None
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "run_embedded", "--port", str(self.port), "--no-seed"],
             cwd=BASE_DIR, env=embedded_env(var_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -62,6 +72,8 @@ class Embedded:
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
+            if "running at http://" in line and self.accepting_when_announced is None:
+                self.accepting_when_announced = accepts_connections(self.port)
             self.lines.append(line.rstrip("\n"))
 
     @property
@@ -160,6 +172,7 @@ def test_run_embedded_serves_the_site_resets_budgets_with_its_worker_and_stops_o
     password = (var_dir / "admin_password").read_text().strip()
     assert f"Log in as admin with password {password}" in embedded.output
     assert f"running at http://127.0.0.1:{embedded.port}/" in embedded.output
+    assert embedded.accepting_when_announced is True  # announced only once the web server listens
 
     # Another process (like the web server would) queues the sweep through the embedded broker.
     assert "queued" in manage(var_dir, "shell", "-c", SET_UP_A_DUE_BUDGET)
@@ -198,3 +211,21 @@ def test_when_a_child_dies_run_embedded_stops_the_others_and_fails(embedded, var
     assert re.search(r"\| worker stopped \(rc=-9\)$", embedded.output, re.MULTILINE), embedded.output
     assert "a process stopped unexpectedly (exit code -9); the others were stopped" in embedded.output
     assert [name for name, pid in children.items() if is_running(pid)] == []
+
+
+def test_run_embedded_on_a_taken_port_says_so_in_one_line_and_starts_nothing(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "manage.py", "run_embedded", "--port", str(port), "--no-seed"],
+                              cwd=BASE_DIR, env=embedded_env(tmp_path), capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    assert done.returncode != 0
+    assert done.stdout == ""  # no URL, no login, no "Migrating", no child started
+    errors = [line for line in done.stderr.splitlines() if "port" in line]
+    assert errors == [f"CommandError: port {port} on 127.0.0.1 is in use; "
+                      f"set PORT (PORT={port + 1} make run) or pass --port to use another"]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "db.sqlite3").exists()  # it stopped before migrating

@@ -1,10 +1,12 @@
 """python manage.py run_embedded: the whole service on one machine, from one command (`make run`).
 
-Migrates (prices load in 0002, the beat schedule in 0003), creates the demo superuser
-`admin` once (its random password is kept in VAR_DIR/admin_password and printed at
-each start), seeds demo data into an empty database when a `seed_demo` command
-exists, collects static files, then runs gunicorn, a Celery worker and Celery beat
-under honcho's process manager, which prefixes their output with their names.
+Refuses a port that is in use with one line before doing anything else.  Migrates
+(prices load in 0002, the beat schedule in 0003), creates the demo superuser `admin`
+once (its random password is kept in VAR_DIR/admin_password and printed at each start
+while it is still the password), seeds demo data into an empty database when a
+`seed_demo` command exists, collects static files, then runs gunicorn, a Celery worker
+and Celery beat under honcho's process manager, which prefixes their output with their
+names.  The URL and login are printed once the web server answers on its port.
 Ctrl-C (SIGINT) or SIGTERM stops all three and exits 0; if one child dies, the
 others are stopped and the command exits 1.  If run_embedded itself is SIGKILLed,
 honcho cannot stop its children: they keep running (docs/operations.md).
@@ -12,16 +14,22 @@ honcho cannot stop its children: they keep running (docs/operations.md).
 
 from __future__ import annotations
 
+import errno
+import http.client
 import os
 import secrets
 import shlex
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import honcho.manager
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import check_password
 from django.core.management import call_command, get_commands
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
@@ -33,6 +41,7 @@ from budgetsite.celery import embedded_broker_prepare
 
 ADMIN_USERNAME = "admin"
 STOP_TIMEOUT = 20  # seconds a child gets to finish its work after SIGTERM, then SIGKILL
+READY_TIMEOUT = 60  # seconds the web server gets to answer on its port before we say it did not
 # The exit codes honcho gives its loop when it stopped on SIGINT or SIGTERM (130, 143).
 STOPPED_BY_SIGNAL = frozenset(sig["rc"] for sig in honcho.manager.SIGNALS.values())
 
@@ -49,17 +58,23 @@ class Command(BaseCommand):
         parser.add_argument("--no-seed", action="store_true", help="Do not load demo data into an empty database.")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        host, port = options["host"], options["port"]
+        port_check(host, port)  # before anything starts or prints
         login = self.prepare(seed=not options["no_seed"])
         # The children open their own connections; this process only supervises.
         connections.close_all()
-        manager = self.manager(host=options["host"], port=options["port"], threads=options["threads"])
-        self.say(f"Budget Manager is running at http://{options['host']}:{options['port']}/")
-        self.say(login)
-        self.say("Press Ctrl-C to stop.")
+        manager = self.manager(host=host, port=port, threads=options["threads"])
+        stopped = threading.Event()
+        announcer = threading.Thread(target=self.announce, args=(host, port, login, stopped), daemon=True)
+        announcer.start()
         # honcho's only knob for the grace period is this module constant (default 5 s): the
         # worker gets as long as before to finish a task.
         honcho.manager.KILL_WAIT = STOP_TIMEOUT
-        manager.loop()  # returns once every child has stopped
+        try:
+            manager.loop()  # returns once every child has stopped
+        finally:
+            stopped.set()
+            announcer.join(5)
         if manager.returncode not in STOPPED_BY_SIGNAL:
             raise CommandError(f"a process stopped unexpectedly (exit code {manager.returncode}); "
                                "the others were stopped")
@@ -93,10 +108,32 @@ class Command(BaseCommand):
             username=ADMIN_USERNAME, password=password_file.read_text().strip()
         ):
             self.say(f"Created the superuser {ADMIN_USERNAME!r}.")
-        if password_file.exists() and users.objects.filter(username=ADMIN_USERNAME).exists():
-            return (f"Log in as {ADMIN_USERNAME} with password {password_file.read_text().strip()} "
-                    f"(kept in {password_file}; change it in the admin).")
+        admin = users.objects.filter(username=ADMIN_USERNAME).first()
+        if password_file.exists() and admin is not None:
+            password = password_file.read_text().strip()
+            # The file keeps the password it was generated with; once changed in the admin it is
+            # stale, and printing it would send the reader to a login that fails.
+            if check_password(password, admin.password):
+                return (f"Log in as {ADMIN_USERNAME} with password {password} "
+                        f"(kept in {password_file}; change it in the admin).")
+            return (f"Log in as {ADMIN_USERNAME} (password changed since {password_file} was written; "
+                    f"reset it with `python manage.py changepassword {ADMIN_USERNAME}`).")
         return "Log in with your superuser account."
+
+    def announce(self, host: str, port: int, login: str, stopped: threading.Event) -> None:
+        """Print the URL and login once the web server answers on its port (a thread beside honcho's loop)."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not stopped.is_set():
+            if web_answers(host, port):
+                self.say(f"Budget Manager is running at http://{url_host(host)}:{port}/")
+                self.say(login)
+                self.say("Press Ctrl-C to stop.")
+                return
+            if time.monotonic() > deadline:
+                self.say(f"The web server does not answer on {url_host(host)}:{port} after {READY_TIMEOUT} s; "
+                         "see the web lines above.")
+                return
+            stopped.wait(0.2)
 
     # --- the children ----------------------------------------------------------------------
 
@@ -127,3 +164,37 @@ class Command(BaseCommand):
     def say(self, line: str) -> None:
         self.stdout.write(line)
         self.stdout.flush()
+
+
+def port_check(host: str, port: int) -> None:
+    """Refuse a port another process listens on, in one line, before anything starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As gunicorn binds: a port left in TIME_WAIT by a previous run is free, a listening one is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CommandError(f"port {port} on {host} is in use; "
+                                   f"set PORT (PORT={port + 1} make run) or pass --port to use another") from None
+            raise CommandError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def web_answers(host: str, port: int) -> bool:
+    """Whether the web server accepts a connection and answers a request (any HTTP status) on its port."""
+    # A wildcard address is reached through the loopback of its family.
+    target = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    conn = http.client.HTTPConnection(target, port, timeout=5)
+    try:
+        conn.request("GET", "/healthz")
+        conn.getresponse().read()
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+    return True
