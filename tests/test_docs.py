@@ -17,6 +17,7 @@ block sets (`RID=$(curl ...)`) stay for the document's next blocks, as in one te
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -173,17 +174,73 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# A Python process that imports the slow modules once (LiteLLM, Django), then runs the code it is
+# sent, one JSON string a line, each in a fresh namespace, and answers one `@@{json}` line a run.
+RUNNER = r"""
+import contextlib, io, json, sys, traceback
+for module in sys.argv[1:]:
+    __import__(module)
+    if module == "django":
+        sys.modules["django"].setup()
+for line in sys.stdin:
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            exec(compile(json.loads(line), "<block>", "exec"), {"__name__": "__main__"})
+        result = {"ok": True, "output": out.getvalue()}
+    except BaseException:
+        result = {"ok": False, "output": out.getvalue() + traceback.format_exc()}
+    sys.__stdout__.write("@@" + json.dumps(result) + "\n")
+    sys.__stdout__.flush()
+"""
+
+
+class Runner:
+    def __init__(self, env: dict[str, str], log: Path, *preload: str) -> None:
+        self.log = log.open("w")
+        self.process = subprocess.Popen([sys.executable, "-c", RUNNER, *preload], cwd=BASE_DIR, env=env,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
+
+    def run(self, code: str) -> tuple[bool, str]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps(code) + "\n")
+        self.process.stdin.flush()
+        for line in self.process.stdout:
+            if line.startswith("@@"):
+                result = json.loads(line[2:])
+                return result["ok"], result["output"]
+        raise AssertionError(f"the runner stopped (exit code {self.process.wait()})")
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(2)
+        except subprocess.TimeoutExpired:  # a client's background thread (LiteLLM's saves) may linger
+            self.process.kill()
+            self.process.wait(10)
+        self.log.close()
+
+
 @dataclass
 class Server:
     url: str
     env: dict[str, str]
     tmp: Path
+    django: Runner  # for the test's own setup: a new project and key
+    python: Runner  # for the documents' Python blocks
 
     def manage(self, *args: str) -> str:
         done = subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=self.env,
                               capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == 0, done.stderr
         return done.stdout
+
+    def fresh_project(self) -> str:
+        """Rename the last document's `acme`, create a new one; its API key."""
+        ok, output = self.django.run(FRESH_PROJECT)
+        assert ok, output
+        return output.strip().splitlines()[-1]
 
 
 FRESH_PROJECT = """
@@ -206,7 +263,9 @@ def server(tmp_path_factory) -> Iterator[Server]:
     env.update(DJANGO_SETTINGS_MODULE="budgetsite.settings", VAR_DIR=str(tmp / "var"), PYTHONUNBUFFERED="1",
                PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", LITELLM_LOCAL_MODEL_COST_MAP="True")
     port = free_port()
-    server = Server(f"http://127.0.0.1:{port}", env, tmp)
+    # The runners import while the database migrates.
+    server = Server(f"http://127.0.0.1:{port}", env, tmp, Runner(env, tmp / "django.log", "django"),
+                    Runner(env, tmp / "python.log", "litellm", "budget_client"))
     server.manage("migrate", "--verbosity", "0")
     log = (tmp / "gunicorn.log").open("w")
     web = subprocess.Popen(
@@ -228,6 +287,8 @@ def server(tmp_path_factory) -> Iterator[Server]:
         web.terminate()
         web.wait(30)
         log.close()
+        server.django.close()
+        server.python.close()
 
 
 # Like one terminal per document: the variables a block sets (RID=...) are there in the next one.
@@ -252,11 +313,12 @@ def run_block(server: Server, block: Block, key: str) -> tuple[list[str], str]:
     status_log.write_text("")
     env = {**server.env, "BM": server.url, "KEY": key, "STATUS_LOG": str(status_log),
            "SHELL_STATE": str(server.tmp / f"{block.document.replace('/', '-')}.variables")}
-    if block.lang in SHELL:
-        argv = ["bash", "-c", SHELL_PRELUDE + block.text]
-    else:
-        argv = [sys.executable, "-c", block.text.replace(PLACEHOLDER_URL, server.url).replace(PLACEHOLDER_KEY, key)]
-    done = subprocess.run(argv, cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120, check=False)
+    if block.lang == "python":
+        ok, output = server.python.run(block.text.replace(PLACEHOLDER_URL, server.url).replace(PLACEHOLDER_KEY, key))
+        assert ok, f"{block} failed:\n{block.text}\n---\n{output}"
+        return [], output
+    done = subprocess.run(["bash", "-c", SHELL_PRELUDE + block.text], cwd=BASE_DIR, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
     output = f"{done.stdout}\n{done.stderr}"
     assert done.returncode == 0, f"{block} failed (exit code {done.returncode}):\n{block.text}\n---\n{output}"
     return status_log.read_text().split(), output
@@ -265,7 +327,7 @@ def run_block(server: Server, block: Block, key: str) -> tuple[list[str], str]:
 @pytest.mark.skipif(shutil.which("curl") is None or shutil.which("jq") is None, reason="needs curl and jq")
 @pytest.mark.parametrize("document", [d for d in DOCUMENTS if any(b.lang in RUN and not b.skip for b in blocks(d))])
 def test_the_command_blocks_of_a_document_run_in_order_and_answer_the_documented_statuses(server, document):
-    key = server.manage("shell", "-c", FRESH_PROJECT).strip().splitlines()[-1]
+    key = server.fresh_project()
     ran = []
     for block in blocks(document):
         if block.lang not in RUN or block.skip:
