@@ -32,7 +32,7 @@ from ninja.security import HttpBearer
 from .. import selectors, services
 from ..errors import TooManyRequests
 from ..models import ApiKey, Project
-from ..selectors.budgets import remembered_api_key
+from ..selectors.budgets import cache_breaker, remembered_api_key
 
 FAILURE_WINDOW_SECONDS = 60
 logger = logging.getLogger(__name__)
@@ -59,29 +59,7 @@ def _failure_counter(request: HttpRequest) -> tuple[str, int]:
     return f"budgets:api-auth-failures:{client_address(request)}:{window}", left
 
 
-class _CacheBreaker:
-    """The throttle's cache is a guard, not a dependency: while it fails, requests go on unthrottled.
-
-    After a failure the cache is left alone for `pause` seconds (a hung Redis would otherwise
-    cost every request its socket timeout), and the outage is logged once.
-    """
-
-    pause = 30.0
-
-    def __init__(self) -> None:
-        self.down_until = 0.0
-
-    def available(self) -> bool:
-        return time.monotonic() >= self.down_until
-
-    def failed(self, exc: Exception) -> None:
-        if self.available():
-            logger.warning("the cache behind the API's failed-authentication limit does not answer (%s); "
-                           "requests go on unthrottled for %d s", type(exc).__name__, self.pause)
-        self.down_until = time.monotonic() + self.pause
-
-
-breaker = _CacheBreaker()
+breaker = cache_breaker  # shared with the key generation read: one outage, one pause
 
 
 def count_failure(request: HttpRequest) -> None:
