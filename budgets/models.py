@@ -77,6 +77,9 @@ class Project(Period):
     alert_email = models.EmailField(blank=True)
     webhook_secret = models.CharField(max_length=64, default=new_webhook_secret)
     created_at = models.DateTimeField(default=now)
+    # Set when the project is deleted (its keys revoked in the same transaction): it is gone from
+    # the console at once, and its rows are removed in short batches, the row itself last.
+    deleting_since = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["name"]

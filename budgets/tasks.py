@@ -17,23 +17,30 @@ from django.utils.timezone import now as utcnow
 from . import metrics, services
 from .services.alerts import DELIVER_ALERT_TASK, MAX_ATTEMPTS
 
+PURGE_SECONDS = 20.0  # of each minute's sweep, for deleted projects' rows (in short batches)
+
 
 @dataclass(frozen=True)
 class SweepResult:
     budgets: int
     projects: int
     reservations: int = 0
+    deleted_rows: int = 0  # rows of deleted projects removed (services.projects_purge)
 
     def as_dict(self) -> dict[str, int]:
-        return {"budgets": self.budgets, "projects": self.projects, "reservations": self.reservations}
+        return {"budgets": self.budgets, "projects": self.projects, "reservations": self.reservations,
+                "deleted_rows": self.deleted_rows}
 
 
 def run_reset_sweep(*, at: datetime | None = None) -> SweepResult:
-    """One reset sweep: projects' and budgets' periods that have ended start anew; expired holds are released."""
+    """One reset sweep: projects' and budgets' periods that have ended start anew; expired holds are released;
+    deleted projects' rows go on being removed."""
     at = at or utcnow()
     projects = services.reset_due_projects(at=at)
     budgets = services.reset_due_budgets(at=at)
-    result = SweepResult(budgets=budgets, projects=projects, reservations=services.reservations_expire(at=at))
+    purged = services.projects_purge(at=at, seconds=PURGE_SECONDS)
+    result = SweepResult(budgets=budgets, projects=projects, reservations=services.reservations_expire(at=at),
+                         deleted_rows=purged.rows)
     metrics.sweep_ran(budgets=budgets, projects=projects)
     return result
 

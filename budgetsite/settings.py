@@ -8,6 +8,7 @@ allowed hosts, and refuses to start without a real secret key.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -259,6 +260,18 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "budget-manager@localhost")
 
 # Failed API authentications (a wrong key) per client address per minute before 429.
 API_AUTH_FAILURE_LIMIT = env_int("API_AUTH_FAILURE_LIMIT", 20)
+# The client address the failed-key limit counts: REMOTE_ADDR, unless the load balancer's header
+# is named here (e.g. X-Forwarded-For) with the number of proxies in front of gunicorn that append
+# to it; the entry the outermost of them wrote is the client. Unset: the header is ignored (a client
+# could write anything in it).
+TRUSTED_PROXY_HEADER = env_str("TRUSTED_PROXY_HEADER").strip()
+if TRUSTED_PROXY_HEADER and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", TRUSTED_PROXY_HEADER):
+    raise ImproperlyConfigured(f"TRUSTED_PROXY_HEADER must be an HTTP header name such as X-Forwarded-For, "
+                               f"got {TRUSTED_PROXY_HEADER!r}")
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1)
+if TRUSTED_PROXY_COUNT < 1:
+    raise ImproperlyConfigured(f"TRUSTED_PROXY_COUNT must be at least 1 (the proxies in front of the web "
+                               f"processes), got {TRUSTED_PROXY_COUNT}")
 # How long a web process remembers an API key it found (a revoked key stops at once in the process
 # that revoked it, within this many seconds everywhere else); 0 looks every key up every time.
 API_KEY_CACHE_SECONDS = env_int("API_KEY_CACHE_SECONDS", 5)

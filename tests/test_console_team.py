@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -10,9 +11,11 @@ from django.contrib.auth import get_user_model
 from django.core import mail
 from django.test import Client
 from django.urls import reverse
+from django.utils.timezone import now
 
 from budgets import services
 from budgets.models import AuditLog, CostEvent, Membership, Project, Role
+from budgets.services.projects import PURGE_GRACE_SECONDS
 from budgets.usage import Usage
 
 pytestmark = pytest.mark.django_db
@@ -112,9 +115,12 @@ def test_deleting_a_project_takes_its_ledger_and_logs_the_deletion(client, team,
         response = client.post(reverse("project_delete", args=[pk]), {"confirm": "acme"})
 
     assert response.status_code == 302 and response["Location"] == reverse("project_list")
-    assert not Project.objects.filter(pk=pk).exists()
+    assert client.get(reverse("project_overview", args=[pk])).status_code == 404  # gone from the console at once
     assert not CostEvent.objects.filter(project_id=pk).exists()
     assert not AuditLog.objects.filter(project_id=pk).exists()
+    # The row itself waits until no web process can still hold one of its (revoked) keys.
+    services.projects_purge(at=now() + timedelta(seconds=PURGE_GRACE_SECONDS + 60))
+    assert not Project.objects.filter(pk=pk).exists()
     record = next(r for r in caplog.records if r.name == "budgets.projects")
     assert record.audit["name"] == "acme" and record.audit["ledger_events"] == 3
     assert record.audit["actor"] == "user:olivia"

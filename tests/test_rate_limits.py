@@ -12,6 +12,7 @@ from django.urls import reverse
 from budgets.models import AuditLog
 from tests.api_helpers import assert_error, body_of, new_key
 from tests.test_hosted import Hosted
+from tests.test_settings import manage
 
 pytestmark = pytest.mark.django_db
 
@@ -105,11 +106,97 @@ def test_wrong_api_keys_from_one_address_are_throttled_with_429_and_retry_after(
     error = assert_error(response, 429, "too_many_requests")
     assert "retry" in error["message"]
     assert 1 <= int(response["Retry-After"]) <= 60
-    # Throttled before the key is looked at: a right key from that address waits too ...
-    right = new_key(project)
-    assert_error(api_get(right, address), 429, "too_many_requests")
-    # ... and another address is not affected.
-    assert api_get(right, unique_address()).status_code == 200
+    assert api_get("bm_wrong_key_0123456789", unique_address()).status_code == 401  # another address is not affected
+
+
+def test_a_valid_key_is_served_after_wrong_ones_from_its_address(project, limited, settings):
+    # Behind the load balancer every client may share an address: one guesser must not lock out the rest.
+    assert settings.API_AUTH_FAILURE_LIMIT == 3
+    address, right = unique_address(), new_key(project)
+    for _ in range(20):
+        api_get("bm_wrong_key_0123456789", address)
+    assert_error(api_get("bm_wrong_key_0123456789", address), 429, "too_many_requests")
+
+    response = api_get(right, address)
+
+    assert response.status_code == 200, response.content
+    assert_error(api_get("bm_wrong_key_0123456789", address), 429, "too_many_requests")  # guesses still wait
+
+
+def test_a_valid_key_is_served_on_the_hosted_protocol_after_wrong_ones(project, limited):
+    address, right = unique_address(), new_key(project)
+    hosted = Hosted(right)
+    for _ in range(20):
+        hosted.client.post("/get_budget", data={"project_name": "acme"}, content_type="application/json",
+                           headers={"Authorization": "Bearer bm_wrong"}, REMOTE_ADDR=address)
+
+    response = hosted.client.post("/set_budget", data={"project_name": "acme", "user_dict": {}},
+                                  content_type="application/json", headers={"Authorization": f"Bearer {right}"},
+                                  REMOTE_ADDR=address)
+
+    assert response.status_code == 200, response.content
+    assert body_of(response)["status"] == "success"
+
+
+def test_the_trusted_proxy_header_names_the_address_that_is_counted(project, limited, settings):
+    settings.TRUSTED_PROXY_HEADER, settings.TRUSTED_PROXY_COUNT = "X-Forwarded-For", 1
+    balancer, guesser, neighbour = unique_address(), unique_address(), unique_address()
+
+    def via_balancer(client_address: str):
+        return Client().get("/api/v1/users", headers={"Authorization": "Bearer bm_wrong_key_0123456789",
+                                                       "X-Forwarded-For": f"203.0.113.9, {client_address}"},
+                            REMOTE_ADDR=balancer)
+
+    for _ in range(3):
+        assert via_balancer(guesser).status_code == 401
+    # The first hop (203.0.113.9) was written by the client itself: only the balancer's entry counts.
+    assert_error(via_balancer(guesser), 429, "too_many_requests")
+    assert_error(via_balancer(neighbour), 401, "unauthorized")  # another client behind the same balancer
+
+
+def test_two_trusted_proxies_count_the_address_the_outer_one_saw(project, limited, settings):
+    settings.TRUSTED_PROXY_HEADER, settings.TRUSTED_PROXY_COUNT = "X-Forwarded-For", 2
+    guesser = unique_address()
+
+    def via_two(spoofed: str):
+        return Client().get("/api/v1/users", headers={"Authorization": "Bearer bm_wrong_key_0123456789",
+                                                       "X-Forwarded-For": f"{spoofed}, {guesser}, 10.0.0.2"},
+                            REMOTE_ADDR="10.0.0.3")
+
+    for number in range(3):
+        assert via_two(f"198.51.100.{number}").status_code == 401
+
+    assert_error(via_two("198.51.100.99"), 429, "too_many_requests")  # a new spoofed first hop does not help
+    neighbour = Client().get("/api/v1/users", headers={"Authorization": "Bearer bm_wrong_key_0123456789",
+                                                        "X-Forwarded-For": f"{unique_address()}, 10.0.0.2"},
+                             REMOTE_ADDR="10.0.0.3")
+    assert_error(neighbour, 401, "unauthorized")
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"TRUSTED_PROXY_HEADER": "X-Forwarded-For", "TRUSTED_PROXY_COUNT": "0"}, "TRUSTED_PROXY_COUNT must be"),
+    ({"TRUSTED_PROXY_HEADER": "X-Forwarded-For", "TRUSTED_PROXY_COUNT": "one"}, "TRUSTED_PROXY_COUNT must be"),
+    ({"TRUSTED_PROXY_HEADER": "X Forwarded: For"}, "TRUSTED_PROXY_HEADER must be"),
+])
+def test_a_bad_trusted_proxy_setting_is_a_configuration_error(tmp_path, env, message):
+    result = manage("check", env=env, tmp_path=tmp_path)
+
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_the_forwarded_header_is_ignored_unless_configured(project, limited, settings):
+    settings.TRUSTED_PROXY_HEADER = ""
+    address = unique_address()
+
+    def spoofing(forwarded: str):
+        return Client().get("/api/v1/users", headers={"Authorization": "Bearer bm_wrong_key_0123456789",
+                                                       "X-Forwarded-For": forwarded}, REMOTE_ADDR=address)
+
+    for number in range(3):
+        assert spoofing(f"198.51.100.{number}").status_code == 401
+
+    assert_error(spoofing("198.51.100.99"), 429, "too_many_requests")  # counted by REMOTE_ADDR
 
 
 def test_only_failures_count(project, limited):

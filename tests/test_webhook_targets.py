@@ -158,3 +158,53 @@ def test_the_console_settings_form_shows_the_refusal(project, production):
     assert "public address" in response.content.decode()
     project.refresh_from_db()
     assert project.alert_webhook_url == ""
+
+
+# IPv6 addresses that carry an IPv4 address inside them (or that are private by themselves),
+# each with the IPv4 or the range it reaches.
+IPV6_WRAPPED = [
+    "http://[::7f00:1]/hook",                   # IPv4-compatible ::127.0.0.1
+    "http://[::a9fe:a9fe]/hook",                # IPv4-compatible ::169.254.169.254
+    "http://[::ffff:127.0.0.1]/hook",           # IPv4-mapped
+    "http://[::ffff:0:a9fe:a9fe]/hook",         # IPv4-translated (SIIT) 169.254.169.254
+    "http://[64:ff9b::a9fe:a9fe]/hook",         # NAT64 of 169.254.169.254
+    "http://[64:ff9b::7f00:1]/hook",            # NAT64 of 127.0.0.1
+    "http://[64:ff9b:1::a9fe:a9fe]/hook",       # local-use NAT64 prefix
+    "http://[2002:a9fe:a9fe::1]/hook",          # 6to4 of 169.254.169.254
+    "http://[2002:7f00:1::1]/hook",             # 6to4 of 127.0.0.1
+    "http://[fec0::1]/hook",                    # site-local
+    "http://[2001:0:a9fe:a9fe::1]/hook",        # Teredo, server 169.254.169.254
+    "http://[2001:0:808:808:0:0:80ff:fefe]/hook",  # Teredo, client 127.0.1.1 (obfuscated), public server
+    "http://[2600::5efe:a9fe:a9fe]/hook",       # ISATAP interface id around 169.254.169.254
+    "http://[2600::200:5efe:7f00:1]/hook",      # ISATAP (universal bit) around 127.0.0.1
+]
+
+
+@pytest.mark.parametrize("url", IPV6_WRAPPED)
+def test_an_ipv6_address_wrapping_a_private_ipv4_address_is_refused_at_save(project, production, url):
+    with pytest.raises(InvalidInput, match="public address"):
+        services.project_update(project=project, actor="test", alert_webhook_url=url)
+
+    project.refresh_from_db()
+    assert project.alert_webhook_url == ""
+    assert not AuditLog.objects.filter(action="project_update").exists()
+
+
+@pytest.mark.parametrize("url", IPV6_WRAPPED)
+def test_an_ipv6_address_wrapping_a_private_ipv4_address_gets_nothing_at_send(project, production, monkeypatch, url):
+    connected: list[object] = []
+    monkeypatch.setattr(alerts._PinnedHTTPConnection, "connect", lambda self: connected.append(self))
+    Project.objects.filter(pk=project.pk).update(alert_webhook_url=url)  # saved before the rule
+    project.refresh_from_db()
+
+    with pytest.raises(alerts.DeliveryFailed, match="refused"):
+        alerts.webhook_send(one_alert(project), project)
+
+    assert connected == []
+
+
+@pytest.mark.parametrize("address", [
+    "2606:4700:4700::1111", "64:ff9b::808:808", "2002:808:808::1", "2600::5efe:808:808",
+])
+def test_ipv6_addresses_that_wrap_a_public_ipv4_address_stay_allowed(address):
+    assert alerts.forbidden_address(address) is False

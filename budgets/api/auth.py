@@ -5,14 +5,15 @@ project and nothing else. Authentication reads; the only write is the throttled
 `last_used_at` stamp, done by its service.
 
 Failed authentications are counted per client address in Django's cache (shared by every
-web process through Redis): past API_AUTH_FAILURE_LIMIT in a minute, the address gets 429
-with Retry-After until the minute is over, whatever key it sends, so keys cannot be guessed.
+web process through Redis; without Redis each process counts its own): past
+API_AUTH_FAILURE_LIMIT in a minute, a wrong or unknown key from that address gets 429 with
+Retry-After until the minute is over. A valid key is always served, whatever its address
+did: behind a load balancer many clients share one address, and one guesser must not lock
+out the others. A request with a valid key never touches the counter.
 
-The counter is read before every key this process does not hold (every guess) and counted
-after every failure. A key this process found active within API_KEY_CACHE_SECONDS skips the
-round trip while this process learnt less than THROTTLE_RECHECK_SECONDS ago that its address
-is under the limit: a request that needs no query then needs no Redis either, and an address
-over the limit in another process is refused here too within that second.
+The client address is REMOTE_ADDR, or with TRUSTED_PROXY_HEADER set the entry of that header
+written by the outermost of TRUSTED_PROXY_COUNT trusted proxies (entries before it were written
+by the client and are ignored).
 """
 
 from __future__ import annotations
@@ -31,97 +32,41 @@ from ninja.security import HttpBearer
 from .. import selectors, services
 from ..errors import TooManyRequests
 from ..models import ApiKey, Project
-from ..selectors.budgets import remembered_api_key
+from ..selectors.budgets import cache_breaker, remembered_api_key
 
 FAILURE_WINDOW_SECONDS = 60
-THROTTLE_RECHECK_SECONDS = 1.0
 logger = logging.getLogger(__name__)
+
+
+def client_address(request: HttpRequest) -> str:
+    """The address failures are counted by: REMOTE_ADDR, or the trusted proxy header's client entry."""
+    header = getattr(settings, "TRUSTED_PROXY_HEADER", "")
+    if header:
+        forwarded = request.META.get("HTTP_" + header.upper().replace("-", "_"), "")
+        hops = [hop.strip() for hop in str(forwarded).split(",") if hop.strip()]
+        count = int(getattr(settings, "TRUSTED_PROXY_COUNT", 1))
+        if len(hops) >= count:
+            return hops[-count]
+    # No header (or fewer entries than proxies): the request did not come through them all.
+    return str(request.META.get("REMOTE_ADDR", ""))
 
 
 def _failure_counter(request: HttpRequest) -> tuple[str, int]:
     """The cache key counting this address's failures in the current minute, and the seconds it has left."""
     now = time.time()
     window = int(now // FAILURE_WINDOW_SECONDS)
-    address = request.META.get("REMOTE_ADDR", "")
     left = max(1, int((window + 1) * FAILURE_WINDOW_SECONDS - now + 0.999))
-    return f"budgets:api-auth-failures:{address}:{window}", left
+    return f"budgets:api-auth-failures:{client_address(request)}:{window}", left
 
 
-class _CacheBreaker:
-    """The throttle's cache is a guard, not a dependency: while it fails, requests go on unthrottled.
-
-    After a failure the cache is left alone for `pause` seconds (a hung Redis would otherwise
-    cost every request its socket timeout), and the outage is logged once.
-    """
-
-    pause = 30.0
-
-    def __init__(self) -> None:
-        self.down_until = 0.0
-
-    def available(self) -> bool:
-        return time.monotonic() >= self.down_until
-
-    def failed(self, exc: Exception) -> None:
-        if self.available():
-            logger.warning("the cache behind the API's failed-authentication limit does not answer (%s); "
-                           "requests go on unthrottled for %d s", type(exc).__name__, self.pause)
-        self.down_until = time.monotonic() + self.pause
-
-
-breaker = _CacheBreaker()
-
-
-class _SeenCounters:
-    """The failure counts this process last read or wrote, by counter key, for THROTTLE_RECHECK_SECONDS."""
-
-    most = 10_000
-
-    def __init__(self) -> None:
-        self.counts: dict[str, tuple[float, int]] = {}
-
-    def get(self, key: str) -> int | None:
-        seen = self.counts.get(key)
-        return seen[1] if seen is not None and seen[0] > time.monotonic() else None
-
-    def put(self, key: str, failures: int) -> None:
-        if len(self.counts) >= self.most:
-            self.counts.clear()  # a new window's keys replace the old ones; a flood of addresses cannot grow it
-        self.counts[key] = (time.monotonic() + THROTTLE_RECHECK_SECONDS, failures)
-
-    def clear(self) -> None:
-        self.counts.clear()
-
-
-seen_counters = _SeenCounters()
-
-
-def check_failure_rate(request: HttpRequest, *, known_key: bool = False) -> None:
-    """TooManyRequests while this address is over its failed-authentication limit.
-
-    `known_key`: the request's key is one this process found active seconds ago, so the count
-    this process saw within THROTTLE_RECHECK_SECONDS will do; otherwise the shared cache is asked.
-    """
-    if not breaker.available():
-        return
-    key, left = _failure_counter(request)
-    failures = seen_counters.get(key) if known_key else None
-    if failures is None:
-        try:
-            failures = cache.get(key) or 0
-        except Exception as exc:  # Redis down or hung: never fail (or stall) the request for it
-            breaker.failed(exc)
-            return
-        seen_counters.put(key, failures)
-    if failures >= settings.API_AUTH_FAILURE_LIMIT:
-        raise TooManyRequests(f"too many failed authentications from this address; retry in {left} s",
-                              retry_after=left)
+breaker = cache_breaker  # shared with the key generation read: one outage, one pause
 
 
 def count_failure(request: HttpRequest) -> None:
+    """Count a failed authentication from this address; TooManyRequests once it is over the limit."""
     if not breaker.available():
         return
-    key, _ = _failure_counter(request)
+    key, left = _failure_counter(request)
     try:
         failures = 1
         if not cache.add(key, 1, FAILURE_WINDOW_SECONDS * 2):
@@ -129,10 +74,12 @@ def count_failure(request: HttpRequest) -> None:
                 failures = cache.incr(key)
             except ValueError:  # expired between add and incr
                 cache.add(key, 1, FAILURE_WINDOW_SECONDS * 2)
-    except Exception as exc:
+    except Exception as exc:  # Redis down or hung: never fail (or stall) the request for it
         breaker.failed(exc)
         return
-    seen_counters.put(key, failures)
+    if failures > settings.API_AUTH_FAILURE_LIMIT:
+        raise TooManyRequests(f"too many failed authentications from this address; retry in {left} s",
+                              retry_after=left)
 
 
 class ApiKeyAuth(HttpBearer):
@@ -140,12 +87,9 @@ class ApiKeyAuth(HttpBearer):
 
     def authenticate(self, request: HttpRequest, token: str) -> ApiKey | None:
         raw = token.strip()
-        key = remembered_api_key(raw)
-        check_failure_rate(request, known_key=key is not None)
+        key = remembered_api_key(raw) or selectors.active_api_key(raw)
         if key is None:
-            key = selectors.active_api_key(raw)
-        if key is None:
-            count_failure(request)
+            count_failure(request)  # 429 past the limit, else ninja's 401
             return None
         services.api_key_mark_used(key)
         request.api_key = key  # type: ignore[attr-defined]

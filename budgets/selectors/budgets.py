@@ -7,6 +7,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
 import threading
 import time
 from datetime import datetime
@@ -14,6 +15,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db.models import Model, Q, QuerySet
 from django.db.models.base import ModelState
 
@@ -21,6 +23,8 @@ from .. import periods, pricing
 from ..errors import InvalidInput
 from ..models import ApiKey, CostEvent, ModelSpend, Project, UserBudget
 from ..usage import Usage, prompt_usage
+
+logger = logging.getLogger(__name__)
 
 
 def model_costs(budget: UserBudget) -> dict[str, Decimal]:
@@ -158,13 +162,52 @@ def hash_key(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-# Active keys found recently: digest → (expiry on the monotonic clock, key with its project).
-# Every API request starts with this lookup; the cache saves it a query. A revoked key or a
-# changed project is forgotten at once in the process that changed it (services call
-# forget_api_keys) and within API_KEY_CACHE_SECONDS everywhere else.
-_key_cache: dict[str, tuple[float, ApiKey]] = {}
+# Active keys found recently: digest → (expiry on the monotonic clock, key with its project, the
+# key generation read before the key was looked up). Every API request starts with this lookup;
+# the cache saves it a query. A revoked key, a changed project or a deleted one is forgotten at
+# once in the process that changed it (forget_api_keys) and, through the generation every service
+# that changes keys bumps in the shared cache (Redis), at the next request in every other process.
+# Without a shared cache (or while it fails) the others forget it within API_KEY_CACHE_SECONDS.
+_key_cache: dict[str, tuple[float, ApiKey, int | None]] = {}
 _key_cache_lock = threading.Lock()
 KEY_CACHE_MAX = 10_000
+KEY_GENERATION = "budgets:api-key-generation"
+
+
+class CacheBreaker:
+    """The shared cache is a guard, not a dependency: while it fails, requests go on without it.
+
+    After a failure the cache is left alone for `pause` seconds (a hung Redis would otherwise
+    cost every request its socket timeout), and the outage is logged once.
+    """
+
+    pause = 30.0
+
+    def __init__(self) -> None:
+        self.down_until = 0.0
+
+    def available(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+    def failed(self, exc: Exception) -> None:
+        if self.available():
+            logger.warning("the shared cache (the API's failed-authentication limit and key generation) does not "
+                           "answer (%s); requests go on without it for %d s", type(exc).__name__, self.pause)
+        self.down_until = time.monotonic() + self.pause
+
+
+cache_breaker = CacheBreaker()
+
+
+def key_generation() -> int | None:
+    """The shared key generation (one cache read, no SQL), or None while the cache does not answer."""
+    if not cache_breaker.available():
+        return None
+    try:
+        return int(cache.get(KEY_GENERATION) or 0)
+    except Exception as exc:  # Redis down or hung: keys then expire by API_KEY_CACHE_SECONDS alone
+        cache_breaker.failed(exc)
+        return None
 
 
 def forget_api_keys() -> None:
@@ -197,14 +240,23 @@ def _well_formed(raw: object) -> bool:
     return isinstance(raw, str) and raw.startswith(KEY_PREFIX) and len(raw) <= 200
 
 
+def _remembered(digest: str, now: float) -> ApiKey | None:
+    cached = _key_cache.get(digest)
+    if cached is None or cached[0] <= now:
+        return None
+    generation = key_generation()
+    if generation is not None and generation != cached[2]:
+        _key_cache.pop(digest, None)  # a key changed somewhere since this one was read: read it again
+        return None
+    return _fresh_copy(cached[1])
+
+
 def remembered_api_key(raw: str) -> ApiKey | None:
-    """The key for this secret if this process found it active within API_KEY_CACHE_SECONDS; no query."""
+    """The key for this secret if this process found it active within API_KEY_CACHE_SECONDS and no key
+    was revoked (or project changed or deleted) since; no query."""
     if not _well_formed(raw):
         return None
-    cached = _key_cache.get(hash_key(raw))
-    if cached is not None and cached[0] > time.monotonic():
-        return _fresh_copy(cached[1])
-    return None
+    return _remembered(hash_key(raw), time.monotonic())
 
 
 def active_api_key(raw: str) -> ApiKey | None:
@@ -214,15 +266,17 @@ def active_api_key(raw: str) -> ApiKey | None:
     digest = hash_key(raw)
     ttl = float(getattr(settings, "API_KEY_CACHE_SECONDS", 5))
     now = time.monotonic()
-    cached = _key_cache.get(digest)
-    if cached is not None and cached[0] > now:
-        return _fresh_copy(cached[1])
+    remembered = _remembered(digest, now)
+    if remembered is not None:
+        return remembered
+    generation = key_generation() if ttl > 0 else None  # read before the row: a bump after it is seen
     # Found by its public prefix, then the secret's hash compared in constant time.
-    candidates = ApiKey.objects.select_related("project").filter(prefix=raw[:SHOWN_LENGTH], revoked_at__isnull=True)
+    candidates = ApiKey.objects.select_related("project").filter(
+        prefix=raw[:SHOWN_LENGTH], revoked_at__isnull=True, project__deleting_since__isnull=True)
     key = next((k for k in candidates if hmac.compare_digest(k.key_hash, digest)), None)
     if key is not None and ttl > 0:
         with _key_cache_lock:
             if len(_key_cache) >= KEY_CACHE_MAX:
                 _key_cache.clear()
-            _key_cache[digest] = (now + ttl, _fresh_copy(key))
+            _key_cache[digest] = (now + ttl, _fresh_copy(key), generation)
     return key

@@ -31,10 +31,17 @@ from .costs import (
     exceeded_scope,
 )
 from .hosted import hosted_budget_get, hosted_budget_set
-from .keys import api_key_authenticate, api_key_create, api_key_mark_used, api_key_revoke
+from .keys import api_key_authenticate, api_key_create, api_key_mark_used, api_key_revoke, api_keys_changed
 from .members import member_add, member_create_account, member_remove, member_set_role
 from .prices import load_price_map, price_save_edited
-from .projects import project_create, project_delete, project_get_or_create, project_update
+from .projects import (
+    project_create,
+    project_delete,
+    project_get_or_create,
+    project_purge,
+    project_update,
+    projects_purge,
+)
 from .reservations import (
     DEFAULT_TTL_SECONDS,
     MAX_TTL_SECONDS,
@@ -70,7 +77,8 @@ __all__ = [
     "Verdict",
     "WebhookTest",
     "actor_for_key",
-    "actor_for_manager", "actor_for_system",
+    "actor_for_manager",
+    "actor_for_system",
     "actor_for_user",
     "admission_check",
     "alert_deliver",
@@ -81,6 +89,7 @@ __all__ = [
     "api_key_create",
     "api_key_mark_used",
     "api_key_revoke",
+    "api_keys_changed",
     "budget_delete",
     "budget_get",
     "budget_reset",
@@ -103,15 +112,20 @@ __all__ = [
     "project_create",
     "project_delete",
     "project_get_or_create",
+    "project_purge",
     "project_refresh",
     "project_update",
+    "projects_purge",
     "reservation_create",
     "reservation_get",
     "reservation_release",
     "reservation_settle",
     "reservations_expire",
     "reset_due_budgets",
-    "reset_due_projects", "rollups_add_events", "rollups_rebuild", "superuser_ensure",
+    "reset_due_projects",
+    "rollups_add_events",
+    "rollups_rebuild",
+    "superuser_ensure",
     "validate_duration",
     "validate_timezone",
     "validate_user_id",

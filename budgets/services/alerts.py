@@ -360,11 +360,47 @@ def _allow_private() -> bool:
     return bool(getattr(settings, "ALERT_WEBHOOK_ALLOW_PRIVATE", False))
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052; a packet to it goes to the IPv4 in its last 32 bits
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: a network's own translator
+_SITE_LOCAL = ipaddress.IPv6Network("fec0::/10")  # deprecated, still routed inside some networks
+_ISATAP_IDS = (0x00005EFE, 0x02005EFE)  # the interface id's upper half around an IPv4 (RFC 5214)
+
+
+def _wrapped_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries, in every form a host or a router may unwrap."""
+    value = int(ip)
+    low32 = ipaddress.IPv4Address(value & 0xFFFFFFFF)
+    found = []
+    if value >> 32 == 0 or value >> 32 == 0xFFFF or value >> 32 == 0xFFFF0000:
+        found.append(low32)  # IPv4-compatible ::a.b.c.d, mapped ::ffff:a.b.c.d, translated ::ffff:0:a.b.c.d
+    if ip in _NAT64:
+        found.append(low32)
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)  # (server, client)
+    if (value >> 32) & 0xFFFFFFFF in _ISATAP_IDS:
+        found.append(low32)
+    return found
+
+
 def forbidden_address(address: str) -> bool:
-    """Loopback, link-local (cloud metadata), private, multicast, reserved: anything not public."""
+    """Loopback, link-local (cloud metadata), private, multicast, reserved: anything not public.
+
+    An IPv6 address is refused too when it is site-local or local NAT64, or when it wraps an
+    IPv4 address that would be refused (compatible, mapped, translated, NAT64, 6to4, Teredo, ISATAP).
+    """
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _SITE_LOCAL or ip in _LOCAL_NAT64:
+            return True
+        wrapped = _wrapped_ipv4(ip)
+        if any(v4.is_multicast or not v4.is_global for v4 in wrapped):
+            return True
+        if ip.ipv4_mapped is not None:
+            return False  # a socket sends it as IPv4: judged by that IPv4 alone
+        if int(ip) >> 32 in (0, 0xFFFF0000):
+            return True  # IPv4-compatible (deprecated) and translated forms: no public receiver uses them
     return ip.is_multicast or not ip.is_global
 
 

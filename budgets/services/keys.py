@@ -5,15 +5,39 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timedelta
 
+from django.core.cache import cache
 from django.db import transaction
 from django.utils.timezone import now as utcnow
 
 from ..errors import InvalidInput
 from ..models import ApiKey, Project
 from ..selectors import KEY_PREFIX, SHOWN_LENGTH, active_api_key, forget_api_keys, hash_key
+from ..selectors.budgets import KEY_GENERATION, cache_breaker
 from .audit import write_audit
 
 USED_STAMP_EVERY = timedelta(minutes=1)
+
+
+def api_keys_changed() -> None:
+    """After a key is revoked or its project changed or deleted (on commit): every process reads keys again.
+
+    This process forgets its cached keys at once; the others see the shared generation move at
+    their next request (selectors.key_generation). Without a shared cache they forget within
+    API_KEY_CACHE_SECONDS.
+    """
+    forget_api_keys()
+    if not cache_breaker.available():
+        return
+    # A lost generation (Redis restarted, evicted) starts again at a random number, not at one
+    # a process may have cached keys under.
+    try:
+        if not cache.add(KEY_GENERATION, secrets.randbits(60), timeout=None):
+            try:
+                cache.incr(KEY_GENERATION)
+            except ValueError:  # evicted between add and incr
+                cache.add(KEY_GENERATION, secrets.randbits(60), timeout=None)
+    except Exception as exc:
+        cache_breaker.failed(exc)
 
 
 def api_key_create(*, project: Project, name: str, actor: str = "system") -> tuple[ApiKey, str]:
@@ -54,7 +78,7 @@ def api_key_authenticate(raw: str) -> ApiKey | None:
 def api_key_revoke(*, key: ApiKey, actor: str) -> ApiKey:
     with transaction.atomic():
         if ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=utcnow()):
-            transaction.on_commit(forget_api_keys)  # this process at once; others within seconds
+            transaction.on_commit(api_keys_changed)  # every process at its next request
             write_audit(project_id=key.project_id, action="api_key_revoke", actor=actor,
                         after={"name": key.name, "prefix": key.prefix})
         key.refresh_from_db()

@@ -60,7 +60,7 @@ def project_delete(request: HttpRequest, project_id: int) -> HttpResponse:
         if not form.is_valid():
             return _delete_page(request, project, form, status=400)
         summary = services.project_delete(project=project, actor=actor(request))
-        messages.success(request, f"Deleted the project {summary['name']} and its {summary['ledger_events']:,} "
-                                  "ledger events.")
+        messages.success(request, f"Deleted the project {summary['name']}: its keys stopped working, and its "
+                                  f"{summary['ledger_events']:,} ledger events are removed in the background.")
         return redirect("project_list")
     return _delete_page(request, project, form)

@@ -1,0 +1,16 @@
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+
+    dependencies = [
+        ('budgets', '0011_sweep_order_index'),
+    ]
+
+    operations = [
+        migrations.AddField(
+            model_name='project',
+            name='deleting_since',
+            field=models.DateTimeField(blank=True, editable=False, null=True),
+        ),
+    ]
