@@ -20,9 +20,7 @@ from crispy_forms.layout import Column, Field, Layout, Row
 from django import forms
 from django.core.exceptions import ValidationError
 
-from .errors import InvalidInput
 from .models import Duration, Role
-from .money import to_money
 from .selectors.console import DateRange
 
 # A user budget or a project cap above this is almost certainly a typo (and on SQLite
@@ -138,46 +136,43 @@ class BulkBudgetForm(forms.Form):
 
 
 class ImportRow:
-    """One line of a budget CSV: its values, or why it is wrong."""
+    """One line of a budget CSV: what it says, and (once checked) its values or why it is wrong.
 
-    def __init__(self, line: int, user_id: str, total_budget: Decimal | None, duration: str, error: str = ""):
-        self.line, self.user_id, self.total_budget, self.duration, self.error = (
-            line, user_id, total_budget, duration, error)
+    The form only reads the CSV's shape (columns, a user twice); the view checks each row's values
+    with `services.budget_row_check`, the check the apply runs too.
+    """
+
+    def __init__(self, line: int, user_id: str, raw_amount: str, raw_duration: str, error: str = ""):
+        self.line, self.user_id, self.raw_amount, self.raw_duration, self.error = (
+            line, user_id, raw_amount, raw_duration, error)
+        self.total_budget: Decimal | None = None
+        self.duration = raw_duration
 
 
 def parse_budget_csv(text: str) -> list[ImportRow]:
-    """`user_id,total_budget,duration` lines (a header line is optional); each row valid or with its error."""
+    """`user_id,total_budget,duration` lines (a header line is optional); each row, or its shape error."""
     rows: list[ImportRow] = []
     seen: set[str] = set()
     reader = csv.reader(io.StringIO(text))
-    for number, fields in enumerate(reader, start=1):
-        if not fields or not any(f.strip() for f in fields):
-            continue
-        if number == 1 and [f.strip().lower() for f in fields] == IMPORT_HEADER:
-            continue
-        if len(fields) != 3:
-            rows.append(ImportRow(number, ",".join(fields)[:80], None, "",
-                                  f"expected 3 columns (user_id,total_budget,duration), got {len(fields)}"))
-            continue
-        user_id, raw_amount, duration = fields[0], fields[1].strip(), fields[2].strip().lower() or Duration.NONE
-        error = ""
-        amount: Decimal | None = None
-        try:
-            amount = to_money(raw_amount or None, "total_budget")
-            if amount > MAX_AMOUNT:
-                error = f"total_budget above {MAX_AMOUNT:,}"
-        except InvalidInput as exc:
-            error = f"{exc.message} (got {raw_amount!r})"
-        if not user_id.strip() or len(user_id) > 255:
-            error = "user_id must be 1 to 255 characters"
-        elif duration not in dict(BULK_DURATIONS):
-            error = f"duration must be one of {', '.join(dict(BULK_DURATIONS))} (got {duration!r})"
-        elif user_id in seen:
-            error = f"{user_id} appears twice in the file"
-        seen.add(user_id)
-        rows.append(ImportRow(number, user_id, amount, duration, error))
-        if len(rows) > IMPORT_MAX_ROWS:
-            raise ValidationError(f"At most {IMPORT_MAX_ROWS:,} rows per file.")
+    try:
+        for number, fields in enumerate(reader, start=1):
+            if not fields or not any(f.strip() for f in fields):
+                continue
+            if number == 1 and [f.strip().lower() for f in fields] == IMPORT_HEADER:
+                continue
+            if len(fields) != 3:
+                rows.append(ImportRow(number, ",".join(fields)[:80], "", "",
+                                      f"expected 3 columns (user_id,total_budget,duration), got {len(fields)}"))
+            else:
+                user_id = fields[0]  # as written: an id may begin or end with a space
+                error = f"{user_id} appears twice in the file" if user_id in seen else ""
+                seen.add(user_id)
+                rows.append(ImportRow(number, user_id, fields[1].strip(), fields[2].strip().lower() or Duration.NONE,
+                                      error))
+            if len(rows) > IMPORT_MAX_ROWS:
+                raise ValidationError(f"At most {IMPORT_MAX_ROWS:,} rows per file.")
+    except csv.Error as exc:  # a field over the reader's limit (128 KiB)
+        raise ValidationError(f"Line {reader.line_num}: a field is too long, or the line is not CSV ({exc}).") from None
     if not rows:
         raise ValidationError("The file has no rows.")
     return rows
@@ -187,7 +182,8 @@ class BudgetImportForm(forms.Form):
     """A CSV upload (the preview), or the same text sent back from the preview (the confirm step)."""
 
     file = forms.FileField(label="CSV file", required=False, help_text="Columns: user_id,total_budget,duration.")
-    text = forms.CharField(required=False, widget=forms.HiddenInput, max_length=IMPORT_MAX_BYTES)
+    # strip=False: the confirm step must apply exactly the text the preview showed (an id may start with a space).
+    text = forms.CharField(required=False, widget=forms.HiddenInput, max_length=IMPORT_MAX_BYTES, strip=False)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -152,3 +152,55 @@ def test_a_viewer_cannot_preview_or_import(team):
     assert upload(client, team, CSV).status_code == 403
     page = client.get(reverse("user_list", args=[team.pk])).content.decode()
     assert "user_ids" not in page and "Import CSV" not in page
+
+
+# --- the import refuses in the preview what the apply would refuse ---------------------------------
+
+
+def test_a_nul_byte_in_an_imported_id_is_a_row_error_and_writes_nothing(client, team):
+    before = AuditLog.objects.count()
+
+    preview = upload(client, team, "nu\x00l,5,monthly\n")
+    forced = client.post(reverse("budget_import", args=[team.pk]), {"text": "nu\x00l,5,monthly\n", "confirm": "yes"})
+
+    assert preview.status_code == forced.status_code == 400
+    assert [r["change"] for r in preview.context["rows"]] == ["error"]
+    assert "control characters" in preview.content.decode()
+    assert "import-confirm-form" not in preview.content.decode()
+    assert budgets(team) == {"alice": Decimal(10), "bob": Decimal(10), "carol": Decimal(10)}
+    assert AuditLog.objects.count() == before
+
+
+@pytest.mark.parametrize("user_id, error", [
+    ("../x", "path segments"), ("a\x07b", "control characters"), ("tab\there", "control characters"),
+    ("x" * 256, "at most 255"), ("a/./b", "path segments")])
+def test_the_preview_refuses_every_id_the_apply_refuses(client, team, user_id, error):
+    text = f"{user_id},5,monthly\n"
+
+    preview = upload(client, team, text)
+    forced = client.post(reverse("budget_import", args=[team.pk]), {"text": text, "confirm": "yes"})
+
+    assert preview.status_code == forced.status_code == 400
+    assert [r["change"] for r in preview.context["rows"]] == ["error"]
+    assert error in preview.context["rows"][0]["row"].error
+    assert not UserBudget.objects.filter(project=team).exclude(user_id__in=["alice", "bob", "carol"]).exists()
+
+
+def test_the_apply_imports_exactly_the_ids_the_preview_showed_leading_space_included(client, team):
+    preview = upload(client, team, " alice,5,monthly\n")
+    assert [(r["row"].user_id, r["change"]) for r in preview.context["rows"]] == [(" alice", "new")]
+    assert '<textarea name="text" hidden>\n alice,5,monthly\n</textarea>' in preview.content.decode()
+
+    response = client.post(reverse("budget_import", args=[team.pk]), {"text": preview.context["text"],
+                                                                        "confirm": "yes"})
+
+    assert response.status_code == 302
+    assert budgets(team) == {" alice": Decimal(5), "alice": Decimal(10), "bob": Decimal(10), "carol": Decimal(10)}
+
+
+def test_a_field_longer_than_the_csv_reader_takes_is_a_form_error(client, team):
+    response = upload(client, team, "a" * 200_000 + ",5,monthly\n")
+
+    assert response.status_code == 400
+    assert "too long" in response.content.decode()
+    assert budgets(team) == {"alice": Decimal(10), "bob": Decimal(10), "carol": Decimal(10)}

@@ -20,7 +20,7 @@ from .audit import (
     budget_snapshot,
     write_audit,
 )
-from .bulk_budgets import BudgetRow, budget_reset_many, budget_set_many
+from .bulk_budgets import BudgetRow, budget_reset_many, budget_row_check, budget_set_many
 from .common import validate_duration, validate_timezone, validate_user_id
 from .costs import (
     CostRecorded,
@@ -85,6 +85,7 @@ __all__ = [
     "budget_get",
     "budget_reset",
     "budget_reset_many",
+    "budget_row_check",
     "budget_set",
     "budget_set_many",
     "budget_snapshot",

@@ -2,19 +2,28 @@
 
 Each row goes through budget_set / budget_reset, so every change is validated and audited
 exactly like a single edit; all rows share one transaction, so a failure writes nothing.
+`budget_row_check` is the one check of a row: the import's preview runs it on every line,
+and `budget_set_many` runs it on every row before it writes, so the preview never shows as
+"new" a row the apply would refuse.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from decimal import Decimal
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from django.db import transaction
 
-from ..models import Project
+from ..errors import InvalidInput
+from ..models import Duration, Project
+from ..money import to_money
+from .common import validate_user_id
 from .resets import ensure_current_period
 from .user_budgets import budget_reset, budget_set
+
+# Calendar periods only: "every N days" needs its number of days, which a bulk row does not carry.
+BULK_DURATIONS = (Duration.NONE, Duration.DAILY, Duration.WEEKLY, Duration.MONTHLY, Duration.YEARLY)
 
 
 class BudgetRow(NamedTuple):
@@ -23,15 +32,29 @@ class BudgetRow(NamedTuple):
     duration: str
 
 
+def budget_row_check(user_id: Any, total_budget: Any, duration: Any, *, max_amount: Decimal | None = None
+                     ) -> BudgetRow:
+    """The row as budget_set will take it, or InvalidInput naming what is wrong (the rules budget_set applies)."""
+    user_id = validate_user_id(user_id)
+    try:
+        amount = to_money(total_budget, "total_budget")
+    except InvalidInput as exc:
+        raise InvalidInput(f"{exc.message} (got {total_budget!r})") from None
+    if max_amount is not None and amount > max_amount:
+        raise InvalidInput(f"total_budget above {max_amount:,}")
+    if duration not in BULK_DURATIONS:
+        raise InvalidInput(f"duration must be one of {', '.join(BULK_DURATIONS)} (got {duration!r})")
+    return BudgetRow(user_id, amount, str(duration))
+
+
 def budget_set_many(*, project: Project, rows: Iterable[BudgetRow], actor: str) -> int:
     """Create or replace each row's budget, all or nothing; returns how many were set."""
-    count = 0
+    checked = [budget_row_check(*row) for row in rows]  # every row before the first write
     with transaction.atomic():
-        for row in rows:
+        for row in checked:
             budget_set(project=project, user_id=row.user_id, total_budget=row.total_budget, duration=row.duration,
                        actor=actor)
-            count += 1
-    return count
+    return len(checked)
 
 
 def budget_reset_many(*, project: Project, user_ids: Iterable[str], actor: str) -> int:

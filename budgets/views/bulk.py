@@ -17,8 +17,8 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from .. import services
-from ..errors import BudgetError
-from ..forms import BudgetImportForm, BulkBudgetForm, ImportRow
+from ..errors import BudgetError, InvalidInput
+from ..forms import MAX_AMOUNT, BudgetImportForm, BulkBudgetForm, ImportRow
 from ..models import Action, Duration, Project
 from ..selectors import console as selectors
 from .common import actor, project_for, render_page
@@ -53,8 +53,21 @@ def budget_bulk(request: HttpRequest, project_id: int) -> HttpResponse:
     return redirect(users_page)
 
 
+def check_rows(rows: list[ImportRow]) -> None:
+    """Check each row's values with the apply's own check; a refused row keeps the reason as its error."""
+    for row in rows:
+        if row.error:
+            continue
+        try:
+            row.user_id, row.total_budget, row.duration = services.budget_row_check(
+                row.user_id, row.raw_amount or None, row.raw_duration, max_amount=MAX_AMOUNT)
+        except InvalidInput as exc:
+            row.error = exc.message
+
+
 def preview(project: Project, rows: list[ImportRow]) -> list[dict[str, Any]]:
     """Each row with what it would do: error, new, changed (from → to) or unchanged."""
+    check_rows(rows)
     existing = selectors.budgets_by_user(project, [r.user_id for r in rows if not r.error])
     result = []
     for row in rows:
