@@ -108,6 +108,8 @@ class CreateBudgetForm(BudgetForm):
 
 
 BULK_DURATIONS = [(v, label) for v, label in Duration.choices if v != Duration.DAYS]
+KEEP_PERIOD = "keep"
+BULK_PERIOD_CHOICES = [(KEEP_PERIOD, "Keep each user’s period"), *BULK_DURATIONS]
 IMPORT_MAX_BYTES = 2 * 1024 * 1024
 IMPORT_MAX_ROWS = 10_000
 IMPORT_HEADER = ["user_id", "total_budget", "duration"]
@@ -119,7 +121,8 @@ class BulkBudgetForm(forms.Form):
     user_ids = forms.MultipleChoiceField(required=False)  # choices: any id; the service checks each
     op = forms.ChoiceField(choices=[("set", "Set budget"), ("reset", "Reset spend")])
     total_budget = money_field("Budget (USD)", required=False)
-    duration = forms.ChoiceField(label="Resets", choices=BULK_DURATIONS, initial=Duration.MONTHLY, required=False)
+    # "keep" by default: one amount for users with different periods must not make them all monthly.
+    duration = forms.ChoiceField(label="Resets", choices=BULK_PERIOD_CHOICES, initial=KEEP_PERIOD, required=False)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -132,6 +135,8 @@ class BulkBudgetForm(forms.Form):
             raise ValidationError("Select at least one user.")
         if data.get("op") == "set" and data.get("total_budget") is None:
             self.add_error("total_budget", "Give the budget to set.")
+        if data.get("duration") in ("", KEEP_PERIOD):
+            data["duration"] = None  # no period sent, or "keep": each user keeps their own
         return data
 
 
@@ -146,7 +151,7 @@ class ImportRow:
         self.line, self.user_id, self.raw_amount, self.raw_duration, self.error = (
             line, user_id, raw_amount, raw_duration, error)
         self.total_budget: Decimal | None = None
-        self.duration = raw_duration
+        self.duration: str | None = raw_duration
 
 
 def parse_budget_csv(text: str) -> list[ImportRow]:

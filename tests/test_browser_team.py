@@ -168,6 +168,7 @@ def test_a_manager_sets_budgets_in_bulk_and_imports_a_csv(tab, team, tmp_path):
     page.check("input[name=user_ids][value=bob]")
     page.fill("#bulk-amount", "30")
     page.click("#bulk-form button[value=set]")
+    assert "2 selected users to $30; each keeps its reset period" in page.inner_text("#confirm-dialog .modal-body")
     page.click("[data-confirm-ok]")
     page.wait_for_selector("text=Set the budget of 2 users")
     assert UserBudget.objects.get(project=team, user_id="bob").total_budget == Decimal(30)

@@ -15,8 +15,8 @@ from typing import Any, NamedTuple
 
 from django.db import transaction
 
-from ..errors import InvalidInput
-from ..models import Duration, Project
+from ..errors import InvalidInput, UnknownUser
+from ..models import Duration, Project, UserBudget
 from ..money import to_money
 from .common import validate_user_id
 from .resets import ensure_current_period
@@ -29,7 +29,7 @@ BULK_DURATIONS = (Duration.NONE, Duration.DAILY, Duration.WEEKLY, Duration.MONTH
 class BudgetRow(NamedTuple):
     user_id: str
     total_budget: Decimal
-    duration: str
+    duration: str | None  # None: keep the user's own period (the user must have a budget)
 
 
 def budget_row_check(user_id: Any, total_budget: Any, duration: Any, *, max_amount: Decimal | None = None
@@ -42,18 +42,29 @@ def budget_row_check(user_id: Any, total_budget: Any, duration: Any, *, max_amou
         raise InvalidInput(f"{exc.message} (got {total_budget!r})") from None
     if max_amount is not None and amount > max_amount:
         raise InvalidInput(f"total_budget above {max_amount:,}")
-    if duration not in BULK_DURATIONS:
+    if duration is not None and duration not in BULK_DURATIONS:
         raise InvalidInput(f"duration must be one of {', '.join(BULK_DURATIONS)} (got {duration!r})")
-    return BudgetRow(user_id, amount, str(duration))
+    return BudgetRow(user_id, amount, None if duration is None else str(duration))
 
 
 def budget_set_many(*, project: Project, rows: Iterable[BudgetRow], actor: str) -> int:
-    """Create or replace each row's budget, all or nothing; returns how many were set."""
+    """Create or replace each row's budget, all or nothing; returns how many were set.
+
+    A row without a duration keeps the user's period (every-N-days included); such a user must
+    have a budget already (UnknownUser otherwise, and nobody changes).
+    """
     checked = [budget_row_check(*row) for row in rows]  # every row before the first write
     with transaction.atomic():
         for row in checked:
-            budget_set(project=project, user_id=row.user_id, total_budget=row.total_budget, duration=row.duration,
-                       actor=actor)
+            duration, days = row.duration, None
+            if duration is None:
+                budget = UserBudget.objects.select_for_update().filter(project=project, user_id=row.user_id).first()
+                if budget is None:
+                    raise UnknownUser(f"user {row.user_id!r} has no budget in project {project.name!r}, "
+                                      "so it has no period to keep")
+                duration, days = budget.duration, budget.duration_days
+            budget_set(project=project, user_id=row.user_id, total_budget=row.total_budget, duration=duration,
+                       duration_days=days, actor=actor)
     return len(checked)
 
 

@@ -13,7 +13,7 @@ from django.views.decorators.http import require_POST
 
 from .. import services
 from ..errors import BudgetError
-from ..forms import BULK_DURATIONS, BudgetForm, CreateBudgetForm, UserSearchForm, plain_amount
+from ..forms import BULK_PERIOD_CHOICES, BudgetForm, CreateBudgetForm, UserSearchForm, plain_amount
 from ..models import Action, Duration, Project, UserBudget
 from ..selectors import console as selectors
 from . import charts
@@ -55,7 +55,7 @@ def _users_page(request: HttpRequest, project: Project, create_form: CreateBudge
         "page": page,
         "create_form": create_form,
         "columns": _columns(sort),
-        "bulk_durations": BULK_DURATIONS,
+        "bulk_durations": BULK_PERIOD_CHOICES,
     }
     return render_page(request, "console/users.html", context, project=project, nav="users", status=status)
 
