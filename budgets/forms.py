@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, available_timezones
 from crispy_forms.helper import FormHelper
 from crispy_forms.layout import Column, Field, Layout, Row
 from django import forms
+from django.contrib.auth import get_user_model, password_validation
 from django.core.exceptions import ValidationError
 
 from .models import Duration, Role
@@ -282,24 +283,42 @@ class ProjectDeleteForm(forms.Form):
         return typed
 
 
-class MemberAddForm(forms.Form):
-    login = forms.CharField(label="Username or email", max_length=254)
+class InviteForm(forms.Form):
+    invitee = forms.CharField(label="Email or username", max_length=254,
+                              help_text="Receives a link to accept; nobody joins before accepting.")
     role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.VIEWER)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.helper = _helper(Row(Column("login", css_class="col-md-8"), Column("role", css_class="col-md-4")))
+        self.helper = _helper(Row(Column("invitee", css_class="col-md-8"), Column("role", css_class="col-md-4")))
 
 
-class MemberCreateForm(forms.Form):
-    username = forms.CharField(label="New username", max_length=150)
-    email = forms.EmailField(label="Email", help_text="Receives a one-time link to set a password.")
-    role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.VIEWER)
+class InvitationSignupForm(forms.Form):
+    """A new account on accepting an invitation: its email is the invited address."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    username = forms.CharField(label="Username", max_length=150)
+    password1 = forms.CharField(label="Password", strip=False,
+                                widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
+    password2 = forms.CharField(label="Password again", strip=False,
+                                widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
+
+    def __init__(self, *args: Any, email: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.helper = _helper(Row(Column("username", css_class="col-md-4"), Column("email", css_class="col-md-5"),
-                                  Column("role", css_class="col-md-3")))
+        self.email = email
+        self.helper = _helper("username", "password1", "password2")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        first, second = data.get("password1"), data.get("password2")
+        if first and second and first != second:
+            self.add_error("password2", "The two passwords differ.")
+        elif first:
+            account = get_user_model()(username=data.get("username", ""), email=self.email)
+            try:
+                password_validation.validate_password(first, account)
+            except ValidationError as exc:
+                self.add_error("password1", exc)
+        return data
 
 
 class MemberRoleForm(forms.Form):

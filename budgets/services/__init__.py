@@ -32,7 +32,18 @@ from .costs import (
 )
 from .hosted import hosted_budget_get, hosted_budget_set
 from .keys import api_key_authenticate, api_key_create, api_key_mark_used, api_key_revoke
-from .members import member_add, member_create_account, member_remove, member_set_role
+from .members import (
+    invitation_accept,
+    invitation_accept_new_account,
+    invitation_open,
+    invitation_recipient,
+    invitation_revoke,
+    invitation_token,
+    member_add,
+    member_invite,
+    member_remove,
+    member_set_role,
+)
 from .prices import load_price_map, price_save_edited
 from .projects import project_create, project_delete, project_get_or_create, project_update
 from .reservations import (
@@ -95,9 +106,15 @@ __all__ = [
     "exceeded_scope",
     "hosted_budget_get",
     "hosted_budget_set",
+    "invitation_accept",
+    "invitation_accept_new_account",
+    "invitation_open",
+    "invitation_recipient",
+    "invitation_revoke",
+    "invitation_token",
     "load_price_map",
     "member_add",
-    "member_create_account",
+    "member_invite",
     "member_remove",
     "member_set_role",
     "price_save_edited",
