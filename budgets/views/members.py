@@ -22,11 +22,10 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from .. import services
-from ..errors import BudgetError
 from ..forms import InviteForm, MemberRoleForm
 from ..models import Action, Invitation, Membership, Project
 from ..selectors import console as selectors
-from .common import actor, project_for, render_page
+from .common import actor, project_for, render_page, run_action, run_form
 
 LOCAL_EMAIL_BACKENDS = ("django.core.mail.backends.console.EmailBackend",
                         "django.core.mail.backends.locmem.EmailBackend")
@@ -84,23 +83,23 @@ def _send_invitation(request: HttpRequest, invitation: Invitation, link: str) ->
 def member_invite(request: HttpRequest, project_id: int) -> HttpResponse:
     project = project_for(request, project_id, Action.MANAGE_MEMBERS)
     form = InviteForm(request.POST)
-    if form.is_valid():
-        data = form.cleaned_data
-        try:
-            invitation = services.member_invite(project=project, invitee=data["invitee"], role=data["role"],
-                                                invited_by=request.user, actor=actor(request))  # type: ignore[arg-type]
-        except BudgetError as exc:
-            form.add_error("invitee", exc.message)
-        else:
-            link = invitation_link(request, invitation)
-            _send_invitation(request, invitation, link)
-            # The same answer whatever accounts exist: the invitation, not an account, is what was made.
-            messages.success(request, f"Invitation sent to {invitation.invitee} ({invitation.role}). They become a "
-                                      "member when they accept it.")
-            if shows_links_on_screen():
-                return _members_page(request, project, link=link, status=201)
-            return redirect("member_list", project.pk)
-    return _members_page(request, project, invite_form=form, status=400)
+    return run_form(
+        request, form,
+        lambda data: services.member_invite(project=project, invitee=data["invitee"], role=data["role"],
+                                            invited_by=request.user, actor=actor(request)),  # type: ignore[arg-type]
+        error_field="invitee", done=lambda invitation: _invited(request, project, invitation),
+        refused=lambda: _members_page(request, project, invite_form=form, status=400))
+
+
+def _invited(request: HttpRequest, project: Project, invitation: Invitation) -> HttpResponse:
+    """The same answer whatever accounts exist: the invitation, not an account, is what was made."""
+    link = invitation_link(request, invitation)
+    _send_invitation(request, invitation, link)
+    messages.success(request, f"Invitation sent to {invitation.invitee} ({invitation.role}). They become a "
+                              "member when they accept it.")
+    if shows_links_on_screen():
+        return _members_page(request, project, link=link, status=201)
+    return redirect("member_list", project.pk)
 
 
 @login_required
@@ -108,13 +107,10 @@ def member_invite(request: HttpRequest, project_id: int) -> HttpResponse:
 def invitation_revoke(request: HttpRequest, project_id: int, invitation_id: int) -> HttpResponse:
     project = project_for(request, project_id, Action.MANAGE_MEMBERS)
     invitation = get_object_or_404(Invitation, project=project, pk=invitation_id)
-    try:
-        services.invitation_revoke(project=project, invitation=invitation, actor=actor(request))
-    except BudgetError as exc:
-        messages.error(request, exc.message)
-        return _members_page(request, project, status=400)
-    messages.success(request, f"Withdrew the invitation to {invitation.invitee}.")
-    return redirect("member_list", project.pk)
+    return run_action(
+        request, lambda: services.invitation_revoke(project=project, invitation=invitation, actor=actor(request)),
+        message=f"Withdrew the invitation to {invitation.invitee}.",
+        done=lambda _: redirect("member_list", project.pk), refused=lambda: _members_page(request, project, status=400))
 
 
 @login_required
@@ -126,14 +122,11 @@ def member_role(request: HttpRequest, project_id: int, membership_id: int) -> Ht
     if not form.is_valid():
         messages.error(request, "Choose owner, manager or viewer.")
         return _members_page(request, project, status=400)
-    try:
-        services.member_set_role(project=project, membership=membership, role=form.cleaned_data["role"],
-                                 actor=actor(request))
-    except BudgetError as exc:
-        messages.error(request, exc.message)
-        return _members_page(request, project, status=400)
-    messages.success(request, f"{membership.user.get_username()} is now {form.cleaned_data['role']}.")
-    return redirect("member_list", project.pk)
+    return run_action(
+        request, lambda: services.member_set_role(project=project, membership=membership,
+                                                  role=form.cleaned_data["role"], actor=actor(request)),
+        message=f"{membership.user.get_username()} is now {form.cleaned_data['role']}.",
+        done=lambda _: redirect("member_list", project.pk), refused=lambda: _members_page(request, project, status=400))
 
 
 @login_required
@@ -141,12 +134,10 @@ def member_role(request: HttpRequest, project_id: int, membership_id: int) -> Ht
 def member_remove(request: HttpRequest, project_id: int, membership_id: int) -> HttpResponse:
     project = project_for(request, project_id, Action.MANAGE_MEMBERS)
     membership = get_object_or_404(Membership.objects.select_related("user"), project=project, pk=membership_id)
-    try:
-        services.member_remove(project=project, membership=membership, actor=actor(request))
-    except BudgetError as exc:
-        messages.error(request, exc.message)
-        return _members_page(request, project, status=400)
-    messages.success(request, f"Removed {membership.user.get_username()} from the project.")
-    if membership.user_id == request.user.pk and not request.user.is_staff:
-        return redirect("project_list")
-    return redirect("member_list", project.pk)
+    left = membership.user_id == request.user.pk and not request.user.is_staff
+    return run_action(
+        request, lambda: services.member_remove(project=project, membership=membership, actor=actor(request)),
+        message=f"Removed {membership.user.get_username()} from the project.",
+        # Someone who removed themselves no longer sees the project.
+        done=lambda _: redirect("project_list") if left else redirect("member_list", project.pk),
+        refused=lambda: _members_page(request, project, status=400))
