@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from urllib.parse import urlencode
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -139,7 +140,7 @@ def test_an_existing_account_logs_in_to_accept_and_the_link_works_after_login(te
 
     page = browser.get(path)
     assert page.status_code == 200
-    login_url = f'{reverse("login")}?next={path}'
+    login_url = f'{reverse("login")}?{urlencode({"next": path})}'
     assert login_url in page.content.decode()
     logged_in = browser.post(reverse("login"), {"username": "vera", "password": PASSWORD, "next": path})
     assert logged_in.status_code == 302 and logged_in["Location"] == path

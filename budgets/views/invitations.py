@@ -9,6 +9,7 @@ account with the invited address and a password, which accepts it at once.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth import login
@@ -30,7 +31,7 @@ MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
 def _page(request: HttpRequest, token: str, invitation: Invitation | None, *, error: str = "",
           signup: InvitationSignupForm | None = None, status: int = 200) -> HttpResponse:
     context: dict[str, Any] = {"invitation": invitation, "error": error, "token": token,
-               "login_url": f"{reverse('login')}?next={reverse('invitation_accept', args=[token])}"}
+               "login_url": f"{reverse('login')}?{urlencode({'next': reverse('invitation_accept', args=[token])})}"}
     if invitation is not None:
         user = request.user
         context["for_you"] = user.is_authenticated and invitation.is_for(user)
