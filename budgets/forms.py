@@ -18,11 +18,10 @@ from zoneinfo import ZoneInfo, available_timezones
 from crispy_forms.helper import FormHelper
 from crispy_forms.layout import Column, Field, Layout, Row
 from django import forms
+from django.contrib.auth import get_user_model, password_validation
 from django.core.exceptions import ValidationError
 
-from .errors import InvalidInput
 from .models import Duration, Role
-from .money import to_money
 from .selectors.console import DateRange
 
 # A user budget or a project cap above this is almost certainly a typo (and on SQLite
@@ -110,6 +109,8 @@ class CreateBudgetForm(BudgetForm):
 
 
 BULK_DURATIONS = [(v, label) for v, label in Duration.choices if v != Duration.DAYS]
+KEEP_PERIOD = "keep"
+BULK_PERIOD_CHOICES = [(KEEP_PERIOD, "Keep each user’s period"), *BULK_DURATIONS]
 IMPORT_MAX_BYTES = 2 * 1024 * 1024
 IMPORT_MAX_ROWS = 10_000
 IMPORT_HEADER = ["user_id", "total_budget", "duration"]
@@ -121,7 +122,8 @@ class BulkBudgetForm(forms.Form):
     user_ids = forms.MultipleChoiceField(required=False)  # choices: any id; the service checks each
     op = forms.ChoiceField(choices=[("set", "Set budget"), ("reset", "Reset spend")])
     total_budget = money_field("Budget (USD)", required=False)
-    duration = forms.ChoiceField(label="Resets", choices=BULK_DURATIONS, initial=Duration.MONTHLY, required=False)
+    # "keep" by default: one amount for users with different periods must not make them all monthly.
+    duration = forms.ChoiceField(label="Resets", choices=BULK_PERIOD_CHOICES, initial=KEEP_PERIOD, required=False)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -134,50 +136,49 @@ class BulkBudgetForm(forms.Form):
             raise ValidationError("Select at least one user.")
         if data.get("op") == "set" and data.get("total_budget") is None:
             self.add_error("total_budget", "Give the budget to set.")
+        if data.get("duration") in ("", KEEP_PERIOD):
+            data["duration"] = None  # no period sent, or "keep": each user keeps their own
         return data
 
 
 class ImportRow:
-    """One line of a budget CSV: its values, or why it is wrong."""
+    """One line of a budget CSV: what it says, and (once checked) its values or why it is wrong.
 
-    def __init__(self, line: int, user_id: str, total_budget: Decimal | None, duration: str, error: str = ""):
-        self.line, self.user_id, self.total_budget, self.duration, self.error = (
-            line, user_id, total_budget, duration, error)
+    The form only reads the CSV's shape (columns, a user twice); the view checks each row's values
+    with `services.budget_row_check`, the check the apply runs too.
+    """
+
+    def __init__(self, line: int, user_id: str, raw_amount: str, raw_duration: str, error: str = ""):
+        self.line, self.user_id, self.raw_amount, self.raw_duration, self.error = (
+            line, user_id, raw_amount, raw_duration, error)
+        self.total_budget: Decimal | None = None
+        self.duration: str | None = raw_duration
 
 
 def parse_budget_csv(text: str) -> list[ImportRow]:
-    """`user_id,total_budget,duration` lines (a header line is optional); each row valid or with its error."""
+    """`user_id,total_budget,duration` lines (a header line is optional); each row, or its shape error."""
     rows: list[ImportRow] = []
     seen: set[str] = set()
     reader = csv.reader(io.StringIO(text))
-    for number, fields in enumerate(reader, start=1):
-        if not fields or not any(f.strip() for f in fields):
-            continue
-        if number == 1 and [f.strip().lower() for f in fields] == IMPORT_HEADER:
-            continue
-        if len(fields) != 3:
-            rows.append(ImportRow(number, ",".join(fields)[:80], None, "",
-                                  f"expected 3 columns (user_id,total_budget,duration), got {len(fields)}"))
-            continue
-        user_id, raw_amount, duration = fields[0], fields[1].strip(), fields[2].strip().lower() or Duration.NONE
-        error = ""
-        amount: Decimal | None = None
-        try:
-            amount = to_money(raw_amount or None, "total_budget")
-            if amount > MAX_AMOUNT:
-                error = f"total_budget above {MAX_AMOUNT:,}"
-        except InvalidInput as exc:
-            error = f"{exc.message} (got {raw_amount!r})"
-        if not user_id.strip() or len(user_id) > 255:
-            error = "user_id must be 1 to 255 characters"
-        elif duration not in dict(BULK_DURATIONS):
-            error = f"duration must be one of {', '.join(dict(BULK_DURATIONS))} (got {duration!r})"
-        elif user_id in seen:
-            error = f"{user_id} appears twice in the file"
-        seen.add(user_id)
-        rows.append(ImportRow(number, user_id, amount, duration, error))
-        if len(rows) > IMPORT_MAX_ROWS:
-            raise ValidationError(f"At most {IMPORT_MAX_ROWS:,} rows per file.")
+    try:
+        for number, fields in enumerate(reader, start=1):
+            if not fields or not any(f.strip() for f in fields):
+                continue
+            if number == 1 and [f.strip().lower() for f in fields] == IMPORT_HEADER:
+                continue
+            if len(fields) != 3:
+                rows.append(ImportRow(number, ",".join(fields)[:80], "", "",
+                                      f"expected 3 columns (user_id,total_budget,duration), got {len(fields)}"))
+            else:
+                user_id = fields[0]  # as written: an id may begin or end with a space
+                error = f"{user_id} appears twice in the file" if user_id in seen else ""
+                seen.add(user_id)
+                rows.append(ImportRow(number, user_id, fields[1].strip(), fields[2].strip().lower() or Duration.NONE,
+                                      error))
+            if len(rows) > IMPORT_MAX_ROWS:
+                raise ValidationError(f"At most {IMPORT_MAX_ROWS:,} rows per file.")
+    except csv.Error as exc:  # a field over the reader's limit (128 KiB)
+        raise ValidationError(f"Line {reader.line_num}: a field is too long, or the line is not CSV ({exc}).") from None
     if not rows:
         raise ValidationError("The file has no rows.")
     return rows
@@ -187,7 +188,8 @@ class BudgetImportForm(forms.Form):
     """A CSV upload (the preview), or the same text sent back from the preview (the confirm step)."""
 
     file = forms.FileField(label="CSV file", required=False, help_text="Columns: user_id,total_budget,duration.")
-    text = forms.CharField(required=False, widget=forms.HiddenInput, max_length=IMPORT_MAX_BYTES)
+    # strip=False: the confirm step must apply exactly the text the preview showed (an id may start with a space).
+    text = forms.CharField(required=False, widget=forms.HiddenInput, max_length=IMPORT_MAX_BYTES, strip=False)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -281,24 +283,42 @@ class ProjectDeleteForm(forms.Form):
         return typed
 
 
-class MemberAddForm(forms.Form):
-    login = forms.CharField(label="Username or email", max_length=254)
+class InviteForm(forms.Form):
+    invitee = forms.CharField(label="Email or username", max_length=254,
+                              help_text="Receives a link to accept; nobody joins before accepting.")
     role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.VIEWER)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.helper = _helper(Row(Column("login", css_class="col-md-8"), Column("role", css_class="col-md-4")))
+        self.helper = _helper(Row(Column("invitee", css_class="col-md-8"), Column("role", css_class="col-md-4")))
 
 
-class MemberCreateForm(forms.Form):
-    username = forms.CharField(label="New username", max_length=150)
-    email = forms.EmailField(label="Email", help_text="Receives a one-time link to set a password.")
-    role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.VIEWER)
+class InvitationSignupForm(forms.Form):
+    """A new account on accepting an invitation: its email is the invited address."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    username = forms.CharField(label="Username", max_length=150)
+    password1 = forms.CharField(label="Password", strip=False,
+                                widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
+    password2 = forms.CharField(label="Password again", strip=False,
+                                widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
+
+    def __init__(self, *args: Any, email: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.helper = _helper(Row(Column("username", css_class="col-md-4"), Column("email", css_class="col-md-5"),
-                                  Column("role", css_class="col-md-3")))
+        self.email = email
+        self.helper = _helper("username", "password1", "password2")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        first, second = data.get("password1"), data.get("password2")
+        if first and second and first != second:
+            self.add_error("password2", "The two passwords differ.")
+        elif first:
+            account = get_user_model()(username=data.get("username", ""), email=self.email)
+            try:
+                password_validation.validate_password(first, account)
+            except ValidationError as exc:
+                self.add_error("password1", exc)
+        return data
 
 
 class MemberRoleForm(forms.Form):

@@ -144,6 +144,41 @@ class Membership(models.Model):
         return role_allows(self.role, action)
 
 
+class Invitation(models.Model):
+    """An invitation to join a project with a role; the membership starts only when it is accepted.
+
+    `invitee` is what the owner typed: an email address (stored lower-case; accepted by an account
+    with that address, or by a new account created on acceptance) or a username (accepted by that
+    account only). The link carries the row's id signed with SECRET_KEY (services/members.py);
+    a link works until `expires_at`, once, and not after it is revoked.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="invitations")
+    invitee = models.CharField(max_length=254)
+    is_email = models.BooleanField()
+    role = models.CharField(max_length=10, choices=Role.choices)
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=now)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                    related_name="+")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["project", "accepted_at", "revoked_at"], name="invitation_pending")]
+
+    def __str__(self) -> str:
+        return f"{self.invitee} to {self.project} as {self.role}"
+
+    def is_for(self, user: Any) -> bool:
+        """Whether this account may accept: the invited username's account, or an account with the invited email."""
+        if self.is_email:
+            return bool(user.email) and user.email.lower() == self.invitee
+        return bool(user.get_username().lower() == self.invitee.lower())
+
+
 class UserBudget(Period):
     """One end user's budget inside a project, with the spend of its current period."""
 

@@ -20,6 +20,8 @@ urlpatterns = [
         template_name="registration/set_password.html"), name="password_reset_confirm"),
     path("reset/done/", auth_views.PasswordResetCompleteView.as_view(
         template_name="registration/set_password_done.html"), name="password_reset_complete"),
+    # An invitation's link (a signed token): shown to anyone who has it, accepted by the invited person.
+    path("invitations/<str:token>/", views.invitation_accept, name="invitation_accept"),
     path("", views.project_list, name="project_list"),
     path("projects/new/", views.project_new, name="project_new"),
     path("projects/<int:project_id>/", views.project_overview, name="project_overview"),
@@ -45,8 +47,9 @@ urlpatterns = [
     path("projects/<int:project_id>/alerts/test-webhook/", views.webhook_test, name="webhook_test"),
     path("projects/<int:project_id>/delete/", views.project_delete, name="project_delete"),
     path("projects/<int:project_id>/members/", views.member_list, name="member_list"),
-    path("projects/<int:project_id>/members/add/", views.member_add, name="member_add"),
-    path("projects/<int:project_id>/members/new/", views.member_create, name="member_create"),
+    path("projects/<int:project_id>/members/invite/", views.member_invite, name="member_invite"),
+    path("projects/<int:project_id>/invitations/<int:invitation_id>/revoke/", views.invitation_revoke,
+         name="invitation_revoke"),
     path("projects/<int:project_id>/members/<int:membership_id>/role/", views.member_role, name="member_role"),
     path("projects/<int:project_id>/members/<int:membership_id>/remove/", views.member_remove,
          name="member_remove"),

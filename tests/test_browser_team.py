@@ -88,7 +88,7 @@ def test_each_role_sees_the_team_pages_with_only_its_buttons(tab, team, role):
     session.open(reverse("member_list", args=[pk]))
     assert page.locator("#members-table tbody tr").count() == 3
     assert page.locator("#your-role").inner_text() == role
-    assert page.locator("#add-member-form").count() == int(can_manage)
+    assert page.locator("#invite-form").count() == int(can_manage)
     assert page.locator(".remove-form").count() == (3 if can_manage else 0)
     session.screenshot(f"team-members-{role}")
 
@@ -123,24 +123,35 @@ def test_each_role_sees_the_team_pages_with_only_its_buttons(tab, team, role):
         assert UserBudget.objects.get(project=team, user_id="alice").current_spend == Decimal("12.5")
 
 
-def test_an_owner_adds_a_member_creates_an_account_and_sends_a_test_webhook(tab, team):
+def test_an_owner_invites_a_member_who_accepts_and_sends_a_test_webhook(tab, team, browser, live_server):  # noqa: F811
     session = tab("owner")
     page = session.page
-    User.objects.create_user("newcomer", email="newcomer@example.com")
+    User.objects.create_user("newcomer", email="newcomer@example.com", password=PASSWORD)
 
     session.open(reverse("member_list", args=[team.pk]))
-    page.fill("#add-member-form [name=login]", "newcomer@example.com")
-    page.select_option("#add-member-form [name=role]", "manager")
-    page.click("#add-member-form button[type=submit]")
-    page.wait_for_selector("tr[data-member=newcomer]")
-    assert Membership.objects.get(project=team, user__username="newcomer").role == "manager"
+    page.fill("#invite-form [name=invitee]", "newcomer@example.com")
+    page.select_option("#invite-form [name=role]", "manager")
+    page.click("#invite-form button[type=submit]")
+    page.wait_for_selector("#invitation-link")
+    assert page.locator("tr[data-invitation='newcomer@example.com']").count() == 1
+    assert not Membership.objects.filter(project=team, user__username="newcomer").exists()
+    session.screenshot("team-members-invitation")
+    link = page.locator("#invitation-link-value").inner_text().strip()
 
-    page.fill("#create-member-form [name=username]", "fresh")
-    page.fill("#create-member-form [name=email]", "fresh@example.com")
-    page.click("#create-member-form button[type=submit]")
-    page.wait_for_selector("#set-password-link")
-    assert "/reset/" in page.locator("#set-password-link-value").inner_text()
-    session.screenshot("team-members-new-account")
+    # The invited person opens the link, logs in from it, and accepts.
+    newcomer = Session(browser, live_server.url)
+    try:
+        newcomer.page.goto(link)
+        newcomer.page.click("#login-to-accept")
+        newcomer.page.fill("#id_username", "newcomer")
+        newcomer.page.fill("#id_password", PASSWORD)
+        newcomer.page.click("button[type=submit]")
+        newcomer.page.click("#accept-form button[type=submit]")
+        newcomer.page.wait_for_url(live_server.url + reverse("project_overview", args=[team.pk]))
+        assert Membership.objects.get(project=team, user__username="newcomer").role == "manager"
+        assert newcomer.errors == [] and newcomer.foreign_requests() == []
+    finally:
+        newcomer.close()
 
     # The last owner cannot step down.
     page.locator("tr[data-member=owner-1] select").select_option("viewer")
@@ -168,6 +179,7 @@ def test_a_manager_sets_budgets_in_bulk_and_imports_a_csv(tab, team, tmp_path):
     page.check("input[name=user_ids][value=bob]")
     page.fill("#bulk-amount", "30")
     page.click("#bulk-form button[value=set]")
+    assert "2 selected users to $30; each keeps its reset period" in page.inner_text("#confirm-dialog .modal-body")
     page.click("[data-confirm-ok]")
     page.wait_for_selector("text=Set the budget of 2 users")
     assert UserBudget.objects.get(project=team, user_id="bob").total_budget == Decimal(30)
@@ -184,4 +196,4 @@ def test_a_manager_sets_budgets_in_bulk_and_imports_a_csv(tab, team, tmp_path):
     page.click("#import-confirm-form button[type=submit]")
     page.wait_for_selector("text=Imported 2 budget changes")
     assert UserBudget.objects.get(project=team, user_id="dave").total_budget == Decimal(5)
-    assert page.locator("#add-member-form").count() == 0
+    assert page.locator("#invite-form").count() == 0

@@ -152,3 +152,127 @@ def test_a_viewer_cannot_preview_or_import(team):
     assert upload(client, team, CSV).status_code == 403
     page = client.get(reverse("user_list", args=[team.pk])).content.decode()
     assert "user_ids" not in page and "Import CSV" not in page
+
+
+# --- the import refuses in the preview what the apply would refuse ---------------------------------
+
+
+def test_a_nul_byte_in_an_imported_id_is_a_row_error_and_writes_nothing(client, team):
+    before = AuditLog.objects.count()
+
+    preview = upload(client, team, "nu\x00l,5,monthly\n")
+    forced = client.post(reverse("budget_import", args=[team.pk]), {"text": "nu\x00l,5,monthly\n", "confirm": "yes"})
+
+    assert preview.status_code == forced.status_code == 400
+    assert [r["change"] for r in preview.context["rows"]] == ["error"]
+    assert "control characters" in preview.content.decode()
+    assert "import-confirm-form" not in preview.content.decode()
+    assert budgets(team) == {"alice": Decimal(10), "bob": Decimal(10), "carol": Decimal(10)}
+    assert AuditLog.objects.count() == before
+
+
+@pytest.mark.parametrize("user_id, error", [
+    ("../x", "path segments"), ("a\x07b", "control characters"), ("tab\there", "control characters"),
+    ("x" * 256, "at most 255"), ("a/./b", "path segments")])
+def test_the_preview_refuses_every_id_the_apply_refuses(client, team, user_id, error):
+    text = f"{user_id},5,monthly\n"
+
+    preview = upload(client, team, text)
+    forced = client.post(reverse("budget_import", args=[team.pk]), {"text": text, "confirm": "yes"})
+
+    assert preview.status_code == forced.status_code == 400
+    assert [r["change"] for r in preview.context["rows"]] == ["error"]
+    assert error in preview.context["rows"][0]["row"].error
+    assert not UserBudget.objects.filter(project=team).exclude(user_id__in=["alice", "bob", "carol"]).exists()
+
+
+def test_the_apply_imports_exactly_the_ids_the_preview_showed_leading_space_included(client, team):
+    preview = upload(client, team, " alice,5,monthly\n")
+    assert [(r["row"].user_id, r["change"]) for r in preview.context["rows"]] == [(" alice", "new")]
+    assert '<textarea name="text" hidden>\n alice,5,monthly\n</textarea>' in preview.content.decode()
+
+    response = client.post(reverse("budget_import", args=[team.pk]), {"text": preview.context["text"],
+                                                                        "confirm": "yes"})
+
+    assert response.status_code == 302
+    assert budgets(team) == {" alice": Decimal(5), "alice": Decimal(10), "bob": Decimal(10), "carol": Decimal(10)}
+
+
+def test_a_field_longer_than_the_csv_reader_takes_is_a_form_error(client, team):
+    response = upload(client, team, "a" * 200_000 + ",5,monthly\n")
+
+    assert response.status_code == 400
+    assert "too long" in response.content.decode()
+    assert budgets(team) == {"alice": Decimal(10), "bob": Decimal(10), "carol": Decimal(10)}
+
+
+# --- bulk "Set budget" keeps each user's period unless one is chosen --------------------------------
+
+
+@pytest.fixture
+def mixed_periods(team):
+    """bob resets weekly and carol daily; alice stays monthly."""
+    for user_id, duration in (("bob", "weekly"), ("carol", "daily")):
+        services.budget_set(project=team, user_id=user_id, total_budget=Decimal(10), duration=duration, actor="test")
+    return team
+
+
+def periods(project):
+    return dict(UserBudget.objects.filter(project=project).values_list("user_id", "duration"))
+
+
+def test_the_bulk_period_select_defaults_to_keeping_each_users_period(client, team):
+    page = client.get(reverse("user_list", args=[team.pk])).content.decode()
+    bulk_select = page.split('id="bulk-duration"', 1)[1].split("</select>", 1)[0]
+
+    assert '<option value="keep" selected>Keep each user’s period</option>' in bulk_select
+    assert bulk_select.count(" selected") == 1
+
+
+@pytest.mark.parametrize("sent", [{"duration": "keep"}, {}], ids=["keep chosen", "no period sent"])
+def test_a_bulk_set_that_keeps_periods_changes_only_the_amounts(client, mixed_periods, sent):
+    team = mixed_periods
+
+    response = client.post(reverse("budget_bulk", args=[team.pk]),
+                           {"op": "set", "user_ids": ["bob", "carol"], "total_budget": "25", **sent}, follow=True)
+
+    assert response.status_code == 200
+    assert budgets(team) == {"alice": Decimal(10), "bob": Decimal(25), "carol": Decimal(25)}
+    assert periods(team) == {"alice": "monthly", "bob": "weekly", "carol": "daily"}
+    audits = AuditLog.objects.filter(project=team, action="budget_update", actor="user:max")
+    assert {(a.user_id, a.before["duration"], a.after["duration"]) for a in audits} == {
+        ("bob", "weekly", "weekly"), ("carol", "daily", "daily")}
+    assert "Set the budget of 2 users to $25.00; each keeps its reset period." in response.content.decode()
+
+
+def test_a_bulk_set_with_a_chosen_period_says_it_changes_the_period_too(client, mixed_periods):
+    team = mixed_periods
+
+    response = client.post(reverse("budget_bulk", args=[team.pk]),
+                           {"op": "set", "user_ids": ["bob", "carol"], "total_budget": "25", "duration": "yearly"},
+                           follow=True)
+
+    assert response.status_code == 200
+    assert periods(team) == {"alice": "monthly", "bob": "yearly", "carol": "yearly"}
+    assert "Set the budget of 2 users to $25.00, reset yearly." in response.content.decode()
+
+
+def test_keeping_periods_for_a_user_without_a_budget_changes_nobody(client, mixed_periods):
+    team = mixed_periods
+    before = AuditLog.objects.count()
+
+    response = client.post(reverse("budget_bulk", args=[team.pk]),
+                           {"op": "set", "user_ids": ["bob", "ghost"], "total_budget": "25"}, follow=True)
+
+    assert response.status_code == 200
+    assert "Nothing was changed" in response.content.decode()
+    assert budgets(team) == {"alice": Decimal(10), "bob": Decimal(10), "carol": Decimal(10)}
+    assert AuditLog.objects.count() == before
+
+
+def test_the_set_button_carries_the_confirmation_that_names_the_change(client, team):
+    page = client.get(reverse("user_list", args=[team.pk])).content.decode()
+
+    assert 'data-confirm-keep="Set the budget of {count} to {amount}; each keeps its reset period."' in page
+    assert 'data-confirm-period="Set the budget of {count} to {amount}; their reset period becomes: {period}."' in page
+    assert '<script src="/static/console/bulk.js"></script>' in page

@@ -22,6 +22,7 @@ from budgets.models import (
     ApiKey,
     AuditLog,
     CostEvent,
+    Invitation,
     Membership,
     Project,
     Role,
@@ -41,6 +42,7 @@ class Team:
     people: dict[str, object]
     extra: Membership  # a viewer whose role can be changed or who can be removed
     key: ApiKey
+    invitation: Invitation  # a pending one, to withdraw
 
 
 def _project(name: str, people: dict[str, object]) -> Team:
@@ -55,7 +57,9 @@ def _project(name: str, people: dict[str, object]) -> Team:
             services.member_add(project=project, user=people[role], role=role, actor="test")
     extra_user = User.objects.create_user(f"extra-{name}", email=f"extra-{name}@example.com")
     extra = services.member_add(project=project, user=extra_user, role=Role.VIEWER, actor="test")
-    return Team(project, people, extra, key)
+    invitation = services.member_invite(project=project, invitee=f"invited-{name}@example.com", role=Role.VIEWER,
+                                        invited_by=extra_user, actor="test")
+    return Team(project, people, extra, key, invitation)
 
 
 @pytest.fixture
@@ -94,6 +98,10 @@ def KEY(team: Team) -> int:
 def EXTRA(team: Team) -> int:
     return team.extra.pk
 
+
+def INVITATION(team: Team) -> int:
+    return team.invitation.pk
+
 ROUTES = [
     Route("overview", "get", Action.VIEW, _u("project_overview")),
     Route("users", "get", Action.VIEW, _u("user_list")),
@@ -126,10 +134,9 @@ ROUTES = [
           lambda t: {"max_budget": "99", "timezone": "Europe/Berlin"}, 302),
     Route("alert settings", "post", Action.CHANGE, _u("alert_settings_save"),
           lambda t: {"alert_thresholds": "50, 90"}, 302),
-    Route("member add", "post", Action.MANAGE_MEMBERS, _u("member_add"),
-          lambda t: {"login": "nonmember@example.com", "role": "viewer"}, 302),
-    Route("member create", "post", Action.MANAGE_MEMBERS, _u("member_create"),
-          lambda t: {"username": "fresh", "email": "fresh@example.com", "role": "viewer"}, 201),
+    Route("member invite", "post", Action.MANAGE_MEMBERS, _u("member_invite"),
+          lambda t: {"invitee": "nonmember@example.com", "role": "viewer"}, 201),
+    Route("invitation revoke", "post", Action.MANAGE_MEMBERS, _u("invitation_revoke", INVITATION), ok=302),
     Route("member role", "post", Action.MANAGE_MEMBERS, _u("member_role", EXTRA), lambda t: {"role": "manager"}, 302),
     Route("member remove", "post", Action.MANAGE_MEMBERS, _u("member_remove", EXTRA), ok=302),
     Route("delete page", "get", Action.DELETE, _u("project_delete")),
@@ -153,6 +160,7 @@ def snapshot() -> tuple:
         list(UserBudget.objects.order_by("pk").values_list("pk", "total_budget", "current_spend", "duration")),
         list(ApiKey.objects.order_by("pk").values_list("pk", "revoked_at")),
         list(Membership.objects.order_by("pk").values_list("pk", "role")),
+        list(Invitation.objects.order_by("pk").values_list("pk", "revoked_at", "accepted_at")),
         AuditLog.objects.count(), CostEvent.objects.count(), User.objects.count(),
     )
 
@@ -209,7 +217,7 @@ def test_pages_show_only_the_buttons_the_role_can_use(teams, role):
     assert ("create-key-form" in keys and "Revoke</button>" in keys) is can_change
     assert ("Save project settings" in settings_page) is can_change
     assert ("delete-project" in settings_page) is can_manage
-    assert ("add-member-form" in members and "remove-form" in members) is can_manage
+    assert ("invite-form" in members and "remove-form" in members and "revoke-invitation-form" in members) is can_manage
     assert "Export CSV" in users
 
 

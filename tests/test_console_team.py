@@ -1,4 +1,4 @@
-"""Projects and members from the console: create, rename, delete; add, invite, change a role, remove."""
+"""Projects and members from the console: create, rename, delete; change a role, remove (invitations elsewhere)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core import mail
 from django.test import Client
 from django.urls import reverse
 from django.utils.timezone import now
@@ -129,52 +128,7 @@ def test_deleting_a_project_takes_its_ledger_and_logs_the_deletion(client, team,
 # --- members --------------------------------------------------------------------------------------
 
 
-def test_adding_an_existing_account_by_email(client, team):
-    vera = User.objects.create_user("vera", email="Vera@Example.com")
-
-    response = client.post(reverse("member_add", args=[team.pk]), {"login": "vera@example.com", "role": "viewer"})
-
-    assert response.status_code == 302
-    assert Membership.objects.get(project=team, user=vera).role == Role.VIEWER
-    audit = AuditLog.objects.get(project=team, action="member_add", after__user="vera")
-    assert (audit.actor, audit.after["role"]) == ("user:olivia", "viewer")
-
-
-@pytest.mark.parametrize("login_name, error", [("nobody", "no account"), ("olivia", "already a member")])
-def test_adding_an_unknown_account_or_a_member_again_is_refused(client, team, login_name, error):
-    before = AuditLog.objects.count()
-
-    response = client.post(reverse("member_add", args=[team.pk]), {"login": login_name, "role": "viewer"})
-
-    assert response.status_code == 400
-    assert error in response.content.decode()
-    assert Membership.objects.filter(project=team).count() == 1
-    assert AuditLog.objects.count() == before
-
-
-def test_a_new_account_gets_a_one_time_set_password_link(client, team):
-    response = client.post(reverse("member_create", args=[team.pk]),
-                           {"username": "newt", "email": "newt@example.com", "role": "manager"})
-
-    assert response.status_code == 201
-    newt = User.objects.get(username="newt")
-    assert not newt.has_usable_password()
-    assert Membership.objects.get(project=team, user=newt).role == Role.MANAGER
-    assert len(mail.outbox) == 1 and mail.outbox[0].to == ["newt@example.com"]
-    link = next(word for word in mail.outbox[0].body.split() if word.startswith("http"))
-    # The test settings use the locmem backend: the page shows the link too.
-    assert link in response.content.decode()
-
-    path = link.split("testserver", 1)[1]
-    newcomer = Client()
-    form_page = newcomer.get(path, follow=True)
-    assert form_page.status_code == 200 and "Set your password" in form_page.content.decode()
-    done = newcomer.post(form_page.redirect_chain[-1][0],
-                         {"new_password1": "a-long-new-pw-42", "new_password2": "a-long-new-pw-42"})
-    assert done.status_code == 302
-    newt.refresh_from_db()
-    assert newt.check_password("a-long-new-pw-42")
-    assert "no longer works" in Client().get(path, follow=True).content.decode()
+# Adding people is by invitation only: tests/test_invitations.py.
 
 
 def test_changing_a_role_is_audited_before_and_after(client, team):

@@ -4,7 +4,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('budgets', '0011_sweep_order_index'),
+        ('budgets', '0012_invitations'),
     ]
 
     operations = [

@@ -14,8 +14,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, User  # User: AUTH_USER_MODEL
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser  # User: AUTH_USER_MODEL
 from django.core.paginator import Page, Paginator
 from django.db import connection, transaction
 from django.db.models import (
@@ -33,7 +32,6 @@ from django.db.models.lookups import GreaterThanOrEqual
 from django.utils.timezone import now as utcnow
 
 from .. import pricing
-from ..errors import InvalidInput
 from ..fields import MoneyField
 from ..models import (
     Alert,
@@ -41,6 +39,7 @@ from ..models import (
     AuditLog,
     BudgetPeriod,
     CostEvent,
+    Invitation,
     Membership,
     ModelDay,
     ModelPrice,
@@ -82,20 +81,6 @@ def visible_projects(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Project
     return live.filter(members=user.pk)
 
 
-def account_by_login(login: str) -> User:
-    """An active account by username or email (case-insensitive); InvalidInput if none or several."""
-    login = (login or "").strip()
-    if not login:
-        raise InvalidInput("give a username or an email address")
-    accounts = get_user_model().objects.filter(Q(username__iexact=login) | Q(email__iexact=login), is_active=True)
-    matches = list(accounts[:2])
-    if not matches:
-        raise InvalidInput(f"no account with the username or email {login!r}")
-    if len(matches) > 1:
-        raise InvalidInput(f"several accounts match {login!r}: give the username")
-    return matches[0]
-
-
 def project_contents(project: Project) -> dict[str, int]:
     """What deleting the project takes with it (for its confirmation page)."""
     return {
@@ -108,6 +93,12 @@ def project_contents(project: Project) -> dict[str, int]:
 
 def members_of(project: Project) -> list[Membership]:
     return list(Membership.objects.filter(project=project).select_related("user").order_by("user__username"))
+
+
+def pending_invitations(project: Project) -> list[Invitation]:
+    """Invitations that can still be accepted, newest first."""
+    pending = Invitation.objects.filter(project=project, accepted_at=None, revoked_at=None, expires_at__gt=utcnow())
+    return list(pending.select_related("invited_by").order_by("-created_at", "-pk"))
 
 
 def role_in(project: Project, user: AbstractBaseUser | AnonymousUser) -> str | None:

@@ -20,7 +20,7 @@ from .audit import (
     budget_snapshot,
     write_audit,
 )
-from .bulk_budgets import BudgetRow, budget_reset_many, budget_set_many
+from .bulk_budgets import BudgetRow, budget_reset_many, budget_row_check, budget_set_many
 from .common import validate_duration, validate_timezone, validate_user_id
 from .costs import (
     CostRecorded,
@@ -32,7 +32,18 @@ from .costs import (
 )
 from .hosted import hosted_budget_get, hosted_budget_set
 from .keys import api_key_authenticate, api_key_create, api_key_mark_used, api_key_revoke, api_keys_changed
-from .members import member_add, member_create_account, member_remove, member_set_role
+from .members import (
+    invitation_accept,
+    invitation_accept_new_account,
+    invitation_open,
+    invitation_recipient,
+    invitation_revoke,
+    invitation_token,
+    member_add,
+    member_invite,
+    member_remove,
+    member_set_role,
+)
 from .prices import load_price_map, price_save_edited
 from .projects import (
     project_create,
@@ -94,6 +105,7 @@ __all__ = [
     "budget_get",
     "budget_reset",
     "budget_reset_many",
+    "budget_row_check",
     "budget_set",
     "budget_set_many",
     "budget_snapshot",
@@ -103,9 +115,15 @@ __all__ = [
     "exceeded_scope",
     "hosted_budget_get",
     "hosted_budget_set",
+    "invitation_accept",
+    "invitation_accept_new_account",
+    "invitation_open",
+    "invitation_recipient",
+    "invitation_revoke",
+    "invitation_token",
     "load_price_map",
     "member_add",
-    "member_create_account",
+    "member_invite",
     "member_remove",
     "member_set_role",
     "price_save_edited",

@@ -5,8 +5,9 @@ from __future__ import annotations
 from .bulk import budget_bulk, budget_import
 from .export import export_csv
 from .history import alert_history, audit_log, webhook_test
+from .invitations import invitation_accept
 from .keys import key_create, key_list, key_revoke
-from .members import member_add, member_create, member_list, member_remove, member_role
+from .members import invitation_revoke, member_invite, member_list, member_remove, member_role
 from .models_page import model_list
 from .periods import project_periods
 from .project_manage import project_delete, project_new
@@ -36,11 +37,12 @@ __all__ = [
     "budget_import",
     "budget_reset",
     "export_csv",
+    "invitation_accept",
+    "invitation_revoke",
     "key_create",
     "key_list",
     "key_revoke",
-    "member_add",
-    "member_create",
+    "member_invite",
     "member_list",
     "member_remove",
     "member_role",

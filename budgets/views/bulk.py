@@ -7,6 +7,7 @@ checks it again and applies every change in one transaction — only if no row i
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from django.contrib import messages
@@ -17,11 +18,21 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from .. import services
-from ..errors import BudgetError
-from ..forms import BudgetImportForm, BulkBudgetForm, ImportRow
+from ..errors import BudgetError, InvalidInput
+from ..forms import MAX_AMOUNT, BudgetImportForm, BulkBudgetForm, ImportRow
 from ..models import Action, Duration, Project
 from ..selectors import console as selectors
+from ..templatetags.console import format_dollars
 from .common import actor, project_for, render_page
+
+
+def _set_message(count: int, amount: Decimal, duration: str | None) -> str:
+    """What a bulk set changed: the amount, and the period only when one was chosen."""
+    users = f"{count} user{'s' if count != 1 else ''}"
+    if duration is None:
+        return f"Set the budget of {users} to {format_dollars(amount)}; each keeps its reset period."
+    period = "never reset" if duration == Duration.NONE else f"reset {Duration(duration).label.lower()}"
+    return f"Set the budget of {users} to {format_dollars(amount)}, {period}."
 
 
 @login_required
@@ -42,9 +53,9 @@ def budget_bulk(request: HttpRequest, project_id: int) -> HttpResponse:
     user_ids = list(dict.fromkeys(data["user_ids"]))
     try:
         if data["op"] == "set":
-            rows = [services.BudgetRow(u, data["total_budget"], data["duration"] or Duration.NONE) for u in user_ids]
+            rows = [services.BudgetRow(u, data["total_budget"], data["duration"]) for u in user_ids]
             count = services.budget_set_many(project=project, rows=rows, actor=actor(request))
-            messages.success(request, f"Set the budget of {count} user{'s' if count != 1 else ''}.")
+            messages.success(request, _set_message(count, data["total_budget"], data["duration"]))
         else:
             count = services.budget_reset_many(project=project, user_ids=user_ids, actor=actor(request))
             messages.success(request, f"Reset the spend of {count} user{'s' if count != 1 else ''} to zero.")
@@ -53,8 +64,21 @@ def budget_bulk(request: HttpRequest, project_id: int) -> HttpResponse:
     return redirect(users_page)
 
 
+def check_rows(rows: list[ImportRow]) -> None:
+    """Check each row's values with the apply's own check; a refused row keeps the reason as its error."""
+    for row in rows:
+        if row.error:
+            continue
+        try:
+            row.user_id, row.total_budget, row.duration = services.budget_row_check(
+                row.user_id, row.raw_amount or None, row.raw_duration, max_amount=MAX_AMOUNT)
+        except InvalidInput as exc:
+            row.error = exc.message
+
+
 def preview(project: Project, rows: list[ImportRow]) -> list[dict[str, Any]]:
     """Each row with what it would do: error, new, changed (from → to) or unchanged."""
+    check_rows(rows)
     existing = selectors.budgets_by_user(project, [r.user_id for r in rows if not r.error])
     result = []
     for row in rows:

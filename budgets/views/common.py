@@ -1,16 +1,19 @@
-"""What every console view shares: the one access helper, the actor name, rendering."""
+"""What every console view shares: the one access helper, the actor name, rendering, the form action."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from django import forms
+from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
 from .. import services
-from ..errors import UnknownUser
+from ..errors import BudgetError, UnknownUser
 from ..models import Action, Project, UserBudget, role_allows
 from ..selectors.console import role_in, visible_projects
 
@@ -88,3 +91,40 @@ def render_page(request: HttpRequest, template: str, context: dict[str, Any], *,
     context = {"project": project, "nav": nav, "tz": project.timezone if project else None,
                "access": getattr(request, "project_access", None) if project else None, **context}
     return render(request, template, context, status=status)
+
+
+T = TypeVar("T")
+
+
+def run_form(request: HttpRequest, form: forms.Form, service: Callable[[dict[str, Any]], T], *,
+             done: Callable[[T], HttpResponse], refused: Callable[[], HttpResponse],
+             message: str | Callable[[T], str] | None = None, error_field: str | None = None) -> HttpResponse:
+    """The console's one form action: a valid form → its service → the success message → `done`.
+
+    A service's BudgetError becomes the form's error (on `error_field`, else the whole form's) and,
+    like an invalid form, answers `refused()` (the page again with the form, status 400): a refused
+    change writes nothing, and the person sees why beside what they typed.
+    """
+    if form.is_valid():
+        try:
+            result = service(form.cleaned_data)
+        except BudgetError as exc:
+            form.add_error(error_field, exc.message)
+        else:
+            if message is not None:
+                messages.success(request, message(result) if callable(message) else message)
+            return done(result)
+    return refused()
+
+
+def run_action(request: HttpRequest, service: Callable[[], T], *, done: Callable[[T], HttpResponse],
+               refused: Callable[[], HttpResponse], message: str | Callable[[T], str]) -> HttpResponse:
+    """An action without a form (a button): its service, then the message and `done`; a BudgetError is
+    shown as an error message above `refused()`."""
+    try:
+        result = service()
+    except BudgetError as exc:
+        messages.error(request, exc.message)
+        return refused()
+    messages.success(request, message(result) if callable(message) else message)
+    return done(result)

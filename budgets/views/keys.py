@@ -10,11 +10,10 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from .. import services
-from ..errors import BudgetError
 from ..forms import ApiKeyForm
 from ..models import Action, ApiKey, Project
 from ..selectors import console as selectors
-from .common import actor, current_project, render_page
+from .common import actor, current_project, render_page, run_form
 
 
 def _keys_page(request: HttpRequest, project: Project, form: ApiKeyForm, *, new_key: str | None = None,
@@ -35,15 +34,12 @@ def key_list(request: HttpRequest, project_id: int) -> HttpResponse:
 def key_create(request: HttpRequest, project_id: int) -> HttpResponse:
     project = current_project(request, project_id, Action.CHANGE)
     form = ApiKeyForm(request.POST)
-    if form.is_valid():
-        try:
-            _, raw = services.api_key_create(project=project, name=form.cleaned_data["name"], actor=actor(request))
-        except BudgetError as exc:
-            form.add_error("name", exc.message)
-        else:
-            # Rendered, not redirected: the secret is shown in this answer only (only its hash is stored).
-            return _keys_page(request, project, ApiKeyForm(), new_key=raw, status=201)
-    return _keys_page(request, project, form, status=400)
+    # Rendered, not redirected: the secret is shown in this answer only (only its hash is stored).
+    return run_form(
+        request, form, lambda data: services.api_key_create(project=project, name=data["name"], actor=actor(request)),
+        error_field="name", done=lambda created: _keys_page(request, project, ApiKeyForm(), new_key=created[1],
+                                                           status=201),
+        refused=lambda: _keys_page(request, project, form, status=400))
 
 
 @login_required

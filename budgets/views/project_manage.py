@@ -10,11 +10,10 @@ from django.shortcuts import redirect
 from django.views.decorators.http import require_http_methods
 
 from .. import services
-from ..errors import BudgetError
 from ..forms import NewProjectForm, ProjectDeleteForm
 from ..models import Action, Project
 from ..selectors import console as selectors
-from .common import actor, project_for, render_page
+from .common import actor, project_for, render_page, run_form
 
 
 def can_create_projects(user: object) -> bool:
@@ -28,21 +27,17 @@ def project_new(request: HttpRequest) -> HttpResponse:
     if not can_create_projects(request.user):
         raise PermissionDenied("creating projects needs staff or the budgets.add_project permission")
     form = NewProjectForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        data = form.cleaned_data
-        try:
-            project = services.project_create(
-                name=data["name"].strip(), max_budget=data["max_budget"], timezone=data["timezone"],
-                duration=data["duration"] or None, actor=actor(request),
-                owner=request.user,  # type: ignore[arg-type]  # logged in: a User
-            )
-        except BudgetError as exc:
-            form.add_error(None, exc.message)
-        else:
-            messages.success(request, f"Created the project {project.name}; you are its owner.")
-            return redirect(project)
-    status = 400 if request.method == "POST" else 200
-    return render_page(request, "console/project_new.html", {"form": form}, nav="projects", status=status)
+    if request.method == "GET":
+        return render_page(request, "console/project_new.html", {"form": form}, nav="projects")
+    return run_form(
+        request, form,
+        lambda data: services.project_create(
+            name=data["name"].strip(), max_budget=data["max_budget"], timezone=data["timezone"],
+            duration=data["duration"] or None, actor=actor(request),
+            owner=request.user,  # type: ignore[arg-type]  # logged in: a User
+        ),
+        message=lambda project: f"Created the project {project.name}; you are its owner.", done=redirect,
+        refused=lambda: render_page(request, "console/project_new.html", {"form": form}, nav="projects", status=400))
 
 
 def _delete_page(request: HttpRequest, project: Project, form: ProjectDeleteForm, status: int = 200) -> HttpResponse:

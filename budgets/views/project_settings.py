@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
 from .. import services
-from ..errors import BudgetError
 from ..forms import AlertSettingsForm, ProjectSettingsForm, plain_amount
 from ..models import Action, Project
-from .common import actor, current_project, render_page
+from .common import actor, current_project, render_page, run_form
 
 
 def _initial_project(project: Project) -> dict:
@@ -45,15 +43,10 @@ def project_settings(request: HttpRequest, project_id: int) -> HttpResponse:
 def project_settings_save(request: HttpRequest, project_id: int) -> HttpResponse:
     project = current_project(request, project_id, Action.CHANGE)
     form = ProjectSettingsForm(request.POST)
-    if form.is_valid():
-        try:
-            services.project_update(project=project, actor=actor(request), **form.changes())
-        except BudgetError as exc:
-            form.add_error(None, exc.message)
-        else:
-            messages.success(request, "Saved the project settings.")
-            return redirect("project_settings", project.pk)
-    return _settings_page(request, project, project_form=form, status=400)
+    return run_form(
+        request, form, lambda _: services.project_update(project=project, actor=actor(request), **form.changes()),
+        message="Saved the project settings.", done=lambda _: redirect("project_settings", project.pk),
+        refused=lambda: _settings_page(request, project, project_form=form, status=400))
 
 
 @login_required
@@ -61,14 +54,10 @@ def project_settings_save(request: HttpRequest, project_id: int) -> HttpResponse
 def alert_settings_save(request: HttpRequest, project_id: int) -> HttpResponse:
     project = current_project(request, project_id, Action.CHANGE)
     form = AlertSettingsForm(request.POST)
-    if form.is_valid():
-        data = form.cleaned_data
-        try:
-            services.project_update(project=project, actor=actor(request), alert_thresholds=data["alert_thresholds"],
-                                    alert_webhook_url=data["alert_webhook_url"], alert_email=data["alert_email"])
-        except BudgetError as exc:
-            form.add_error(None, exc.message)
-        else:
-            messages.success(request, "Saved the alert settings.")
-            return redirect("project_settings", project.pk)
-    return _settings_page(request, project, alert_form=form, status=400)
+    return run_form(
+        request, form,
+        lambda data: services.project_update(
+            project=project, actor=actor(request), alert_thresholds=data["alert_thresholds"],
+            alert_webhook_url=data["alert_webhook_url"], alert_email=data["alert_email"]),
+        message="Saved the alert settings.", done=lambda _: redirect("project_settings", project.pk),
+        refused=lambda: _settings_page(request, project, alert_form=form, status=400))

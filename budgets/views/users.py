@@ -12,8 +12,7 @@ from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
 from .. import services
-from ..errors import BudgetError
-from ..forms import BULK_DURATIONS, BudgetForm, CreateBudgetForm, UserSearchForm, plain_amount
+from ..forms import BULK_PERIOD_CHOICES, BudgetForm, CreateBudgetForm, UserSearchForm, plain_amount
 from ..models import Action, Duration, Project, UserBudget
 from ..selectors import console as selectors
 from . import charts
@@ -22,6 +21,7 @@ from .common import (
     current_project,
     get_budget_for_project,
     render_page,
+    run_form,
 )
 
 # (sort key, heading, numeric: the first click sorts biggest first)
@@ -55,7 +55,7 @@ def _users_page(request: HttpRequest, project: Project, create_form: CreateBudge
         "page": page,
         "create_form": create_form,
         "columns": _columns(sort),
-        "bulk_durations": BULK_DURATIONS,
+        "bulk_durations": BULK_PERIOD_CHOICES,
     }
     return render_page(request, "console/users.html", context, project=project, nav="users", status=status)
 
@@ -71,20 +71,13 @@ def user_list(request: HttpRequest, project_id: int) -> HttpResponse:
 def budget_create(request: HttpRequest, project_id: int) -> HttpResponse:
     project = current_project(request, project_id, Action.CHANGE)
     form = CreateBudgetForm(request.POST)
-    if form.is_valid():
-        data = form.cleaned_data
-        try:
-            budget, created = services.budget_set(
-                project=project, user_id=data["user_id"], total_budget=data["total_budget"],
-                duration=data["duration"], duration_days=data["duration_days"], actor=actor(request),
-            )
-        except BudgetError as exc:
-            form.add_error(None, exc.message)
-        else:
-            verb = "Created" if created else "Replaced"
-            messages.success(request, f"{verb} the budget of {budget.user_id}.")
-            return redirect(budget)
-    return _users_page(request, project, form, status=400)
+    return run_form(
+        request, form,
+        lambda data: services.budget_set(
+            project=project, user_id=data["user_id"], total_budget=data["total_budget"],
+            duration=data["duration"], duration_days=data["duration_days"], actor=actor(request)),
+        message=lambda done: f"{'Created' if done[1] else 'Replaced'} the budget of {done[0].user_id}.",
+        done=lambda done: redirect(done[0]), refused=lambda: _users_page(request, project, form, status=400))
 
 
 def _detail_page(request: HttpRequest, project: Project, budget: UserBudget, form: BudgetForm,
@@ -127,20 +120,13 @@ def budget_edit(request: HttpRequest, project_id: int, user_id: str) -> HttpResp
     project = current_project(request, project_id, Action.CHANGE)
     budget = get_budget_for_project(project, user_id)
     form = BudgetForm(request.POST)
-    if form.is_valid():
-        data = form.cleaned_data
-        try:
-            budget, _ = services.budget_set(
-                project=project, user_id=budget.user_id, total_budget=data["total_budget"],
-                duration=data["duration"] or Duration.NONE, duration_days=data["duration_days"],
-                actor=actor(request),
-            )
-        except BudgetError as exc:
-            form.add_error(None, exc.message)
-        else:
-            messages.success(request, f"Saved the budget of {budget.user_id}.")
-            return redirect(budget)
-    return _detail_page(request, project, budget, form, status=400)
+    return run_form(
+        request, form,
+        lambda data: services.budget_set(
+            project=project, user_id=budget.user_id, total_budget=data["total_budget"],
+            duration=data["duration"] or Duration.NONE, duration_days=data["duration_days"], actor=actor(request)),
+        message=lambda done: f"Saved the budget of {done[0].user_id}.", done=lambda done: redirect(done[0]),
+        refused=lambda: _detail_page(request, project, budget, form, status=400))
 
 
 @login_required
