@@ -34,6 +34,12 @@ CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SCREENSHOTS = Path(settings.BASE_DIR) / "test-artifacts" / "screenshots"
 PASSWORD = "pw-browser-123456"
+CSP_LISTENER = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", function (e) {
+  window.__cspViolations.push(e.violatedDirective + " " + (e.blockedURI || "inline") + " " + e.sourceFile + ":" + e.lineNumber);
+});
+"""
 
 
 def _chromium_or_skip() -> None:
@@ -85,6 +91,17 @@ class Session:
         self.errors: list[str] = []
         self.page.on("request", lambda request: self.requests.append(request.url))
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        # What the Content-Security-Policy blocked: Chromium says it in the console, and the page
+        # gets a securitypolicyviolation event (recorded by a script the policy does not govern).
+        self.page.on("console", self._console)
+        self.page.add_init_script(CSP_LISTENER)
+
+    def _console(self, message) -> None:
+        if "Content Security Policy" in message.text:
+            self.errors.append(f"console: {message.text}")
+
+    def csp_violations(self) -> list[str]:
+        return self.page.evaluate("window.__cspViolations || []")
 
     def open(self, path: str) -> None:
         response = self.page.goto(self.base_url + path)
@@ -345,3 +362,42 @@ def test_html_in_user_ids_and_model_names_stays_text_in_every_chart(session, mem
 
     assert dialogs == []
     assert Alert.objects.filter(project=project, user_id=IMAGE).exists()  # the alert page had it to show
+
+
+def test_every_page_runs_under_the_content_security_policy(session, demo, member):
+    """Charts, forms, Django admin and Swagger UI work with the strict policy; nothing is blocked."""
+    member.is_staff = member.is_superuser = True
+    member.save()
+    session.login("mia")
+    pk = demo.pk
+    user_id = UserBudget.objects.filter(project=demo).order_by("-current_spend").values_list("user_id", flat=True)[0]
+    charts = [
+        (reverse("project_overview", args=[pk]), 3),
+        (reverse("user_detail", args=[pk, user_id]), None),
+        (reverse("model_list", args=[pk]), 2),
+        (reverse("project_periods", args=[pk]), None),
+    ]
+    others = [reverse(name, args=[pk]) for name in (
+        "user_list", "key_list", "project_settings", "member_list", "audit_log", "alert_history", "budget_import",
+        "project_delete")] + [reverse("project_list"), reverse("project_new")]
+    budget = UserBudget.objects.filter(project=demo).first()
+    admin = [reverse("admin:index"), reverse("admin:budgets_userbudget_changelist"),
+             reverse("admin:budgets_userbudget_change", args=[budget.pk])]
+
+    for path, expected in charts + [(p, None) for p in others + admin]:
+        response = session.page.goto(session.base_url + path)
+        assert response is not None and response.status == 200, path
+        assert "script-src 'self'" in response.headers["content-security-policy"], path
+        session.page.wait_for_load_state("load")
+        if expected is not None:
+            assert_charts_drawn(session, expected)
+        else:
+            charts_here = session.page.locator("[data-chart]").count()
+            if charts_here:
+                assert_charts_drawn(session, charts_here)
+        assert session.csp_violations() == [], (path, session.csp_violations())
+
+    session.open("/api/v1/docs")
+    session.page.locator(".opblock").first.wait_for()  # Swagger UI drew the operations
+    assert session.csp_violations() == []
+    session.screenshot("api-docs")
