@@ -72,6 +72,22 @@ def percent(value: Any) -> str:
 
 
 @register.filter
+def at_least_zero(value: Any) -> Any:
+    """An amount left, never below zero (as the API's `remaining`); `over_by` says by how much it was passed."""
+    if value is None or value == "":
+        return value
+    return max(Decimal(value), Decimal(0))
+
+
+@register.filter
+def over_by(value: Any) -> Decimal:
+    """How far below zero an amount left is (0 when it is not)."""
+    if value is None or value == "":
+        return Decimal(0)
+    return max(-Decimal(value), Decimal(0))
+
+
+@register.filter
 def bar_width(value: Any) -> str:
     """A utilisation as a CSS width (0–100, as a plain number string)."""
     if value is None or value == "":
