@@ -37,7 +37,8 @@ PASSWORD = "pw-browser-123456"
 CSP_LISTENER = """
 window.__cspViolations = [];
 document.addEventListener("securitypolicyviolation", function (e) {
-  window.__cspViolations.push(e.violatedDirective + " " + (e.blockedURI || "inline") + " " + e.sourceFile + ":" + e.lineNumber);
+  window.__cspViolations.push(
+    e.violatedDirective + " " + (e.blockedURI || "inline") + " " + e.sourceFile + ":" + e.lineNumber);
 });
 """
 
@@ -401,3 +402,50 @@ def test_every_page_runs_under_the_content_security_policy(session, demo, member
     session.page.locator(".opblock").first.wait_for()  # Swagger UI drew the operations
     assert session.csp_violations() == []
     session.screenshot("api-docs")
+
+
+OVERLAPS = """
+(chart) => {
+  const box = (el) => el.getBoundingClientRect();
+  const meets = (a, b) => a.width > 0 && b.width > 0 && a.left < b.right - 1 && b.left < a.right - 1
+                          && a.top < b.bottom - 1 && b.top < a.bottom - 1;
+  const name = (el) => el.textContent.trim();
+  // An entry's name (its text, not the click target behind it, which is as wide as the column).
+  const entries = [...chart.querySelectorAll(".legend .traces .legendtext")];
+  const axis = [...chart.querySelectorAll(".xtick text, .ytick text, .g-xtitle text, .g-ytitle text")];
+  const found = [];
+  entries.forEach((a, i) => entries.slice(i + 1).forEach((b) => {
+    if (meets(box(a), box(b))) found.push(name(a) + " / " + name(b));
+  }));
+  entries.forEach((a) => axis.forEach((b) => {
+    if (meets(box(a), box(b))) found.push(name(a) + " / axis " + name(b));
+  }));
+  // Every entry inside the chart: a legend cut off at the bottom is not laid out either.
+  const frame = box(chart);
+  entries.forEach((a) => { if (box(a).bottom > frame.bottom + 1) found.push(name(a) + " below the chart"); });
+  return found;
+}
+"""
+
+
+@pytest.mark.parametrize("width", [390, 1280, 1920])
+def test_chart_legends_overlap_neither_each_other_nor_the_axes(browser, live_server, demo, width):
+    tab = Session(browser, live_server.url, width=width, height=1000)
+    try:
+        tab.login("mia")
+        for name in ("model_list", "project_overview"):
+            tab.open(reverse(name, args=[demo.pk]))
+            charts = tab.page.locator("[data-chart]")
+            assert_charts_drawn(tab, charts.count())
+            for i in range(charts.count()):
+                chart = charts.nth(i)
+                assert chart.evaluate(OVERLAPS) == [], f"{name} {chart.get_attribute('id')} at {width}px"
+            tab.screenshot(f"{name}-legends-{width}")
+        # Narrowed after drawing (a turned tablet): the legend is laid out again for the new width.
+        tab.page.set_viewport_size({"width": width // 2, "height": 1000})
+        tab.page.wait_for_timeout(600)
+        for chart in tab.page.locator("[data-chart]").all():
+            assert chart.evaluate(OVERLAPS) == [], f"overview {chart.get_attribute('id')} at {width // 2}px"
+        assert tab.errors == []
+    finally:
+        tab.close()
