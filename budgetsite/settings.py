@@ -178,6 +178,8 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# Files a browser asks for at the site's root (favicon.ico, for pages without a <link rel="icon">).
+WHITENOISE_ROOT = BASE_DIR / "static" / "root"
 STATICFILES_FINDERS = [
     "django.contrib.staticfiles.finders.FileSystemFinder",
     "django.contrib.staticfiles.finders.AppDirectoriesFinder",
