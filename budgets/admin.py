@@ -6,15 +6,21 @@ like every other entry point.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from functools import cache
+from typing import Any, ClassVar
 
+from django import forms
 from django.contrib import admin, messages
+from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
 from . import services
+from .fields import MoneyField
 from .models import (
     Alert,
     ApiKey,
@@ -28,6 +34,7 @@ from .models import (
     Reservation,
     UserBudget,
 )
+from .money import format_dollars
 from .selectors.console import project_contents
 
 
@@ -35,7 +42,70 @@ def actor_for(request: HttpRequest) -> str:
     return services.actor_for_user(request.user, via="admin")
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class MoneyInput(forms.TextInput):
+    """An amount to edit, exact but without the 12 stored places: 10, not 10.000000000000."""
+
+    def format_value(self, value: Any) -> str | None:
+        if isinstance(value, str):
+            try:
+                value = Decimal(value)
+            except InvalidOperation:
+                return value  # what was typed, shown back with its error
+        if isinstance(value, Decimal) and value.is_finite():
+            return format(value.normalize(), "f") if value else "0"
+        return super().format_value(value)
+
+
+@cache
+def _money_column(model: type[models.Model], name: str) -> Callable[[Any], str]:
+    label = getattr(model._meta.get_field(name), "verbose_name", name)
+
+    @admin.display(description=label, ordering=name)
+    def show(obj: Any) -> str:
+        return format_dollars(getattr(obj, name))
+
+    show.__name__ = name  # the column's CSS class, as for the field itself
+    return show
+
+
+def _with_money(model: type[models.Model], names: Sequence[Any]) -> list[Any]:
+    """Money fields (MoneyField) replaced by columns in the console's one money format."""
+    money = {f.name for f in model._meta.concrete_fields if isinstance(f, MoneyField)}
+    return [_money_column(model, n) if isinstance(n, str) and n in money else n for n in names]
+
+
+class MoneyDisplay:
+    """Money shown as the console shows it ($1,234.56, $0.0142), in lists and read-only fields.
+
+    Django admin formats a DecimalField with all its decimal places (1.000000000000); inputs
+    keep the exact amount, without the trailing zeros. The stubs allow only names in these
+    lists, where Django also takes callables (the formatted columns).
+    """
+
+    model: type[models.Model]
+    formfield_overrides: ClassVar[Mapping[type[models.Field[Any, Any]], Mapping[str, Any]]] = {
+        MoneyField: {"widget": MoneyInput}}
+
+    def get_list_display(self, request: HttpRequest) -> list[Any]:
+        return _with_money(self.model, super().get_list_display(request))  # type: ignore[misc]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[Any]:
+        return _with_money(self.model, super().get_readonly_fields(request, obj))  # type: ignore[misc]
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[Any]:
+        # On a page the person may not change, every field is read-only.
+        readonly = set(super().get_readonly_fields(request, obj))  # type: ignore[misc]
+        if obj is not None and not self.has_change_permission(request, obj):  # type: ignore[attr-defined]
+            readonly |= {f.name for f in self.model._meta.concrete_fields}
+        fields = super().get_fields(request, obj)  # type: ignore[misc]
+        return [_with_money(self.model, [n])[0] if n in readonly else n for n in fields]
+
+
+class MoneyAdmin(MoneyDisplay, admin.ModelAdmin):
+    pass
+
+
+class ReadOnlyAdmin(MoneyAdmin):
     """Facts (ledger, periods, audit) are read, never edited."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -66,7 +136,7 @@ class MembershipInline(admin.TabularInline):
 
 
 @admin.register(Project)
-class ProjectAdmin(admin.ModelAdmin):
+class ProjectAdmin(MoneyAdmin):
     list_display = ("name", "current_spend", "held", "max_budget", "duration", "timezone", "next_reset_at",
                     "created_at")
     search_fields = ("name",)
@@ -119,7 +189,7 @@ class ProjectAdmin(admin.ModelAdmin):
         obj.refresh_from_db()
 
 
-class ModelSpendInline(admin.TabularInline):
+class ModelSpendInline(MoneyDisplay, admin.TabularInline):
     model = ModelSpend
     extra = 0
     can_delete = False
@@ -130,7 +200,7 @@ class ModelSpendInline(admin.TabularInline):
 
 
 @admin.register(UserBudget)
-class UserBudgetAdmin(admin.ModelAdmin):
+class UserBudgetAdmin(MoneyAdmin):
     list_display = ("user_id", "project", "total_budget", "current_spend", "held", "utilisation_display",
                     "duration", "next_reset_at", "console_link")
     list_select_related = ("project",)
@@ -157,10 +227,10 @@ class UserBudgetAdmin(admin.ModelAdmin):
         except NoReverseMatch:
             return "—"
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[Any]:
         # The owner of a budget is fixed once it exists.
-        fields = tuple(self.readonly_fields)
-        return (*fields, "project", "user_id") if obj else fields
+        fields = super().get_readonly_fields(request, obj)
+        return [*fields, "project", "user_id"] if obj else fields
 
     def save_model(self, request: HttpRequest, obj: UserBudget, form: Any, change: bool) -> None:
         budget, _ = services.budget_set(
@@ -258,7 +328,7 @@ class AuditLogAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Alert)
-class AlertAdmin(admin.ModelAdmin):
+class AlertAdmin(MoneyAdmin):
     list_display = ("created_at", "project", "scope", "user_id", "threshold", "spend", "limit", "delivered_at",
                     "attempts")
     list_select_related = ("project",)

@@ -14,6 +14,7 @@ from django.urls import reverse
 from django.utils.timezone import now
 
 from .fields import MoneyField
+from .money import format_dollars
 
 # Prices per token are tiny (1.5e-7 and below): more places.
 PRICE: dict[str, Any] = {"max_digits": 24, "decimal_places": 18}
@@ -251,7 +252,7 @@ class ModelSpend(models.Model):
         constraints = [models.UniqueConstraint(fields=["budget", "model"], name="unique_model_per_budget")]
 
     def __str__(self) -> str:
-        return f"{self.budget_id}:{self.model}={self.spend}"
+        return f"{self.budget_id}:{self.model}={format_dollars(self.spend)}"
 
 
 class CostEvent(models.Model):
@@ -300,7 +301,7 @@ class CostEvent(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.user_id} {self.model} ${self.cost}"
+        return f"{self.user_id} {self.model} {format_dollars(self.cost)}"
 
     @property
     def total_tokens(self) -> int:
@@ -356,7 +357,7 @@ class Reservation(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.user_id} ${self.amount} {self.status}"
+        return f"{self.user_id} {format_dollars(self.amount)} {self.status}"
 
     @property
     def is_open(self) -> bool:
@@ -404,7 +405,7 @@ class SpendDay(TokenSums):
         indexes = [models.Index(fields=["project", "user_id", "day"], name="spend_day_user")]
 
     def __str__(self) -> str:
-        return f"{self.day} {self.user_id} {self.model} ${self.spend}"
+        return f"{self.day} {self.user_id} {self.model} {format_dollars(self.spend)}"
 
 
 class ModelDay(TokenSums):
@@ -424,7 +425,7 @@ class ModelDay(TokenSums):
         constraints = [models.UniqueConstraint(fields=["project", "day", "model"], name="unique_model_day")]
 
     def __str__(self) -> str:
-        return f"{self.day} {self.model} ${self.spend}"
+        return f"{self.day} {self.model} {format_dollars(self.spend)}"
 
 
 class UserDay(Sums):
@@ -445,7 +446,7 @@ class UserDay(Sums):
         indexes = [models.Index(fields=["project", "user_id", "day"], name="user_day_user")]
 
     def __str__(self) -> str:
-        return f"{self.day} {self.user_id} ${self.spend}"
+        return f"{self.day} {self.user_id} {format_dollars(self.spend)}"
 
 
 class UserMonth(Sums):
@@ -465,7 +466,7 @@ class UserMonth(Sums):
         indexes = [models.Index(fields=["project", "month", "-spend", "user_id"], name="user_month_rank")]
 
     def __str__(self) -> str:
-        return f"{self.month:%Y-%m} {self.user_id} ${self.spend}"
+        return f"{self.month:%Y-%m} {self.user_id} {format_dollars(self.spend)}"
 
 
 class BudgetPeriod(models.Model):
@@ -492,7 +493,7 @@ class BudgetPeriod(models.Model):
         indexes = [models.Index(fields=["project", "period_end"], name="period_project_end")]
 
     def __str__(self) -> str:
-        return f"{self.user_id} {self.period_start:%Y-%m-%d}–{self.period_end:%Y-%m-%d} ${self.spend}"
+        return f"{self.user_id} {self.period_start:%Y-%m-%d}–{self.period_end:%Y-%m-%d} {format_dollars(self.spend)}"
 
 
 class ModelPrice(models.Model):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
 from .errors import InvalidInput
@@ -49,3 +49,32 @@ def to_tokens(value: Any, field: str) -> int:
 def stored(amount: Decimal) -> Decimal:
     """The amount as the database keeps it (12 places)."""
     return amount.quantize(MONEY_PLACES)
+
+
+CENT = Decimal("0.01")
+DASH = "—"
+
+
+def format_dollars(value: Any) -> str:
+    """The console's one money format: $1,234.56 from a dollar up, 3 significant digits below ($0.0142, $0.000322).
+
+    Never scientific notation; zero is $0.00. Cards, tables, chart tooltips and chart axes all use it;
+    the CSV export and the JSON API keep the exact amounts.
+    """
+    if value is None or value == "":
+        return DASH
+    try:
+        amount = value if isinstance(value, Decimal) else Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return DASH
+    if not amount.is_finite():
+        return DASH
+    sign = "-" if amount < 0 else ""
+    amount = abs(amount)
+    if amount == 0:
+        return "$0.00"
+    if amount < 1:
+        rounded = amount.quantize(Decimal(1).scaleb(amount.adjusted() - 2), ROUND_HALF_EVEN)
+        if rounded < 1:  # 0.9996 rounds up to a dollar: shown as $1.00 below
+            return f"{sign}${format(rounded, 'f')}"
+    return f"{sign}${amount.quantize(CENT, ROUND_HALF_EVEN):,f}"

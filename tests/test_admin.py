@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 import pytest
@@ -9,6 +10,7 @@ from django.urls import reverse
 
 from budgets import services
 from budgets.models import AuditLog, CostEvent, ModelPrice, Project, UserBudget
+from budgets.templatetags.console import format_dollars
 from budgets.usage import Usage
 
 pytestmark = pytest.mark.django_db
@@ -147,3 +149,37 @@ def test_changing_a_project_in_the_admin_goes_through_the_service(staff_client):
     assert project.next_reset_at is not None
     update = AuditLog.objects.get(project=project, action="project_update")
     assert (update.actor, update.after["max_budget"]) == ("admin:support", "75")
+
+
+def test_money_is_shown_in_the_consoles_format_not_with_twelve_places(staff_client, project, spent):
+    event = CostEvent.objects.get(project=project)
+    Project.objects.filter(pk=project.pk).update(max_budget=Decimal(1))
+    pages = {
+        "budgets": staff_client.get(reverse("admin:budgets_userbudget_changelist")),
+        "budget": staff_client.get(reverse("admin:budgets_userbudget_change", args=[spent.pk])),
+        "projects": staff_client.get(reverse("admin:budgets_project_changelist")),
+        "project": staff_client.get(reverse("admin:budgets_project_change", args=[project.pk])),
+        "ledger": staff_client.get(reverse("admin:budgets_costevent_changelist")),
+        "event": staff_client.get(reverse("admin:budgets_costevent_change", args=[event.pk])),
+    }
+
+    for name, response in pages.items():
+        assert response.status_code == 200, name
+        assert not re.search(r"\d\.\d{12}\b", response.content.decode()), name
+    assert "$10.00" in pages["budgets"].content.decode()  # the budget
+    assert format_dollars(spent.current_spend) in pages["budget"].content.decode()  # read-only spend
+    assert 'name="total_budget" value="10"' in pages["budget"].content.decode()  # the exact amount to edit
+    assert "$1.00" in pages["projects"].content.decode()
+    assert 'name="max_budget" value="1"' in pages["project"].content.decode()
+    assert format_dollars(event.cost) in pages["event"].content.decode()
+
+
+def test_an_amount_edited_in_the_admin_is_kept_exactly(staff_client, spent):
+    url = reverse("admin:budgets_userbudget_change", args=[spent.pk])
+
+    response = staff_client.post(url, {"total_budget": "12.345678901234", "duration": "monthly",
+                                       "model_spends-TOTAL_FORMS": "0", "model_spends-INITIAL_FORMS": "0"})
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    spent.refresh_from_db()
+    assert spent.total_budget == Decimal("12.345678901234")

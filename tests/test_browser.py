@@ -34,6 +34,13 @@ CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SCREENSHOTS = Path(settings.BASE_DIR) / "test-artifacts" / "screenshots"
 PASSWORD = "pw-browser-123456"
+CSP_LISTENER = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", function (e) {
+  window.__cspViolations.push(
+    e.violatedDirective + " " + (e.blockedURI || "inline") + " " + e.sourceFile + ":" + e.lineNumber);
+});
+"""
 
 
 def _chromium_or_skip() -> None:
@@ -85,6 +92,17 @@ class Session:
         self.errors: list[str] = []
         self.page.on("request", lambda request: self.requests.append(request.url))
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        # What the Content-Security-Policy blocked: Chromium says it in the console, and the page
+        # gets a securitypolicyviolation event (recorded by a script the policy does not govern).
+        self.page.on("console", self._console)
+        self.page.add_init_script(CSP_LISTENER)
+
+    def _console(self, message) -> None:
+        if "Content Security Policy" in message.text:
+            self.errors.append(f"console: {message.text}")
+
+    def csp_violations(self) -> list[str]:
+        return self.page.evaluate("window.__cspViolations || []")
 
     def open(self, path: str) -> None:
         response = self.page.goto(self.base_url + path)
@@ -345,3 +363,89 @@ def test_html_in_user_ids_and_model_names_stays_text_in_every_chart(session, mem
 
     assert dialogs == []
     assert Alert.objects.filter(project=project, user_id=IMAGE).exists()  # the alert page had it to show
+
+
+def test_every_page_runs_under_the_content_security_policy(session, demo, member):
+    """Charts, forms, Django admin and Swagger UI work with the strict policy; nothing is blocked."""
+    member.is_staff = member.is_superuser = True
+    member.save()
+    session.login("mia")
+    pk = demo.pk
+    user_id = UserBudget.objects.filter(project=demo).order_by("-current_spend").values_list("user_id", flat=True)[0]
+    charts = [
+        (reverse("project_overview", args=[pk]), 3),
+        (reverse("user_detail", args=[pk, user_id]), None),
+        (reverse("model_list", args=[pk]), 2),
+        (reverse("project_periods", args=[pk]), None),
+    ]
+    others = [reverse(name, args=[pk]) for name in (
+        "user_list", "key_list", "project_settings", "member_list", "audit_log", "alert_history", "budget_import",
+        "project_delete")] + [reverse("project_list"), reverse("project_new")]
+    budget = UserBudget.objects.filter(project=demo).first()
+    admin = [reverse("admin:index"), reverse("admin:budgets_userbudget_changelist"),
+             reverse("admin:budgets_userbudget_change", args=[budget.pk])]
+
+    for path, expected in charts + [(p, None) for p in others + admin]:
+        response = session.page.goto(session.base_url + path)
+        assert response is not None and response.status == 200, path
+        assert "script-src 'self'" in response.headers["content-security-policy"], path
+        session.page.wait_for_load_state("load")
+        if expected is not None:
+            assert_charts_drawn(session, expected)
+        else:
+            charts_here = session.page.locator("[data-chart]").count()
+            if charts_here:
+                assert_charts_drawn(session, charts_here)
+        assert session.csp_violations() == [], (path, session.csp_violations())
+
+    session.open("/api/v1/docs")
+    session.page.locator(".opblock").first.wait_for()  # Swagger UI drew the operations
+    assert session.csp_violations() == []
+    session.screenshot("api-docs")
+
+
+OVERLAPS = """
+(chart) => {
+  const box = (el) => el.getBoundingClientRect();
+  const meets = (a, b) => a.width > 0 && b.width > 0 && a.left < b.right - 1 && b.left < a.right - 1
+                          && a.top < b.bottom - 1 && b.top < a.bottom - 1;
+  const name = (el) => el.textContent.trim();
+  // An entry's name (its text, not the click target behind it, which is as wide as the column).
+  const entries = [...chart.querySelectorAll(".legend .traces .legendtext")];
+  const axis = [...chart.querySelectorAll(".xtick text, .ytick text, .g-xtitle text, .g-ytitle text")];
+  const found = [];
+  entries.forEach((a, i) => entries.slice(i + 1).forEach((b) => {
+    if (meets(box(a), box(b))) found.push(name(a) + " / " + name(b));
+  }));
+  entries.forEach((a) => axis.forEach((b) => {
+    if (meets(box(a), box(b))) found.push(name(a) + " / axis " + name(b));
+  }));
+  // Every entry inside the chart: a legend cut off at the bottom is not laid out either.
+  const frame = box(chart);
+  entries.forEach((a) => { if (box(a).bottom > frame.bottom + 1) found.push(name(a) + " below the chart"); });
+  return found;
+}
+"""
+
+
+@pytest.mark.parametrize("width", [390, 1280, 1920])
+def test_chart_legends_overlap_neither_each_other_nor_the_axes(browser, live_server, demo, width):
+    tab = Session(browser, live_server.url, width=width, height=1000)
+    try:
+        tab.login("mia")
+        for name in ("model_list", "project_overview"):
+            tab.open(reverse(name, args=[demo.pk]))
+            charts = tab.page.locator("[data-chart]")
+            assert_charts_drawn(tab, charts.count())
+            for i in range(charts.count()):
+                chart = charts.nth(i)
+                assert chart.evaluate(OVERLAPS) == [], f"{name} {chart.get_attribute('id')} at {width}px"
+            tab.screenshot(f"{name}-legends-{width}")
+        # Narrowed after drawing (a turned tablet): the legend is laid out again for the new width.
+        tab.page.set_viewport_size({"width": width // 2, "height": 1000})
+        tab.page.wait_for_timeout(600)
+        for chart in tab.page.locator("[data-chart]").all():
+            assert chart.evaluate(OVERLAPS) == [], f"overview {chart.get_attribute('id')} at {width // 2}px"
+        assert tab.errors == []
+    finally:
+        tab.close()

@@ -54,6 +54,23 @@ def test_the_audit_log_shows_who_changed_what_from_before_to_after(client, team)
     assert "budget_create" not in page.split('id="audit-table"')[1]
 
 
+def test_a_project_update_shows_only_the_fields_it_changed(client, team):
+    services.project_update(project=team, actor="user:olivia", max_budget=Decimal(100), timezone="UTC")
+    client.post(reverse("project_settings_save", args=[team.pk]),
+                {"name": "acme", "max_budget": "100", "timezone": "Europe/Berlin", "duration": "monthly"})
+
+    response = client.get(reverse("audit_log", args=[team.pk]), {"action": "project_update"})
+
+    assert response.status_code == 200
+    rows = response.content.decode().split("<tbody>")[1].split("</tbody>")[0].split("<tr>")[1:]
+    assert len(rows) == 2
+    latest, first = rows
+    # The console's save sends every field; only the time zone changed.
+    assert '<span class="audit-before">UTC</span> → <span class="audit-after">Europe/Berlin</span>' in latest
+    assert "name:" not in latest and "max_budget:" not in latest and "→ —" not in latest
+    assert "max_budget:" in first and "timezone:" not in first and "name:" not in first
+
+
 @pytest.mark.parametrize("filters, expected", [
     ({"user_id": "bob"}, 1), ({"actor": "user:olivia"}, 1), ({"action": "budget_create"}, 2), ({}, 4)])
 def test_the_audit_log_filters_by_user_action_and_actor(client, team, filters, expected):

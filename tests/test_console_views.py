@@ -579,6 +579,19 @@ def test_the_user_page_has_spend_models_periods_and_ledger(client, project, make
     assert body.count("<tr><td class=\"text-nowrap\">") >= 2  # ledger rows
 
 
+def test_the_user_page_never_shows_less_than_nothing_left(client, project, make_budget):
+    make_budget("alice", "1", "monthly")
+    record(project, model="gpt-4o", cost=Decimal("1.539"))
+
+    response = client.get(reverse("user_detail", args=[project.pk, "alice"]))
+
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert 'id="user-left">$0.00 left' in body  # as the API's remaining: never below 0
+    assert "over by $0.539" in body
+    assert "-$" not in body
+
+
 def test_the_models_page_shows_tokens_prices_and_links_staff_to_the_price(client_for, project, make_budget):
     make_budget("alice", "100")
     record(project, model="gpt-4o-mini", prompt=1_000_000, completion=0)

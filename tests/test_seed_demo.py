@@ -11,10 +11,11 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db.models import Sum
+from django.urls import reverse
 
 from budgets import services
-from budgets.models import BudgetPeriod, CostEvent, ModelSpend, Project, UserBudget
-from budgets.selectors.console import MoneySum
+from budgets.models import Alert, BudgetPeriod, CostEvent, ModelSpend, Project, UserBudget
+from budgets.selectors.console import MoneySum, project_past_periods
 
 pytestmark = pytest.mark.django_db
 
@@ -75,6 +76,43 @@ def test_past_periods_hold_the_spend_of_their_days():
             by_model[model] += cost
         assert {m: Decimal(s) for m, s in period.model_spend.items()} == dict(by_model)
         assert period.period_end <= period.budget.period_start
+
+
+def test_alerts_are_stamped_at_the_call_that_crossed_each_threshold():
+    seed("--users", "30", "--days", "20", "--events", "3000", "--project", "alerts")
+    project = Project.objects.get(name="alerts")
+    alerts = Alert.objects.filter(project=project)
+
+    assert alerts.filter(threshold=80).exists() and alerts.filter(threshold=100).exists()
+    for alert in alerts:
+        events = CostEvent.objects.filter(budget=alert.budget, created_at__gte=alert.period_start)
+        before = events.filter(created_at__lt=alert.created_at).aggregate(s=MoneySum("cost"))["s"] or 0
+        upto = events.filter(created_at__lte=alert.created_at).aggregate(s=MoneySum("cost"))["s"]
+        line = alert.limit * alert.threshold / 100
+        assert before < line <= upto, (alert.user_id, alert.threshold)
+        assert alert.spend == upto and alert.created_at > alert.period_start
+    for budget_id in alerts.values_list("budget_id", flat=True).distinct():
+        stamps = dict(alerts.filter(budget_id=budget_id).values_list("threshold", "created_at"))
+        if 100 in stamps:
+            assert stamps[80] <= stamps[100]
+
+
+def test_the_project_has_its_finished_periods_like_the_sweep_would_have_left_them(client):
+    seed("--users", "20", "--days", "45", "--events", "2000", "--project", "months")
+    project = Project.objects.get(name="months")
+    staff = get_user_model().objects.create_user("sam", is_staff=True)
+    client.force_login(staff)
+
+    past = project_past_periods(project)
+
+    assert past, "45 days of history span at least one finished month"
+    assert past[-1].end == project.period_start
+    for period in past:
+        events = CostEvent.objects.filter(project=project, created_at__gte=period.start, created_at__lt=period.end)
+        assert period.spend == (events.aggregate(s=MoneySum("cost"))["s"] or 0)
+        assert period.budget == project.max_budget
+    page = client.get(reverse("project_periods", args=[project.pk])).content.decode()
+    assert "No finished periods yet" not in page
 
 
 def test_a_few_users_are_over_budget_and_most_are_not():

@@ -65,3 +65,16 @@ def test_the_check_fails_loudly_without_the_bootstrap_app():
         errors = finders.get_finder(PLOTLY_FINDER).check()
     assert [error.id for error in errors] == ["budgets.E001"]
     assert "bootstrap/css/bootstrap.min.css, bootstrap/js/bootstrap.bundle.min.js not found" in errors[0].msg
+
+
+@pytest.mark.django_db
+def test_the_favicon_is_served_at_the_root_and_linked_from_every_page(client):
+    response = client.get("/favicon.ico")
+    login = client.get("/login/").content.decode()
+
+    assert response.status_code == 200
+    body = b"".join(response.streaming_content) if response.streaming else response.content
+    assert body[:4] == b"\x00\x00\x01\x00"  # an ICO file
+    assert response["Content-Type"] in ("image/x-icon", "image/vnd.microsoft.icon")
+    assert '<link rel="icon" href="/static/console/favicon.svg" type="image/svg+xml">' in login
+    assert finders.find("console/favicon.svg")

@@ -20,7 +20,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
-from itertools import accumulate
+from itertools import accumulate, groupby
+from operator import itemgetter
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -36,7 +37,8 @@ from ..fields import MoneyField, money
 from ..models import Alert, AuditLog, BudgetPeriod, CostEvent, Duration, ModelSpend, Project, UserBudget
 from ..money import stored
 from ..selectors.console import MoneySum
-from .audit import actor_for_system, budget_snapshot
+from .alerts import crossed_thresholds, thresholds_of
+from .audit import actor_for_system, budget_snapshot, write_audits
 from .keys import api_key_create
 from .projects import project_create, project_update
 from .rollups import rollups_rebuild
@@ -241,7 +243,8 @@ def demo_seed(*, name: str = "demo", users: int = 50, days: int = 30, events: in
         cap = nice_amount(project.current_spend / Decimal("0.62"), ROUND_UP) if project.current_spend else Decimal(100)
         project = project_update(project=project, actor=ACTOR, max_budget=cap)
         closed = _close_past_periods(project, zone)
-        _fabricate_alerts(project, at, rng)
+        _close_project_periods(project, start)
+        _fabricate_alerts(project)
         _, raw_key = api_key_create(project=project, name="demo", actor=ACTOR)
         member = _add_admin_member(project)
         AuditLog.objects.create(project=project, action="demo_seed", actor=ACTOR,
@@ -468,21 +471,61 @@ def _close_past_periods(project: Project, zone: ZoneInfo) -> int:
     return bulk_insert(BudgetPeriod, PERIOD_COLUMNS, rows)
 
 
-def _fabricate_alerts(project: Project, at: datetime, rng: random.Random) -> None:
-    """Alerts for the thresholds users crossed this period, as already delivered (nothing is sent)."""
+def _fabricate_alerts(project: Project) -> None:
+    """Alerts for the thresholds users crossed this period, as already delivered (nothing is sent).
+
+    Each is stamped with the call that crossed it, as cost_record would have: the ledger of the
+    period replayed in order through the same rule (`crossed_thresholds`), so 80 % comes before 100 %.
+    """
+    thresholds = thresholds_of(project)
+    if not thresholds:
+        return
+    lowest = min(thresholds)
+    crossed = {b.pk: b for b in UserBudget.objects.filter(project=project, total_budget__gt=0)
+               if b.current_spend * 100 >= b.total_budget * lowest}
+    events = (CostEvent.objects.filter(budget_id__in=list(crossed), created_at__gte=F("budget__period_start"))
+              .order_by("budget_id", "created_at", "id").values_list("budget_id", "created_at", "cost"))
     alerts = []
-    for budget in UserBudget.objects.filter(project=project, total_budget__gt=0):
-        used = budget.current_spend * 100 / budget.total_budget
-        for threshold in project.alert_thresholds or []:
-            if used >= threshold:
-                when = max(budget.period_start, at - timedelta(minutes=rng.randint(5, 3 * 24 * 60)))
-                alerts.append(Alert(
-                    project=project, budget=budget, scope=Alert.Scope.USER, user_id=budget.user_id,
-                    threshold=threshold, period_start=budget.period_start,
-                    spend=budget.total_budget * threshold / 100, limit=budget.total_budget, created_at=when,
-                    delivered_at=when + timedelta(seconds=2), attempts=1,
-                ))
+    for budget_id, calls in groupby(events.iterator(), key=itemgetter(0)):
+        budget = crossed[budget_id]
+        spend = ZERO
+        for _, created_at, cost in calls:
+            before, spend = spend, spend + cost
+            alerts += [
+                Alert(project=project, budget=budget, scope=Alert.Scope.USER, user_id=budget.user_id,
+                      threshold=threshold, period_start=budget.period_start, spend=spend,
+                      limit=budget.total_budget, created_at=created_at,
+                      delivered_at=created_at + timedelta(seconds=2), attempts=1)
+                for threshold in crossed_thresholds(before=before, after=spend, limit=budget.total_budget,
+                                                    thresholds=thresholds)
+            ]
     Alert.objects.bulk_create(alerts, batch_size=BATCH_SIZE, ignore_conflicts=True)
+
+
+def _close_project_periods(project: Project, start: datetime) -> int:
+    """The project's finished periods since the history began, written as the sweep's reset rows.
+
+    The console's periods page reads a project's past periods from these audit rows
+    (`selectors.console.project_past_periods`); each holds the period's spend from the ledger and the cap.
+    """
+    cap = None if project.max_budget is None else str(project.max_budget)
+    entries = []
+    period = periods.period_containing(project.duration, project.timezone, start, days=project.duration_days,
+                                       anchor=project.period_start)
+    while period.next_reset is not None and period.start < project.period_start:
+        spend = CostEvent.objects.filter(project=project, created_at__gte=period.start,
+                                         created_at__lt=period.next_reset).aggregate(s=MoneySum("cost"))["s"]
+        following = periods.period_containing(project.duration, project.timezone, period.next_reset,
+                                              days=project.duration_days, anchor=project.period_start)
+        entries.append(AuditLog(
+            project=project, action="project_period_reset", actor=ACTOR, created_at=period.next_reset,
+            before={"period_start": period.start.isoformat(), "current_spend": str(spend or ZERO),
+                    "period_end": period.next_reset.isoformat(), "max_budget": cap},
+            after={"period_start": following.start.isoformat()},
+        ))
+        period = following
+    write_audits(entries)
+    return len(entries)
 
 
 def _add_admin_member(project: Project) -> str | None:

@@ -2,40 +2,14 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from django import template
 
+from ..money import DASH, format_dollars  # the one money format, re-exported for the templates
+
 register = template.Library()
-
-CENT = Decimal("0.01")
-DASH = "—"
-
-
-def format_dollars(value: Any) -> str:
-    """The console's one money format: $1,234.56 from a dollar up, 3 significant digits below ($0.0142, $0.000322).
-
-    Never scientific notation; zero is $0.00. Cards, tables, chart tooltips and chart axes all use it;
-    the CSV export and the JSON API keep the exact amounts.
-    """
-    if value is None or value == "":
-        return DASH
-    try:
-        amount = value if isinstance(value, Decimal) else Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        return DASH
-    if not amount.is_finite():
-        return DASH
-    sign = "-" if amount < 0 else ""
-    amount = abs(amount)
-    if amount == 0:
-        return "$0.00"
-    if amount < 1:
-        rounded = amount.quantize(Decimal(1).scaleb(amount.adjusted() - 2), ROUND_HALF_EVEN)
-        if rounded < 1:  # 0.9996 rounds up to a dollar: shown as $1.00 below
-            return f"{sign}${format(rounded, 'f')}"
-    return f"{sign}${amount.quantize(CENT, ROUND_HALF_EVEN):,f}"
 
 
 NICE_STEPS = (Decimal(1), Decimal(2), Decimal("2.5"), Decimal(5), Decimal(10))
@@ -69,6 +43,22 @@ def dollars(value: Any) -> str:
 @register.filter
 def percent(value: Any) -> str:
     return format_percent(value)
+
+
+@register.filter
+def at_least_zero(value: Any) -> Any:
+    """An amount left, never below zero (as the API's `remaining`); `over_by` says by how much it was passed."""
+    if value is None or value == "":
+        return value
+    return max(Decimal(value), Decimal(0))
+
+
+@register.filter
+def over_by(value: Any) -> Decimal:
+    """How far below zero an amount left is (0 when it is not)."""
+    if value is None or value == "":
+        return Decimal(0)
+    return max(-Decimal(value), Decimal(0))
 
 
 @register.filter

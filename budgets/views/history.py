@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
@@ -17,15 +18,32 @@ from .common import actor, project_for, render_page
 AUDIT_FILTERS = ("user_id", "action", "actor")
 
 
+def _same(before: Any, after: Any) -> bool:
+    """Equal values, counting amounts written with different precision ("100.000000000000", "100") as equal."""
+    if before == after:
+        return True
+    if isinstance(before, str) and isinstance(after, str):
+        try:
+            return Decimal(before) == Decimal(after)
+        except InvalidOperation:
+            return False
+    return False
+
+
 def changes(before: Any, after: Any) -> list[dict[str, Any]]:
-    """Each field of an audit row as before → after (only the fields that differ, when both exist)."""
+    """Each field of an audit row as before → after.
+
+    When the row has both sides, only what changed: the fields of `after` whose value differs.
+    An update writes every setting it read in `before` but only the fields it was given in
+    `after`, so a field missing from `after` did not change.
+    """
     before = before if isinstance(before, dict) else {}
     after = after if isinstance(after, dict) else {}
-    keys = list(dict.fromkeys([*before, *after]))
-    rows = [{"field": k, "before": before.get(k), "after": after.get(k)} for k in keys]
     if before and after:
-        rows = [r for r in rows if r["before"] != r["after"]]
-    return rows
+        return [{"field": k, "before": before.get(k), "after": v} for k, v in after.items()
+                if not _same(before.get(k), v)]
+    keys = list(dict.fromkeys([*before, *after]))
+    return [{"field": k, "before": before.get(k), "after": after.get(k)} for k in keys]
 
 
 @login_required

@@ -75,27 +75,59 @@
     return axis;
   }
 
+  var FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
+  var FONT_SIZE = 12;
+  var LEGEND_ROW = 21;  // px per row of a horizontal legend at FONT_SIZE
+  var measure = null;
+
+  function textWidth(text) {
+    if (measure === null) {
+      measure = document.createElement("canvas").getContext("2d");
+      measure.font = FONT_SIZE + "px " + FONT;
+    }
+    return measure.measureText(text).width;
+  }
+
+  // The legend sits under the plot in the chart's own bottom margin, in columns as wide as the
+  // longest name, so that no two entries overlap; the axis labels and title keep the room above
+  // it (Plotly's automatic margins take the larger of the legend's and the axis's need, not both).
+  function legendLayout(names, width) {
+    var longest = Math.max.apply(null, names.map(textWidth));
+    var entry = Math.ceil(longest) + 52;  // symbol (itemwidth 30), gaps and padding
+    var columns = Math.max(1, Math.min(names.length, Math.floor((width - 8) / entry)));
+    var rows = Math.ceil(names.length / columns);
+    return {
+      rows: rows,
+      height: rows * LEGEND_ROW + 8,
+      legend: {orientation: "h", xref: "container", x: 0, xanchor: "left", yref: "container", y: 0,
+               yanchor: "bottom", traceorder: "normal", entrywidthmode: "pixels",
+               entrywidth: Math.floor((width - 8) / columns) - 40}
+    };
+  }
+
   function layoutFor(spec, el) {
-    var narrow = el.clientWidth < 520;
+    var width = el.clientWidth;
+    var narrow = width < 520;
     var rows = spec.horizontal ? spec.x.length : 0;
-    var legendItems = spec.kind === "pie" ? spec.x.length : (spec.series.length > 1 ? spec.series.length : 0);
-    // Room for the legend under the plot: two columns on a phone, about five on a wide screen.
-    var legendRows = Math.ceil(legendItems / (narrow ? 2 : 5));
+    var names = spec.kind === "pie" ? spec.x : spec.series.map(function (s) { return s.name; });
+    var showLegend = spec.kind === "pie" || spec.series.length > 1;
+    var legend = showLegend ? legendLayout(names, width) : {height: 0, legend: {}};
     var plotHeight = spec.horizontal ? Math.max(200, 28 * rows + 70) : (narrow ? 240 : 300);
+    // Room under the plot for the axis's tick labels and, when shown, its title.
+    var titled = spec.kind !== "pie" && spec.horizontal && !narrow;
+    var axisRoom = spec.kind === "pie" ? 0 : (titled ? 56 : 44);
     var layout = {
-      height: spec.height || plotHeight + 22 * legendRows,
-      margin: {l: 8, r: 12, t: 8, b: 8},
+      height: spec.height || plotHeight + legend.height,
+      margin: {l: 8, r: 12, t: 8, b: showLegend ? legend.height + axisRoom : 8},
       paper_bgcolor: "rgba(0,0,0,0)",
       plot_bgcolor: "rgba(0,0,0,0)",
-      font: {family: "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size: 12},
-      showlegend: spec.kind === "pie" || spec.series.length > 1,
-      legend: {orientation: "h", x: 0, xanchor: "left", y: -0.12, yanchor: "top", traceorder: "normal",
-               entrywidth: narrow ? 0.5 : 0.2, entrywidthmode: "fraction"},
+      font: {family: FONT, size: FONT_SIZE},
+      showlegend: showLegend,
+      legend: legend.legend,
       hoverlabel: {align: "left"}
     };
     if (spec.kind === "pie") {
       layout.uniformtext = {mode: "hide", minsize: 10};
-      layout.legend.y = -0.05;
       return layout;
     }
     layout.barmode = spec.stack ? "stack" : "group";
@@ -123,7 +155,24 @@
     Plotly.newPlot(el, traces, layoutFor(spec, el), {
       responsive: true, displaylogo: false, modeBarButtonsToRemove: ["select2d", "lasso2d", "autoScale2d"]
     });
+    drawn.push({el: el, spec: spec, width: el.clientWidth});
   }
 
+  var drawn = [];
   document.querySelectorAll("[data-chart]").forEach(draw);
+
+  // A new width changes how many legend columns fit: lay the legend and margins out again.
+  var pending = null;
+  window.addEventListener("resize", function () {
+    clearTimeout(pending);
+    pending = setTimeout(function () {
+      drawn.forEach(function (chart) {
+        if (chart.el.clientWidth !== chart.width) {
+          chart.width = chart.el.clientWidth;
+          var layout = layoutFor(chart.spec, chart.el);
+          Plotly.relayout(chart.el, {legend: layout.legend, margin: layout.margin, height: layout.height});
+        }
+      });
+    }, 150);
+  });
 })();
