@@ -63,3 +63,52 @@ def test_the_scan_finds_a_write_where_there_is_one(tmp_path):
     (tmp_path / "services").mkdir()
     (tmp_path / "services" / "budgets.py").write_text("def f(budget):\n    budget.save()\n")
     assert writes_outside_services(tmp_path) == ["views.py:2 .update()", "views.py:3 .save()"]
+
+
+# The ledger's one writer (services/ledger.py): ledger rows and what derives from them.
+LEDGER_INSERTS = {"create", "bulk_create", "get_or_create", "update_or_create"}
+LEDGER_HELPERS = {"bulk_insert", "insert_rows", "rollups_add_events"}  # write CostEvent rows or their rollups
+LEDGER_SQL = ("insert into budgets_costevent", "copy budgets_costevent")
+
+
+def ledger_writers(root: Path = BUDGETS) -> list[str]:
+    """Modules that insert ledger rows (ORM, bulk helpers, SQL) or add to the rollups: one is expected."""
+    found = set()
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root)
+        if relative.parts[0] == "migrations":
+            continue
+        text = path.read_text()
+        if any(sql in " ".join(text.lower().split()) for sql in LEDGER_SQL):
+            found.add(str(relative))
+        for node in ast.walk(ast.parse(text, filename=str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            chain = _chain(node.func)
+            if not chain:
+                continue
+            on_ledger = chain[0] in LEDGER_INSERTS and "CostEvent" in chain[1:]
+            first = node.args[0] if node.args else None
+            helper = chain[0] in LEDGER_HELPERS and (
+                chain[0] == "rollups_add_events" or (isinstance(first, ast.Name) and first.id == "CostEvent"))
+            if on_ledger or helper:
+                found.add(str(relative))
+    return sorted(found)
+
+
+def test_only_the_ledger_module_writes_ledger_rows():
+    assert ledger_writers() == ["services/ledger.py"]
+
+
+def test_the_ledger_scan_finds_every_kind_of_ledger_insert(tmp_path):
+    (tmp_path / "services").mkdir()
+    (tmp_path / "services" / "ledger.py").write_text("def f():\n    CostEvent.objects.create(cost=1)\n")
+    (tmp_path / "services" / "costs.py").write_text("def f(rows):\n    CostEvent.objects.bulk_create(rows)\n")
+    (tmp_path / "services" / "hosted.py").write_text("def f(p, events):\n    rollups_add_events(p, events)\n")
+    (tmp_path / "services" / "demo.py").write_text("def f(rows):\n    bulk_insert(CostEvent, COLUMNS, rows)\n")
+    (tmp_path / "services" / "raw.py").write_text('SQL = """\nINSERT INTO\n  budgets_costevent (cost) VALUES (1)"""\n')
+    (tmp_path / "services" / "reads.py").write_text("def f():\n    return CostEvent.objects.filter(cost=1)\n")
+    assert ledger_writers(tmp_path) == [
+        "services/costs.py", "services/demo.py", "services/hosted.py", "services/ledger.py", "services/raw.py",
+    ]
+

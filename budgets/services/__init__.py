@@ -53,7 +53,7 @@ from .resets import (
     reset_due_budgets,
     reset_due_projects,
 )
-from .rollups import rollups_add_events, rollups_rebuild
+from .rollups import rollups_rebuild
 from .user_budgets import budget_delete, budget_reset, budget_set
 from .webhook_test import WebhookTest, alert_test_webhook
 
@@ -111,7 +111,7 @@ __all__ = [
     "reservation_settle",
     "reservations_expire",
     "reset_due_budgets",
-    "reset_due_projects", "rollups_add_events", "rollups_rebuild", "superuser_ensure",
+    "reset_due_projects", "rollups_rebuild", "superuser_ensure",
     "validate_duration",
     "validate_timezone",
     "validate_user_id",
