@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -19,7 +19,9 @@ from . import ledger
 from .admission import retry_on_conflict
 from .ledger import CostRecorded, exceeded_scope
 
-__all__ = ["CostRecorded", "Verdict", "admission_check", "cost_record", "cost_record_answered", "exceeded_scope"]
+__all__ = [
+    "CostRecorded", "Verdict", "admission_check", "cost_record", "exceeded_scope", "recorded_again", "recorded_state",
+]
 
 
 @dataclass(frozen=True)
@@ -83,26 +85,46 @@ def _cost_record(
         project=project, user_id=user_id, usage=usage, model=model, amount=amount, source=source,
         idempotency_key=idempotency_key, fingerprint=fingerprint, enforce=enforce,
     ))
-    if recorded.created:
-        metrics.cost_recorded(project.name, recorded.event.model, amount)
+    if not recorded.created:
+        return recorded_again(recorded.event, recorded.event.response, recorded)
+    metrics.cost_recorded(project.name, recorded.event.model, amount)
+    if idempotency_key is not None:
+        # Kept with the ledger row in its transaction: a retry answers from these, as the first did.
+        CostEvent.objects.filter(pk=recorded.event.pk).update(response=recorded_state(recorded, 201))
     return recorded
 
 
-@retry_on_conflict
-def cost_record_answered(
-    *, answer: Callable[[CostRecorded], str], status: int = 201, **kwargs: Any,
-) -> tuple[CostRecorded, str]:
-    """cost_record for a request that may be retried: returns (recorded, answer body).
+# What a retry needs to answer exactly as the first request: the figures after the first record.
+BUDGET_STATE = ("total_budget", "duration", "duration_days", "current_spend", "held", "period_start",
+                "next_reset_at", "created_at", "updated_at")
+PROJECT_STATE = ("current_spend", "held", "max_budget")
 
-    The first request's answer (`answer(recorded)`, serialised) is kept with its ledger
-    event in the same transaction; a retry with the same Idempotency-Key gets those bytes back.
-    """
-    with transaction.atomic():
-        recorded = _cost_record(**kwargs)  # in this transaction: no savepoint needed
-        if not recorded.created and recorded.event.response:
-            return recorded, recorded.event.response["body"]
-        body = answer(recorded)
-        if recorded.created and kwargs.get("idempotency_key") is not None:
-            CostEvent.objects.filter(pk=recorded.event.pk, response__isnull=True).update(
-                response={"status": status, "body": body})
-    return recorded, body
+
+def _text(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else None if value is None else str(value)
+
+
+def recorded_state(recorded: CostRecorded, status: int) -> dict[str, Any]:
+    """What to keep with a first answer so that a retry answers the same: the user's figures after it."""
+    budget, project = recorded.budget, recorded.budget.project
+    return {
+        "status": status,
+        "budget": {name: _text(getattr(budget, name)) for name in BUDGET_STATE} | {"id": budget.pk},
+        "project": {name: _text(getattr(project, name)) for name in PROJECT_STATE},
+        "model_costs": {model: str(spend) for model, spend in recorded.model_costs.items()},
+        "exceeded": recorded.exceeded,
+    }
+
+
+def recorded_again(event: CostEvent, state: dict[str, Any] | None, replay: CostRecorded | None = None) -> CostRecorded:
+    """A retry's CostRecorded: the first one's figures, kept by recorded_state with the answer's status."""
+    if state is None or "budget" not in state:  # recorded without a key: today's figures
+        assert replay is not None
+        return replay
+    fields = {f.name: f for f in UserBudget._meta.concrete_fields}
+    budget_fields = {name: fields[name].to_python(value) for name, value in state["budget"].items() if name != "id"}
+    project_fields = {name: None if value is None else Decimal(value) for name, value in state["project"].items()}
+    project = Project(pk=event.project_id, **project_fields)
+    budget = UserBudget(pk=state["budget"]["id"], project=project, user_id=event.user_id, **budget_fields)
+    return CostRecorded(event=event, budget=budget, created=False, exceeded=state["exceeded"],
+                        model_costs={model: Decimal(spend) for model, spend in state["model_costs"].items()})

@@ -16,6 +16,7 @@ switch between them. Locks: the project row first, then budget rows (services.ad
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,9 +39,10 @@ from ..usage import Usage
 from . import alerts
 from .admission import check_figures, levels_admit, levels_of, lock_project
 from .resets import ensure_current_period
-from .rollups import local_day, rollups_add_events, rollups_rebuild
+from .rollups import GRAINS, TOKENS, Grain, Key, Totals, local_day, rollups_rebuild
 
 ZERO = Decimal(0)
+ROLLUP_BATCH = 1000  # rollup rows per upsert statement
 WRITE_BATCH = 1000  # rows per bulk_create on the portable path
 COPY_BATCH = 2000  # lines per COPY write on PostgreSQL
 
@@ -229,39 +231,29 @@ WITH ev AS (
         prompt_tokens = s.prompt_tokens + EXCLUDED.prompt_tokens,
         completion_tokens = s.completion_tokens + EXCLUDED.completion_tokens
     RETURNING spend
-), d AS (
-    INSERT INTO budgets_spendday AS d (project_id, day, user_id, model, spend, events, prompt_tokens,
-        completion_tokens, cached_tokens)
-    SELECT %(project)s, %(day)s, %(user)s, %(model)s, %(amount)s, 1, %(prompt)s, %(completion)s, %(cached)s
-    WHERE EXISTS (SELECT 1 FROM ev)
-    ON CONFLICT (project_id, day, user_id, model) DO UPDATE SET spend = d.spend + EXCLUDED.spend,
-        events = d.events + 1, prompt_tokens = d.prompt_tokens + EXCLUDED.prompt_tokens,
-        completion_tokens = d.completion_tokens + EXCLUDED.completion_tokens,
-        cached_tokens = d.cached_tokens + EXCLUDED.cached_tokens
-    RETURNING 1
-), md AS (
-    INSERT INTO budgets_modelday AS d (project_id, day, model, spend, events, prompt_tokens, completion_tokens,
-        cached_tokens)
-    SELECT %(project)s, %(day)s, %(model)s, %(amount)s, 1, %(prompt)s, %(completion)s, %(cached)s
-    WHERE EXISTS (SELECT 1 FROM ev)
-    ON CONFLICT (project_id, day, model) DO UPDATE SET spend = d.spend + EXCLUDED.spend,
-        events = d.events + 1, prompt_tokens = d.prompt_tokens + EXCLUDED.prompt_tokens,
-        completion_tokens = d.completion_tokens + EXCLUDED.completion_tokens,
-        cached_tokens = d.cached_tokens + EXCLUDED.cached_tokens
-    RETURNING 1
-), ud AS (
-    INSERT INTO budgets_userday AS d (project_id, day, user_id, spend, events)
-    SELECT %(project)s, %(day)s, %(user)s, %(amount)s, 1 WHERE EXISTS (SELECT 1 FROM ev)
-    ON CONFLICT (project_id, day, user_id) DO UPDATE SET spend = d.spend + EXCLUDED.spend, events = d.events + 1
-    RETURNING 1
-), um AS (
-    INSERT INTO budgets_usermonth AS d (project_id, month, user_id, spend, events)
-    SELECT %(project)s, %(month)s, %(user)s, %(amount)s, 1 WHERE EXISTS (SELECT 1 FROM ev)
-    ON CONFLICT (project_id, month, user_id) DO UPDATE SET spend = d.spend + EXCLUDED.spend, events = d.events + 1
-    RETURNING 1
+)"""
+# The rollups' upserts, one per grain of services.rollups (a new grain or column is added there only).
+_ROLLUP_VALUES = {"day": "%(day)s", "month": "%(month)s", "user_id": "%(user)s", "model": "%(model)s",
+                  "spend": "%(amount)s", "events": "1", "prompt_tokens": "%(prompt)s",
+                  "completion_tokens": "%(completion)s", "cached_tokens": "%(cached)s"}
+
+
+def _rollup_cte(name: str, grain: Grain) -> str:
+    keys = ("project_id", grain.column, *grain.keys)
+    sums = ("spend", "events", *(TOKENS if grain.tokens else ()))
+    values = ["%(project)s", *(_ROLLUP_VALUES[column] for column in (*keys[1:], *sums))]
+    return (
+        f", {name} AS (\n    INSERT INTO {grain.table} AS d ({', '.join(keys + sums)})\n"
+        f"    SELECT {', '.join(values)} WHERE EXISTS (SELECT 1 FROM ev)\n"
+        f"    ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
+        + ", ".join(f"{column} = d.{column} + EXCLUDED.{column}" for column in sums) + "\n    RETURNING 1\n)"
+    )
+
+
+_ROLLUP_NAMES = [f"r{index}" for index in range(len(GRAINS))]
+_WRITE += "".join(_rollup_cte(name, grain) for name, grain in zip(_ROLLUP_NAMES, GRAINS, strict=True)) + (
+    "\nSELECT ev.id, p.current_spend, b.current_spend, m.spend FROM ev, p, b, m, " + ", ".join(_ROLLUP_NAMES)
 )
-SELECT ev.id, p.current_spend, b.current_spend, m.spend FROM ev, p, b, m, d, md, ud, um
-"""
 
 
 def _record_in_two_statements(call: Call) -> CostRecorded | None:
@@ -459,6 +451,101 @@ def _without_cap(project: Project) -> Project:
                    alert_webhook_url=project.alert_webhook_url, alert_email=project.alert_email,
                    current_spend=project.current_spend, period_start=project.period_start, max_budget=None)
     return copy
+
+
+# --- the rollups: what ledger rows add to their days (the grains are services.rollups') ---------
+
+
+def rollups_add_events(project: Project, events: Iterable[CostEvent]) -> int:
+    """Add ledger rows just inserted (in this transaction) to their days; returns the rows touched."""
+    events = list(events)
+    if _postgres() and len(events) > BULK_EVENTS:
+        return _pg_add_in_bulk(project, events)
+    touched = 0
+    for grain in GRAINS:
+        totals: dict[Key, Totals] = defaultdict(Totals)
+        for event in events:
+            totals[grain.key(project, event)].add(event)
+        items = sorted(totals.items())  # one order, so concurrent writers lock rows alike
+        if _postgres():
+            for start in range(0, len(items), ROLLUP_BATCH):
+                _pg_upsert(grain, items[start: start + ROLLUP_BATCH])
+        else:
+            for key, total in items:
+                _orm_upsert(grain, key, total)
+        touched += len(items)
+    return touched
+
+
+# Many events at once (a hosted save of thousands of users): COPY the finest sums into a temporary
+# table, then one INSERT ... SELECT ... GROUP BY ... ON CONFLICT per grain. Statements of thousands
+# of VALUES cost more to build and parse than the rows do to write.
+BULK_EVENTS = 100
+_STAGE = """
+CREATE TEMPORARY TABLE IF NOT EXISTS rollup_stage (
+    day date, user_id text, model text, spend numeric, events bigint, prompt_tokens bigint,
+    completion_tokens bigint, cached_tokens bigint
+) ON COMMIT DELETE ROWS
+"""
+_BUCKET = {"day": "day", "month": "date_trunc('month', day)::date"}
+
+
+def _pg_add_in_bulk(project: Project, events: list[CostEvent]) -> int:
+    totals: dict[Key, Totals] = defaultdict(Totals)
+    for event in events:
+        totals[GRAINS[0].key(project, event)].add(event)
+    with connection.cursor() as cursor:
+        cursor.execute(_STAGE)
+        cursor.execute("TRUNCATE rollup_stage")
+        with cursor.cursor.copy("COPY rollup_stage FROM STDIN") as copy:
+            for (_, day, user_id, model), total in totals.items():
+                copy.write_row((day, user_id, model, *total.values(tokens=True)))
+        touched = 0
+        for grain in GRAINS:
+            keys = (grain.column, *grain.keys)
+            sums = ("spend", "events", *(TOKENS if grain.tokens else ()))
+            group = ", ".join([_BUCKET[grain.column], *grain.keys])
+            cursor.execute(
+                f"INSERT INTO {grain.table} AS d (project_id, {', '.join(keys + sums)}) "
+                f"SELECT %s, {group}, {', '.join(f'SUM({name})' for name in sums)} FROM rollup_stage "
+                f"GROUP BY {group} ORDER BY {group} "  # one order, so concurrent writers lock rows alike
+                f"ON CONFLICT (project_id, {', '.join(keys)}) DO UPDATE SET "
+                + ", ".join(f"{name} = d.{name} + EXCLUDED.{name}" for name in sums),
+                [project.pk],
+            )
+            touched += cursor.rowcount
+    return touched
+
+
+def _pg_upsert(grain: Grain, items: list[tuple[Key, Totals]]) -> None:
+    keys = ("project_id", grain.column, *grain.keys)
+    sums = ("spend", "events", *(TOKENS if grain.tokens else ()))
+    row = "(" + ", ".join(["%s"] * len(keys) + ["%s::numeric"] + ["%s"] * (len(sums) - 1)) + ")"
+    params: list[Any] = []
+    for key, total in items:
+        params += [*key, *total.values(grain.tokens)]
+    sql = (
+        f"INSERT INTO {grain.table} AS d ({', '.join(keys + sums)}) VALUES {', '.join([row] * len(items))} "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
+        + ", ".join(f"{name} = d.{name} + EXCLUDED.{name}" for name in sums)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def _orm_upsert(grain: Grain, key: Key, total: Totals) -> None:
+    project_id, day, *own = key
+    sums = dict(zip(("spend", "events", *(TOKENS if grain.tokens else ())), total.values(grain.tokens), strict=True))
+    increments = {name: F(name) + (money(value) if name == "spend" else value) for name, value in sums.items()}
+    match = {"project_id": project_id, grain.column: day, **dict(zip(grain.keys, own, strict=True))}
+    rows = grain.model._default_manager.filter(**match)
+    if rows.update(**increments):
+        return
+    try:
+        with transaction.atomic():
+            grain.model._default_manager.create(**match, **sums)
+    except IntegrityError:  # created meanwhile by a concurrent writer
+        rows.update(**increments)
 
 
 # --- the demo seed: fabricated history in bulk ---------------------------------------------------
