@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from . import selectors, services
-from .models import CostEvent, Duration, Project
+from .models import CostEvent, Duration, Project, UserBudget
 from .usage import usage_from_completion, usage_from_texts
 
 SEED_DURATIONS = {None: Duration.NONE, "daily": Duration.DAILY, "weekly": Duration.WEEKLY,
@@ -31,9 +31,13 @@ class BudgetManager:
         self.project: Project = services.project_get_or_create(name=project_name)
         self.actor = services.actor_for_manager(project_name)
 
-    def _budget(self, user: str):
+    def _current(self, user: str) -> services.CurrentBudget:
+        """Every read of a user goes through here: the budget in its current period (the lazy reset)."""
         self.project.refresh_from_db()
-        return services.ensure_current_period(self.project, user_id=user)
+        return services.budget_current(project=self.project, user_id=user)
+
+    def _budget(self, user: str) -> UserBudget:
+        return self._current(user).budget
 
     def create_budget(self, total_budget: Any, user: str,
                       duration: str | None = None, created_at: float | None = None) -> dict[str, Any]:
@@ -75,7 +79,7 @@ class BudgetManager:
         return self._budget(user).current_spend
 
     def get_model_cost(self, user: str) -> dict[str, Decimal]:
-        return selectors.model_costs(self._budget(user))
+        return self._current(user).model_costs
 
     def is_valid_user(self, user: str) -> bool:
         try:

@@ -170,7 +170,7 @@ def test_an_unexpected_failure_still_answers_json(api, monkeypatch):
     def broken(**kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("budgets.services.ensure_current_period", broken)
+    monkeypatch.setattr("budgets.services.budget_current", broken)
 
     assert_error(api.get("/api/v1/users/alice"), 500, "internal_error")
 

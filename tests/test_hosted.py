@@ -14,7 +14,7 @@ from django.urls import resolve
 
 from budgets import services
 from budgets.models import AuditLog, BudgetPeriod, CostEvent, ModelSpend, UserBudget
-from budgets.services import hosted as hosted_service
+from budgets.services import ledger
 from budgets.usage import Usage
 from tests.api_helpers import body_of, db_state, new_key
 
@@ -453,13 +453,13 @@ def test_after_the_servers_period_reset_client_growth_still_counts(hosted, time_
 def test_a_failure_part_way_through_rolls_back_the_whole_dict(hosted, monkeypatch):
     hosted.set({"alice": record(), "bob": record()})
     before = db_state()
-    real = hosted_service._apply_spend
+    real = ledger._model_spend_add
 
     def fail_after_writing(*args, **kwargs):
         real(*args, **kwargs)  # budgets, ledger events and spend written: then the last step fails
         raise OverflowError("too large for the column")
 
-    monkeypatch.setattr(hosted_service, "_apply_spend", fail_after_writing)
+    monkeypatch.setattr(ledger, "_model_spend_add", fail_after_writing)
 
     response = hosted.set({"alice": record(model_cost={"x": 1.0}), "bob": record(model_cost={"x": 1.0})})
 

@@ -15,6 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from budgets import services
 from budgets.models import AuditLog, CostEvent, ModelSpend, Project, SpendDay, UserBudget
 from budgets.services import hosted as hosted_service
+from budgets.services import ledger
 from tests.api_helpers import db_state, new_key
 from tests.test_hosted import Hosted, record
 
@@ -73,7 +74,7 @@ def test_a_failure_part_way_through_a_first_save_writes_nothing(hosted, monkeypa
         raise OverflowError("too large for the column")
 
     # Budgets, model spend and ledger rows are written by then.
-    monkeypatch.setattr(hosted_service, "rollups_add_events", fail)
+    monkeypatch.setattr(ledger, "rollups_add_events", fail)
 
     response = hosted.set({"alice": record(**FLOATS), "bob": record(current_cost=1.0)})
 

@@ -248,7 +248,7 @@ def test_an_enforced_record_counts_open_holds(api, alice):
 def test_the_manager_current_cost_is_spend_only(project, alice):
     from budgets.manager import BudgetManager
 
-    services.reservation_create(project=project, user_id="alice", amount=Decimal(5), answer=lambda r: "{}")
+    services.reservation_create(project=project, user_id="alice", amount=Decimal(5))
     assert BudgetManager(project.name).get_current_cost("alice") == 0
 
 
@@ -279,7 +279,7 @@ def test_a_deadlock_victim_is_retried_and_other_database_errors_are_not(monkeypa
 def test_the_admin_lists_holds_and_shows_reservations_read_only(client, django_user_model, project, alice):
     from django.urls import reverse
 
-    services.reservation_create(project=project, user_id="alice", amount=Decimal("2.5"), answer=lambda r: "{}")
+    services.reservation_create(project=project, user_id="alice", amount=Decimal("2.5"))
     client.force_login(django_user_model.objects.create_superuser("support", "s@example.com", "pw"))
 
     budgets = client.get(reverse("admin:budgets_userbudget_changelist"))
@@ -293,7 +293,7 @@ def test_the_admin_lists_holds_and_shows_reservations_read_only(client, django_u
 def test_open_holds_show_in_the_console(client, project, make_budget, django_user_model):
     """User page, users list and overview show what open reservations hold, beside the spend."""
     make_budget("alice", total_budget="10")
-    services.reservation_create(project=project, user_id="alice", amount=Decimal("1.25"), answer=lambda r: "{}")
+    services.reservation_create(project=project, user_id="alice", amount=Decimal("1.25"))
     staff = django_user_model.objects.create_superuser("staff", "s@example.com", "pw")
     client.force_login(staff)
 

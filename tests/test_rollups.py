@@ -83,13 +83,13 @@ def test_every_writer_keeps_the_rollups_equal_to_the_ledger(api, project, make_b
 
 def test_a_hosted_save_of_many_users_adds_to_the_rollups_in_bulk(api, project, monkeypatch):
     """Past BULK_EVENTS events (PostgreSQL: COPY and one INSERT ... SELECT per grain), the same sums."""
-    from budgets.services import rollups
+    from budgets.services import ledger
 
     services.project_update(project=project, actor="test", timezone="America/Los_Angeles")
     users = {f"u{i:03}": {"total_budget": 50.0, "current_cost": 0.5 + i / 1000,
                           "model_cost": {"gpt-4o": 0.5, "gpt-4o-mini": i / 1000}} for i in range(150)}
     assert api.post("/set_budget", {"project_name": project.name, "user_dict": users}).status_code == 200
-    monkeypatch.setattr(rollups, "BULK_EVENTS", 0)  # every writer through the bulk path from here on
+    monkeypatch.setattr(ledger, "BULK_EVENTS", 0)  # every writer through the bulk path from here on
     for i in range(0, 150, 7):
         users[f"u{i:03}"]["current_cost"] += 0.25
         users[f"u{i:03}"]["model_cost"]["gpt-4o"] += 0.25

@@ -8,7 +8,7 @@ from ninja import Query, Router
 from ..selectors import console
 from .auth import request_project
 from .common import ERROR_STATUSES, MAX_OFFSET, MAX_PAGE
-from .schemas import AlertPage, ErrorOut
+from .schemas import AlertOut, AlertPage, ErrorOut
 
 router = Router(tags=["alerts"])
 
@@ -18,10 +18,5 @@ def list_alerts(request: HttpRequest, limit: int = Query(50, ge=1, le=MAX_PAGE),
                 offset: int = Query(0, ge=0, le=MAX_OFFSET)):
     """Budget thresholds crossed in this project, newest first."""
     alerts, total = console.alerts_slice(request_project(request), offset=offset, limit=limit)
-    items = [
-        {"id": a.pk, "scope": a.scope, "user": a.user_id or None, "threshold": a.threshold,
-         "period_start": a.period_start, "spend": a.spend, "limit": a.limit, "created_at": a.created_at,
-         "delivered_at": a.delivered_at}
-        for a in alerts
-    ]
-    return {"items": items, "total": total, "limit": limit, "offset": offset}
+    return {"items": [AlertOut.model_validate(alert) for alert in alerts], "total": total, "limit": limit,
+            "offset": offset}

@@ -20,14 +20,14 @@ ERRORS = {**dict.fromkeys(ERROR_STATUSES, ErrorOut), 422: ErrorOut}
 @router.post("/users/{path:user}/projected-cost", response={200: ProjectedCostOut, **ERRORS})
 def projected_cost(request: HttpRequest, user: UserId, payload: MessagesIn):
     """The user's current cost plus the prompt cost of `messages` for `model` (the seed's projected_cost)."""
-    return selectors.projected_cost(current_budget(request, user), payload.model, payload.messages)._asdict()
+    return selectors.projected_cost(current_budget(request, user).budget, payload.model, payload.messages)._asdict()
 
 
 @router.post("/users/{path:user}/check", response={200: CheckOut, **ERRORS})
 def check(request: HttpRequest, user: UserId, payload: CheckIn):
     """May this user spend about this much now? Takes the user's budget and the project's cap into account."""
     project = request_project(request)
-    budget = current_budget(request, user)
+    budget = current_budget(request, user).budget
     estimate = requests.estimated_cost(payload)
     verdict = services.admission_check(budget, project, estimate)
     return {"allowed": verdict.scope is None, "reason": verdict.reason, "remaining": max(verdict.room, Decimal(0)),

@@ -11,8 +11,8 @@ from ..errors import UnknownUser
 from ..models import CostEvent
 from . import requests
 from .auth import request_project
-from .common import ERROR_STATUSES, MAX_PAGE, aware, event_out, raw_json, user_out
-from .schemas import CostIn, CostOut, ErrorOut, EventPage, Timestamp, UserId
+from .common import ERROR_STATUSES, MAX_PAGE, aware, raw_json
+from .schemas import CostIn, CostOut, ErrorOut, EventOut, EventPage, Timestamp, UserId, cost_out
 
 router = Router(tags=["costs"])
 ERRORS = dict.fromkeys(ERROR_STATUSES, ErrorOut)
@@ -33,25 +33,17 @@ def record_cost(
     usage, cost = requests.usage_and_cost(payload)
     fingerprint = requests.fingerprint(user, payload) if idempotency_key is not None else ""
 
-    def answer(recorded: services.CostRecorded) -> dict:
-        # Through the declared schema, so the answer (kept and replayed on retries) is what the docs say.
-        return CostOut.model_validate({
-            "cost": recorded.event.cost, "event": event_out(recorded.event),
-            "user": user_out(recorded.budget, project, recorded.model_costs),
-            "budget_exceeded": recorded.budget_exceeded, "exceeded_scope": recorded.exceeded,
-        }).model_dump()
-
-    recorded, body = services.cost_record_answered(
+    recorded = services.cost_record(
         project=project, user_id=user, usage=usage, cost=cost, source=CostEvent.Source.API,
         idempotency_key=idempotency_key, fingerprint=fingerprint, enforce=enforce,
-        answer=lambda recorded: dumps(answer(recorded)),
     )
-    return raw_json(body, 201, replayed=not recorded.created)
+    # A retry's `recorded` holds the figures the first answer was built from: the same bytes again.
+    return raw_json(dumps(cost_out(recorded).model_dump()), 201, replayed=not recorded.created)
 
 
 def _ledger(request: HttpRequest, **filters) -> dict:
     page, next_cursor = selectors.ledger_slice(request_project(request), **filters)
-    return {"items": [event_out(event) for event in page], "next_cursor": next_cursor}
+    return {"items": [EventOut.model_validate(event) for event in page], "next_cursor": next_cursor}
 
 
 @router.get("/users/{path:user}/costs", response={200: EventPage, **ERRORS})

@@ -7,11 +7,11 @@ from ninja import Header, Router
 
 from .. import services
 from ..codec import dumps
-from ..models import CostEvent, Reservation
+from ..models import CostEvent
 from . import requests
 from .auth import request_project
-from .common import ERROR_STATUSES, event_out, raw_json, reservation_out, user_out
-from .schemas import CostIn, ErrorOut, ReleaseOut, ReservationIn, ReservationOut, SettleOut
+from .common import ERROR_STATUSES, raw_json
+from .schemas import CostIn, ErrorOut, ReleaseOut, ReservationIn, ReservationOut, SettleOut, settle_out
 
 router = Router(tags=["reservations"])
 ERRORS = {**dict.fromkeys(ERROR_STATUSES, ErrorOut), 409: ErrorOut, 422: ErrorOut}
@@ -31,21 +31,19 @@ def reserve(
     amount, model = requests.reservation_amount(payload)
     fingerprint = requests.reservation_fingerprint(user, payload) if idempotency_key is not None else ""
 
-    def answer(reservation: Reservation) -> str:
-        return dumps(ReservationOut.model_validate(reservation_out(reservation)).model_dump())
-
-    _, body, created = services.reservation_create(
+    reservation, created = services.reservation_create(
         project=project, user_id=user, amount=amount, model=model,
         ttl_seconds=services.DEFAULT_TTL_SECONDS if payload.ttl_seconds is None else payload.ttl_seconds,
-        idempotency_key=idempotency_key, fingerprint=fingerprint, answer=answer,
+        idempotency_key=idempotency_key, fingerprint=fingerprint,
     )
-    return raw_json(body, 201, replayed=not created)
+    return raw_json(dumps(ReservationOut.model_validate(reservation).model_dump()), 201, replayed=not created)
 
 
 @router.get("/reservations/{int:reservation_id}", response={200: ReservationOut, **ERRORS})
 def get_reservation(request: HttpRequest, reservation_id: int):
     """One reservation of the key's project (404 for any other)."""
-    return reservation_out(services.reservation_get(project=request_project(request), reservation_id=reservation_id))
+    return ReservationOut.model_validate(
+        services.reservation_get(project=request_project(request), reservation_id=reservation_id))
 
 
 @router.post("/reservations/{int:reservation_id}/settle", response={200: SettleOut, **ERRORS})
@@ -59,22 +57,14 @@ def settle(request: HttpRequest, reservation_id: int, payload: CostIn):
     reservation = services.reservation_get(project=project, reservation_id=reservation_id)
     usage, cost = requests.usage_and_cost(requests.with_model(payload, reservation.model))
 
-    def answer(reservation: Reservation, recorded: services.CostRecorded) -> str:
-        return dumps(SettleOut.model_validate({
-            "reservation": reservation_out(reservation), "cost": recorded.event.cost,
-            "event": event_out(recorded.event), "user": user_out(recorded.budget, project),
-            "over_hold": recorded.event.cost > reservation.amount,
-        }).model_dump())
-
     settled = services.reservation_settle(
         project=project, reservation_id=reservation_id, usage=usage, cost=cost, source=CostEvent.Source.API,
-        answer=answer,
     )
-    return raw_json(settled.body, 200, replayed=settled.recorded is None)
+    return raw_json(dumps(settle_out(settled).model_dump()), 200, replayed=not settled.created)
 
 
 @router.post("/reservations/{int:reservation_id}/release", response={200: ReleaseOut, **ERRORS})
 def release(request: HttpRequest, reservation_id: int):
     """Cancel the reservation and free its hold; releasing again changes nothing."""
     reservation = services.reservation_release(project=request_project(request), reservation_id=reservation_id)
-    return {"reservation": reservation_out(reservation)}
+    return {"reservation": ReservationOut.model_validate(reservation)}

@@ -1,5 +1,9 @@
 """JSON shapes of the native API (pydantic/ninja schemas), in and out.
 
+Each output shape is built from the domain object, one way per resource (`from_attributes`, or the
+`<resource>_out` function beside the class): the API, an idempotent replay and (alerts) the
+webhook use the same class.
+
 Inputs are strict about types: money and token counts are JSON numbers (a string
 "10" is a validation error, as is true), money is finite and non-negative, and an
 unknown field is an error (a typo must not silently change what is recorded).
@@ -14,13 +18,17 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from ninja import Schema
-from pydantic import BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema
+from pydantic import AliasChoices, BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from .. import periods
 from ..errors import InvalidInput
+from ..models import UserBudget
 from ..money import MONEY_MAX, to_money, to_tokens
+from ..services.alerts import AlertFields
 from ..services.common import USER_ID_MAX, validate_user_id
+from ..services.costs import CostRecorded, exceeded_scope
+from ..services.reservations import Settled
 
 PRICE_LIMIT = Decimal(1)  # dollars per token: far above any real price
 
@@ -165,6 +173,8 @@ class QuoteIn(StrictIn):
 
 
 class UserOut(Schema):
+    """A user's budget: built by `user_out` below, the one way to answer with a user."""
+
     user: str
     total_budget: MoneyOut
     duration: DurationName
@@ -181,6 +191,18 @@ class UserOut(Schema):
     updated_at: datetime
 
 
+def user_out(budget: UserBudget, model_costs: dict[str, Decimal]) -> UserOut:
+    """A user's answer from the budget (`budget.project` holding the project's figures) and its spend per model."""
+    scope = exceeded_scope(budget, budget.project)
+    return UserOut(
+        user=budget.user_id, total_budget=budget.total_budget, duration=budget.duration,  # type: ignore[arg-type]
+        duration_days=budget.duration_days, current_cost=budget.current_spend, model_cost=model_costs,
+        held=budget.held, remaining=max(budget.remaining, Decimal(0)), budget_exceeded=scope is not None,
+        exceeded_scope=scope, period_start=budget.period_start,  # type: ignore[arg-type]
+        next_reset_at=budget.next_reset_at, created_at=budget.created_at, updated_at=budget.updated_at,
+    )
+
+
 class UserPage(Schema):
     items: list[UserOut]
     total: int
@@ -189,8 +211,10 @@ class UserPage(Schema):
 
 
 class EventOut(Schema):
+    """A ledger event, validated from the CostEvent (`EventOut.model_validate(event)`)."""
+
     id: int
-    user: str
+    user: str = Field(validation_alias=AliasChoices("user", "user_id"))
     model: str
     prompt_tokens: int
     completion_tokens: int
@@ -213,6 +237,15 @@ class CostOut(Schema):
     user: UserOut
     budget_exceeded: bool
     exceeded_scope: Scope | None
+
+
+def cost_out(recorded: CostRecorded) -> CostOut:
+    """A recorded cost's answer, from what services.cost_record returned (the first figures, on a retry)."""
+    return CostOut(
+        cost=recorded.event.cost, event=EventOut.model_validate(recorded.event),
+        user=user_out(recorded.budget, recorded.model_costs), budget_exceeded=recorded.budget_exceeded,
+        exceeded_scope=recorded.exceeded,  # type: ignore[arg-type]
+    )
 
 
 class ProjectedCostOut(Schema):
@@ -242,15 +275,10 @@ class QuoteOut(Schema):
     cost: MoneyOut
 
 
-class AlertOut(Schema):
+class AlertOut(AlertFields):
+    """An alert row as the API lists it: the webhook's fields (services.alerts.AlertFields), its id and delivery."""
+
     id: int
-    scope: Scope
-    user: str | None
-    threshold: int
-    period_start: datetime
-    spend: MoneyOut
-    limit: MoneyOut
-    created_at: datetime
     delivered_at: datetime | None
 
 
@@ -293,15 +321,18 @@ ReservationStatus = Literal["open", "settled", "released", "expired"]
 
 
 class ReservationOut(Schema):
+    """A reservation, validated from the Reservation (`ReservationOut.model_validate(reservation)`)."""
+
     id: int
-    user: str
+    user: str = Field(validation_alias=AliasChoices("user", "user_id"))
     model: str | None
     amount: MoneyOut = Field(description="The amount held while open.")
     status: ReservationStatus
     expires_at: datetime
     created_at: datetime
     settled_at: datetime | None = Field(description="When it was settled or released.")
-    cost: MoneyOut | None = Field(description="The real cost recorded by settling.")
+    cost: MoneyOut | None = Field(description="The real cost recorded by settling.",
+                                  validation_alias=AliasChoices("cost", "settled_cost"))
 
 
 class SettleOut(Schema):
@@ -310,6 +341,16 @@ class SettleOut(Schema):
     event: EventOut
     user: UserOut
     over_hold: bool = Field(description="The real cost was more than the hold (recorded anyway).")
+
+
+def settle_out(settled: Settled) -> SettleOut:
+    """A settle's answer, from what services.reservation_settle returned (the first figures, on a retry)."""
+    recorded, reservation = settled.recorded, settled.reservation
+    return SettleOut(
+        reservation=ReservationOut.model_validate(reservation), cost=recorded.event.cost,
+        event=EventOut.model_validate(recorded.event), user=user_out(recorded.budget, recorded.model_costs),
+        over_hold=recorded.event.cost > reservation.amount,
+    )
 
 
 class ReleaseOut(Schema):

@@ -7,8 +7,8 @@ from ninja import Query, Router, Status
 
 from .. import selectors, services
 from .auth import request_actor, request_project
-from .common import ERROR_STATUSES, MAX_OFFSET, MAX_PAGE, current_budget, user_out
-from .schemas import BudgetIn, ErrorOut, UserId, UserOut, UserPage
+from .common import ERROR_STATUSES, MAX_OFFSET, MAX_PAGE, current_budget
+from .schemas import BudgetIn, ErrorOut, UserId, UserOut, UserPage, user_out
 
 router = Router(tags=["users"])
 ERRORS = dict.fromkeys(ERROR_STATUSES, ErrorOut)
@@ -21,7 +21,7 @@ def list_users(request: HttpRequest, limit: int = Query(50, ge=1, le=MAX_PAGE),
     project = request_project(request)
     services.ensure_current_period(project, all_users=True)  # right even while no worker runs
     page, costs, total = selectors.budgets_with_costs(project, offset=offset, limit=limit)
-    return {"items": [user_out(budget, project, costs[budget.pk]) for budget in page],
+    return {"items": [user_out(budget, costs[budget.pk]) for budget in page],
             "total": total, "limit": limit, "offset": offset}
 
 
@@ -33,15 +33,15 @@ def set_budget(request: HttpRequest, user: UserId, payload: BudgetIn):
         project=project, user_id=user, total_budget=payload.total_budget, duration=payload.duration,
         duration_days=payload.duration_days, actor=request_actor(request),
     )
-    return Status(201 if created else 200, user_out(budget, project))
+    return Status(201 if created else 200, user_out(budget, selectors.model_costs(budget)))
 
 
 @router.post("/users/{path:user}/reset", response={200: UserOut, **ERRORS})
 def reset_user(request: HttpRequest, user: UserId):
     """Set the user's spend in this period to zero (audited; the ledger stays)."""
-    budget = services.budget_reset(budget=current_budget(request, user), actor=request_actor(request),
+    budget = services.budget_reset(budget=current_budget(request, user).budget, actor=request_actor(request),
                                    reason="manual")
-    return user_out(budget, request_project(request))
+    return user_out(budget, selectors.model_costs(budget))
 
 
 # The bare /users/{user} routes come last: `path:` would also match ".../costs" and the like.
@@ -51,13 +51,12 @@ bare_router = Router(tags=["users"])
 @bare_router.get("/users/{path:user}", response={200: UserOut, **ERRORS})
 def get_user(request: HttpRequest, user: UserId):
     """The user's budget, spend in this period (total and per model), period and remaining budget."""
-    budget = current_budget(request, user)
-    # Read with the budget in the same statement on PostgreSQL (services.resets._read_budget).
-    return user_out(budget, request_project(request), budget.__dict__.get("spend_by_model"))
+    current = current_budget(request, user)
+    return user_out(current.budget, current.model_costs)
 
 
 @bare_router.delete("/users/{path:user}", response={204: None, **ERRORS})
 def delete_user(request: HttpRequest, user: UserId):
     """Delete the user's budget (audited); their ledger events stay."""
-    services.budget_delete(budget=current_budget(request, user), actor=request_actor(request))
+    services.budget_delete(budget=current_budget(request, user).budget, actor=request_actor(request))
     return Status(204, None)

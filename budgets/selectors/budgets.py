@@ -16,8 +16,8 @@ from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db import DEFAULT_DB_ALIAS
 from django.db.models import Model, Q, QuerySet
-from django.db.models.base import ModelState
 
 from .. import periods, pricing
 from ..errors import InvalidInput
@@ -168,7 +168,7 @@ def hash_key(raw: str) -> str:
 # once in the process that changed it (forget_api_keys) and, through the generation every service
 # that changes keys bumps in the shared cache (Redis), at the next request in every other process.
 # Without a shared cache (or while it fails) the others forget it within API_KEY_CACHE_SECONDS.
-_key_cache: dict[str, tuple[float, ApiKey, int | None]] = {}
+_key_cache: dict[str, tuple[float, tuple[_Row, _Row], int | None]] = {}
 _key_cache_lock = threading.Lock()
 KEY_CACHE_MAX = 10_000
 KEY_GENERATION = "budgets:api-key-generation"
@@ -215,25 +215,25 @@ def forget_api_keys() -> None:
         _key_cache.clear()
 
 
-def _copy_instance(instance: Model) -> Any:
-    """A shallow copy of a model instance, its cached relations not shared.
+class _Row(NamedTuple):
+    """A model instance as plain values: what the key cache keeps, so no instance is shared."""
 
-    What copy.copy does through Model.__reduce__/__getstate__, without pickling's model lookup:
-    that took ~80 µs per request, this ~5 µs.
-    """
-    clone = instance.__class__.__new__(instance.__class__)
-    clone.__dict__ = instance.__dict__.copy()
-    clone._state = ModelState()
-    clone._state.db, clone._state.adding = instance._state.db, instance._state.adding
-    clone._state.fields_cache = dict(instance._state.fields_cache)
-    return clone
+    names: list[str]
+    values: list[Any]
+
+    @classmethod
+    def of(cls, instance: Model) -> _Row:
+        names = [field.attname for field in instance._meta.concrete_fields]
+        return cls(names, [getattr(instance, name) for name in names])
 
 
-def _fresh_copy(key: ApiKey) -> ApiKey:
-    """A copy per request: a request may change its project object's figures, another must not see that."""
-    clone: ApiKey = _copy_instance(key)
-    clone.project = _copy_instance(key.project)
-    return clone
+def _fresh_copy(cached: tuple[_Row, _Row]) -> ApiKey:
+    """A new key with a new project per request: a request may change its project object's figures,
+    another must not see that. Built with Model.from_db (positional, ~5 µs; copy.copy took ~80 µs)."""
+    key_row, project_row = cached
+    key = ApiKey.from_db(DEFAULT_DB_ALIAS, key_row.names, key_row.values)
+    key.project = Project.from_db(DEFAULT_DB_ALIAS, project_row.names, project_row.values)
+    return key
 
 
 def _well_formed(raw: object) -> bool:
@@ -278,5 +278,5 @@ def active_api_key(raw: str) -> ApiKey | None:
         with _key_cache_lock:
             if len(_key_cache) >= KEY_CACHE_MAX:
                 _key_cache.clear()
-            _key_cache[digest] = (now + ttl, _fresh_copy(key), generation)
+            _key_cache[digest] = (now + ttl, (_Row.of(key), _Row.of(key.project)), generation)
     return key

@@ -27,7 +27,6 @@ from .costs import (
     Verdict,
     admission_check,
     cost_record,
-    cost_record_answered,
     exceeded_scope,
 )
 from .hosted import hosted_budget_get, hosted_budget_set
@@ -65,13 +64,15 @@ from .reservations import (
 )
 from .resets import (
     RESET_BATCH_SIZE,
+    CurrentBudget,
+    budget_current,
     budget_get,
     ensure_current_period,
     project_refresh,
     reset_due_budgets,
     reset_due_projects,
 )
-from .rollups import rollups_add_events, rollups_rebuild
+from .rollups import rollups_rebuild
 from .user_budgets import budget_delete, budget_reset, budget_set
 from .webhook_test import WebhookTest, alert_test_webhook
 
@@ -84,6 +85,7 @@ __all__ = [
     "SYSTEM_SWEEP",
     "BudgetRow",
     "CostRecorded",
+    "CurrentBudget",
     "Settled",
     "Verdict",
     "WebhookTest",
@@ -101,6 +103,7 @@ __all__ = [
     "api_key_mark_used",
     "api_key_revoke",
     "api_keys_changed",
+    "budget_current",
     "budget_delete",
     "budget_get",
     "budget_reset",
@@ -110,7 +113,6 @@ __all__ = [
     "budget_set_many",
     "budget_snapshot",
     "cost_record",
-    "cost_record_answered",
     "ensure_current_period",
     "exceeded_scope",
     "hosted_budget_get",
@@ -141,7 +143,6 @@ __all__ = [
     "reservations_expire",
     "reset_due_budgets",
     "reset_due_projects",
-    "rollups_add_events",
     "rollups_rebuild",
     "superuser_ensure",
     "validate_duration",

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
-from typing import Any, cast
+from typing import Annotated, Any, Literal, cast
 from urllib.parse import urlsplit
 
 from celery import current_app
@@ -39,6 +39,7 @@ from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils.timezone import now as utcnow
+from pydantic import BaseModel, WithJsonSchema, model_validator
 
 from ..codec import dumps
 from ..errors import InvalidInput
@@ -303,20 +304,31 @@ def alert_deliver(*, alert_id: int) -> Delivery:
     return Delivery("delivered")
 
 
+class AlertFields(BaseModel):
+    """An alert's one shape: the webhook's body (with its type, id and project) and, with its id and
+    delivery, the API's AlertOut. Validated from the Alert row; money as exact JSON numbers."""
+
+    scope: Literal["user", "project"]
+    user: str | None
+    threshold: int
+    spend: Annotated[Decimal, WithJsonSchema({"type": "number"})]
+    limit: Annotated[Decimal, WithJsonSchema({"type": "number"})]
+    period_start: datetime
+    created_at: datetime
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_row(cls, row: Any) -> Any:
+        if not isinstance(row, Alert):
+            return row
+        # A project-wide alert has no user: "" in the row, null in the answer.
+        return {name: (row.user_id or None) if name == "user" else getattr(row, name) for name in cls.model_fields}
+
+
 def alert_payload(alert: Alert) -> dict[str, Any]:
-    """The webhook's JSON body (money as exact JSON numbers)."""
-    return {
-        "type": "budget.threshold_crossed",
-        "alert_id": alert.pk,
-        "project": alert.project.name,
-        "scope": alert.scope,
-        "user": alert.user_id or None,
-        "threshold": alert.threshold,
-        "spend": alert.spend,
-        "limit": alert.limit,
-        "period_start": alert.period_start,
-        "created_at": alert.created_at,
-    }
+    """The webhook's JSON body."""
+    return {"type": "budget.threshold_crossed", "alert_id": alert.pk, "project": alert.project.name,
+            **AlertFields.model_validate(alert).model_dump()}
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:

@@ -1,18 +1,15 @@
 """Demo data: a project filled with realistic, fabricated spend (the seed_demo command calls demo_seed).
 
-This is the one place that writes spend in bulk without cost_record: it fabricates history
-(calls "made" over the last D days), which cost_record cannot do since it records calls now.
-The ledger goes in with PostgreSQL's COPY (bulk_create elsewhere), streamed in chunks so that
-millions of events never sit in memory; every derived number is then set from the ledger with
-set-based queries, exactly as the services would have left it: each budget's current_spend and
-ModelSpend rows from the events of its current period, the project's spend from the events of
-the project's period, one BudgetPeriod per finished period. The project, its cap and the API key
+It fabricates history (calls "made" over the last D days), which cost_record cannot do since it
+records calls now. The ledger rows go in through services.ledger.seed (COPY on PostgreSQL,
+streamed in chunks so that millions of events never sit in memory), which then sets every derived
+number from the ledger, exactly as the services would have left it; here, one BudgetPeriod per
+finished period. The project, its cap and the API key
 go through the services; the budgets are inserted in bulk with the same audit rows budget_set writes.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections import defaultdict
@@ -26,22 +23,22 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.contrib.auth import get_user_model
-from django.db import connection, models, transaction
-from django.db.models import Count, F, OuterRef, Subquery, Sum
-from django.db.models.functions import Coalesce, TruncDate
+from django.db import transaction
+from django.db.models import Count, F
+from django.db.models.functions import TruncDate
 from django.utils.timezone import now as utcnow
 
 from .. import periods, pricing
 from ..errors import InvalidInput
-from ..fields import MoneyField, money
 from ..models import Alert, AuditLog, BudgetPeriod, CostEvent, Duration, ModelSpend, Project, UserBudget
 from ..money import stored
 from ..selectors.console import MoneySum
+from . import ledger
 from .alerts import crossed_thresholds, thresholds_of
 from .audit import actor_for_system, budget_snapshot, write_audits
 from .keys import api_key_create
+from .ledger import analyze, bulk_insert
 from .projects import project_create, project_update
-from .rollups import rollups_rebuild
 
 ACTOR = actor_for_system("seed_demo")
 BATCH_SIZE = 2000
@@ -144,77 +141,6 @@ def demo_models() -> list[tuple[DemoModel, pricing.Price]]:
     return models_
 
 
-# --- writing in bulk ----------------------------------------------------------------------------
-
-
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _escape(value: str) -> str:
-    return value.translate(_COPY_ESCAPES)
-
-
-def _copy_converter(field: models.Field) -> Any:
-    """value → COPY text for one column, chosen once per column (not per value)."""
-    if isinstance(field, models.JSONField):
-        convert = lambda value: _escape(json.dumps(value))  # noqa: E731
-    elif isinstance(field, models.DateTimeField):
-        convert = datetime.isoformat
-    elif isinstance(field, models.BooleanField):
-        convert = lambda value: "t" if value else "f"  # noqa: E731
-    elif isinstance(field, models.CharField | models.TextField):
-        convert = _escape
-    else:
-        convert = str
-    if field.null:
-        return lambda value: "\\N" if value is None else convert(value)
-    return convert
-
-
-def bulk_insert(model: type[models.Model], columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
-    """Insert plain rows (values in `columns` order, attnames): COPY on PostgreSQL, bulk_create elsewhere."""
-    count = 0
-    if connection.vendor == "postgresql":
-        from psycopg.copy import QueuedLibpqWriter
-
-        table = model._meta.db_table
-        # `columns` are concrete fields (never reverse relations), whose column is set.
-        names = ", ".join(connection.ops.quote_name(model._meta.get_field(c).column) for c in columns)  # type: ignore[union-attr,arg-type]
-        converters = [_copy_converter(model._meta.get_field(c)) for c in columns]  # type: ignore[arg-type]
-        with connection.cursor() as cursor:
-            # The queued writer sends from a thread: PostgreSQL indexes one chunk while Python makes the next.
-            with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN",
-                                    writer=QueuedLibpqWriter(cursor.cursor)) as copy:
-                lines: list[str] = []
-                for row in rows:
-                    lines.append("\t".join([convert(value) for convert, value in zip(converters, row, strict=True)]))
-                    if len(lines) >= BATCH_SIZE:
-                        count += len(lines)
-                        copy.write("\n".join(lines) + "\n")
-                        lines = []
-                if lines:
-                    count += len(lines)
-                    copy.write("\n".join(lines) + "\n")
-        return count
-    batch: list[models.Model] = []
-    for row in rows:
-        batch.append(model(**dict(zip(columns, row, strict=True))))
-        if len(batch) >= BATCH_SIZE:
-            model.objects.bulk_create(batch)  # type: ignore[attr-defined]
-            count += len(batch)
-            batch = []
-    model.objects.bulk_create(batch)  # type: ignore[attr-defined]
-    return count + len(batch)
-
-
-def _analyze(*tables: type[models.Model]) -> None:
-    """Fresh statistics after a bulk load, so the aggregate queries that follow plan well."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            for model in tables:
-                cursor.execute(f"ANALYZE {model._meta.db_table}")
-
-
 # --- the seed -----------------------------------------------------------------------------------
 
 
@@ -232,13 +158,10 @@ def demo_seed(*, name: str = "demo", users: int = 50, days: int = 30, events: in
         names = user_names(users, rng)
         durations = rng.choices([d for d, _ in DURATIONS], weights=[w for _, w in DURATIONS], k=users)
         budget_ids = _insert_budgets(project, names, durations, start, at)
-        written = bulk_insert(CostEvent, EVENT_COLUMNS, _event_rows(
+        written = ledger.seed(project, _event_rows(
             project, budget_ids, _fabricate_calls(names, days, events, models_, zone, at, rng)))
-        _analyze(CostEvent)
-        rollups_rebuild(project)
-        _derive_spend(project)
         _set_budget_totals(project, names, rng)
-        _analyze(UserBudget, ModelSpend)
+        analyze(UserBudget, ModelSpend)
         project.refresh_from_db()
         cap = nice_amount(project.current_spend / Decimal("0.62"), ROUND_UP) if project.current_spend else Decimal(100)
         project = project_update(project=project, actor=ACTOR, max_budget=cap)
@@ -295,11 +218,8 @@ def _insert_budgets(project: Project, names: list[str], durations: Sequence[str]
     return ids
 
 
-EVENT_COLUMNS = ("project_id", "budget_id", "user_id", "model", "prompt_tokens", "completion_tokens", "cached_tokens",
-                 "cache_creation_tokens", "cost", "source", "request_fingerprint", "created_at")
-
-
 def _event_rows(project: Project, budget_ids: dict[str, int], calls: Iterable[Call]) -> Iterator[tuple]:
+    """ledger.SEED_COLUMNS of each call."""
     for user, model, prompt, completion, cached, cost, created_at in calls:
         yield (project.pk, budget_ids[user], user, model, prompt, completion, cached, 0, cost,
                CostEvent.Source.DEMO.value, "", created_at)
@@ -375,32 +295,6 @@ def _cost_function(models_: list[tuple[DemoModel, pricing.Price]]) -> Any:
         return Decimal(quotient).scaleb(-12)
 
     return cost_of
-
-
-def _derive_spend(project: Project) -> None:
-    """Spend as the services would have left it, from the ledger, with set-based queries."""
-    in_period = CostEvent.objects.filter(project=project, budget__isnull=False,
-                                         created_at__gte=F("budget__period_start"))
-    ModelSpend.objects.filter(budget__project=project).delete()
-    ModelSpend.objects.bulk_create(
-        (
-            ModelSpend(budget_id=row["budget_id"], model=row["model"], spend=row["spend"],
-                       prompt_tokens=row["prompt"], completion_tokens=row["completion"])
-            for row in in_period.values("budget_id", "model").annotate(
-                spend=MoneySum("cost"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"))
-        ),
-        batch_size=BATCH_SIZE,
-    )
-    per_budget = (
-        ModelSpend.objects.filter(budget_id=OuterRef("pk")).order_by().values("budget_id")
-        .annotate(total=Sum("spend")).values("total")
-    )
-    UserBudget.objects.filter(project=project).update(
-        current_spend=Coalesce(Subquery(per_budget, output_field=MoneyField()), money(ZERO)),
-    )
-    total = CostEvent.objects.filter(project=project, created_at__gte=project.period_start).aggregate(
-        total=MoneySum("cost"))["total"]
-    Project.objects.filter(pk=project.pk).update(current_spend=total or ZERO)
 
 
 def _set_budget_totals(project: Project, names: list[str], rng: random.Random) -> set[str]:

@@ -8,7 +8,6 @@ then the reservation, then the user's budget (services.admission).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -24,7 +23,7 @@ from ..models import Project, Reservation, UserBudget
 from ..money import stored
 from ..usage import Usage
 from .admission import Level, atomic_retried, levels_admit, levels_of, levels_unhold, lock_project
-from .costs import CostRecorded, cost_record
+from .costs import CostRecorded, cost_record, recorded_again, recorded_state
 from .resets import ensure_current_period
 
 DEFAULT_TTL_SECONDS = 600
@@ -100,12 +99,11 @@ def _validate(amount: Decimal, ttl_seconds: Any, idempotency_key: str | None) ->
 def reservation_create(
     *, project: Project, user_id: str, amount: Decimal, model: str | None = None,
     ttl_seconds: int = DEFAULT_TTL_SECONDS, idempotency_key: str | None = None, fingerprint: str = "",
-    answer: Callable[[Reservation], str],
-) -> tuple[Reservation, str, bool]:
+) -> tuple[Reservation, bool]:
     """Hold `amount` against the user's and the project's remaining budget, or BudgetExceeded.
 
-    Returns (reservation, answer body, created). With an Idempotency-Key, a retry with the same
-    request gets the first answer back (created False); a different request with it is a conflict.
+    Returns (reservation, created). With an Idempotency-Key, a retry with the same request gets the
+    reservation as it was created (created False); a different request with it is a conflict.
     """
     amount = stored(amount)
     _validate(amount, ttl_seconds, idempotency_key)
@@ -116,8 +114,7 @@ def reservation_create(
         if first is not None:
             if first.request_fingerprint != fingerprint:
                 raise IdempotencyConflict("this Idempotency-Key was used with a different request")
-            assert first.response is not None  # written in the transaction that created the row
-            return first, first.response["body"], False
+            return _as_created(first), False
     at = utcnow()
     _expire_locked(project.pk, at=at, user_id=user_id)  # lazily: this user's stale holds give room back
     try:
@@ -130,9 +127,14 @@ def reservation_create(
         expires_at=at + timedelta(seconds=ttl_seconds), created_at=at, idempotency_key=idempotency_key or None,
         request_fingerprint=fingerprint,
     )
-    body = answer(reservation)
-    Reservation.objects.filter(pk=reservation.pk).update(response={"status": 201, "body": body})
-    return reservation, body, True
+    return reservation, True
+
+
+def _as_created(reservation: Reservation) -> Reservation:
+    """The reservation as its creation answered: open, nothing settled (settling changes only these)."""
+    reservation.status, reservation.settled_at, reservation.settled_cost = Status.OPEN, None, None
+    reservation.event_id = None
+    return reservation
 
 
 def _locked(project: Project, reservation_id: int) -> Reservation:
@@ -145,14 +147,13 @@ def _locked(project: Project, reservation_id: int) -> Reservation:
 @dataclass(frozen=True)
 class Settled:
     reservation: Reservation
-    recorded: CostRecorded | None  # None for a retried settle: nothing new was recorded
-    body: str
+    recorded: CostRecorded  # for a retried settle, with the figures the first settle answered with
+    created: bool  # False for a retried settle: nothing new was recorded
 
 
 @atomic_retried
 def reservation_settle(
     *, project: Project, reservation_id: int, usage: Usage, cost: Any = None, source: str,
-    answer: Callable[[Reservation, CostRecorded], str],
 ) -> Settled:
     """Record the call's real cost in the ledger once and give the hold back.
 
@@ -161,9 +162,9 @@ def reservation_settle(
     """
     lock_project(project)
     reservation = _locked(project, reservation_id)
-    if reservation.status == Status.SETTLED:
-        assert reservation.settle_response is not None  # written in the transaction that settled it
-        return Settled(reservation, None, reservation.settle_response["body"])
+    if reservation.status == Status.SETTLED:  # the row is final: only the user's figures are kept apart
+        assert reservation.event is not None and reservation.settle_response is not None
+        return Settled(reservation, recorded_again(reservation.event, reservation.settle_response), False)
     if reservation.status == Status.OPEN and reservation.expires_at <= utcnow():
         raise Conflict(f"reservation {reservation_id} expired at {reservation.expires_at.isoformat()}; "
                        "record the cost with POST /users/{user}/costs")
@@ -174,10 +175,10 @@ def reservation_settle(
     at = utcnow()
     Reservation.objects.filter(pk=reservation.pk).update(
         status=Status.SETTLED, settled_at=at, event=recorded.event, settled_cost=recorded.event.cost)
+    # Kept in the settle's transaction: a retried settle answers from these, as the first did.
+    Reservation.objects.filter(pk=reservation.pk).update(settle_response=recorded_state(recorded, 200))
     reservation.refresh_from_db()
-    body = answer(reservation, recorded)
-    Reservation.objects.filter(pk=reservation.pk).update(settle_response={"status": 200, "body": body})
-    return Settled(reservation, recorded, body)
+    return Settled(reservation, recorded, True)
 
 
 @atomic_retried

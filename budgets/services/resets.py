@@ -16,7 +16,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils.timezone import now as utcnow
 
-from .. import periods
+from .. import periods, selectors
 from ..errors import UnknownUser
 from ..models import AuditLog, BudgetPeriod, ModelSpend, Project, UserBudget
 from .audit import SYSTEM_LAZY, SYSTEM_SWEEP, write_audit, write_audits
@@ -294,14 +294,30 @@ _READ_BUDGET = (
 )
 
 
-def _read_budget(project: Project, user_id: str) -> UserBudget | None:
-    """The budget (with `spend_by_model` when read in one statement); the project's figures refreshed."""
+@dataclass(frozen=True)
+class CurrentBudget:
+    """A user's budget in its current period, as reads show it (services.budget_current)."""
+
+    budget: UserBudget  # `.project` holds the project's figures, read with it
+    spend_by_model: dict[str, Decimal] | None = None  # read in the same statement (PostgreSQL), else None
+
+    @property
+    def model_costs(self) -> dict[str, Decimal]:
+        """Spend per model in the current period (one more query when not read with the budget)."""
+        if self.spend_by_model is not None:
+            return self.spend_by_model
+        return selectors.model_costs(self.budget)
+
+
+def _read_budget(project: Project, user_id: str) -> CurrentBudget | None:
+    """The budget (with its spend per model when read in one statement); the project's figures refreshed."""
     if connection.vendor != "postgresql":
         budget = UserBudget.objects.select_related("project").filter(project=project, user_id=user_id).first()
-        if budget is not None:
-            for name in PROJECT_FIGURES:
-                setattr(project, name, getattr(budget.project, name))
-        return budget
+        if budget is None:
+            return None
+        for name in PROJECT_FIGURES:
+            setattr(project, name, getattr(budget.project, name))
+        return CurrentBudget(budget)
     with connection.cursor() as cursor:
         cursor.execute(_READ_BUDGET, [project.pk, user_id])
         row = cursor.fetchone()
@@ -318,25 +334,37 @@ def _read_budget(project: Project, user_id: str) -> UserBudget | None:
                 if hasattr(field, "from_db_value") else value)
     costs = row[-1]
     costs = json.loads(costs) if isinstance(costs, str) else costs
-    budget.spend_by_model = {model: Decimal(spend) for model, spend in costs.items()}  # type: ignore[attr-defined]
-    return budget
+    return CurrentBudget(budget, {model: Decimal(spend) for model, spend in costs.items()})
 
 
-def budget_get(*, project: Project, user_id: str, at: datetime | None = None) -> UserBudget:
-    """The user's budget, reset first if its period has ended; UnknownUser if there is none.
+def budget_current(*, project: Project, user_id: str, at: datetime | None = None) -> CurrentBudget:
+    """The one way a read gets a user's budget: the project and the budget in their current periods
+    (the lazy reset first, so answers are right while no worker runs), read with the project's
+    figures and, when it comes in the same statement, the spend per model. UnknownUser if none.
 
     The project's figures come with the budget (one query): the caller's project object may be
     a cached copy from authentication, its spend seconds old.
     """
-    budget = _read_budget(project, user_id)
-    if budget is None:
+    project_refresh(project, at)
+    current = _read_budget(project, user_id)
+    if current is None:
         raise UnknownUser(f"user {user_id!r} has no budget in project {project.name!r}")
+    budget = current.budget
     if budget.is_due(at):
         reset_due_budgets(ids=[budget.pk], at=at, actor=SYSTEM_LAZY)
         budget.refresh_from_db()
-        budget.__dict__.pop("spend_by_model", None)
+        current = CurrentBudget(budget)  # spend per model read again, after the reset
     budget.project = project
-    return budget
+    if project.is_due(at):
+        # The figures read with the budget are fresher than a key's cached project: its period
+        # may have ended within the cache's seconds. (The budget's own lazy reset is committed.)
+        project_refresh(project, at)
+    return current
+
+
+def budget_get(*, project: Project, user_id: str, at: datetime | None = None) -> UserBudget:
+    """The user's budget in its current period (budget_current's, without the spend per model)."""
+    return budget_current(project=project, user_id=user_id, at=at).budget
 
 
 def ensure_current_period(
@@ -344,18 +372,12 @@ def ensure_current_period(
 ) -> Any:
     """Bring what a read is about into its current period: the project, then one user or all of them.
 
-    The one lazy reset every read path calls (API, console, hosted protocol, manager), so
-    answers are right even while no worker runs. Returns the user's budget when `user_id`
-    is given (UnknownUser if there is none), else the project.
+    Returns the user's budget when `user_id` is given (budget_current's, UnknownUser if there is
+    none), else the project.
     """
+    if user_id is not None:
+        return budget_current(project=project, user_id=user_id, at=at).budget
     project_refresh(project, at)
     if all_users and UserBudget.objects.filter(project=project, next_reset_at__lte=at or utcnow()).exists():
         reset_due_budgets(project=project, at=at)
-    if user_id is not None:
-        budget = budget_get(project=project, user_id=user_id, at=at)
-        if project.is_due(at):
-            # The figures read with the budget are fresher than a key's cached project: its period
-            # may have ended within the cache's seconds. (The budget's own lazy reset is committed.)
-            project_refresh(project, at)
-        return budget
     return project

@@ -3,17 +3,16 @@
 Four grains of the same sums, in the project's local days: SpendDay (user and model, for one
 user's pages), ModelDay (model: the project's charts and model tables, a few rows a day), UserDay
 (user: one row per active user a day) and UserMonth (user and local month: with UserDay, ranks
-users over a range from a few rows per user). Every writer of ledger rows adds the same amounts
-to all four in the same transaction: cost_record (on PostgreSQL inside
-its one write statement), the hosted merge and the demo seed (in bulk). `rollups_rebuild`
+users over a range from a few rows per user). This module says what the grains are; the one
+writer of ledger rows (services.ledger) adds the same amounts to all four in the same transaction:
+a native record (on PostgreSQL inside its one write statement), a hosted merge and the demo seed
+(rebuilt after the bulk load). `rollups_rebuild`
 recomputes a project's rows from the ledger, so the rule "rollup sums equal ledger sums" can
 always be restored.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -21,11 +20,11 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from django.db import IntegrityError, connection, models, transaction
-from django.db.models import Count, F, Sum
+from django.db import connection, models, transaction
+from django.db.models import Count, Sum
 from django.db.models.functions import TruncDate
 
-from ..fields import MoneyField, money
+from ..fields import MoneyField
 from ..models import CostEvent, ModelDay, Project, SpendDay, UserDay, UserMonth
 
 ROLLUP_BATCH = 1000
@@ -89,98 +88,6 @@ class Totals:
 
     def values(self, tokens: bool) -> list[Any]:
         return [self.spend, self.events, *((self.prompt, self.completion, self.cached) if tokens else ())]
-
-
-def rollups_add_events(project: Project, events: Iterable[CostEvent]) -> int:
-    """Add ledger rows just inserted (in this transaction) to their days; returns the rows touched."""
-    events = list(events)
-    if connection.vendor == "postgresql" and len(events) > BULK_EVENTS:
-        return _pg_add_in_bulk(project, events)
-    touched = 0
-    for grain in GRAINS:
-        totals: dict[Key, Totals] = defaultdict(Totals)
-        for event in events:
-            totals[grain.key(project, event)].add(event)
-        items = sorted(totals.items())  # one order, so concurrent writers lock rows alike
-        if connection.vendor == "postgresql":
-            for start in range(0, len(items), ROLLUP_BATCH):
-                _pg_upsert(grain, items[start: start + ROLLUP_BATCH])
-        else:
-            for key, total in items:
-                _orm_upsert(grain, key, total)
-        touched += len(items)
-    return touched
-
-
-# Many events at once (a hosted save of thousands of users): COPY the finest sums into a temporary
-# table, then one INSERT ... SELECT ... GROUP BY ... ON CONFLICT per grain. Statements of thousands
-# of VALUES cost more to build and parse than the rows do to write.
-BULK_EVENTS = 100
-_STAGE = """
-CREATE TEMPORARY TABLE IF NOT EXISTS rollup_stage (
-    day date, user_id text, model text, spend numeric, events bigint, prompt_tokens bigint,
-    completion_tokens bigint, cached_tokens bigint
-) ON COMMIT DELETE ROWS
-"""
-_BUCKET = {"day": "day", "month": "date_trunc('month', day)::date"}
-
-
-def _pg_add_in_bulk(project: Project, events: list[CostEvent]) -> int:
-    totals: dict[Key, Totals] = defaultdict(Totals)
-    for event in events:
-        totals[GRAINS[0].key(project, event)].add(event)
-    with connection.cursor() as cursor:
-        cursor.execute(_STAGE)
-        cursor.execute("TRUNCATE rollup_stage")
-        with cursor.cursor.copy("COPY rollup_stage FROM STDIN") as copy:
-            for (_, day, user_id, model), total in totals.items():
-                copy.write_row((day, user_id, model, *total.values(tokens=True)))
-        touched = 0
-        for grain in GRAINS:
-            keys = (grain.column, *grain.keys)
-            sums = ("spend", "events", *(TOKENS if grain.tokens else ()))
-            group = ", ".join([_BUCKET[grain.column], *grain.keys])
-            cursor.execute(
-                f"INSERT INTO {grain.table} AS d (project_id, {', '.join(keys + sums)}) "
-                f"SELECT %s, {group}, {', '.join(f'SUM({name})' for name in sums)} FROM rollup_stage "
-                f"GROUP BY {group} ORDER BY {group} "  # one order, so concurrent writers lock rows alike
-                f"ON CONFLICT (project_id, {', '.join(keys)}) DO UPDATE SET "
-                + ", ".join(f"{name} = d.{name} + EXCLUDED.{name}" for name in sums),
-                [project.pk],
-            )
-            touched += cursor.rowcount
-    return touched
-
-
-def _pg_upsert(grain: Grain, items: list[tuple[Key, Totals]]) -> None:
-    keys = ("project_id", grain.column, *grain.keys)
-    sums = ("spend", "events", *(TOKENS if grain.tokens else ()))
-    row = "(" + ", ".join(["%s"] * len(keys) + ["%s::numeric"] + ["%s"] * (len(sums) - 1)) + ")"
-    params: list[Any] = []
-    for key, total in items:
-        params += [*key, *total.values(grain.tokens)]
-    sql = (
-        f"INSERT INTO {grain.table} AS d ({', '.join(keys + sums)}) VALUES {', '.join([row] * len(items))} "
-        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
-        + ", ".join(f"{name} = d.{name} + EXCLUDED.{name}" for name in sums)
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-
-
-def _orm_upsert(grain: Grain, key: Key, total: Totals) -> None:
-    project_id, day, *own = key
-    sums = dict(zip(("spend", "events", *(TOKENS if grain.tokens else ())), total.values(grain.tokens), strict=True))
-    increments = {name: F(name) + (money(value) if name == "spend" else value) for name, value in sums.items()}
-    match = {"project_id": project_id, grain.column: day, **dict(zip(grain.keys, own, strict=True))}
-    rows = grain.model._default_manager.filter(**match)
-    if rows.update(**increments):
-        return
-    try:
-        with transaction.atomic():
-            grain.model._default_manager.create(**match, **sums)
-    except IntegrityError:  # created meanwhile by a concurrent writer
-        rows.update(**increments)
 
 
 _REBUILD = """

@@ -1,0 +1,765 @@
+"""The ledger's one writer: ledger rows and everything derived from them, for every entry point.
+
+A ledger row (CostEvent) never goes in alone: in the same transaction the spend at every level
+(project, budget, per model), the four daily rollups (services.rollups) and the alert rows for
+crossed thresholds (services.alerts) change with it. This module is the only code that inserts
+ledger rows, so a new level or rollup column is written here once, for:
+
+- a native record (`record`): cost_record, and a reservation's settle through it;
+- a hosted merge (`merge`): many users at once, set-based;
+- the demo seed (`seed`): fabricated history in bulk.
+
+Each has a PostgreSQL fast path beside the portable (ORM, SQLite) one; `_postgres()` is the one
+switch between them. Locks: the project row first, then budget rows (services.admission).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import IntegrityError, connection, models, transaction
+from django.db.models import F, JSONField, OuterRef, Subquery, Sum
+from django.db.models.functions import Coalesce, Greatest
+from django.utils.timezone import now as utcnow
+
+from .. import metrics
+from ..errors import BudgetExceeded, IdempotencyConflict, UnknownUser
+from ..fields import MoneyField, money
+from ..models import CostEvent, ModelSpend, Project, UserBudget
+from ..selectors.budgets import model_costs
+from ..selectors.console import MoneySum
+from ..usage import Usage
+from . import alerts
+from .admission import check_figures, levels_admit, levels_of, lock_project
+from .resets import ensure_current_period
+from .rollups import GRAINS, TOKENS, Grain, Key, Totals, local_day, rollups_rebuild
+
+ZERO = Decimal(0)
+ROLLUP_BATCH = 1000  # rollup rows per upsert statement
+WRITE_BATCH = 1000  # rows per bulk_create on the portable path
+COPY_BATCH = 2000  # lines per COPY write on PostgreSQL
+
+
+def _postgres() -> bool:
+    """The one switch: PostgreSQL's fast paths, or the portable ORM ones (SQLite)."""
+    return connection.vendor == "postgresql"
+
+
+# --- what a record answers -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CostRecorded:
+    event: CostEvent
+    budget: UserBudget  # with .project: both hold their figures after this call
+    created: bool  # False for an idempotent retry: nothing new was recorded
+    exceeded: str | None  # "user" or "project" when a budget is used up after this call
+    model_costs: dict[str, Decimal]  # the user's spend per model after it
+
+    @property
+    def budget_exceeded(self) -> bool:
+        return self.exceeded is not None
+
+
+def _no_room(spend: Decimal, held: Decimal, cap: Decimal, extra: Decimal) -> bool:
+    # Spend that reached the cap is used up; a new call (with the open holds) may bring it up to the cap, not past.
+    return spend >= cap if extra == 0 else spend + held + extra > cap
+
+
+def exceeded_scope(budget: UserBudget, project: Project, extra: Decimal = ZERO) -> str | None:
+    """Which budget, if any, has no room left for `extra` more spend ("user" is named first).
+
+    With `extra` 0: which budget's spend reached its cap. Otherwise open holds count too.
+    """
+    if _no_room(budget.current_spend, budget.held, budget.total_budget, extra):
+        return "user"
+    if project.max_budget is not None and _no_room(project.current_spend, project.held, project.max_budget, extra):
+        return "project"
+    return None
+
+
+# --- a native record: one call -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call to record, validated and priced by services.costs."""
+
+    project: Project
+    user_id: str
+    usage: Usage
+    model: str
+    amount: Decimal  # stored precision
+    source: str
+    idempotency_key: str | None
+    fingerprint: str
+    enforce: bool
+
+
+def record(call: Call) -> CostRecorded:
+    """The ledger row, its spend, rollups and alerts; on PostgreSQL in two statements when no period ends.
+
+    With an idempotency key, a retry returns the first event and records nothing (`created` False).
+    """
+    recorded = _record_in_two_statements(call) if _postgres() else None
+    if recorded is None:  # SQLite, or a period must start first
+        recorded = _record_with_the_orm(call)
+    if recorded.created:
+        alerts.spend_recorded(project=call.project, budget=recorded.budget, amount=call.amount)
+    return recorded
+
+
+def _event(call: Call, budget_id: int, **fields: Any) -> CostEvent:
+    usage = call.usage
+    return CostEvent(
+        project=call.project, budget_id=budget_id, user_id=call.user_id, model=call.model,
+        prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens, cache_creation_tokens=usage.cache_creation_tokens, cost=call.amount,
+        source=call.source, idempotency_key=call.idempotency_key or None, request_fingerprint=call.fingerprint,
+        **fields,
+    )
+
+
+def _record_with_the_orm(call: Call) -> CostRecorded:
+    """Any database: a statement per row (SQLite, and PostgreSQL when a period must start first)."""
+    project = call.project
+    lock_project(project)
+    budget = ensure_current_period(project, user_id=call.user_id)
+    if call.idempotency_key:
+        replay = _replay(project, call.idempotency_key, call.fingerprint, budget)
+        if replay is not None:
+            return replay
+    if call.enforce:
+        _admit(levels_of(project, budget), call.amount, project)
+    try:
+        with transaction.atomic():
+            event = _event(call, budget.pk)
+            event.save(force_insert=True)
+    except IntegrityError:
+        replay = _replay(project, call.idempotency_key, call.fingerprint, budget) if call.idempotency_key else None
+        if replay is None:
+            raise
+        return replay
+    _add_spend(project=project, budget=budget, model=call.model, amount=call.amount, usage=call.usage)
+    rollups_add_events(project, [event])
+    budget.refresh_from_db()
+    # period_start too: alerts are once per period, and a sweep may have just started a new one.
+    project.refresh_from_db(fields=["current_spend", "held", "period_start"])
+    budget.project = project
+    return CostRecorded(event=event, budget=budget, created=True, exceeded=exceeded_scope(budget, project),
+                        model_costs=model_costs(budget))
+
+
+def _admit(levels: Any, amount: Decimal, project: Project) -> None:
+    try:
+        levels_admit(levels, amount)
+    except BudgetExceeded as exc:
+        metrics.budget_exceeded(project.name, exc.scope)
+        raise
+
+
+def _add_spend(*, project: Project, budget: UserBudget, model: str, amount: Decimal, usage: Usage) -> None:
+    """Increment spend with F(): concurrent calls add up, none is lost."""
+    at = utcnow()
+    Project.objects.filter(pk=project.pk).update(current_spend=F("current_spend") + money(amount))
+    UserBudget.objects.filter(pk=budget.pk).update(current_spend=F("current_spend") + money(amount), updated_at=at)
+    increments = {
+        "spend": F("spend") + money(amount),
+        "prompt_tokens": F("prompt_tokens") + usage.prompt_tokens,
+        "completion_tokens": F("completion_tokens") + usage.completion_tokens,
+    }
+    if not ModelSpend.objects.filter(budget_id=budget.pk, model=model).update(**increments):
+        try:
+            with transaction.atomic():
+                ModelSpend.objects.create(
+                    budget_id=budget.pk, model=model, spend=amount,
+                    prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                )
+        except IntegrityError:
+            ModelSpend.objects.filter(budget_id=budget.pk, model=model).update(**increments)
+
+
+def _replay(project: Project, key: str, fingerprint: str, budget: UserBudget) -> CostRecorded | None:
+    event = CostEvent.objects.filter(project=project, idempotency_key=key).first()
+    if event is None:
+        return None
+    if event.request_fingerprint != fingerprint:
+        raise IdempotencyConflict("this Idempotency-Key was used with a different request")
+    return CostRecorded(event=event, budget=budget, created=False, exceeded=exceeded_scope(budget, project),
+                        model_costs=model_costs(budget))
+
+
+# PostgreSQL: the project row locked and the user's budget read with its spend per model in one
+# statement, then the ledger row, the three spend increments and the daily rollups in a second
+# one (data-modifying CTEs; the last four are the rollups of services.rollups). A repeated
+# Idempotency-Key inserts nothing, so nothing else changes.
+_READ_LOCKED = """
+SELECT p.current_spend, p.held, p.max_budget, p.period_start, p.next_reset_at,
+       b.id, b.total_budget, b.current_spend, b.held, b.duration, b.duration_days, b.period_start, b.next_reset_at,
+       b.created_at, b.updated_at,
+       (SELECT COALESCE(jsonb_object_agg(s.model, s.spend::text), '{{}}'::jsonb)
+        FROM budgets_modelspend s WHERE s.budget_id = b.id)
+FROM budgets_project p JOIN budgets_userbudget b ON b.project_id = p.id AND b.user_id = %(user)s
+WHERE p.id = %(project)s
+FOR NO KEY UPDATE OF {locked}
+"""
+_WRITE = """
+WITH ev AS (
+    INSERT INTO budgets_costevent (project_id, budget_id, user_id, model, prompt_tokens, completion_tokens,
+        cached_tokens, cache_creation_tokens, cost, source, idempotency_key, request_fingerprint, created_at)
+    VALUES (%(project)s, %(budget)s, %(user)s, %(model)s, %(prompt)s, %(completion)s, %(cached)s, %(creation)s,
+        %(amount)s, %(source)s, %(key)s, %(fingerprint)s, %(at)s)
+    ON CONFLICT (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id
+), p AS (
+    UPDATE budgets_project SET current_spend = current_spend + %(amount)s
+    WHERE id = %(project)s AND EXISTS (SELECT 1 FROM ev) RETURNING current_spend
+), b AS (
+    UPDATE budgets_userbudget SET current_spend = current_spend + %(amount)s, updated_at = %(at)s
+    WHERE id = %(budget)s AND EXISTS (SELECT 1 FROM ev) RETURNING current_spend
+), m AS (
+    INSERT INTO budgets_modelspend AS s (budget_id, model, spend, prompt_tokens, completion_tokens)
+    SELECT %(budget)s, %(model)s, %(amount)s, %(prompt)s, %(completion)s WHERE EXISTS (SELECT 1 FROM ev)
+    ON CONFLICT (budget_id, model) DO UPDATE SET spend = s.spend + EXCLUDED.spend,
+        prompt_tokens = s.prompt_tokens + EXCLUDED.prompt_tokens,
+        completion_tokens = s.completion_tokens + EXCLUDED.completion_tokens
+    RETURNING spend
+)"""
+# The rollups' upserts, one per grain of services.rollups (a new grain or column is added there only).
+_ROLLUP_VALUES = {"day": "%(day)s", "month": "%(month)s", "user_id": "%(user)s", "model": "%(model)s",
+                  "spend": "%(amount)s", "events": "1", "prompt_tokens": "%(prompt)s",
+                  "completion_tokens": "%(completion)s", "cached_tokens": "%(cached)s"}
+
+
+def _rollup_cte(name: str, grain: Grain) -> str:
+    keys = ("project_id", grain.column, *grain.keys)
+    sums = ("spend", "events", *(TOKENS if grain.tokens else ()))
+    values = ["%(project)s", *(_ROLLUP_VALUES[column] for column in (*keys[1:], *sums))]
+    return (
+        f", {name} AS (\n    INSERT INTO {grain.table} AS d ({', '.join(keys + sums)})\n"
+        f"    SELECT {', '.join(values)} WHERE EXISTS (SELECT 1 FROM ev)\n"
+        f"    ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
+        + ", ".join(f"{column} = d.{column} + EXCLUDED.{column}" for column in sums) + "\n    RETURNING 1\n)"
+    )
+
+
+_ROLLUP_NAMES = [f"r{index}" for index in range(len(GRAINS))]
+_WRITE += "".join(_rollup_cte(name, grain) for name, grain in zip(_ROLLUP_NAMES, GRAINS, strict=True)) + (
+    "\nSELECT ev.id, p.current_spend, b.current_spend, m.spend FROM ev, p, b, m, " + ", ".join(_ROLLUP_NAMES)
+)
+
+
+def _record_in_two_statements(call: Call) -> CostRecorded | None:
+    """Record with two statements; None when the project's or the user's period must start first."""
+    project, user_id, usage, amount = call.project, call.user_id, call.usage, call.amount
+    at = utcnow()
+    with connection.cursor() as cursor:
+        # With enforce the budget row is locked too: admission reads figures no one may change meanwhile.
+        cursor.execute(_READ_LOCKED.format(locked="p, b" if call.enforce else "p"),
+                       {"user": user_id, "project": project.pk})
+        row = cursor.fetchone()
+        if row is None:
+            raise UnknownUser(f"user {user_id!r} has no budget in project {project.name!r}")
+        (project.current_spend, project.held, project.max_budget, project.period_start, project.next_reset_at,
+         budget_id, total, spend, held, duration, days, period_start, next_reset_at, created_at, updated_at,
+         costs) = row
+        budget = UserBudget(
+            pk=budget_id, project=project, user_id=user_id, total_budget=total, current_spend=spend, held=held,
+            duration=duration, duration_days=days, period_start=period_start, next_reset_at=next_reset_at,
+            created_at=created_at, updated_at=updated_at,
+        )
+        if project.is_due(at) or budget.is_due(at):
+            return None  # the ORM path starts the new period first (rare: the sweep usually has)
+        if call.enforce:
+            project_level, user_level = levels_of(project, budget)
+            try:
+                check_figures([(project_level, project.max_budget, project.current_spend, project.held),
+                               (user_level, budget.total_budget, budget.current_spend, budget.held)], amount)
+            except BudgetExceeded as exc:
+                metrics.budget_exceeded(project.name, exc.scope)
+                raise
+        day = local_day(project.timezone, at)
+        params = {
+            "project": project.pk, "budget": budget_id, "user": user_id, "model": call.model,
+            "prompt": usage.prompt_tokens, "completion": usage.completion_tokens, "cached": usage.cached_tokens,
+            "creation": usage.cache_creation_tokens, "amount": amount, "source": call.source,
+            "key": call.idempotency_key or None, "fingerprint": call.fingerprint, "at": at,
+            "day": day, "month": day.replace(day=1),
+        }
+        cursor.execute(_WRITE, params)
+        written = cursor.fetchone()
+    if written is None:  # the Idempotency-Key was used before: answer as the first time
+        replay = _replay(project, call.idempotency_key or "", call.fingerprint, budget)
+        if replay is None:
+            raise IdempotencyConflict("this Idempotency-Key is being used by a request in flight; retry")
+        return replay
+    event_id, project.current_spend, budget.current_spend, model_spend = written
+    budget.updated_at = at
+    event = _event(call, budget_id, pk=event_id, created_at=at)
+    # Django leaves jsonb undecoded (psycopg gives text): decoded here, amounts as exact decimals.
+    before = json.loads(costs) if isinstance(costs, str) else costs
+    costs = {name: Decimal(value) for name, value in before.items()} | {call.model: model_spend}
+    return CostRecorded(event=event, budget=budget, created=True, exceeded=exceeded_scope(budget, project),
+                        model_costs=costs)
+
+
+# --- a hosted merge: many users at once, set-based ----------------------------------------------
+
+
+EVENT_COLUMNS = ("project_id", "budget_id", "user_id", "model", "cost", "source", "created_at")
+
+
+class SpendAdded(NamedTuple):
+    """What a merge adds to one budget's spend (negative for a client reset), for the alert check."""
+
+    budget_id: int
+    user_id: str
+    period_start: datetime
+    limit: Decimal
+    before: Decimal
+    delta: Decimal
+
+
+class BudgetChange(NamedTuple):
+    """An existing budget's spend delta, with the hosted baseline written in the same row update."""
+
+    budget_id: int
+    delta: Decimal
+    baseline: dict[str, Any]
+    period_start: datetime
+
+
+@dataclass
+class Batch:
+    """Everything a merge adds, gathered so that each table gets one bulk write (`merge`)."""
+
+    project: Project
+    at: datetime
+    events: list[tuple[Any, ...]] = field(default_factory=list)  # EVENT_COLUMNS
+    budgets: list[BudgetChange] = field(default_factory=list)  # existing budgets
+    model_deltas: list[tuple[int, str, Decimal]] = field(default_factory=list)  # existing budgets' models
+    reset_ids: list[int] = field(default_factory=list)  # budgets the client reset
+    new_model_spend: list[tuple[int, str, Decimal]] = field(default_factory=list)  # budgets just inserted
+    added: list[SpendAdded] = field(default_factory=list)
+
+    def spend(self, budget_id: int, user_id: str, growth: dict[str, Decimal]) -> None:
+        """One ledger event per model that grew."""
+        self.events += [(self.project.pk, budget_id, user_id, model, amount, CostEvent.Source.HOSTED, self.at)
+                        for model, amount in sorted(growth.items())]
+
+
+def merge(batch: Batch) -> None:
+    """Write a merge: budgets' spend and baselines, spend per model, ledger rows with their rollups,
+    the project's spend, and alerts. The caller holds the project's lock and the budgets' rows."""
+    project = batch.project
+    budgets_update(batch.budgets, batch.at)
+    _model_spend_add(batch.model_deltas)
+    if batch.reset_ids:  # what the client's reset took to zero and no native call ever used
+        ModelSpend.objects.filter(budget_id__in=batch.reset_ids, spend__lte=0, prompt_tokens=0,
+                                  completion_tokens=0).delete()
+    insert_rows(ModelSpend, ("budget_id", "model", "spend"), batch.new_model_spend)
+    if batch.events:
+        insert_rows(CostEvent, EVENT_COLUMNS, batch.events)
+        rollups_add_events(project, _instances(CostEvent, EVENT_COLUMNS, batch.events))
+    total = sum((added.delta for added in batch.added), ZERO)
+    if total:
+        Project.objects.filter(pk=project.pk).update(
+            current_spend=Greatest(F("current_spend") + money(total), money(ZERO)))
+    if batch.added:
+        _alert(project, batch.added, total)
+
+
+def budgets_update(rows: Sequence[BudgetChange], at: datetime) -> None:
+    """Spend deltas (never below 0) and new hosted baselines of existing budgets; a zero delta
+    writes only the baseline (what get_budget served)."""
+    if not rows:
+        return
+    if _postgres():
+        stage = _stage("id bigint, delta numeric, baseline jsonb, period_start timestamptz",
+                       ((pk, delta, json.dumps(baseline), start) for pk, delta, baseline, start in rows))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {UserBudget._meta.db_table} AS b SET current_spend = GREATEST(b.current_spend + v.delta, 0), "
+                "hosted_model_cost = v.baseline, hosted_period_start = v.period_start, "
+                "updated_at = CASE WHEN v.delta <> 0 THEN %s ELSE b.updated_at END "
+                f"FROM {stage} AS v WHERE b.id = v.id",
+                [at],
+            )
+        return
+    for budget_id, delta, baseline, period_start in rows:  # embedded SQLite: small projects
+        fields: dict[str, Any] = {"hosted_model_cost": baseline, "hosted_period_start": period_start}
+        if delta:
+            fields.update(current_spend=Greatest(F("current_spend") + money(delta), money(ZERO)), updated_at=at)
+        UserBudget.objects.filter(pk=budget_id).update(**fields)
+
+
+def _model_spend_add(deltas: list[tuple[int, str, Decimal]]) -> None:
+    if not deltas:
+        return
+    if not _postgres():
+        for budget_id, model, amount in deltas:
+            spend = Greatest(F("spend") + money(amount), money(ZERO))
+            if not ModelSpend.objects.filter(budget_id=budget_id, model=model).update(spend=spend) and amount > 0:
+                ModelSpend.objects.create(budget_id=budget_id, model=model, spend=amount)
+        return
+    table = ModelSpend._meta.db_table
+    stage = _stage("budget_id bigint, model text, delta numeric", deltas)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} AS ms (budget_id, model, spend, prompt_tokens, completion_tokens) "
+            f"SELECT budget_id, model, delta, 0, 0 FROM {stage} WHERE delta > 0 ORDER BY budget_id, model "
+            "ON CONFLICT (budget_id, model) DO UPDATE SET spend = ms.spend + EXCLUDED.spend"
+        )
+        # What a reset takes away was added to that row in this period: the row is there.
+        cursor.execute(
+            f"UPDATE {table} AS ms SET spend = GREATEST(ms.spend + v.delta, 0) FROM {stage} AS v "
+            "WHERE v.delta < 0 AND ms.budget_id = v.budget_id AND ms.model = v.model"
+        )
+
+
+def _alert(project: Project, added: list[SpendAdded], total: Decimal) -> None:
+    """Alert rows for thresholds the merge carried a user or the project across (a cheap check first)."""
+    thresholds = alerts.thresholds_of(project)
+    if not thresholds:
+        return
+    project.refresh_from_db(fields=["current_spend", "period_start"])
+    for change in added:
+        after = max(change.before + change.delta, ZERO)
+        if change.delta > 0 and alerts.crossed_thresholds(before=change.before, after=after, limit=change.limit,
+                                                          thresholds=thresholds):
+            budget = UserBudget(pk=change.budget_id, project=project, user_id=change.user_id,
+                                total_budget=change.limit, current_spend=after, period_start=change.period_start)
+            # The project's own crossing is checked once below, over the whole merge.
+            alerts.spend_recorded(project=_without_cap(project), budget=budget, amount=change.delta)
+    if total > 0 and alerts.crossed_thresholds(before=project.current_spend - total, after=project.current_spend,
+                                              limit=project.max_budget, thresholds=thresholds):
+        # A budget of 0 crosses no user threshold: only the project's are checked.
+        nobody = UserBudget(project=project, user_id="", total_budget=ZERO, current_spend=ZERO,
+                            period_start=project.period_start)
+        alerts.spend_recorded(project=project, budget=nobody, amount=total)
+
+
+def _without_cap(project: Project) -> Project:
+    copy = Project(pk=project.pk, name=project.name, alert_thresholds=project.alert_thresholds,
+                   alert_webhook_url=project.alert_webhook_url, alert_email=project.alert_email,
+                   current_spend=project.current_spend, period_start=project.period_start, max_budget=None)
+    return copy
+
+
+# --- the rollups: what ledger rows add to their days (the grains are services.rollups') ---------
+
+
+def rollups_add_events(project: Project, events: Iterable[CostEvent]) -> int:
+    """Add ledger rows just inserted (in this transaction) to their days; returns the rows touched."""
+    events = list(events)
+    if _postgres() and len(events) > BULK_EVENTS:
+        return _pg_add_in_bulk(project, events)
+    touched = 0
+    for grain in GRAINS:
+        totals: dict[Key, Totals] = defaultdict(Totals)
+        for event in events:
+            totals[grain.key(project, event)].add(event)
+        items = sorted(totals.items())  # one order, so concurrent writers lock rows alike
+        if _postgres():
+            for start in range(0, len(items), ROLLUP_BATCH):
+                _pg_upsert(grain, items[start: start + ROLLUP_BATCH])
+        else:
+            for key, total in items:
+                _orm_upsert(grain, key, total)
+        touched += len(items)
+    return touched
+
+
+# Many events at once (a hosted save of thousands of users): COPY the finest sums into a temporary
+# table, then one INSERT ... SELECT ... GROUP BY ... ON CONFLICT per grain. Statements of thousands
+# of VALUES cost more to build and parse than the rows do to write.
+BULK_EVENTS = 100
+_STAGE = """
+CREATE TEMPORARY TABLE IF NOT EXISTS rollup_stage (
+    day date, user_id text, model text, spend numeric, events bigint, prompt_tokens bigint,
+    completion_tokens bigint, cached_tokens bigint
+) ON COMMIT DELETE ROWS
+"""
+_BUCKET = {"day": "day", "month": "date_trunc('month', day)::date"}
+
+
+def _pg_add_in_bulk(project: Project, events: list[CostEvent]) -> int:
+    totals: dict[Key, Totals] = defaultdict(Totals)
+    for event in events:
+        totals[GRAINS[0].key(project, event)].add(event)
+    with connection.cursor() as cursor:
+        cursor.execute(_STAGE)
+        cursor.execute("TRUNCATE rollup_stage")
+        with cursor.cursor.copy("COPY rollup_stage FROM STDIN") as copy:
+            for (_, day, user_id, model), total in totals.items():
+                copy.write_row((day, user_id, model, *total.values(tokens=True)))
+        touched = 0
+        for grain in GRAINS:
+            keys = (grain.column, *grain.keys)
+            sums = ("spend", "events", *(TOKENS if grain.tokens else ()))
+            group = ", ".join([_BUCKET[grain.column], *grain.keys])
+            cursor.execute(
+                f"INSERT INTO {grain.table} AS d (project_id, {', '.join(keys + sums)}) "
+                f"SELECT %s, {group}, {', '.join(f'SUM({name})' for name in sums)} FROM rollup_stage "
+                f"GROUP BY {group} ORDER BY {group} "  # one order, so concurrent writers lock rows alike
+                f"ON CONFLICT (project_id, {', '.join(keys)}) DO UPDATE SET "
+                + ", ".join(f"{name} = d.{name} + EXCLUDED.{name}" for name in sums),
+                [project.pk],
+            )
+            touched += cursor.rowcount
+    return touched
+
+
+def _pg_upsert(grain: Grain, items: list[tuple[Key, Totals]]) -> None:
+    keys = ("project_id", grain.column, *grain.keys)
+    sums = ("spend", "events", *(TOKENS if grain.tokens else ()))
+    row = "(" + ", ".join(["%s"] * len(keys) + ["%s::numeric"] + ["%s"] * (len(sums) - 1)) + ")"
+    params: list[Any] = []
+    for key, total in items:
+        params += [*key, *total.values(grain.tokens)]
+    sql = (
+        f"INSERT INTO {grain.table} AS d ({', '.join(keys + sums)}) VALUES {', '.join([row] * len(items))} "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
+        + ", ".join(f"{name} = d.{name} + EXCLUDED.{name}" for name in sums)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def _orm_upsert(grain: Grain, key: Key, total: Totals) -> None:
+    project_id, day, *own = key
+    sums = dict(zip(("spend", "events", *(TOKENS if grain.tokens else ())), total.values(grain.tokens), strict=True))
+    increments = {name: F(name) + (money(value) if name == "spend" else value) for name, value in sums.items()}
+    match = {"project_id": project_id, grain.column: day, **dict(zip(grain.keys, own, strict=True))}
+    rows = grain.model._default_manager.filter(**match)
+    if rows.update(**increments):
+        return
+    try:
+        with transaction.atomic():
+            grain.model._default_manager.create(**match, **sums)
+    except IntegrityError:  # created meanwhile by a concurrent writer
+        rows.update(**increments)
+
+
+# --- the demo seed: fabricated history in bulk ---------------------------------------------------
+
+
+SEED_COLUMNS = ("project_id", "budget_id", "user_id", "model", "prompt_tokens", "completion_tokens", "cached_tokens",
+                "cache_creation_tokens", "cost", "source", "request_fingerprint", "created_at")
+
+
+def seed(project: Project, rows: Iterable[Sequence[Any]]) -> int:
+    """Fabricated ledger rows (SEED_COLUMNS), streamed; then every derived number set from the ledger.
+
+    Rollups are rebuilt, each budget's spend and ModelSpend rows come from the events of its current
+    period, the project's from the events of the project's period. Returns how many rows went in.
+    """
+    written = bulk_insert(CostEvent, SEED_COLUMNS, rows)
+    analyze(CostEvent)
+    rollups_rebuild(project)
+    _derive_spend(project)
+    return written
+
+
+def _derive_spend(project: Project) -> None:
+    """Spend as the services would have left it, from the ledger, with set-based queries."""
+    in_period = CostEvent.objects.filter(project=project, budget__isnull=False,
+                                         created_at__gte=F("budget__period_start"))
+    ModelSpend.objects.filter(budget__project=project).delete()
+    ModelSpend.objects.bulk_create(
+        (
+            ModelSpend(budget_id=row["budget_id"], model=row["model"], spend=row["spend"],
+                       prompt_tokens=row["prompt"], completion_tokens=row["completion"])
+            for row in in_period.values("budget_id", "model").annotate(
+                spend=MoneySum("cost"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"))
+        ),
+        batch_size=COPY_BATCH,
+    )
+    per_budget = (
+        ModelSpend.objects.filter(budget_id=OuterRef("pk")).order_by().values("budget_id")
+        .annotate(total=Sum("spend")).values("total")
+    )
+    UserBudget.objects.filter(project=project).update(
+        current_spend=Coalesce(Subquery(per_budget, output_field=MoneyField()), money(ZERO)),
+    )
+    total = CostEvent.objects.filter(project=project, created_at__gte=project.period_start).aggregate(
+        total=MoneySum("cost"))["total"]
+    Project.objects.filter(pk=project.pk).update(current_spend=total or ZERO)
+
+
+# --- bulk rows: COPY on PostgreSQL, bulk_create elsewhere ----------------------------------------
+
+_stage_count = 0
+
+
+def _stage(columns: str, rows: Iterable[Sequence[Any]]) -> str:
+    """A temporary table with `columns` ("name type, ..."), filled with COPY; dropped at commit."""
+    global _stage_count
+    _stage_count += 1
+    name = f"ledger_stage_{_stage_count}"
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TEMPORARY TABLE {name} ({columns}) ON COMMIT DROP")
+        with cursor.cursor.copy(f"COPY {name} FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    return name
+
+
+def insert_rows(
+    model: type[Any], columns: Sequence[str], rows: Sequence[Sequence[Any]], *, conflicts: Sequence[str] = (),
+) -> list[tuple] | None:
+    """Insert rows of `columns` (attnames); every other column takes its model default, evaluated once.
+
+    On PostgreSQL through COPY; with `conflicts` (the unique columns) rows that conflict are
+    skipped and (id, *conflicts) of the inserted rows are returned. Elsewhere bulk_create, and
+    with `conflicts` None: which rows went in is not known.
+    """
+    if not rows:
+        return []
+    if not _postgres():
+        model.objects.bulk_create([model(**dict(zip(columns, row, strict=True))) for row in rows],
+                                  batch_size=WRITE_BATCH, ignore_conflicts=bool(conflicts))
+        return None if conflicts else []
+    by_name = {f.attname: f for f in model._meta.concrete_fields if not f.primary_key}
+    defaulted = [f for name, f in by_name.items() if name not in columns]
+    texts: dict[int, tuple[Any, str | None]] = {}  # JSON by object: a value shared by many rows is written once
+
+    def json_text(value: Any) -> str | None:
+        if value is None:
+            return None
+        if id(value) not in texts:
+            texts[id(value)] = (value, _json_text(value))  # the value kept: its id stays its own
+        return texts[id(value)][1]
+
+    # The values are plain for psycopg (Django's get_db_prep_save per value costs more than the
+    # rest of the insert), but JSON, which COPY takes as its text.
+    defaults = tuple(json_text(f.get_default()) if isinstance(f, JSONField) else f.get_default() for f in defaulted)
+    json_slots = [index for index, name in enumerate(columns) if isinstance(by_name[name], JSONField)]
+
+    def values(row: Sequence[Any]) -> tuple[Any, ...]:
+        if json_slots:
+            row = list(row)
+            for index in json_slots:
+                row[index] = json_text(row[index])
+        return (*row, *defaults)
+
+    quote = connection.ops.quote_name
+    names = ", ".join(quote(f.column) for f in [*(by_name[name] for name in columns), *defaulted])
+    table = quote(model._meta.db_table)
+    with connection.cursor() as cursor:
+        if not conflicts:
+            with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(values(row))
+            return []
+        unique = ", ".join(quote(by_name[name].column) for name in conflicts)
+        stage = f"ledger_stage_{model._meta.model_name}"
+        cursor.execute(f"CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {names} FROM {table} WITH NO DATA")
+        with cursor.cursor.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(values(row))
+        cursor.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage} "
+                       f"ON CONFLICT ({unique}) DO NOTHING RETURNING id, {unique}")
+        inserted = cursor.fetchall()
+        cursor.execute(f"DROP TABLE {stage}")
+        return inserted
+
+
+def _instances(model: type[Any], columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[Any]:
+    """Unsaved instances of rows, built positionally from defaults evaluated once (a third of the
+    keyword __init__'s cost). The defaults are shared between instances: read them, do not mutate."""
+    fields = model._meta.concrete_fields
+    slot = {f.attname: index for index, f in enumerate(fields)}
+    template = [None if f.primary_key else f.get_default() for f in fields]
+    slots = [slot[name] for name in columns]
+    instances = []
+    for row in rows:
+        values = template.copy()
+        for index, value in zip(slots, row, strict=True):
+            values[index] = value
+        instances.append(model(*values))
+    return instances
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return json.dumps(value)  # the C encoder: the values here are plain (str, numbers, dicts)
+    except TypeError:
+        return json.dumps(value, cls=DjangoJSONEncoder)
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _escape(value: str) -> str:
+    return value.translate(_COPY_ESCAPES)
+
+
+def _copy_converter(field: models.Field) -> Any:
+    """value → COPY text for one column, chosen once per column (not per value)."""
+    if isinstance(field, models.JSONField):
+        convert = lambda value: _escape(json.dumps(value))  # noqa: E731
+    elif isinstance(field, models.DateTimeField):
+        convert = datetime.isoformat
+    elif isinstance(field, models.BooleanField):
+        convert = lambda value: "t" if value else "f"  # noqa: E731
+    elif isinstance(field, models.CharField | models.TextField):
+        convert = _escape
+    else:
+        convert = str
+    if field.null:
+        return lambda value: "\\N" if value is None else convert(value)
+    return convert
+
+
+def bulk_insert(model: type[models.Model], columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+    """Insert plain rows (values in `columns` order, attnames): COPY on PostgreSQL, bulk_create elsewhere."""
+    count = 0
+    if _postgres():
+        from psycopg.copy import QueuedLibpqWriter
+
+        table = model._meta.db_table
+        # `columns` are concrete fields (never reverse relations), whose column is set.
+        names = ", ".join(connection.ops.quote_name(model._meta.get_field(c).column) for c in columns)  # type: ignore[union-attr,arg-type]
+        converters = [_copy_converter(model._meta.get_field(c)) for c in columns]  # type: ignore[arg-type]
+        with connection.cursor() as cursor:
+            # The queued writer sends from a thread: PostgreSQL indexes one chunk while Python makes the next.
+            with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN",
+                                    writer=QueuedLibpqWriter(cursor.cursor)) as copy:
+                lines: list[str] = []
+                for row in rows:
+                    lines.append("\t".join([convert(value) for convert, value in zip(converters, row, strict=True)]))
+                    if len(lines) >= COPY_BATCH:
+                        count += len(lines)
+                        copy.write("\n".join(lines) + "\n")
+                        lines = []
+                if lines:
+                    count += len(lines)
+                    copy.write("\n".join(lines) + "\n")
+        return count
+    batch: list[models.Model] = []
+    for row in rows:
+        batch.append(model(**dict(zip(columns, row, strict=True))))
+        if len(batch) >= COPY_BATCH:
+            model.objects.bulk_create(batch)  # type: ignore[attr-defined]
+            count += len(batch)
+            batch = []
+    model.objects.bulk_create(batch)  # type: ignore[attr-defined]
+    return count + len(batch)
+
+
+def analyze(*tables: type[models.Model]) -> None:
+    """Fresh statistics after a bulk load, so the aggregate queries that follow plan well."""
+    if _postgres():
+        with connection.cursor() as cursor:
+            for model in tables:
+                cursor.execute(f"ANALYZE {model._meta.db_table}")
+
+
