@@ -148,6 +148,24 @@ def test_settling_more_than_was_held_records_it_anyway_and_says_so(api, alice):
     assert (alice.current_spend, alice.held) == (3, 0)
 
 
+def test_a_settle_kept_before_its_figures_were_is_replayed_with_todays_figures(api, alice):
+    """A settle stored by an older version kept its answer, not the user's figures: a retry still
+    answers 200 as a replay and records nothing."""
+    rid = body_of(reserve(api, {"estimated_cost": 1, "model": "gpt-4o-mini"}))["id"]
+    body = {"prompt_tokens": 1000, "completion_tokens": 500}
+    first = api.post(f"/api/v1/reservations/{rid}/settle", body)
+    assert first.status_code == 200, first.content
+    Reservation.objects.filter(pk=rid).update(settle_response={"status": 200, "body": {"cost": "0.00045"}})
+
+    again = api.post(f"/api/v1/reservations/{rid}/settle", body)
+
+    assert again.status_code == 200, again.content
+    assert again["Idempotent-Replayed"] == "true"
+    assert body_of(again)["cost"] == body_of(first)["cost"]
+    assert body_of(again)["user"]["current_cost"] == body_of(first)["user"]["current_cost"]
+    assert CostEvent.objects.count() == 1
+
+
 def test_a_settle_without_a_model_needs_the_reservation_to_have_one(api, alice):
     rid = body_of(reserve(api, {"estimated_cost": 1}))["id"]
     assert_error(api.post(f"/api/v1/reservations/{rid}/settle", {"cost": 1}), 400, "validation_error")

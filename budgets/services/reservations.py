@@ -24,7 +24,8 @@ from ..money import stored
 from ..usage import Usage
 from .admission import Level, atomic_retried, levels_admit, levels_of, levels_unhold, lock_project
 from .costs import CostRecorded, cost_record, recorded_again, recorded_state
-from .resets import ensure_current_period
+from .ledger import exceeded_scope
+from .resets import budget_current, ensure_current_period
 
 DEFAULT_TTL_SECONDS = 600
 MAX_TTL_SECONDS = 86400
@@ -152,6 +153,18 @@ class Settled:
 
 
 @atomic_retried
+def _settled_again(project: Project, reservation: Reservation) -> CostRecorded:
+    """A retried settle's figures: those kept with the first settle, or (a settle kept before the
+    figures were, whose stored answer is another shape) the user's figures now."""
+    assert reservation.event is not None
+    state = reservation.settle_response
+    if state is not None and "budget" in state:
+        return recorded_again(reservation.event, state)
+    current = budget_current(project=project, user_id=reservation.user_id)
+    return CostRecorded(event=reservation.event, budget=current.budget, created=False,
+                        exceeded=exceeded_scope(current.budget, project), model_costs=current.model_costs)
+
+
 def reservation_settle(
     *, project: Project, reservation_id: int, usage: Usage, cost: Any = None, source: str,
 ) -> Settled:
@@ -163,8 +176,8 @@ def reservation_settle(
     lock_project(project)
     reservation = _locked(project, reservation_id)
     if reservation.status == Status.SETTLED:  # the row is final: only the user's figures are kept apart
-        assert reservation.event is not None and reservation.settle_response is not None
-        return Settled(reservation, recorded_again(reservation.event, reservation.settle_response), False)
+        assert reservation.event is not None
+        return Settled(reservation, _settled_again(project, reservation), False)
     if reservation.status == Status.OPEN and reservation.expires_at <= utcnow():
         raise Conflict(f"reservation {reservation_id} expired at {reservation.expires_at.isoformat()}; "
                        "record the cost with POST /users/{user}/costs")
