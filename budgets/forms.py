@@ -24,6 +24,7 @@ from .errors import InvalidInput
 from .models import Duration, Role
 from .money import to_money
 from .selectors.console import DateRange
+from .validation import parse_alert_thresholds, validate_user_id
 
 # A user budget or a project cap above this is almost certainly a typo (and on SQLite
 # a money column holds at most about $9.2 million).
@@ -106,7 +107,10 @@ class CreateBudgetForm(BudgetForm):
         user_id = self.cleaned_data["user_id"]
         if not user_id.strip():
             raise ValidationError("Give the user's id.")
-        return user_id
+        try:
+            return validate_user_id(user_id)
+        except InvalidInput as exc:
+            raise ValidationError(exc.message) from None
 
 
 BULK_DURATIONS = [(v, label) for v, label in Duration.choices if v != Duration.DAYS]
@@ -163,7 +167,7 @@ def parse_budget_csv(text: str) -> list[ImportRow]:
         error = ""
         amount: Decimal | None = None
         try:
-            amount = to_money(raw_amount or None, "total_budget")
+            amount = to_money(raw_amount or None, "total_budget", exact=True)
             if amount > MAX_AMOUNT:
                 error = f"total_budget above {MAX_AMOUNT:,}"
         except InvalidInput as exc:
@@ -320,16 +324,10 @@ class AlertSettingsForm(forms.Form):
         self.helper = _helper("alert_thresholds", "alert_webhook_url", "alert_email")
 
     def clean_alert_thresholds(self) -> list[int]:
-        raw = self.cleaned_data["alert_thresholds"]
-        values = []
-        for part in raw.replace(";", ",").split(","):
-            part = part.strip().rstrip("%").strip()
-            if not part:
-                continue
-            if not part.isdigit() or not 1 <= int(part) <= 1000:
-                raise ValidationError(f"“{part}” is not a whole percentage between 1 and 1000.")
-            values.append(int(part))
-        return sorted(set(values))
+        try:
+            return parse_alert_thresholds(self.cleaned_data["alert_thresholds"])
+        except InvalidInput as exc:
+            raise ValidationError(exc.message) from None
 
 
 class RangeForm(forms.Form):

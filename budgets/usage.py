@@ -8,6 +8,9 @@ from typing import Any, NamedTuple
 from . import tokens
 from .errors import InvalidInput
 from .money import to_tokens
+from .validation import validate_model
+
+__all__ = ["Usage", "prompt_usage", "usage_from_completion", "usage_from_texts", "usage_of_counts", "validate_model"]
 
 
 class Usage(NamedTuple):
@@ -44,14 +47,6 @@ def usage_of_counts(model: str, prompt_tokens: int, completion_tokens: int, cach
     """Usage from token counts the caller gave, checked."""
     check_cached(prompt_tokens, cached_tokens)
     return Usage(model, prompt_tokens, completion_tokens, cached_tokens, cache_creation_tokens)
-
-
-def validate_model(model: Any) -> str:
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidInput("model must be a non-empty string")
-    if len(model) > 255:
-        raise InvalidInput("model must be at most 255 characters")
-    return model.strip()
 
 
 def usage_from_completion(completion: Any) -> Usage:

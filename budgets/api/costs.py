@@ -12,7 +12,7 @@ from ..models import CostEvent
 from . import requests
 from .auth import request_project
 from .common import ERROR_STATUSES, MAX_PAGE, aware, event_out, raw_json, user_out
-from .schemas import CostIn, CostOut, ErrorOut, EventPage, Timestamp, UserId
+from .schemas import CostIn, CostOut, ErrorOut, EventPage, IdempotencyKey, Timestamp, UserId
 
 router = Router(tags=["costs"])
 ERRORS = dict.fromkeys(ERROR_STATUSES, ErrorOut)
@@ -21,7 +21,7 @@ ERRORS = dict.fromkeys(ERROR_STATUSES, ErrorOut)
 @router.post("/users/{path:user}/costs", response={201: CostOut, 402: ErrorOut, 409: ErrorOut, **ERRORS})
 def record_cost(
     request: HttpRequest, user: UserId, payload: CostIn, enforce: bool = False,
-    idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
+    idempotency_key: IdempotencyKey | None = Header(None, alias="Idempotency-Key"),  # noqa: B008
 ):
     """Record a call's cost; 201 with the cost and the user's new state.
 

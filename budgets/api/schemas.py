@@ -20,23 +20,42 @@ from pydantic_core import PydanticCustomError
 from .. import periods
 from ..errors import InvalidInput
 from ..money import MONEY_MAX, to_money, to_tokens
-from ..services.common import USER_ID_MAX, validate_user_id
+from ..validation import (
+    IDEMPOTENCY_KEY_MAX,
+    MODEL_NAME_MAX,
+    NAME_PATTERN,
+    USER_ID_MAX,
+    USER_ID_PATTERN,
+    validate_idempotency_key,
+    validate_model,
+    validate_user_id,
+)
 
 PRICE_LIMIT = Decimal(1)  # dollars per token: far above any real price
 
 
-def _money(value: Any, info: ValidationInfo) -> Decimal:
+def _amount(value: Any, info: ValidationInfo, *, exact: bool) -> Decimal:
     if isinstance(value, str):
         raise PydanticCustomError("money", "must be a JSON number, not a string")
     field = info.field_name or "amount"
     try:
-        return to_money(value, field)
+        return to_money(value, field, exact=exact)
     except InvalidInput as exc:
         raise PydanticCustomError("money", exc.message.removeprefix(f"{field} ")) from None
 
 
+def _money(value: Any, info: ValidationInfo) -> Decimal:
+    """A budget: refused if the 12 places money keeps would change it (money.to_money)."""
+    return _amount(value, info, exact=True)
+
+
+def _cost(value: Any, info: ValidationInfo) -> Decimal:
+    """A cost (float arithmetic in the caller adds places): rounded to 12 places, refused if that gives $0."""
+    return _amount(value, info, exact=False)
+
+
 def _price(value: Any, info: ValidationInfo) -> Decimal:
-    price = _money(value, info)
+    price = _cost(value, info)
     if price >= PRICE_LIMIT:
         raise PydanticCustomError("money", "a price per token must be below $1")
     return price
@@ -54,6 +73,13 @@ def _tokens(value: Any, info: ValidationInfo) -> int:
         raise PydanticCustomError("tokens", exc.message.removeprefix(f"{field} ")) from None
 
 
+def _days(value: Any, info: ValidationInfo) -> int:
+    days = _tokens(value, info)
+    if not 1 <= days <= periods.MAX_DAYS:
+        raise PydanticCustomError("days", f"must be a whole number of days from 1 to {periods.MAX_DAYS}")
+    return days
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise PydanticCustomError("string", "must be a string")
@@ -65,6 +91,20 @@ def _user_id(value: Any) -> str:
         return validate_user_id(value)
     except InvalidInput as exc:
         raise PydanticCustomError("user_id", exc.message.removeprefix("user ")) from None
+
+
+def _idempotency_key(value: Any) -> str | None:
+    try:
+        return validate_idempotency_key(value)
+    except InvalidInput as exc:
+        raise PydanticCustomError("idempotency_key", exc.message.removeprefix("Idempotency-Key ")) from None
+
+
+def _model(value: Any) -> str:
+    try:
+        return validate_model(value)
+    except InvalidInput as exc:
+        raise PydanticCustomError("model", exc.message.removeprefix("model ")) from None
 
 
 # A bare number ("0.5", "1700000000") is not a time: pydantic would read it as Unix seconds.
@@ -80,22 +120,36 @@ def _timestamp(value: Any) -> Any:
 # A JSON number of dollars in, an exact JSON number out. The schemas carry the bounds the
 # validators enforce, so that every request the schema allows is one the API accepts.
 Money = Annotated[Decimal, BeforeValidator(_money),
-                  WithJsonSchema({"type": "number", "minimum": 0, "exclusiveMaximum": int(MONEY_MAX)})]
+                  WithJsonSchema({"type": "number", "minimum": 0, "exclusiveMaximum": int(MONEY_MAX),
+                                  "multipleOf": 1e-12,
+                                  "description": "Dollars, at most 12 decimal places."})]
+# Not in (0, 5e-13]: what rounds to $0 at 12 places although it is not 0.
+_NOT_BELOW_PRECISION = {"not": {"exclusiveMinimum": 0, "maximum": 5e-13}}
+Cost = Annotated[Decimal, BeforeValidator(_cost),
+                 WithJsonSchema({"type": "number", "minimum": 0, "exclusiveMaximum": int(MONEY_MAX),
+                                 **_NOT_BELOW_PRECISION,
+                                 "description": "Dollars, rounded to 12 decimal places; not 0 < cost ≤ 5e-13."})]
 Price = Annotated[Decimal, BeforeValidator(_price),
-                  WithJsonSchema({"type": "number", "minimum": 0, "exclusiveMaximum": int(PRICE_LIMIT)})]
+                  WithJsonSchema({"type": "number", "minimum": 0, "exclusiveMaximum": int(PRICE_LIMIT),
+                                  **_NOT_BELOW_PRECISION})]
 Tokens = Annotated[int, BeforeValidator(_tokens), WithJsonSchema({"type": "integer", "minimum": 0, "maximum": 10**12})]
-Days = Annotated[int, BeforeValidator(_tokens),
+Days = Annotated[int, BeforeValidator(_days),
                  WithJsonSchema({"type": "integer", "minimum": 1, "maximum": periods.MAX_DAYS})]
-Text = Annotated[str, BeforeValidator(_text)]
-# A model name: 1..255 characters, not blank (budgets.usage.validate_model).
-ModelName = Annotated[str, BeforeValidator(_text),
-                      WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"\S"})]
+# Text the codec accepts: no NUL (budgets.codec.check_string).
+Text = Annotated[str, BeforeValidator(_text), WithJsonSchema({"type": "string", "pattern": "^[^\\u0000]*$"})]
+# A model name: the one rule of budgets.validation.validate_model.
+ModelName = Annotated[str, BeforeValidator(_model),
+                      WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MODEL_NAME_MAX,
+                                      "pattern": NAME_PATTERN})]
 USER_ID_SCHEMA = {
-    "type": "string", "minLength": 1, "maxLength": USER_ID_MAX, "pattern": r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$",
-    "description": "1..255 characters, not blank, no control characters, no '.' or '..' path segments.",
+    "type": "string", "minLength": 1, "maxLength": USER_ID_MAX, "pattern": USER_ID_PATTERN,
+    "description": "1..255 characters, not blank, no control or format characters (newline, tab, U+202E, "
+                   "zero-width), no '.' or '..' path segments.",
 }
-# A user id in a path or a query: the one rule of budgets.services.common.validate_user_id.
+# A user id in a path or a query: the one rule of budgets.validation.validate_user_id.
 UserId = Annotated[str, BeforeValidator(_user_id), WithJsonSchema(USER_ID_SCHEMA)]
+IdempotencyKey = Annotated[str, BeforeValidator(_idempotency_key),
+                           WithJsonSchema({"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX})]
 Timestamp = Annotated[datetime, BeforeValidator(_timestamp)]
 MoneyOut = Annotated[Decimal, WithJsonSchema({"type": "number"})]
 Scope = Literal["user", "project"]
@@ -128,7 +182,7 @@ class CostIn(StrictIn):
     completion_tokens: Tokens | None = None
     cached_tokens: Tokens | None = None
     cache_creation_tokens: Tokens | None = None
-    cost: Money | None = Field(None, description="The call's cost in dollars; overrides the price table.")
+    cost: Cost | None = Field(None, description="The call's cost in dollars; overrides the price table.")
     input_cost_per_token: Price | None = None
     output_cost_per_token: Price | None = None
 
@@ -144,7 +198,7 @@ class CheckIn(StrictIn):
     model: ModelName | None = None
     messages: list[dict[str, Any]] | None = None
     max_tokens: Tokens | None = Field(None, description="Completion tokens to reserve, at the output price.")
-    estimated_cost: Money | None = None
+    estimated_cost: Cost | None = None
 
 
 class QuoteIn(StrictIn):
@@ -282,10 +336,10 @@ class ErrorOut(Schema):
 class ReservationIn(StrictIn):
     """Either model + messages + max_tokens (the worst case is held), or estimated_cost (model optional)."""
 
-    model: Text | None = None
+    model: ModelName | None = None
     messages: list[dict[str, Any]] | None = None
     max_tokens: Tokens | None = Field(None, description="The call's max_tokens: held at the output price.")
-    estimated_cost: Money | None = Field(None, description="Dollars to hold, instead of messages + max_tokens.")
+    estimated_cost: Cost | None = Field(None, description="Dollars to hold, instead of messages + max_tokens.")
     ttl_seconds: Tokens | None = Field(None, description="Seconds until the hold expires: 1 to 86400, default 600.")
 
 

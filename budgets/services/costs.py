@@ -14,11 +14,11 @@ from django.utils.timezone import now as utcnow
 
 from .. import metrics, pricing
 from ..codec import decimal_text
-from ..errors import BudgetExceeded, IdempotencyConflict, InvalidInput, UnknownUser
+from ..errors import BudgetExceeded, IdempotencyConflict, UnknownUser
 from ..fields import money
 from ..models import CostEvent, ModelSpend, Project, UserBudget
 from ..money import stored, to_money
-from ..usage import Usage, validate_model
+from ..usage import Usage
 from . import alerts
 from .admission import check_figures, levels_admit, levels_of, lock_project, retry_on_conflict
 from .resets import ensure_current_period
@@ -106,11 +106,9 @@ def _cost_record(
     has no room for raises BudgetExceeded instead (levels_admit, as reservations do).
     Locks: the project row first, then the user's (one order everywhere; see services.admission).
     """
-    model = validate_model(usage.model)
+    model = usage.model  # checked where the usage was read (validation.validate_model)
     # Rounded once to the stored 12 places, so the ledger, the spend and the answer agree.
     amount = stored(pricing.cost_of_usage(usage) if cost is None else to_money(cost, "cost"))
-    if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255):
-        raise InvalidInput("Idempotency-Key must be 1 to 255 characters")
 
     if connection.vendor == "postgresql":
         recorded = _record_in_one_statement(
