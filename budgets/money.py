@@ -51,7 +51,11 @@ def check_precision(amount: Decimal, field: str, *, exact: bool = False) -> Deci
 
 
 def to_tokens(value: Any, field: str) -> int:
-    """Parse a token count: a non-negative whole number."""
+    """Parse a token count: a non-negative whole number (10.0 is one: JSON Schema's integer allows it)."""
+    # The adjusted() bound keeps int() from expanding 1E+100000000.
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value() \
+            and value.adjusted() <= 15:
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer():
             value = int(value)

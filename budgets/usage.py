@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from . import tokens
-from .errors import InvalidInput
+from .errors import InvalidInput, Unprocessable
 from .money import to_tokens
 from .validation import validate_model
 
@@ -36,7 +36,7 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
 def check_cached(prompt_tokens: int, cached_tokens: int) -> None:
     """Cached tokens are the part of the prompt read from the cache: never more than the prompt."""
     if cached_tokens > prompt_tokens:
-        raise InvalidInput(
+        raise Unprocessable(
             f"cached_tokens ({cached_tokens}) cannot exceed prompt_tokens ({prompt_tokens}): "
             "cached tokens are part of the prompt"
         )

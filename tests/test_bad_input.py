@@ -392,3 +392,26 @@ def test_a_path_in_utf8_still_reaches_its_user(wsgi):
 
     assert status == 201, answer
     assert UserBudget.objects.filter(user_id="jörg").exists()
+
+
+# --- alert thresholds: one rule (validation.validate_alert_thresholds) for the form and the service
+
+@pytest.mark.parametrize("typed", ["0", "1001", "80, 2000", "²", "٨٠", "eighty", "-5"])
+def test_the_console_refuses_a_threshold_that_is_not_a_whole_percentage(admin_client, project, typed):
+    before = project.alert_thresholds
+
+    response = admin_client.post(reverse("alert_settings_save", args=[project.pk]), {"alert_thresholds": typed})
+
+    assert response.status_code == 400
+    assert "alert_thresholds" in response.context["alert_form"].errors
+    project.refresh_from_db()
+    assert project.alert_thresholds == before
+
+
+@pytest.mark.parametrize("thresholds", [[0], [1001], [True], ["80"], [80.0], "80"])
+def test_the_service_refuses_the_same_thresholds(project, thresholds):
+    from budgets import services
+    from budgets.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="alert_thresholds"):
+        services.project_update(project=project, actor="test", alert_thresholds=thresholds)

@@ -15,7 +15,7 @@ from .common import ERROR_STATUSES, MAX_PAGE, aware, event_out, raw_json, user_o
 from .schemas import CostIn, CostOut, ErrorOut, EventPage, IdempotencyKey, Timestamp, UserId
 
 router = Router(tags=["costs"])
-ERRORS = dict.fromkeys(ERROR_STATUSES, ErrorOut)
+ERRORS = {**dict.fromkeys(ERROR_STATUSES, ErrorOut), 422: ErrorOut}
 
 
 @router.post("/users/{path:user}/costs", response={201: CostOut, 402: ErrorOut, 409: ErrorOut, **ERRORS})

@@ -9,17 +9,30 @@ Money comes out as an exact JSON number (see budgets.codec).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple, Union
 
 from ninja import Schema
-from pydantic import BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StringConstraints,
+    ValidationInfo,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError
+from typing_extensions import TypeAliasType
 
 from .. import periods
 from ..errors import InvalidInput
-from ..money import MONEY_MAX, to_money, to_tokens
+from ..fields import money_bound
+from ..money import to_money, to_tokens
+from ..services.reservations import MAX_TTL_SECONDS
 from ..validation import (
     IDEMPOTENCY_KEY_MAX,
     MODEL_NAME_MAX,
@@ -62,10 +75,6 @@ def _price(value: Any, info: ValidationInfo) -> Decimal:
 
 
 def _tokens(value: Any, info: ValidationInfo) -> int:
-    # 10.0 is a whole number; the adjusted() bound keeps int() from expanding 1E+100000000.
-    whole = isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value()
-    if whole and value.adjusted() <= 15:
-        value = int(value)
     field = info.field_name or "tokens"
     try:
         return to_tokens(value, field)
@@ -120,14 +129,12 @@ def _timestamp(value: Any) -> Any:
 # A JSON number of dollars in, an exact JSON number out. The schemas carry the bounds the
 # validators enforce, so that every request the schema allows is one the API accepts.
 Money = Annotated[Decimal, BeforeValidator(_money),
-                  WithJsonSchema({"type": "number", "minimum": 0, "exclusiveMaximum": int(MONEY_MAX),
-                                  "multipleOf": 1e-12,
+                  WithJsonSchema({"type": "number", "minimum": 0, **money_bound(), "multipleOf": 1e-12,
                                   "description": "Dollars, at most 12 decimal places."})]
 # Not in (0, 5e-13]: what rounds to $0 at 12 places although it is not 0.
 _NOT_BELOW_PRECISION = {"not": {"exclusiveMinimum": 0, "maximum": 5e-13}}
 Cost = Annotated[Decimal, BeforeValidator(_cost),
-                 WithJsonSchema({"type": "number", "minimum": 0, "exclusiveMaximum": int(MONEY_MAX),
-                                 **_NOT_BELOW_PRECISION,
+                 WithJsonSchema({"type": "number", "minimum": 0, **money_bound(), **_NOT_BELOW_PRECISION,
                                  "description": "Dollars, rounded to 12 decimal places; not 0 < cost ≤ 5e-13."})]
 Price = Annotated[Decimal, BeforeValidator(_price),
                   WithJsonSchema({"type": "number", "minimum": 0, "exclusiveMaximum": int(PRICE_LIMIT),
@@ -156,6 +163,147 @@ Scope = Literal["user", "project"]
 DurationName = Literal["none", "daily", "weekly", "monthly", "yearly", "days"]
 
 
+TtlSeconds = Annotated[int, BeforeValidator(_tokens),
+                       WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_TTL_SECONDS})]
+
+# Free-form JSON (chat messages, a completion object), as budgets.codec reads it: no NUL in a
+# string or a key. Declared for the OpenAPI document; the value is passed on as parsed.
+_NoNul = Annotated[str, StringConstraints(pattern="^[^\\u0000]*$")]
+JSONValue = TypeAliasType(  # type: ignore[misc]
+    "JSONValue",
+    Union[_NoNul, int, float, bool, list["JSONValue"], dict[_NoNul, "JSONValue"], None],  # type: ignore[misc]  # noqa: UP007
+)
+
+
+def _list_of_objects(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise PydanticCustomError("messages", "must be a list of {role, content} objects")
+    return value
+
+
+def _object(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise PydanticCustomError("object", "must be an object")
+    return value
+
+
+# More fields, any JSON; keys without NUL (pydantic would leave the keys of the extras unchecked).
+_FREE_FORM = ConfigDict(extra="allow", json_schema_extra={"propertyNames": {"pattern": "^[^\\u0000]*$"}})
+
+
+class PromptTokensDetails(BaseModel):
+    model_config = _FREE_FORM
+    __pydantic_extra__: dict[str, JSONValue]
+    cached_tokens: Tokens | None = None
+
+
+class OpenAIUsage(BaseModel):
+    """OpenAI's usage: prompt_tokens (cached ones included), completion_tokens."""
+
+    model_config = _FREE_FORM
+    __pydantic_extra__: dict[str, JSONValue]
+    prompt_tokens: Tokens
+    completion_tokens: Tokens | None = None
+    prompt_tokens_details: PromptTokensDetails | None = None
+    cache_read_input_tokens: Tokens | None = None
+    cache_creation_input_tokens: Tokens | None = None
+
+
+class AnthropicUsage(BaseModel):
+    """Anthropic's usage: input_tokens (cache reads not included), output_tokens."""
+
+    model_config = _FREE_FORM
+    __pydantic_extra__: dict[str, JSONValue]
+    prompt_tokens: None = None
+    input_tokens: Tokens
+    output_tokens: Tokens | None = None
+    prompt_tokens_details: PromptTokensDetails | None = None
+    cache_read_input_tokens: Tokens | None = None
+    cache_creation_input_tokens: Tokens | None = None
+
+
+class CompletionIn(BaseModel):
+    """What is read of a completion object: its model and usage (budgets.usage.usage_from_completion)."""
+
+    model_config = _FREE_FORM
+    __pydantic_extra__: dict[str, JSONValue]
+    model: ModelName
+    usage: OpenAIUsage | AnthropicUsage
+
+
+Messages = Annotated[list[dict[str, Any]],
+                     PlainValidator(_list_of_objects, json_schema_input_type=list[dict[_NoNul, JSONValue]])]
+Completion = Annotated[dict[str, Any], PlainValidator(_object, json_schema_input_type=CompletionIn)]
+
+
+class Form(NamedTuple):
+    """One form of a body: fields it needs (not null), fields it may have, and at least one of `any_of`."""
+
+    title: str
+    required: Sequence[str]
+    optional: Sequence[str] = ()
+    any_of: Sequence[str] = ()
+    overrides: dict[str, dict[str, Any]] = {}  # noqa: RUF012
+
+
+def forms(*choices: Form) -> Callable[[dict[str, Any], Any], None]:
+    """The OpenAPI schema of a body with mutually exclusive forms: `oneOf`, one branch per form.
+
+    Each branch lists every field: those of the form with their schema, the others as null only
+    (null means "not given"), and no other field. The code (api/requests.py) refuses what no
+    branch matches with a message that names the fields; this says the same to a client.
+    """
+
+    def extra(schema: dict[str, Any], cls: Any) -> None:
+        fields = schema.pop("properties")
+        schema.pop("required", None)
+        schema.pop("additionalProperties", None)
+        branches = []
+        for form in choices:
+            properties = {}
+            for name, field_schema in fields.items():
+                if name in form.required:
+                    properties[name] = {**_not_null(field_schema), **form.overrides.get(name, {})}
+                elif name in form.optional or name in form.any_of:
+                    properties[name] = {**field_schema, **form.overrides.get(name, {})}
+                else:
+                    properties[name] = {"type": "null"}
+            branch: dict[str, Any] = {"title": form.title, "type": "object", "properties": properties,
+                                      "required": list(form.required), "additionalProperties": False}
+            if form.any_of:
+                branch["anyOf"] = [{"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+                                   for name in form.any_of]
+            branches.append(branch)
+        schema["oneOf"] = branches
+
+    return extra
+
+
+def _not_null(field_schema: dict[str, Any]) -> dict[str, Any]:
+    """`X | None` → X (the field's description kept)."""
+    options = [option for option in field_schema.get("anyOf", []) if option != {"type": "null"}]
+    if len(options) != 1:
+        return field_schema
+    rest = {key: value for key, value in field_schema.items() if key not in ("anyOf", "default")}
+    return {**options[0], **rest}
+
+
+def finish_openapi(node: Any) -> Any:
+    """The document as the API reads JSON: keys that pydantic writes as `patternProperties` are
+    `propertyNames` (a key outside the pattern is refused, not merely left unchecked)."""
+    if isinstance(node, list):
+        return [finish_openapi(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: finish_openapi(value) for key, value in node.items()}
+    patterns = node.get("patternProperties")
+    if isinstance(patterns, dict) and len(patterns) == 1 and "properties" not in node:
+        (pattern, value_schema), = patterns.items()
+        del node["patternProperties"]
+        node.update(propertyNames={"pattern": pattern}, additionalProperties=value_schema)
+    return node
+
+
 class StrictIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
@@ -164,15 +312,46 @@ class StrictIn(Schema):
 
 
 class BudgetIn(StrictIn):
+    """A budget; with duration "days", duration_days is the period (ignored with any other duration)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=forms(
+        Form("every N days", required=("total_budget", "duration", "duration_days"),
+             overrides={"duration": {"const": "days"}}),
+        Form("a calendar period", required=("total_budget",), optional=("duration", "duration_days"),
+             overrides={"duration": {"anyOf": [{"enum": ["none", "daily", "weekly", "monthly", "yearly"]},
+                                               {"type": "null"}]}}),
+    ))
+
     total_budget: Money
     duration: DurationName | None = None
     duration_days: Days | None = Field(None, description='Only with duration "days": the period length.')
 
 
+_PRICES = ("input_cost_per_token", "output_cost_per_token")
+_TOKEN_COUNTS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_creation_tokens")
+
+
+def _priced(title: str, required: Sequence[str], optional: Sequence[str] = (), any_of: Sequence[str] = (),
+            *, cost: bool = True) -> list[Form]:
+    """A usage form priced from the table, with a `cost`, or with both per-token prices."""
+    choices = [Form(f"{title}, priced from the table", required, optional, any_of),
+               Form(f"{title}, with per-token prices", (*required, *_PRICES), optional, any_of)]
+    if cost:
+        choices.append(Form(f"{title}, with its cost", (*required, "cost"), optional, any_of))
+    return choices
+
+
 class CostIn(StrictIn):
     """One of: completion; model + input_text + output_text; model + token counts; model + cost."""
 
-    completion: dict[str, Any] | None = Field(
+    model_config = ConfigDict(extra="forbid", json_schema_extra=forms(
+        *_priced("a completion", ("completion",)),
+        *_priced("texts", ("model", "input_text", "output_text")),
+        *_priced("token counts", ("model",), any_of=_TOKEN_COUNTS),
+        Form("a cost", ("model", "cost")),
+    ))
+
+    completion: Completion | None = Field(
         None, description="An OpenAI/LiteLLM-style response: its `model` and `usage` are read."
     )
     model: ModelName | None = None
@@ -189,14 +368,19 @@ class CostIn(StrictIn):
 
 class MessagesIn(StrictIn):
     model: ModelName
-    messages: list[dict[str, Any]]
+    messages: Messages
 
 
 class CheckIn(StrictIn):
     """Either model + messages (optional max_tokens), or estimated_cost."""
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra=forms(
+        Form("messages", ("model", "messages"), ("max_tokens",)),
+        Form("an estimated cost", ("estimated_cost",)),
+    ))
+
     model: ModelName | None = None
-    messages: list[dict[str, Any]] | None = None
+    messages: Messages | None = None
     max_tokens: Tokens | None = Field(None, description="Completion tokens to reserve, at the output price.")
     estimated_cost: Cost | None = None
 
@@ -204,12 +388,18 @@ class CheckIn(StrictIn):
 class QuoteIn(StrictIn):
     """Either model + prompt_tokens + completion_tokens, or model + messages (+ output_text)."""
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra=forms(
+        *_priced("token counts", ("model",), ("cached_tokens", "cache_creation_tokens"),
+                 ("prompt_tokens", "completion_tokens"), cost=False),
+        *_priced("messages", ("model", "messages"), ("output_text",), cost=False),
+    ))
+
     model: ModelName
     prompt_tokens: Tokens | None = None
     completion_tokens: Tokens | None = None
     cached_tokens: Tokens | None = None
     cache_creation_tokens: Tokens | None = None
-    messages: list[dict[str, Any]] | None = None
+    messages: Messages | None = None
     output_text: Text | None = None
     input_cost_per_token: Price | None = None
     output_cost_per_token: Price | None = None
@@ -336,11 +526,17 @@ class ErrorOut(Schema):
 class ReservationIn(StrictIn):
     """Either model + messages + max_tokens (the worst case is held), or estimated_cost (model optional)."""
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra=forms(
+        Form("the worst case of a call", ("model", "messages", "max_tokens"), ("ttl_seconds",)),
+        Form("an estimated cost", ("estimated_cost",), ("model", "ttl_seconds"),
+             overrides={"estimated_cost": {"exclusiveMinimum": 0}}),
+    ))
+
     model: ModelName | None = None
-    messages: list[dict[str, Any]] | None = None
+    messages: Messages | None = None
     max_tokens: Tokens | None = Field(None, description="The call's max_tokens: held at the output price.")
     estimated_cost: Cost | None = Field(None, description="Dollars to hold, instead of messages + max_tokens.")
-    ttl_seconds: Tokens | None = Field(None, description="Seconds until the hold expires: 1 to 86400, default 600.")
+    ttl_seconds: TtlSeconds | None = Field(None, description="Seconds until the hold expires: 1 to 86400, default 600.")
 
 
 ReservationStatus = Literal["open", "settled", "released", "expired"]
