@@ -415,3 +415,11 @@ def test_the_service_refuses_the_same_thresholds(project, thresholds):
 
     with pytest.raises(InvalidInput, match="alert_thresholds"):
         services.project_update(project=project, actor="test", alert_thresholds=thresholds)
+
+
+# --- a time with an offset PostgreSQL does not take (found by schemathesis on PostgreSQL) --------
+
+def test_a_time_with_an_offset_past_15_59_is_read_in_utc(api):
+    response = api.get("/api/v1/costs?since=1057-01-22T19%3A32%3A07%2B17%3A44&until=2226-07-16T14%3A58%3A46-06%3A29")
+
+    assert response.status_code == 200, response.content

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal, NamedTuple, Union
 
 from ninja import Schema
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -95,6 +96,16 @@ def _text(value: Any) -> str:
     return value
 
 
+def _in_utc(at: datetime) -> datetime:
+    """An aware time in UTC: PostgreSQL refuses an offset past ±15:59, which ISO 8601 allows (+17:44)."""
+    if at.tzinfo is None:
+        return at
+    try:
+        return at.astimezone(UTC)
+    except OverflowError:
+        raise PydanticCustomError("datetime", "is out of range once in UTC") from None
+
+
 def _user_id(value: Any) -> str:
     try:
         return validate_user_id(value)
@@ -157,7 +168,7 @@ USER_ID_SCHEMA = {
 UserId = Annotated[str, BeforeValidator(_user_id), WithJsonSchema(USER_ID_SCHEMA)]
 IdempotencyKey = Annotated[str, BeforeValidator(_idempotency_key),
                            WithJsonSchema({"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX})]
-Timestamp = Annotated[datetime, BeforeValidator(_timestamp)]
+Timestamp = Annotated[datetime, BeforeValidator(_timestamp), AfterValidator(_in_utc)]
 MoneyOut = Annotated[Decimal, WithJsonSchema({"type": "number"})]
 Scope = Literal["user", "project"]
 DurationName = Literal["none", "daily", "weekly", "monthly", "yearly", "days"]
