@@ -1,8 +1,9 @@
 """JSON in and out of the API, exact for money.
 
 In: `loads` parses numbers with a fraction as Decimal (never float), refuses NaN and
-Infinity (Python's json accepts them), bodies nested deeper than MAX_DEPTH, and strings
-that a database cannot store (NUL, lone surrogates).
+Infinity (Python's json accepts them), an object with the same key twice at any depth
+(Python's json keeps the last one silently), bodies nested deeper than MAX_DEPTH, and
+strings that a database cannot store (NUL, lone surrogates).
 
 Out: `dumps` writes a Decimal as its exact decimal text, as a JSON *number* token
 (0.000000150000 → 0.00000015), so money is never rounded through a float on the
@@ -36,11 +37,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+        raise InvalidJSON(f"the key {duplicate!r} appears twice in one JSON object: give each field once")
+    return obj
+
+
 def loads(body: bytes | str) -> Any:
     """Parse a request body strictly; raise InvalidJSON, or InvalidInput for text no column can hold."""
     try:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
-        value = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+        value = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant, object_pairs_hook=_object)
     except RecursionError:
         raise InvalidJSON(f"the JSON body is nested more than {MAX_DEPTH} levels deep") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors

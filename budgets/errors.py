@@ -26,6 +26,13 @@ class InvalidInput(BudgetError):
     status = 400
 
 
+class Unprocessable(InvalidInput):
+    """Input of the right form that means nothing here (more cached tokens than prompt tokens, a cursor
+    this API did not give out): 422, where a request the schema refuses is a 400."""
+
+    status = 422
+
+
 class InvalidJSON(BudgetError):
     type = "invalid_json"
     status = 400

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import DataError, models
 from django.db.models import Value
 
+from .money import MONEY_MAX
 from .money import MONEY_PLACES as PLACES
 
 SCALE = Decimal(10) ** 12  # 1 / PLACES
@@ -26,6 +27,13 @@ SQLITE_INTEGER_MAX = 2**63 - 1  # about $9.2 million in units of 10^-12 dollars
 @cache
 def _default_is_sqlite() -> bool:
     return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+
+
+def money_bound() -> dict[str, int]:
+    """The JSON-schema bound of an amount the default database holds: SQLite's is about $9.2 million."""
+    if _default_is_sqlite():
+        return {"maximum": int(Decimal(SQLITE_INTEGER_MAX) / SCALE)}
+    return {"exclusiveMaximum": int(MONEY_MAX)}
 
 
 class MoneyField(models.DecimalField):

@@ -21,8 +21,10 @@ from django import forms
 from django.contrib.auth import get_user_model, password_validation
 from django.core.exceptions import ValidationError
 
+from .errors import InvalidInput
 from .models import Duration, Role
 from .selectors.console import DateRange
+from .validation import parse_alert_thresholds, validate_user_id
 
 # A user budget or a project cap above this is almost certainly a typo (and on SQLite
 # a money column holds at most about $9.2 million).
@@ -105,7 +107,10 @@ class CreateBudgetForm(BudgetForm):
         user_id = self.cleaned_data["user_id"]
         if not user_id.strip():
             raise ValidationError("Give the user's id.")
-        return user_id
+        try:
+            return validate_user_id(user_id)
+        except InvalidInput as exc:
+            raise ValidationError(exc.message) from None
 
 
 BULK_DURATIONS = [(v, label) for v, label in Duration.choices if v != Duration.DAYS]
@@ -340,16 +345,10 @@ class AlertSettingsForm(forms.Form):
         self.helper = _helper("alert_thresholds", "alert_webhook_url", "alert_email")
 
     def clean_alert_thresholds(self) -> list[int]:
-        raw = self.cleaned_data["alert_thresholds"]
-        values = []
-        for part in raw.replace(";", ",").split(","):
-            part = part.strip().rstrip("%").strip()
-            if not part:
-                continue
-            if not part.isdigit() or not 1 <= int(part) <= 1000:
-                raise ValidationError(f"“{part}” is not a whole percentage between 1 and 1000.")
-            values.append(int(part))
-        return sorted(set(values))
+        try:
+            return parse_alert_thresholds(self.cleaned_data["alert_thresholds"])
+        except InvalidInput as exc:
+            raise ValidationError(exc.message) from None
 
 
 class RangeForm(forms.Form):

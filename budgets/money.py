@@ -12,8 +12,14 @@ MONEY_PLACES = Decimal("0.000000000001")
 MONEY_MAX = Decimal(1000000000000)
 
 
-def to_money(value: Any, field: str = "amount") -> Decimal:
-    """Parse an amount of dollars; raise InvalidInput for anything not a finite, non-negative number."""
+def to_money(value: Any, field: str = "amount", *, exact: bool = False) -> Decimal:
+    """Parse an amount of dollars; raise InvalidInput for anything not a finite, non-negative number.
+
+    Money is kept to 12 decimal places. An amount that would round to $0 although it is not 0
+    (1e-30) is refused everywhere. With `exact` (a budget, a cap: what a person types) an amount
+    with more places is refused too; without it (a cost: LiteLLM computes costs in floating point,
+    so 0.00045 arrives as 0.00045000000000000004) the caller rounds it with `stored`.
+    """
     if isinstance(value, bool) or value is None:
         raise InvalidInput(f"{field} must be a non-negative number")
     if isinstance(value, float):
@@ -29,11 +35,27 @@ def to_money(value: Any, field: str = "amount") -> Decimal:
         raise InvalidInput(f"{field} must be a non-negative number")
     if amount >= MONEY_MAX:
         raise InvalidInput(f"{field} is too large")
+    return check_precision(amount, field, exact=exact)
+
+
+def check_precision(amount: Decimal, field: str, *, exact: bool = False) -> Decimal:
+    """`amount` (finite, in range) if the 12 places money keeps hold it; see to_money."""
+    rounded = amount.quantize(MONEY_PLACES)  # below MONEY_MAX: 24 digits, within the context's 28
+    if rounded == amount:
+        return amount
+    if exact:
+        raise InvalidInput(f"{field} has more than 12 decimal places, the precision money is kept to (got {amount})")
+    if not rounded:
+        raise InvalidInput(f"{field} is below $0.000000000001, the smallest amount kept (got {amount})")
     return amount
 
 
 def to_tokens(value: Any, field: str) -> int:
-    """Parse a token count: a non-negative whole number."""
+    """Parse a token count: a non-negative whole number (10.0 is one: JSON Schema's integer allows it)."""
+    # The adjusted() bound keeps int() from expanding 1E+100000000.
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value() \
+            and value.adjusted() <= 15:
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer():
             value = int(value)

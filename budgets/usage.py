@@ -6,8 +6,11 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from . import tokens
-from .errors import InvalidInput
+from .errors import InvalidInput, Unprocessable
 from .money import to_tokens
+from .validation import validate_model
+
+__all__ = ["Usage", "prompt_usage", "usage_from_completion", "usage_from_texts", "usage_of_counts", "validate_model"]
 
 
 class Usage(NamedTuple):
@@ -33,7 +36,7 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
 def check_cached(prompt_tokens: int, cached_tokens: int) -> None:
     """Cached tokens are the part of the prompt read from the cache: never more than the prompt."""
     if cached_tokens > prompt_tokens:
-        raise InvalidInput(
+        raise Unprocessable(
             f"cached_tokens ({cached_tokens}) cannot exceed prompt_tokens ({prompt_tokens}): "
             "cached tokens are part of the prompt"
         )
@@ -44,14 +47,6 @@ def usage_of_counts(model: str, prompt_tokens: int, completion_tokens: int, cach
     """Usage from token counts the caller gave, checked."""
     check_cached(prompt_tokens, cached_tokens)
     return Usage(model, prompt_tokens, completion_tokens, cached_tokens, cache_creation_tokens)
-
-
-def validate_model(model: Any) -> str:
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidInput("model must be a non-empty string")
-    if len(model) > 255:
-        raise InvalidInput("model must be at most 255 characters")
-    return model.strip()
 
 
 def usage_from_completion(completion: Any) -> Usage:

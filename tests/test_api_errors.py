@@ -8,6 +8,7 @@ import pytest
 from django.test import Client
 
 from budgets.models import CostEvent, UserBudget
+from budgets.validation import NAME_PATTERN, USER_ID_PATTERN
 from tests.api_helpers import ApiClient, assert_error, body_of, db_state, new_key
 
 pytestmark = pytest.mark.django_db
@@ -227,16 +228,37 @@ def test_an_iso_time_is_still_a_time_in_since_and_until(api):
 def test_the_openapi_schema_carries_the_bounds_the_api_enforces(api):
     schema = body_of(api.get("/api/v1/openapi.json"))
     components = schema["components"]["schemas"]
-    days = components["BudgetIn"]["properties"]["duration_days"]["anyOf"][0]
+    every_n_days, calendar = components["BudgetIn"]["oneOf"]
+    days = every_n_days["properties"]["duration_days"]
     assert (days["minimum"], days["maximum"]) == (1, 36525)
-    assert components["BudgetIn"]["properties"]["total_budget"]["exclusiveMaximum"] == 10**12
+    assert calendar["properties"]["total_budget"] == every_n_days["properties"]["total_budget"]
+    assert calendar["properties"]["total_budget"]["multipleOf"] == Decimal("1e-12")
     for name in ("MessagesIn", "QuoteIn"):
-        model = components[name]["properties"]["model"]
-        assert (model["minLength"], model["maxLength"]) == (1, 255)
+        model = (components[name].get("properties") or components[name]["oneOf"][0]["properties"])["model"]
+        assert (model["minLength"], model["maxLength"], model["pattern"]) == (1, 255, NAME_PATTERN)
     user = next(p for p in schema["paths"]["/api/v1/users/{user}/budget"]["put"]["parameters"] if p["name"] == "user")
-    assert user["schema"]["maxLength"] == 255
+    assert (user["schema"]["maxLength"], user["schema"]["pattern"]) == (255, USER_ID_PATTERN)
     since = next(p for p in schema["paths"]["/api/v1/costs"]["get"]["parameters"] if p["name"] == "since")
     assert since["schema"]["anyOf"][0] == {"type": "string", "format": "date-time"}
+
+
+@pytest.mark.parametrize(("name", "forms"), [("CostIn", 10), ("CheckIn", 2), ("QuoteIn", 4), ("ReservationIn", 2),
+                                             ("BudgetIn", 2)])
+def test_the_openapi_schema_gives_each_form_of_a_body_as_one_branch_of_a_oneof(api, name, forms):
+    """schemathesis found bodies the schema allowed and the API refused (messages with token counts, cost with
+    per-token prices, estimated_cost with messages): each form is now a branch that allows no other field."""
+    component = body_of(api.get("/api/v1/openapi.json"))["components"]["schemas"][name]
+
+    assert "properties" not in component
+    assert len(component["oneOf"]) == forms
+    assert all(branch["additionalProperties"] is False for branch in component["oneOf"])
+
+
+def test_the_settle_body_is_documented_though_it_is_read_after_the_reservations_state(api):
+    paths = body_of(api.get("/api/v1/openapi.json"))["paths"]
+    operation = paths["/api/v1/reservations/{reservation_id}/settle"]["post"]
+
+    assert operation["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/CostIn"}
 
 
 @pytest.mark.parametrize("path", ["/api/v1/nope", "/api/v1/users/x/nope", "/api/v1/users/x/budget/nope"])

@@ -12,16 +12,16 @@ from ..models import CostEvent
 from . import requests
 from .auth import request_project
 from .common import ERROR_STATUSES, MAX_PAGE, aware, raw_json
-from .schemas import CostIn, CostOut, ErrorOut, EventOut, EventPage, Timestamp, UserId, cost_out
+from .schemas import CostIn, CostOut, ErrorOut, EventOut, EventPage, IdempotencyKey, Text, Timestamp, UserId, cost_out
 
 router = Router(tags=["costs"])
-ERRORS = dict.fromkeys(ERROR_STATUSES, ErrorOut)
+ERRORS = {**dict.fromkeys(ERROR_STATUSES, ErrorOut), 422: ErrorOut}
 
 
 @router.post("/users/{path:user}/costs", response={201: CostOut, 402: ErrorOut, 409: ErrorOut, **ERRORS})
 def record_cost(
     request: HttpRequest, user: UserId, payload: CostIn, enforce: bool = False,
-    idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
+    idempotency_key: IdempotencyKey | None = Header(None, alias="Idempotency-Key"),  # noqa: B008
 ):
     """Record a call's cost; 201 with the cost and the user's new state.
 
@@ -48,8 +48,8 @@ def _ledger(request: HttpRequest, **filters) -> dict:
 
 @router.get("/users/{path:user}/costs", response={200: EventPage, **ERRORS})
 def list_user_costs(
-    request: HttpRequest, user: UserId, model: str | None = None, since: Timestamp | None = None,
-    until: Timestamp | None = None, cursor: str | None = None, limit: int = Query(50, ge=1, le=MAX_PAGE),
+    request: HttpRequest, user: UserId, model: Text | None = None, since: Timestamp | None = None,
+    until: Timestamp | None = None, cursor: Text | None = None, limit: int = Query(50, ge=1, le=MAX_PAGE),
 ):
     """The user's ledger events, newest first (also after the budget was deleted)."""
     project = request_project(request)
@@ -61,8 +61,8 @@ def list_user_costs(
 
 @router.get("/costs", response={200: EventPage, **ERRORS})
 def list_costs(
-    request: HttpRequest, user: UserId | None = None, model: str | None = None, since: Timestamp | None = None,
-    until: Timestamp | None = None, cursor: str | None = None, limit: int = Query(50, ge=1, le=MAX_PAGE),
+    request: HttpRequest, user: UserId | None = None, model: Text | None = None, since: Timestamp | None = None,
+    until: Timestamp | None = None, cursor: Text | None = None, limit: int = Query(50, ge=1, le=MAX_PAGE),
 ):
     """The project's ledger, newest first; `since` inclusive, `until` exclusive (ISO 8601)."""
     return _ledger(request, user_id=user, model=model, since=aware(since), until=aware(until), cursor=cursor,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -21,6 +22,7 @@ from .. import services
 from ..codec import loads
 from ..errors import BudgetError, Forbidden, InvalidInput, PayloadTooLarge, TooManyRequests
 from ..models import Project
+from ..money import MONEY_MAX, check_precision
 from .auth import api_key_required, request_actor
 from .errors import (
     OUT_OF_RANGE_MESSAGE,
@@ -32,6 +34,7 @@ from .errors import (
 )
 
 logger = logging.getLogger(__name__)
+ZERO = Decimal(0)
 
 
 def _unauthorized() -> HttpResponse:
@@ -96,10 +99,9 @@ def _body(request: HttpRequest) -> dict[str, Any]:
         raise InvalidInput("Content-Length is not a number") from None
     if length > limit:
         raise too_large
-    if hasattr(request, "_body"):  # already read (a test client, a middleware)
-        raw = request._body
-    else:
-        raw = request.read(limit + 1)
+    # The stream, not request.body (Django's 1 MiB limit); after a read of request.body the stream
+    # is that body again, so this holds whoever read first.
+    raw = request.read(limit + 1)
     if len(raw) > limit:
         raise too_large
     body = loads(raw)
@@ -119,5 +121,31 @@ def set_budget(request: HttpRequest, project: Project, body: dict[str, Any]) -> 
     """`{"project_name", "user_dict"}` → `{"status": "success"}`; merged as budgets.services.hosted says."""
     if "user_dict" not in body:
         raise InvalidInput("user_dict is required")
+    _check_amounts(body["user_dict"])
     services.hosted_budget_set(project=project, user_dict=body["user_dict"], actor=request_actor(request, via="hosted"))
     return json_response({"status": "success"})
+
+
+def _check_amounts(user_dict: Any) -> None:
+    """Refuse an amount that 12 decimal places would turn into $0 (1e-30); the merge rounds the rest.
+
+    The client computes costs in floating point (0.00045 is sent as 0.00045000000000000004), so
+    the places past 12 are rounded, not refused; the shape of the dict is the merge's to check.
+    """
+    if not isinstance(user_dict, dict):
+        return
+    for user, record in user_dict.items():
+        if not isinstance(record, dict):
+            continue
+        where = f"user_dict[{user!r}]"
+        _check_amount(record.get("total_budget"), f"{where}.total_budget")
+        _check_amount(record.get("current_cost"), f"{where}.current_cost")
+        model_cost = record.get("model_cost")
+        if isinstance(model_cost, dict):
+            for model, amount in model_cost.items():
+                _check_amount(amount, f"{where}.model_cost[{model!r}]")
+
+
+def _check_amount(value: Any, where: str) -> None:
+    if type(value) is Decimal and value.is_finite() and ZERO < value < MONEY_MAX:  # else the merge says why
+        check_precision(value, where)

@@ -7,11 +7,22 @@ from ninja import Header, Router
 
 from .. import services
 from ..codec import dumps
-from ..models import CostEvent
+from ..errors import Conflict
+from ..models import CostEvent, Reservation
 from . import requests
 from .auth import request_project
 from .common import ERROR_STATUSES, raw_json
-from .schemas import CostIn, ErrorOut, ReleaseOut, ReservationIn, ReservationOut, SettleOut, settle_out
+from .schemas import (
+    CostIn,
+    ErrorOut,
+    IdempotencyKey,
+    ReleaseOut,
+    ReservationIn,
+    ReservationOut,
+    SettleOut,
+    UserId,
+    settle_out,
+)
 
 router = Router(tags=["reservations"])
 ERRORS = {**dict.fromkeys(ERROR_STATUSES, ErrorOut), 409: ErrorOut, 422: ErrorOut}
@@ -19,8 +30,8 @@ ERRORS = {**dict.fromkeys(ERROR_STATUSES, ErrorOut), 409: ErrorOut, 422: ErrorOu
 
 @router.post("/users/{path:user}/reservations", response={201: ReservationOut, 402: ErrorOut, **ERRORS})
 def reserve(
-    request: HttpRequest, user: str, payload: ReservationIn,
-    idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
+    request: HttpRequest, user: UserId, payload: ReservationIn,
+    idempotency_key: IdempotencyKey | None = Header(None, alias="Idempotency-Key"),  # noqa: B008
 ):
     """Hold a call's worst-case cost against the user's and the project's remaining budget.
 
@@ -46,15 +57,25 @@ def get_reservation(request: HttpRequest, reservation_id: int):
         services.reservation_get(project=request_project(request), reservation_id=reservation_id))
 
 
-@router.post("/reservations/{int:reservation_id}/settle", response={200: SettleOut, **ERRORS})
-def settle(request: HttpRequest, reservation_id: int, payload: CostIn):
+# The body is read after the reservation's state (a released one is a 409 whatever the body), so
+# ninja does not parse it: the schema is declared here for the OpenAPI document.
+SETTLE_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/CostIn"}}}}}
+
+
+@router.post("/reservations/{int:reservation_id}/settle", response={200: SettleOut, **ERRORS},
+             openapi_extra=SETTLE_BODY)
+def settle(request: HttpRequest, reservation_id: int):
     """Record the call's real cost once (the body as for POST /users/{user}/costs) and free the hold.
 
     Without a model the reservation's model is meant. A retried settle answers the same and
-    records nothing; a released or expired reservation is a 409.
+    records nothing; a released or expired reservation is a 409, whatever the body.
     """
     project = request_project(request)
     reservation = services.reservation_get(project=project, reservation_id=reservation_id)
+    if reservation.status in (Reservation.Status.RELEASED, Reservation.Status.EXPIRED):
+        raise Conflict(f"reservation {reservation_id} is {reservation.status}; it cannot be settled")
+    payload = requests.read_body(request, CostIn)
     usage, cost = requests.usage_and_cost(requests.with_model(payload, reservation.model))
 
     settled = services.reservation_settle(

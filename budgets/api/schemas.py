@@ -13,53 +13,89 @@ Money comes out as an exact JSON number (see budgets.codec).
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple, Union
 
 from ninja import Schema
-from pydantic import AliasChoices, BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StringConstraints,
+    ValidationInfo,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError
+from typing_extensions import TypeAliasType
 
 from .. import periods
 from ..errors import InvalidInput
+from ..fields import money_bound
 from ..models import UserBudget
-from ..money import MONEY_MAX, to_money, to_tokens
+from ..money import to_money, to_tokens
 from ..services.alerts import AlertFields
-from ..services.common import USER_ID_MAX, validate_user_id
 from ..services.costs import CostRecorded, exceeded_scope
-from ..services.reservations import Settled
+from ..services.reservations import MAX_TTL_SECONDS, Settled
+from ..validation import (
+    IDEMPOTENCY_KEY_MAX,
+    MODEL_NAME_MAX,
+    NAME_PATTERN,
+    USER_ID_MAX,
+    USER_ID_PATTERN,
+    validate_idempotency_key,
+    validate_model,
+    validate_user_id,
+)
 
 PRICE_LIMIT = Decimal(1)  # dollars per token: far above any real price
 
 
-def _money(value: Any, info: ValidationInfo) -> Decimal:
+def _amount(value: Any, info: ValidationInfo, *, exact: bool) -> Decimal:
     if isinstance(value, str):
         raise PydanticCustomError("money", "must be a JSON number, not a string")
     field = info.field_name or "amount"
     try:
-        return to_money(value, field)
+        return to_money(value, field, exact=exact)
     except InvalidInput as exc:
         raise PydanticCustomError("money", exc.message.removeprefix(f"{field} ")) from None
 
 
+def _money(value: Any, info: ValidationInfo) -> Decimal:
+    """A budget: refused if the 12 places money keeps would change it (money.to_money)."""
+    return _amount(value, info, exact=True)
+
+
+def _cost(value: Any, info: ValidationInfo) -> Decimal:
+    """A cost (float arithmetic in the caller adds places): rounded to 12 places, refused if that gives $0."""
+    return _amount(value, info, exact=False)
+
+
 def _price(value: Any, info: ValidationInfo) -> Decimal:
-    price = _money(value, info)
+    price = _cost(value, info)
     if price >= PRICE_LIMIT:
         raise PydanticCustomError("money", "a price per token must be below $1")
     return price
 
 
 def _tokens(value: Any, info: ValidationInfo) -> int:
-    # 10.0 is a whole number; the adjusted() bound keeps int() from expanding 1E+100000000.
-    whole = isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value()
-    if whole and value.adjusted() <= 15:
-        value = int(value)
     field = info.field_name or "tokens"
     try:
         return to_tokens(value, field)
     except InvalidInput as exc:
         raise PydanticCustomError("tokens", exc.message.removeprefix(f"{field} ")) from None
+
+
+def _days(value: Any, info: ValidationInfo) -> int:
+    days = _tokens(value, info)
+    if not 1 <= days <= periods.MAX_DAYS:
+        raise PydanticCustomError("days", f"must be a whole number of days from 1 to {periods.MAX_DAYS}")
+    return days
 
 
 def _text(value: Any) -> str:
@@ -68,11 +104,35 @@ def _text(value: Any) -> str:
     return value
 
 
+def _in_utc(at: datetime) -> datetime:
+    """An aware time in UTC: PostgreSQL refuses an offset past ±15:59, which ISO 8601 allows (+17:44)."""
+    if at.tzinfo is None:
+        return at
+    try:
+        return at.astimezone(UTC)
+    except OverflowError:
+        raise PydanticCustomError("datetime", "is out of range once in UTC") from None
+
+
 def _user_id(value: Any) -> str:
     try:
         return validate_user_id(value)
     except InvalidInput as exc:
         raise PydanticCustomError("user_id", exc.message.removeprefix("user ")) from None
+
+
+def _idempotency_key(value: Any) -> str | None:
+    try:
+        return validate_idempotency_key(value)
+    except InvalidInput as exc:
+        raise PydanticCustomError("idempotency_key", exc.message.removeprefix("Idempotency-Key ")) from None
+
+
+def _model(value: Any) -> str:
+    try:
+        return validate_model(value)
+    except InvalidInput as exc:
+        raise PydanticCustomError("model", exc.message.removeprefix("model ")) from None
 
 
 # A bare number ("0.5", "1700000000") is not a time: pydantic would read it as Unix seconds.
@@ -88,26 +148,179 @@ def _timestamp(value: Any) -> Any:
 # A JSON number of dollars in, an exact JSON number out. The schemas carry the bounds the
 # validators enforce, so that every request the schema allows is one the API accepts.
 Money = Annotated[Decimal, BeforeValidator(_money),
-                  WithJsonSchema({"type": "number", "minimum": 0, "exclusiveMaximum": int(MONEY_MAX)})]
+                  WithJsonSchema({"type": "number", "minimum": 0, **money_bound(), "multipleOf": 1e-12,
+                                  "description": "Dollars, at most 12 decimal places."})]
+# Not in (0, 5e-13]: what rounds to $0 at 12 places although it is not 0.
+_NOT_BELOW_PRECISION = {"not": {"exclusiveMinimum": 0, "maximum": 5e-13}}
+Cost = Annotated[Decimal, BeforeValidator(_cost),
+                 WithJsonSchema({"type": "number", "minimum": 0, **money_bound(), **_NOT_BELOW_PRECISION,
+                                 "description": "Dollars, rounded to 12 decimal places; not 0 < cost ≤ 5e-13."})]
 Price = Annotated[Decimal, BeforeValidator(_price),
-                  WithJsonSchema({"type": "number", "minimum": 0, "exclusiveMaximum": int(PRICE_LIMIT)})]
+                  WithJsonSchema({"type": "number", "minimum": 0, "exclusiveMaximum": int(PRICE_LIMIT),
+                                  **_NOT_BELOW_PRECISION})]
 Tokens = Annotated[int, BeforeValidator(_tokens), WithJsonSchema({"type": "integer", "minimum": 0, "maximum": 10**12})]
-Days = Annotated[int, BeforeValidator(_tokens),
+Days = Annotated[int, BeforeValidator(_days),
                  WithJsonSchema({"type": "integer", "minimum": 1, "maximum": periods.MAX_DAYS})]
-Text = Annotated[str, BeforeValidator(_text)]
-# A model name: 1..255 characters, not blank (budgets.usage.validate_model).
-ModelName = Annotated[str, BeforeValidator(_text),
-                      WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"\S"})]
+# Text the codec accepts: no NUL (budgets.codec.check_string).
+Text = Annotated[str, BeforeValidator(_text), WithJsonSchema({"type": "string", "pattern": "^[^\\u0000]*$"})]
+# A model name: the one rule of budgets.validation.validate_model.
+ModelName = Annotated[str, BeforeValidator(_model),
+                      WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MODEL_NAME_MAX,
+                                      "pattern": NAME_PATTERN})]
 USER_ID_SCHEMA = {
-    "type": "string", "minLength": 1, "maxLength": USER_ID_MAX, "pattern": r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$",
-    "description": "1..255 characters, not blank, no control characters, no '.' or '..' path segments.",
+    "type": "string", "minLength": 1, "maxLength": USER_ID_MAX, "pattern": USER_ID_PATTERN,
+    "description": "1..255 characters, not blank, no control or format characters (newline, tab, U+202E, "
+                   "zero-width), no '.' or '..' path segments.",
 }
-# A user id in a path or a query: the one rule of budgets.services.common.validate_user_id.
+# A user id in a path or a query: the one rule of budgets.validation.validate_user_id.
 UserId = Annotated[str, BeforeValidator(_user_id), WithJsonSchema(USER_ID_SCHEMA)]
-Timestamp = Annotated[datetime, BeforeValidator(_timestamp)]
+IdempotencyKey = Annotated[str, BeforeValidator(_idempotency_key),
+                           WithJsonSchema({"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX})]
+Timestamp = Annotated[datetime, BeforeValidator(_timestamp), AfterValidator(_in_utc)]
 MoneyOut = Annotated[Decimal, WithJsonSchema({"type": "number"})]
 Scope = Literal["user", "project"]
 DurationName = Literal["none", "daily", "weekly", "monthly", "yearly", "days"]
+
+
+TtlSeconds = Annotated[int, BeforeValidator(_tokens),
+                       WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_TTL_SECONDS})]
+
+# Free-form JSON (chat messages, a completion object), as budgets.codec reads it: no NUL in a
+# string or a key. Declared for the OpenAPI document; the value is passed on as parsed.
+_NoNul = Annotated[str, StringConstraints(pattern="^[^\\u0000]*$")]
+JSONValue = TypeAliasType(  # type: ignore[misc]
+    "JSONValue",
+    Union[_NoNul, int, float, bool, list["JSONValue"], dict[_NoNul, "JSONValue"], None],  # type: ignore[misc]  # noqa: UP007
+)
+
+
+def _list_of_objects(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise PydanticCustomError("messages", "must be a list of {role, content} objects")
+    return value
+
+
+def _object(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise PydanticCustomError("object", "must be an object")
+    return value
+
+
+# More fields, any JSON; keys without NUL (pydantic would leave the keys of the extras unchecked).
+_FREE_FORM = ConfigDict(extra="allow", json_schema_extra={"propertyNames": {"pattern": "^[^\\u0000]*$"}})
+
+
+class PromptTokensDetails(BaseModel):
+    model_config = _FREE_FORM
+    __pydantic_extra__: dict[str, JSONValue]
+    cached_tokens: Tokens | None = None
+
+
+class OpenAIUsage(BaseModel):
+    """OpenAI's usage: prompt_tokens (cached ones included), completion_tokens."""
+
+    model_config = _FREE_FORM
+    __pydantic_extra__: dict[str, JSONValue]
+    prompt_tokens: Tokens
+    completion_tokens: Tokens | None = None
+    prompt_tokens_details: PromptTokensDetails | None = None
+    cache_read_input_tokens: Tokens | None = None
+    cache_creation_input_tokens: Tokens | None = None
+
+
+class AnthropicUsage(BaseModel):
+    """Anthropic's usage: input_tokens (cache reads not included), output_tokens."""
+
+    model_config = _FREE_FORM
+    __pydantic_extra__: dict[str, JSONValue]
+    prompt_tokens: None = None
+    input_tokens: Tokens
+    output_tokens: Tokens | None = None
+    prompt_tokens_details: PromptTokensDetails | None = None
+    cache_read_input_tokens: Tokens | None = None
+    cache_creation_input_tokens: Tokens | None = None
+
+
+class CompletionIn(BaseModel):
+    """What is read of a completion object: its model and usage (budgets.usage.usage_from_completion)."""
+
+    model_config = _FREE_FORM
+    __pydantic_extra__: dict[str, JSONValue]
+    model: ModelName
+    usage: OpenAIUsage | AnthropicUsage
+
+
+Messages = Annotated[list[dict[str, Any]],
+                     PlainValidator(_list_of_objects, json_schema_input_type=list[dict[_NoNul, JSONValue]])]
+Completion = Annotated[dict[str, Any], PlainValidator(_object, json_schema_input_type=CompletionIn)]
+
+
+class Form(NamedTuple):
+    """One form of a body: fields it needs (not null), fields it may have, and at least one of `any_of`."""
+
+    title: str
+    required: Sequence[str]
+    optional: Sequence[str] = ()
+    any_of: Sequence[str] = ()
+    overrides: dict[str, dict[str, Any]] = {}  # noqa: RUF012
+
+
+def forms(*choices: Form) -> Callable[[dict[str, Any], Any], None]:
+    """The OpenAPI schema of a body with mutually exclusive forms: `oneOf`, one branch per form.
+
+    Each branch lists every field: those of the form with their schema, the others as null only
+    (null means "not given"), and no other field. The code (api/requests.py) refuses what no
+    branch matches with a message that names the fields; this says the same to a client.
+    """
+
+    def extra(schema: dict[str, Any], cls: Any) -> None:
+        fields = schema.pop("properties")
+        schema.pop("required", None)
+        schema.pop("additionalProperties", None)
+        branches = []
+        for form in choices:
+            properties = {}
+            for name, field_schema in fields.items():
+                if name in form.required:
+                    properties[name] = {**_not_null(field_schema), **form.overrides.get(name, {})}
+                elif name in form.optional or name in form.any_of:
+                    properties[name] = {**field_schema, **form.overrides.get(name, {})}
+                else:
+                    properties[name] = {"type": "null"}
+            branch: dict[str, Any] = {"title": form.title, "type": "object", "properties": properties,
+                                      "required": list(form.required), "additionalProperties": False}
+            if form.any_of:
+                branch["anyOf"] = [{"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+                                   for name in form.any_of]
+            branches.append(branch)
+        schema["oneOf"] = branches
+
+    return extra
+
+
+def _not_null(field_schema: dict[str, Any]) -> dict[str, Any]:
+    """`X | None` → X (the field's description kept)."""
+    options = [option for option in field_schema.get("anyOf", []) if option != {"type": "null"}]
+    if len(options) != 1:
+        return field_schema
+    rest = {key: value for key, value in field_schema.items() if key not in ("anyOf", "default")}
+    return {**options[0], **rest}
+
+
+def finish_openapi(node: Any) -> Any:
+    """The document as the API reads JSON: keys that pydantic writes as `patternProperties` are
+    `propertyNames` (a key outside the pattern is refused, not merely left unchecked)."""
+    if isinstance(node, list):
+        return [finish_openapi(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: finish_openapi(value) for key, value in node.items()}
+    patterns = node.get("patternProperties")
+    if isinstance(patterns, dict) and len(patterns) == 1 and "properties" not in node:
+        (pattern, value_schema), = patterns.items()
+        del node["patternProperties"]
+        node.update(propertyNames={"pattern": pattern}, additionalProperties=value_schema)
+    return node
 
 
 class StrictIn(Schema):
@@ -118,15 +331,46 @@ class StrictIn(Schema):
 
 
 class BudgetIn(StrictIn):
+    """A budget; with duration "days", duration_days is the period (ignored with any other duration)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=forms(
+        Form("every N days", required=("total_budget", "duration", "duration_days"),
+             overrides={"duration": {"const": "days"}}),
+        Form("a calendar period", required=("total_budget",), optional=("duration", "duration_days"),
+             overrides={"duration": {"anyOf": [{"enum": ["none", "daily", "weekly", "monthly", "yearly"]},
+                                               {"type": "null"}]}}),
+    ))
+
     total_budget: Money
     duration: DurationName | None = None
     duration_days: Days | None = Field(None, description='Only with duration "days": the period length.')
 
 
+_PRICES = ("input_cost_per_token", "output_cost_per_token")
+_TOKEN_COUNTS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_creation_tokens")
+
+
+def _priced(title: str, required: Sequence[str], optional: Sequence[str] = (), any_of: Sequence[str] = (),
+            *, cost: bool = True) -> list[Form]:
+    """A usage form priced from the table, with a `cost`, or with both per-token prices."""
+    choices = [Form(f"{title}, priced from the table", required, optional, any_of),
+               Form(f"{title}, with per-token prices", (*required, *_PRICES), optional, any_of)]
+    if cost:
+        choices.append(Form(f"{title}, with its cost", (*required, "cost"), optional, any_of))
+    return choices
+
+
 class CostIn(StrictIn):
     """One of: completion; model + input_text + output_text; model + token counts; model + cost."""
 
-    completion: dict[str, Any] | None = Field(
+    model_config = ConfigDict(extra="forbid", json_schema_extra=forms(
+        *_priced("a completion", ("completion",)),
+        *_priced("texts", ("model", "input_text", "output_text")),
+        *_priced("token counts", ("model",), any_of=_TOKEN_COUNTS),
+        Form("a cost", ("model", "cost")),
+    ))
+
+    completion: Completion | None = Field(
         None, description="An OpenAI/LiteLLM-style response: its `model` and `usage` are read."
     )
     model: ModelName | None = None
@@ -136,34 +380,45 @@ class CostIn(StrictIn):
     completion_tokens: Tokens | None = None
     cached_tokens: Tokens | None = None
     cache_creation_tokens: Tokens | None = None
-    cost: Money | None = Field(None, description="The call's cost in dollars; overrides the price table.")
+    cost: Cost | None = Field(None, description="The call's cost in dollars; overrides the price table.")
     input_cost_per_token: Price | None = None
     output_cost_per_token: Price | None = None
 
 
 class MessagesIn(StrictIn):
     model: ModelName
-    messages: list[dict[str, Any]]
+    messages: Messages
 
 
 class CheckIn(StrictIn):
     """Either model + messages (optional max_tokens), or estimated_cost."""
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra=forms(
+        Form("messages", ("model", "messages"), ("max_tokens",)),
+        Form("an estimated cost", ("estimated_cost",)),
+    ))
+
     model: ModelName | None = None
-    messages: list[dict[str, Any]] | None = None
+    messages: Messages | None = None
     max_tokens: Tokens | None = Field(None, description="Completion tokens to reserve, at the output price.")
-    estimated_cost: Money | None = None
+    estimated_cost: Cost | None = None
 
 
 class QuoteIn(StrictIn):
     """Either model + prompt_tokens + completion_tokens, or model + messages (+ output_text)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=forms(
+        *_priced("token counts", ("model",), ("cached_tokens", "cache_creation_tokens"),
+                 ("prompt_tokens", "completion_tokens"), cost=False),
+        *_priced("messages", ("model", "messages"), ("output_text",), cost=False),
+    ))
 
     model: ModelName
     prompt_tokens: Tokens | None = None
     completion_tokens: Tokens | None = None
     cached_tokens: Tokens | None = None
     cache_creation_tokens: Tokens | None = None
-    messages: list[dict[str, Any]] | None = None
+    messages: Messages | None = None
     output_text: Text | None = None
     input_cost_per_token: Price | None = None
     output_cost_per_token: Price | None = None
@@ -310,11 +565,17 @@ class ErrorOut(Schema):
 class ReservationIn(StrictIn):
     """Either model + messages + max_tokens (the worst case is held), or estimated_cost (model optional)."""
 
-    model: Text | None = None
-    messages: list[dict[str, Any]] | None = None
+    model_config = ConfigDict(extra="forbid", json_schema_extra=forms(
+        Form("the worst case of a call", ("model", "messages", "max_tokens"), ("ttl_seconds",)),
+        Form("an estimated cost", ("estimated_cost",), ("model", "ttl_seconds"),
+             overrides={"estimated_cost": {"exclusiveMinimum": 0}}),
+    ))
+
+    model: ModelName | None = None
+    messages: Messages | None = None
     max_tokens: Tokens | None = Field(None, description="The call's max_tokens: held at the output price.")
-    estimated_cost: Money | None = Field(None, description="Dollars to hold, instead of messages + max_tokens.")
-    ttl_seconds: Tokens | None = Field(None, description="Seconds until the hold expires: 1 to 86400, default 600.")
+    estimated_cost: Cost | None = Field(None, description="Dollars to hold, instead of messages + max_tokens.")
+    ttl_seconds: TtlSeconds | None = Field(None, description="Seconds until the hold expires: 1 to 86400, default 600.")
 
 
 ReservationStatus = Literal["open", "settled", "released", "expired"]

@@ -7,14 +7,22 @@ schema is at /api/v1/openapi.json and Swagger UI (ninja's own, served locally) a
 
 from __future__ import annotations
 
+from typing import Any
+
 from ninja import NinjaAPI
 
 from ..codec import ExactJSONRenderer, StrictJSONParser
-from . import alerts, checks, costs, reservations, users
+from . import alerts, checks, costs, reservations, schemas, users
 from .auth import api_key_auth
 from .errors import install_exception_handlers
 
-api = NinjaAPI(
+
+class BudgetAPI(NinjaAPI):
+    def get_openapi_schema(self, *args: Any, **kwargs: Any) -> Any:
+        return schemas.finish_openapi(super().get_openapi_schema(*args, **kwargs))
+
+
+api = BudgetAPI(
     title="Budget Manager API",
     version="1",
     description="Per-user LLM budgets, a cost ledger and budget checks. See docs/api.md.",

@@ -20,7 +20,7 @@ from django.db import DEFAULT_DB_ALIAS
 from django.db.models import Model, Q, QuerySet
 
 from .. import periods, pricing
-from ..errors import InvalidInput
+from ..errors import Unprocessable
 from ..models import ApiKey, CostEvent, ModelSpend, Project, UserBudget
 from ..usage import Usage, prompt_usage
 
@@ -135,7 +135,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, int]:
         if at.tzinfo is None or isinstance(pk, bool) or not isinstance(pk, int) or not 0 < pk < 2**63:
             raise ValueError
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInput("cursor is not one this API gave out") from None
+        raise Unprocessable("cursor is not one this API gave out") from None
     return at, pk
 
 

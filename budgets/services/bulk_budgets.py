@@ -37,7 +37,7 @@ def budget_row_check(user_id: Any, total_budget: Any, duration: Any, *, max_amou
     """The row as budget_set will take it, or InvalidInput naming what is wrong (the rules budget_set applies)."""
     user_id = validate_user_id(user_id)
     try:
-        amount = to_money(total_budget, "total_budget")
+        amount = to_money(total_budget, "total_budget", exact=True)
     except InvalidInput as exc:
         raise InvalidInput(f"{exc.message} (got {total_budget!r})") from None
     if max_amount is not None and amount > max_amount:

@@ -11,10 +11,9 @@ from django.db import transaction
 
 from .. import metrics, pricing
 from ..codec import decimal_text
-from ..errors import InvalidInput
 from ..models import CostEvent, Project, UserBudget
 from ..money import stored, to_money
-from ..usage import Usage, validate_model
+from ..usage import Usage
 from . import ledger
 from .admission import retry_on_conflict
 from .ledger import CostRecorded, exceeded_scope
@@ -75,11 +74,9 @@ def _cost_record(
     has no room for raises BudgetExceeded instead (levels_admit, as reservations do).
     Locks: the project row first, then the user's (one order everywhere; see services.admission).
     """
-    model = validate_model(usage.model)
+    model = usage.model  # checked where the usage was read (validation.validate_model)
     # Rounded once to the stored 12 places, so the ledger, the spend and the answer agree.
     amount = stored(pricing.cost_of_usage(usage) if cost is None else to_money(cost, "cost"))
-    if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255):
-        raise InvalidInput("Idempotency-Key must be 1 to 255 characters")
 
     recorded = ledger.record(ledger.Call(
         project=project, user_id=user_id, usage=usage, model=model, amount=amount, source=source,

@@ -35,6 +35,7 @@ from ..models import (
     UserMonth,
 )
 from ..money import to_money
+from ..validation import validate_alert_thresholds, validate_project_name
 from .alerts import validate_webhook_url
 from .audit import actor_for_manager, write_audit
 from .common import validate_duration, validate_timezone
@@ -50,8 +51,7 @@ def project_create(
     duration_days: int | None = None, actor: str = "system", owner: User | None = None,
 ) -> Project:
     """A new project in its first period; `owner` (the console's creator) becomes its owner."""
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        raise InvalidInput("project name must be a non-empty string of at most 200 characters")
+    validate_project_name(name)
     tz = validate_timezone(timezone)
     cap = None if max_budget is None else to_money(max_budget, "max_budget")
     duration, duration_days = validate_duration(duration, duration_days)
@@ -103,8 +103,7 @@ def project_update(
               "alert_thresholds": project.alert_thresholds}
     changes: dict[str, Any] = {}
     if name is not ... and name != project.name:
-        if not isinstance(name, str) or not name.strip() or len(name) > 200:
-            raise InvalidInput("project name must be a non-empty string of at most 200 characters")
+        validate_project_name(name)
         if Project.objects.filter(name=name).exclude(pk=project.pk).exists():
             raise InvalidInput(f"a project named {name!r} already exists")
         changes["name"] = name
@@ -121,11 +120,7 @@ def project_update(
             changes.update(duration=duration, duration_days=duration_days, period_start=period.start,
                            next_reset_at=period.next_reset)
     if alert_thresholds is not ...:
-        if not isinstance(alert_thresholds, list) or not all(
-            isinstance(t, int) and not isinstance(t, bool) and 1 <= t <= 1000 for t in alert_thresholds
-        ):
-            raise InvalidInput("alert_thresholds must be a list of whole percentages between 1 and 1000")
-        changes["alert_thresholds"] = sorted(set(alert_thresholds))
+        changes["alert_thresholds"] = validate_alert_thresholds(alert_thresholds)
     if alert_webhook_url is not ...:
         changes["alert_webhook_url"] = validate_webhook_url(alert_webhook_url)
     if alert_email is not ...:

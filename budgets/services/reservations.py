@@ -92,8 +92,6 @@ def _validate(amount: Decimal, ttl_seconds: Any, idempotency_key: str | None) ->
         raise InvalidInput("a reservation holds more than $0: give a positive estimated_cost or max_tokens")
     if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
         raise InvalidInput(f"ttl_seconds must be a whole number from 1 to {MAX_TTL_SECONDS}")
-    if idempotency_key is not None and not 0 < len(idempotency_key) <= 255:
-        raise InvalidInput("Idempotency-Key must be 1 to 255 characters")
 
 
 @atomic_retried

@@ -1,0 +1,154 @@
+"""The syntax rules of the input every entry point shares, each written once.
+
+The API's schemas (api/schemas.py), the console's forms (forms.py), the hosted protocol
+(api/hosted.py, services/hosted.py) and the seed's Python API all call these; the services
+keep the rules of meaning (a budget's room, a reservation's state). Money is in money.py.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any
+
+from .errors import InvalidInput
+
+USER_ID_MAX = 255
+MODEL_NAME_MAX = 255
+IDEMPOTENCY_KEY_MAX = 255
+PROJECT_NAME_MAX = 200
+THRESHOLD_MIN, THRESHOLD_MAX = 1, 1000
+
+# Characters refused in ids and names: control characters (Cc: NUL, newline, tab, C1 controls),
+# format characters (Cf: the bidirectional overrides U+202A-E and isolates U+2066-9, the marks
+# U+200E/F, zero-width characters, the BOM), which make one id look like another in the console,
+# and the line and paragraph separators U+2028/9.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf"})
+_REFUSED_EXTRA = frozenset("\u2028\u2029")
+
+
+def _is_refused(char: str) -> bool:
+    return char in _REFUSED_EXTRA or unicodedata.category(char) in _REFUSED_CATEGORIES
+
+
+def has_refused_characters(text: str) -> bool:
+    """True if `text` holds a control, format (bidirectional, zero-width) or line-separator character."""
+    return any(_is_refused(char) for char in text)
+
+
+def _refused_ranges() -> str:
+    """The refused characters as a regular-expression class body (for the OpenAPI patterns)."""
+    parts: list[str] = []
+    start = previous = -2
+    for code in [*range(0xD800), *range(0xE000, 0x110000)]:  # surrogates are never in decoded text
+        if not _is_refused(chr(code)):
+            continue
+        if code != previous + 1:
+            if start >= 0:
+                parts.append(_range(start, previous))
+            start = code
+        previous = code
+    parts.append(_range(start, previous))
+    return "".join(parts)
+
+
+def _range(start: int, end: int) -> str:
+    def char(code: int) -> str:
+        # Past the BMP the character itself: "\\U" is no escape in ECMA-262 (OpenAPI's regex dialect).
+        return f"\\u{code:04x}" if code <= 0xFFFF else chr(code)
+
+    return char(start) if start == end else f"{char(start)}-{char(end)}"
+
+
+REFUSED_CLASS = _refused_ranges()
+# A name: no refused character, at least one that is not white space (Python's and ECMA's \s).
+NAME_PATTERN = f"^[^{REFUSED_CLASS}]*[^{REFUSED_CLASS}\\s][^{REFUSED_CLASS}]*$"
+# A user id also has no "." or ".." path segment.
+USER_ID_PATTERN = f"^(?!(?:.*/)?\\.\\.?(?:/|$)){NAME_PATTERN[1:]}"
+
+
+def validate_user_id(user_id: Any) -> str:
+    """The one rule for user ids, so that every id can be addressed in a URL (API and console).
+
+    Refused: blank, over 255 characters, control and format characters (newline, tab, NUL, the
+    bidirectional overrides that make the console show another id; they do not survive a URL or a
+    log line either), and "." or ".." path segments (clients and browsers resolve "a/../b" to "b",
+    so such a user could be created but never opened, edited or deleted).
+    """
+    if not isinstance(user_id, str) or not user_id.strip():
+        raise InvalidInput("user must be a non-empty string")
+    if len(user_id) > USER_ID_MAX:
+        raise InvalidInput(f"user must be at most {USER_ID_MAX} characters")
+    if has_refused_characters(user_id):
+        raise InvalidInput("user must not contain control characters (newline, tab, NUL, ...) or format "
+                           "characters (bidirectional overrides such as U+202E, zero-width spaces)")
+    if any(segment in (".", "..") for segment in user_id.split("/")):
+        raise InvalidInput('user must not contain "." or ".." path segments (e.g. "a/../b")')
+    return user_id
+
+
+def validate_model(model: Any) -> str:
+    """A model name: 1..255 characters once stripped, none of them a control or format character."""
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidInput("model must be a non-empty string")
+    if len(model) > MODEL_NAME_MAX:
+        raise InvalidInput(f"model must be at most {MODEL_NAME_MAX} characters")
+    if has_refused_characters(model):
+        raise InvalidInput("model must not contain control characters (newline, tab, CR, ...) or format "
+                           "characters (U+202E, zero-width spaces)")
+    return model.strip()
+
+
+def validate_project_name(name: Any) -> str:
+    """A project name: 1..200 characters, not blank, no control or format characters."""
+    if not isinstance(name, str) or not name.strip() or len(name) > PROJECT_NAME_MAX:
+        raise InvalidInput(f"project name must be a non-empty string of at most {PROJECT_NAME_MAX} characters")
+    if has_refused_characters(name):
+        raise InvalidInput("project name must not contain control characters (newline, tab, ...) or format "
+                           "characters (U+202E, zero-width spaces)")
+    return name
+
+
+def validate_idempotency_key(key: str | None) -> str | None:
+    """An Idempotency-Key header: absent, or 1..255 characters."""
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= IDEMPOTENCY_KEY_MAX):
+        raise InvalidInput(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters")
+    return key
+
+
+def validate_alert_thresholds(thresholds: Any) -> list[int]:
+    """Alert thresholds: whole percentages from 1 to 1000, sorted, each once."""
+    if not isinstance(thresholds, list) or not all(
+        isinstance(t, int) and not isinstance(t, bool) and THRESHOLD_MIN <= t <= THRESHOLD_MAX for t in thresholds
+    ):
+        raise InvalidInput(f"alert_thresholds must be a list of whole percentages between {THRESHOLD_MIN} "
+                           f"and {THRESHOLD_MAX}")
+    return sorted(set(thresholds))
+
+
+def parse_alert_thresholds(text: str) -> list[int]:
+    """Thresholds as a person types them ("80, 100%" or "80;100") → validate_alert_thresholds."""
+    values = []
+    for part in re.split(r"[,;]", text):
+        part = part.strip().rstrip("%").strip()
+        if not part:
+            continue
+        try:
+            values += validate_alert_thresholds([int(part) if part.isascii() and part.isdigit() else None])
+        except InvalidInput:
+            raise InvalidInput(f"“{part}” is not a whole percentage between {THRESHOLD_MIN} and "
+                               f"{THRESHOLD_MAX}.") from None
+    return validate_alert_thresholds(values)
+
+
+def url_path_is_utf8(path_info: str) -> bool:
+    """Whether a WSGI PATH_INFO (the URL's bytes, percent-decoded, as latin-1 text) is UTF-8.
+
+    Django turns bytes that are not UTF-8 (`%FF`) back into the literal text "%FF", so an id
+    sent with a broken escape would otherwise be read as another id.
+    """
+    try:
+        path_info.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return False
+    return True
