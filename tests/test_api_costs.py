@@ -29,11 +29,6 @@ COMPLETION = {
 
 
 @pytest.fixture
-def api(project):
-    return ApiClient(new_key(project))
-
-
-@pytest.fixture
 def alice(make_budget):
     return make_budget("alice", "10")
 

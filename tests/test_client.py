@@ -24,7 +24,6 @@ from budget_client import (
     UnknownModel,
     ValidationError,
 )
-from django.db import connections
 
 from budgets import services
 from budgets.models import AuditLog, CostEvent, ModelSpend, Project, UserBudget
@@ -39,19 +38,8 @@ GPT_4O_MINI_1000_500 = Decimal("0.00045")  # 1000 × $0.15/M + 500 × $0.60/M
 
 
 @pytest.fixture
-def acme(transactional_db, monkeypatch):
-    # The live server answers each request in a new thread: close its connection after the
-    # request, or PostgreSQL still sees sessions when the test database is dropped.
-    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)
-    project = services.project_create(name="acme")
-    _, raw = services.api_key_create(project=project, name="client")
-    return project, raw
-
-
-@pytest.fixture
-def client(live_server, acme):
-    with Client(live_server.url, acme[1], backoff=0.01) as client:
-        yield client
+def client(budget_client):
+    return budget_client
 
 
 @pytest.fixture

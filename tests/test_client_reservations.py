@@ -12,9 +12,7 @@ from decimal import Decimal
 
 import pytest
 from budget_client import AsyncClient, BudgetExceeded, Client
-from django.db import connections
 
-from budgets import services
 from budgets.models import CostEvent, Project, UserBudget
 from tests.client_support import DROP_AFTER_FORWARD, FlakyProxy
 
@@ -26,18 +24,9 @@ GPT_4O_MINI_1000_500 = Decimal("0.00045")
 
 
 @pytest.fixture
-def acme(transactional_db, monkeypatch):
-    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)
-    project = services.project_create(name="acme")
-    _, raw = services.api_key_create(project=project, name="client")
-    return project, raw
-
-
-@pytest.fixture
-def client(live_server, acme):
-    with Client(live_server.url, acme[1], backoff=0.01) as client:
-        client.set_budget("alice", 1)
-        yield client
+def client(budget_client):
+    budget_client.set_budget("alice", 1)
+    return budget_client
 
 
 def spend(user: str) -> Decimal:

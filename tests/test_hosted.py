@@ -42,8 +42,8 @@ class Hosted:
 
 
 @pytest.fixture
-def hosted(project):
-    return Hosted(new_key(project))
+def hosted(api_key):
+    return Hosted(api_key)
 
 
 def record(total=10.0, duration=None, current_cost=None, model_cost=None, **extra):

@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 
 from budgets.observability import JsonFormatter, RedactSecrets, RequestIdFilter, redact
-from tests.api_helpers import ApiClient, new_key
+from tests.api_helpers import new_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def api(client, project):
-    return ApiClient(new_key(project), client)
+def api(make_api, client):
+    return make_api(client=client)
 
 
 @pytest.mark.django_db
