@@ -24,7 +24,8 @@ ON_POSTGRES = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.pos
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    skip = pytest.mark.skip(reason="needs PostgreSQL (set DATABASE_URL=postgres://...)")
+    skip = pytest.mark.skip(reason="needs PostgreSQL: `make test` runs it on 127.0.0.1's when it answers, "
+                                   "or set DATABASE_URL=postgres://...")
     for item in items:
         if "postgres" in item.keywords and not ON_POSTGRES:
             item.add_marker(skip)

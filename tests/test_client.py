@@ -280,6 +280,7 @@ def test_budget_manager_takes_litellms_constructor_arguments(live_server, acme):
     assert manager.get_users() == ["alice"]
 
 
+@pytest.mark.slow
 def test_two_processes_recording_500_calls_each_end_with_the_exact_sum(live_server, acme):
     project, raw = acme
     users = ["alice", "bob"]

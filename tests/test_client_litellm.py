@@ -22,7 +22,8 @@ from budgets.models import CostEvent, UserBudget
 # litellm reads this when it is imported: its bundled price map, not a download.
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# slow: importing LiteLLM alone takes seconds.
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 MESSAGES = [{"role": "user", "content": "Say hello to the budget."}]
 

@@ -513,6 +513,7 @@ def test_a_late_create_budget_save_does_not_reset_spend_recorded_after_it(hosted
     assert not AuditLog.objects.filter(action="budget_reset_hosted").exists()
 
 
+@pytest.mark.slow
 def test_a_user_dict_over_1_mib_is_merged(hosted, project):
     user_dict = {f"user-{n:05d}": record(10, duration=1, current_cost=0.001, model_cost={"gpt-4o-mini": 0.001})
                  for n in range(8000)}

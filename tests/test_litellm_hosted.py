@@ -23,7 +23,8 @@ from budgets.usage import Usage
 # "true" in any case means its bundled price map, not a download.
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# slow: importing LiteLLM alone takes seconds.
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 TOLERANCE = Decimal("1e-12")  # the client adds floats; the server keeps 12 places
 

@@ -87,6 +87,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_metrics_add_up_across_gunicorn_workers(tmp_path):
     """Multiprocess mode: 2 workers answer 40 requests; one scrape counts all 40."""
     port = _free_port()

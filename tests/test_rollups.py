@@ -81,6 +81,7 @@ def test_every_writer_keeps_the_rollups_equal_to_the_ledger(api, project, make_b
     assert_coarser_grains_agree(project)
 
 
+@pytest.mark.slow
 def test_a_hosted_save_of_many_users_adds_to_the_rollups_in_bulk(api, project, monkeypatch):
     """Past BULK_EVENTS events (PostgreSQL: COPY and one INSERT ... SELECT per grain), the same sums."""
     from budgets.services import rollups

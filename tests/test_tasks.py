@@ -150,6 +150,7 @@ with Connection(url, transport_options={"connect_args": {"timeout": 30}}) as con
 """
 
 
+@pytest.mark.slow
 def test_several_processes_publish_and_consume_each_message_exactly_once(tmp_path):
     folder, name = tmp_path / "broker", queue_name()
     url = embedded_broker(folder)["broker_url"]
@@ -260,6 +261,7 @@ def test_a_worker_retries_a_failing_webhook_with_backoff(broker, project, make_b
 # --- the broker is down ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_recording_cost_succeeds_with_the_broker_down_and_the_alert_goes_out_once_it_is_back(
     project, make_budget, tmp_path, caplog
@@ -291,6 +293,7 @@ def test_recording_cost_succeeds_with_the_broker_down_and_the_alert_goes_out_onc
     assert alert.delivered_at is not None
 
 
+@pytest.mark.slow
 @pytest.mark.django_db
 def test_queueing_on_a_broker_that_never_answers_gives_up_instead_of_hanging(caplog):
     # A port that accepts connections (the kernel's backlog) but never answers a command.
@@ -308,6 +311,7 @@ def test_queueing_on_a_broker_that_never_answers_gives_up_instead_of_hanging(cap
     assert "could not queue the delivery of alert 12345" in caplog.text
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_the_api_records_cost_with_the_broker_down(project, make_budget, client):
     make_budget("alice", total_budget="10")
