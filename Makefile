@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 .PHONY: run test test-fast install lint bench clean
 
 # `make test-fast` leaves out the browser tests, the real Celery workers and the tests marked
-# slow (other processes, faults, property tests, big pages, LiteLLM): see pytest.ini.
+# slow (other processes, faults, property tests, big pages, live-server clients): see pytest.ini.
 FAST := not slow and not browser and not celery_worker
 # With DATABASE_URL unset the suite runs on SQLite, which skips the tests marked postgres: they
 # run again on this PostgreSQL when it answers (pytest-django creates and drops test_<name>).

@@ -31,7 +31,8 @@ from tests.client_support import DROP_AFTER_FORWARD, FAIL_429, FAIL_503, FlakyPr
 
 from .api_helpers import db_state
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# slow: each test empties the database, loads the price map again and talks HTTP to the live server.
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 COMPLETION = {"model": "gpt-4o-mini", "usage": {"prompt_tokens": 1000, "completion_tokens": 500}}
 GPT_4O_MINI_1000_500 = Decimal("0.00045")  # 1000 × $0.15/M + 500 × $0.60/M
@@ -280,7 +281,6 @@ def test_budget_manager_takes_litellms_constructor_arguments(live_server, acme):
     assert manager.get_users() == ["alice"]
 
 
-@pytest.mark.slow
 def test_two_processes_recording_500_calls_each_end_with_the_exact_sum(live_server, acme):
     project, raw = acme
     users = ["alice", "bob"]

@@ -16,7 +16,8 @@ from budget_client import AsyncClient, BudgetExceeded, Client
 from budgets.models import CostEvent, Project, UserBudget
 from tests.client_support import DROP_AFTER_FORWARD, FlakyProxy
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.reservations]
+# slow: each test empties the database, loads the price map again and talks HTTP to the live server.
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.reservations]
 
 MESSAGES = [{"role": "user", "content": "Write a haiku about budgets."}]
 COMPLETION = {"model": "gpt-4o-mini", "usage": {"prompt_tokens": 1000, "completion_tokens": 500}}
