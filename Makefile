@@ -6,7 +6,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint bench clean
+.PHONY: run test test-fast install lint bench clean
+
+# `make test-fast` leaves out the browser tests, the real Celery workers and the tests marked
+# slow (other processes, faults, property tests, big pages, live-server clients): see pytest.ini.
+FAST := not slow and not browser and not celery_worker
+# With DATABASE_URL unset the suite runs on SQLite, which skips the tests marked postgres: they
+# run again on this PostgreSQL when it answers (pytest-django creates and drops test_<name>).
+LOCAL_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/budget_local
 
 $(STAMP): requirements.txt requirements-test.txt requirements-litellm.txt clients/python/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -23,6 +30,22 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(call on_local_postgres,postgres)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "$(FAST)" $(PYTEST_ARGS)
+	$(call on_local_postgres,postgres and $(FAST))
+
+# The tests marked postgres (and $(1)) on LOCAL_DATABASE_URL, if DATABASE_URL is unset and it
+# answers. Exit status 5 (no test selected, e.g. PYTEST_ARGS named a file without any) is fine.
+define on_local_postgres
+	@if [ -n "$$DATABASE_URL" ]; then exit 0; fi; \
+	if ! $(BIN)/python -m tests.postgres_support "$(LOCAL_DATABASE_URL)"; then \
+	  echo "No PostgreSQL answers at $(LOCAL_DATABASE_URL): the tests marked postgres stay skipped."; exit 0; fi; \
+	echo "The tests marked postgres, on $(LOCAL_DATABASE_URL):"; \
+	DATABASE_URL="$(LOCAL_DATABASE_URL)" $(BIN)/python -m pytest -m "$(1)" $(PYTEST_ARGS); \
+	status=$$?; [ $$status -eq 0 ] || [ $$status -eq 5 ]
+endef
 
 lint: install
 	$(BIN)/ruff check budgets budgetsite tests bench clients

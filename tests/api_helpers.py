@@ -1,4 +1,4 @@
-"""Helpers for the JSON API and hosted-protocol tests (plain functions; fixtures live in the test files)."""
+"""Helpers for the JSON API and hosted-protocol tests: plain functions; the fixtures on them are in conftest.py."""
 
 from __future__ import annotations
 

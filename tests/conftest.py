@@ -1,21 +1,31 @@
-"""Fixtures shared by the whole suite."""
+"""Fixtures shared by the whole suite.
+
+A module that needs a variant asks for the factory (`make_budget`, `make_api`, `make_live_project`)
+or overrides the fixture with one that takes it (`def api(api, make_budget): ...`); it does not copy it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.conf import settings
+from django.db import connections
+from django.test import Client
 
 from budgets import pricing, services
 from budgets.models import ModelPrice, Project
 from budgets.services.prices import load_price_map
+from tests.api_helpers import ApiClient, new_key
 
 ON_POSTGRES = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    skip = pytest.mark.skip(reason="needs PostgreSQL (set DATABASE_URL=postgres://...)")
+    skip = pytest.mark.skip(reason="needs PostgreSQL: `make test` runs it on 127.0.0.1's when it answers, "
+                                   "or set DATABASE_URL=postgres://...")
     for item in items:
         if "postgres" in item.keywords and not ON_POSTGRES:
             item.add_marker(skip)
@@ -59,3 +69,63 @@ def make_budget(project):
         return budget
 
     return make
+
+
+# --- a project's API key and a client that sends it ------------------------------------------------
+
+
+@pytest.fixture
+def api_key(project) -> str:
+    """The raw secret of a fresh API key of `project`."""
+    return new_key(project)
+
+
+@pytest.fixture
+def make_api(project) -> Callable[..., ApiClient]:
+    """An ApiClient with a fresh key of `project` (or `in_project`), on Django's test `client` if given."""
+
+    def make(*, in_project: Project | None = None, client: Client | None = None) -> ApiClient:
+        return ApiClient(new_key(in_project or project), client)
+
+    return make
+
+
+@pytest.fixture
+def api(make_api) -> ApiClient:
+    """An ApiClient authenticated with a fresh key of `project`."""
+    return make_api()
+
+
+# --- the same against a live server (the Python client, LiteLLM) ----------------------------------
+
+
+@pytest.fixture
+def make_live_project(transactional_db, monkeypatch) -> Callable[..., tuple[Project, str]]:
+    """Make a project with an API key (and budgets) for a live server; returns (project, raw key)."""
+    # The live server answers each request in a new thread: close its connection after the
+    # request, or PostgreSQL still sees sessions when the test database is dropped.
+    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)
+
+    def make(name: str = "acme", *, budgets: dict[str, str] | None = None) -> tuple[Project, str]:
+        project = services.project_create(name=name)
+        _, raw = services.api_key_create(project=project, name="test")
+        for user_id, total in (budgets or {}).items():
+            services.budget_set(project=project, user_id=user_id, total_budget=Decimal(total), actor="test")
+        return project, raw
+
+    return make
+
+
+@pytest.fixture
+def acme(make_live_project) -> tuple[Project, str]:
+    """The project `acme` and the raw secret of its key, for tests served by live_server."""
+    return make_live_project()
+
+
+@pytest.fixture
+def budget_client(live_server, acme) -> Iterator[Any]:
+    """The Python client (clients/python) on the live server with acme's key; no waiting between retries."""
+    from budget_client import Client as BudgetClient
+
+    with BudgetClient(live_server.url, acme[1], backoff=0.01) as client:
+        yield client

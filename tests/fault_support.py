@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,11 +18,11 @@ from typing import Any
 
 import pytest
 
+from tests.redis_support import PrivateRedis, free_port, need_redis_server
 from tests.test_outage import PG_BIN, PrivatePostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).with_name("gunicorn")
-REDIS_SERVER = shutil.which("redis-server")
 
 __all__ = [
     "PG_BIN",
@@ -38,17 +35,6 @@ __all__ = [
     "need_postgres_server",
     "need_redis_server",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def need_redis_server() -> None:
-    if REDIS_SERVER is None:
-        pytest.skip("needs the redis-server program (a private Redis is started and stopped)")
 
 
 def need_postgres_server() -> None:
@@ -66,62 +52,6 @@ class RestartablePostgres(PrivatePostgres):
         options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
         subprocess.run([*self.as_owner, str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
                         "-o", options, "-m", "fast", "-w", "restart"], check=True, capture_output=True)
-
-
-class PrivateRedis:
-    """A redis-server of the test's own, to pause (SIGSTOP), kill and start again on the same port."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        self.folder = folder
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [REDIS_SERVER or "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
-             "--save", "", "--appendonly", "no", "--dir", str(self.folder)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if self.command("PING") == "PONG":
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def pause(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGCONT)  # a stopped process dies on SIGKILL too, but be plain
-            self.process.kill()
-            self.process.wait(10)
-            self.process = None
-
-    def command(self, *args: str) -> Any:
-        """One RESP command on a fresh connection (no client library): a simple or integer reply."""
-        payload = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-            sock.sendall(payload.encode())
-            reply = sock.recv(65536).decode()
-        kind, rest = reply[0], reply[1:].split("\r\n", 1)[0]
-        if kind == ":":
-            return int(rest)
-        if kind == "-":
-            raise RuntimeError(rest)
-        return rest
 
 
 class Gunicorn:

@@ -29,11 +29,6 @@ COMPLETION = {
 
 
 @pytest.fixture
-def api(project):
-    return ApiClient(new_key(project))
-
-
-@pytest.fixture
 def alice(make_budget):
     return make_budget("alice", "10")
 
@@ -434,6 +429,7 @@ cost_bodies = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=cost_bodies, enforce=st.booleans(), key=st.none() | st.sampled_from(["a", "b"]))
 def test_random_cost_bodies_never_get_a_500(api, alice, body, enforce, key):
@@ -471,6 +467,7 @@ well_formed_bodies = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=well_formed_bodies)
 def test_well_formed_cost_bodies_record_exactly_what_they_answer(api, alice, body):

@@ -24,9 +24,9 @@ WRITES = [
 
 
 @pytest.fixture
-def api(project, make_budget):
+def api(api, make_budget):
     make_budget("alice", "10")
-    return ApiClient(new_key(project))
+    return api
 
 
 @pytest.mark.parametrize(("method", "path"), WRITES)

@@ -20,11 +20,6 @@ def other(db):
     return services.project_create(name="other")
 
 
-@pytest.fixture
-def api(project):
-    return ApiClient(new_key(project))
-
-
 @pytest.mark.parametrize("header", [
     None, "", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "Bearer bm_unknown", "Bearer not-even-a-key",
     "Token bm_x", "Bearer " + "x" * 5000,

@@ -11,16 +11,11 @@ from budgets import services
 from budgets.manager import BudgetManager
 from budgets.models import AuditLog, BudgetPeriod, CostEvent, UserBudget
 from budgets.usage import Usage
-from tests.api_helpers import ApiClient, assert_error, body_of, db_state, new_key
+from tests.api_helpers import assert_error, body_of, db_state
 
 pytestmark = pytest.mark.django_db
 
 HELLO = [{"role": "user", "content": "Hello, how are you today?"}]
-
-
-@pytest.fixture
-def api(project):
-    return ApiClient(new_key(project))
 
 
 def spend(project, user="alice", model="gpt-4o-mini", cost="1"):

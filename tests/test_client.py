@@ -24,7 +24,6 @@ from budget_client import (
     UnknownModel,
     ValidationError,
 )
-from django.db import connections
 
 from budgets import services
 from budgets.models import AuditLog, CostEvent, ModelSpend, Project, UserBudget
@@ -32,26 +31,16 @@ from tests.client_support import DROP_AFTER_FORWARD, FAIL_429, FAIL_503, FlakyPr
 
 from .api_helpers import db_state
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# slow: each test empties the database, loads the price map again and talks HTTP to the live server.
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 COMPLETION = {"model": "gpt-4o-mini", "usage": {"prompt_tokens": 1000, "completion_tokens": 500}}
 GPT_4O_MINI_1000_500 = Decimal("0.00045")  # 1000 × $0.15/M + 500 × $0.60/M
 
 
 @pytest.fixture
-def acme(transactional_db, monkeypatch):
-    # The live server answers each request in a new thread: close its connection after the
-    # request, or PostgreSQL still sees sessions when the test database is dropped.
-    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)
-    project = services.project_create(name="acme")
-    _, raw = services.api_key_create(project=project, name="client")
-    return project, raw
-
-
-@pytest.fixture
-def client(live_server, acme):
-    with Client(live_server.url, acme[1], backoff=0.01) as client:
-        yield client
+def client(budget_client):
+    return budget_client
 
 
 @pytest.fixture

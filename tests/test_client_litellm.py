@@ -15,7 +15,6 @@ from decimal import Decimal
 
 import pytest
 from budget_client import BudgetExceeded, Client
-from django.db import connections
 
 from budgets import services
 from budgets.models import CostEvent, UserBudget
@@ -23,7 +22,8 @@ from budgets.models import CostEvent, UserBudget
 # litellm reads this when it is imported: its bundled price map, not a download.
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# slow: importing LiteLLM alone takes seconds.
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 MESSAGES = [{"role": "user", "content": "Say hello to the budget."}]
 
@@ -41,19 +41,13 @@ def integration(litellm):
 
 
 @pytest.fixture
-def acme(transactional_db, monkeypatch):
-    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)
-    project = services.project_create(name="acme")
-    _, raw = services.api_key_create(project=project, name="litellm")
-    for user in ("alice", "bob"):
-        services.budget_set(project=project, user_id=user, total_budget=Decimal(10), actor="test")
-    return project, raw
+def acme(make_live_project):
+    return make_live_project(budgets={"alice": "10", "bob": "10"})
 
 
 @pytest.fixture
-def client(live_server, acme):
-    with Client(live_server.url, acme[1], backoff=0.01) as client:
-        yield client
+def client(budget_client):
+    return budget_client
 
 
 class CostWitness:

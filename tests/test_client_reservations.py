@@ -12,13 +12,12 @@ from decimal import Decimal
 
 import pytest
 from budget_client import AsyncClient, BudgetExceeded, Client
-from django.db import connections
 
-from budgets import services
 from budgets.models import CostEvent, Project, UserBudget
 from tests.client_support import DROP_AFTER_FORWARD, FlakyProxy
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.reservations]
+# slow: each test empties the database, loads the price map again and talks HTTP to the live server.
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.reservations]
 
 MESSAGES = [{"role": "user", "content": "Write a haiku about budgets."}]
 COMPLETION = {"model": "gpt-4o-mini", "usage": {"prompt_tokens": 1000, "completion_tokens": 500}}
@@ -26,18 +25,9 @@ GPT_4O_MINI_1000_500 = Decimal("0.00045")
 
 
 @pytest.fixture
-def acme(transactional_db, monkeypatch):
-    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)
-    project = services.project_create(name="acme")
-    _, raw = services.api_key_create(project=project, name="client")
-    return project, raw
-
-
-@pytest.fixture
-def client(live_server, acme):
-    with Client(live_server.url, acme[1], backoff=0.01) as client:
-        client.set_budget("alice", 1)
-        yield client
+def client(budget_client):
+    budget_client.set_budget("alice", 1)
+    return budget_client
 
 
 def spend(user: str) -> Decimal:

@@ -63,6 +63,7 @@ def ranges(zone: ZoneInfo) -> list[console.DateRange]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", [64, 3, 1])
 def test_the_ranking_equals_summing_every_day(ledger, monkeypatch, depth):
     monkeypatch.setattr(console, "RANKING_DEPTH", depth)

@@ -173,6 +173,7 @@ def client_as(team: Team, role: str) -> Client:
     return client
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("route", ROUTES, ids=[r.name for r in ROUTES])
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize("which", ["own project", "other project"])

@@ -279,6 +279,7 @@ def ten_thousand_users(project):
     return project
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sort", ["-spend", "user", "-user", "budget", "used", "-used", "duration", "reset"])
 def test_the_users_page_of_10000_users_takes_a_few_queries(client, ten_thousand_users, sort,
                                                             django_assert_max_num_queries):
@@ -316,6 +317,7 @@ def test_users_are_sorted_by_utilisation(client, project, make_budget):
     assert re.findall(r'users/(\w+)">', body) == ["high", "mid", "low", "zero"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", ["overview", "models", "settings"])
 def test_the_other_pages_render_with_10000_users(client, ten_thousand_users, page, django_assert_max_num_queries):
     with django_assert_max_num_queries(20):
@@ -324,6 +326,7 @@ def test_the_other_pages_render_with_10000_users(client, ten_thousand_users, pag
     assert response.status_code == 200
 
 
+@pytest.mark.slow
 def test_the_projects_page_counts_users_near_their_limit_in_one_query(client, ten_thousand_users,
                                                                       django_assert_max_num_queries):
     expected = sum(1 for b in UserBudget.objects.all() if b.total_budget > 0 and b.utilisation >= 80)

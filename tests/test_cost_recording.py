@@ -22,6 +22,7 @@ def record(project, user="alice", model="gpt-4o-mini", prompt=0, completion=0, *
     )
 
 
+@pytest.mark.slow
 def test_a_million_tokens_a_thousand_times_cost_exactly_150_dollars(project, make_budget):
     make_budget(total_budget="1000")
 

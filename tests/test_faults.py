@@ -50,6 +50,8 @@ from tests.fault_support import (
 )
 from tests.test_outage import App
 
+pytestmark = pytest.mark.slow  # every test here starts servers of its own and breaks them
+
 CLIENT_THREADS = 2
 ALERT_LINE = "could not queue the delivery of alert"
 

@@ -76,6 +76,7 @@ schema = _load_schema()
 
 # Committed per request, as in production: inside one test transaction, a request the API refuses
 # after a database error (an offset past bigint: a 400) would poison every later example.
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 @schema.parametrize()
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
@@ -213,6 +214,7 @@ HOSTILE = settings(max_examples=150, deadline=None, derandomize=True, database=N
                                           HealthCheck.data_too_large])
 
 
+@pytest.mark.slow
 @pytest.mark.django_db
 @HOSTILE
 @given(user_dict=raw_user_dict)
@@ -228,6 +230,7 @@ def test_hosted_set_budget_answers_200_or_a_clear_4xx_to_any_user_dict_and_a_4xx
         assert json.loads(response.content)["status"] == "error"
 
 
+@pytest.mark.slow
 @pytest.mark.django_db
 @HOSTILE
 @given(body=raw_cost_body, user=st.one_of(st.just("alice"), user_ids))

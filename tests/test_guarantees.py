@@ -32,7 +32,7 @@ from budgets.models import CostEvent, ModelSpend, Project, Reservation, UserBudg
 from budgets.usage import Usage
 from tests.api_helpers import new_key
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).with_name("gunicorn")

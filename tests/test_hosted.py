@@ -42,8 +42,8 @@ class Hosted:
 
 
 @pytest.fixture
-def hosted(project):
-    return Hosted(new_key(project))
+def hosted(api_key):
+    return Hosted(api_key)
 
 
 def record(total=10.0, duration=None, current_cost=None, model_cost=None, **extra):
@@ -513,6 +513,7 @@ def test_a_late_create_budget_save_does_not_reset_spend_recorded_after_it(hosted
     assert not AuditLog.objects.filter(action="budget_reset_hosted").exists()
 
 
+@pytest.mark.slow
 def test_a_user_dict_over_1_mib_is_merged(hosted, project):
     user_dict = {f"user-{n:05d}": record(10, duration=1, current_cost=0.001, model_cost={"gpt-4o-mini": 0.001})
                  for n in range(8000)}

@@ -16,7 +16,7 @@ from budgets import services
 from budgets.models import AuditLog, CostEvent, ModelSpend, Project, SpendDay, UserBudget
 from budgets.services import hosted as hosted_service
 from budgets.services import ledger
-from tests.api_helpers import db_state, new_key
+from tests.api_helpers import db_state
 from tests.test_hosted import Hosted, record
 
 pytestmark = pytest.mark.django_db
@@ -25,8 +25,8 @@ FLOATS = {"current_cost": 0.3, "model_cost": {"gpt-4o": 0.1, "claude": 0.2}}
 
 
 @pytest.fixture
-def hosted(project):
-    return Hosted(new_key(project))
+def hosted(api_key):
+    return Hosted(api_key)
 
 
 def test_a_first_save_writes_each_budget_with_its_spend_and_baseline(hosted, project):

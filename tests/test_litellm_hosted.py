@@ -14,7 +14,6 @@ import urllib.request
 from decimal import Decimal
 
 import pytest
-from django.db import connections
 
 from budgets import services
 from budgets.models import AuditLog, CostEvent, ModelSpend, UserBudget
@@ -24,7 +23,8 @@ from budgets.usage import Usage
 # "true" in any case means its bundled price map, not a download.
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# slow: importing LiteLLM alone takes seconds.
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 TOLERANCE = Decimal("1e-12")  # the client adds floats; the server keeps 12 places
 
@@ -47,16 +47,6 @@ def saves_must_not_fail(monkeypatch):
     yield
     wait_for_saves()
     assert not failures, failures
-
-
-@pytest.fixture
-def acme(transactional_db, monkeypatch):
-    # The live server answers each request in a new thread: close its connection after the
-    # request, or PostgreSQL still sees sessions when the test database is dropped.
-    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)
-    project = services.project_create(name="acme")
-    _, raw = services.api_key_create(project=project, name="litellm")
-    return project, raw
 
 
 def manager(litellm, live_server, raw_key: str, project_name: str = "acme"):

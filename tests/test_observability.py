@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 
 from budgets.observability import JsonFormatter, RedactSecrets, RequestIdFilter, redact
-from tests.api_helpers import ApiClient, new_key
+from tests.api_helpers import new_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def api(client, project):
-    return ApiClient(new_key(project), client)
+def api(make_api, client):
+    return make_api(client=client)
 
 
 @pytest.mark.django_db
@@ -87,6 +87,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_metrics_add_up_across_gunicorn_workers(tmp_path):
     """Multiprocess mode: 2 workers answer 40 requests; one scrape counts all 40."""
     port = _free_port()

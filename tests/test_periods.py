@@ -139,6 +139,7 @@ def assert_is_utc(period: Period) -> None:
 # --- properties: calendar durations ----------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("duration", CALENDAR_DURATIONS)
 @PROPERTY_SETTINGS
 @given(case=zoned_instants())
@@ -159,6 +160,7 @@ def test_calendar_periods_contain_the_instant_and_tile_time(
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("duration", CALENDAR_DURATIONS)
 @PROPERTY_SETTINGS
 @given(case=zoned_instants())
@@ -173,6 +175,7 @@ def test_calendar_periods_start_at_local_midnight_on_the_right_day(
     assert next_first_day == first_day_of_next_period(duration, first_day)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("duration", CALENDAR_DURATIONS)
 @PROPERTY_SETTINGS
 @given(case=zoned_instants())
@@ -186,6 +189,7 @@ def test_next_period_starts_where_the_current_one_resets(
     assert following.start == period.next_reset
 
 
+@pytest.mark.slow
 @PROPERTY_SETTINGS
 @given(case=zoned_instants(), offset_minutes=st.integers(-14 * 60, 14 * 60))
 def test_the_period_does_not_depend_on_the_zone_the_instant_is_written_in(
@@ -215,6 +219,7 @@ def day_count_cases(draw: st.DrawFn) -> tuple[str, datetime, int, datetime]:
     return zone, anchor, days, anchor + timedelta(days=days * k, microseconds=offset)
 
 
+@pytest.mark.slow
 @PROPERTY_SETTINGS
 @given(case=day_count_cases())
 def test_day_count_periods_tile_time_from_the_anchor(
@@ -234,6 +239,7 @@ def test_day_count_periods_tile_time_from_the_anchor(
     assert same(period.start - US).next_reset == period.start
 
 
+@pytest.mark.slow
 @PROPERTY_SETTINGS
 @given(case=day_count_cases())
 def test_day_count_periods_start_k_times_n_local_days_after_the_anchor(

@@ -99,6 +99,7 @@ def test_the_snapshot_is_litellms_map_with_thousands_of_models() -> None:
     assert snapshot_map()["gpt-4o"]["input_cost_per_token"] == GPT_4O_INPUT
 
 
+@pytest.mark.slow
 @pytest.mark.django_db
 def test_the_snapshot_loads_every_model_in_the_map(empty_price_table: None) -> None:
     result = load_price_map()
@@ -134,6 +135,7 @@ def test_migrate_has_loaded_the_snapshot(migrations_ran: None) -> None:
     assert ModelPrice.objects.count() == snapshot_model_count()
 
 
+@pytest.mark.slow
 @pytest.mark.django_db
 def test_a_second_load_changes_nothing(empty_price_table: None, django_assert_max_num_queries: Any) -> None:
     load_price_map()

@@ -21,11 +21,6 @@ MESSAGES = [{"role": "user", "content": "Hello there"}]
 
 
 @pytest.fixture
-def api(project):
-    return ApiClient(new_key(project))
-
-
-@pytest.fixture
 def alice(make_budget):
     return make_budget("alice", "10")
 

@@ -14,7 +14,7 @@ from budgets import services
 from budgets.manager import BudgetManager
 from budgets.models import CostEvent, ModelDay, SpendDay, UserDay, UserMonth
 from budgets.services.rollups import local_day
-from tests.api_helpers import ApiClient, body_of, new_key
+from tests.api_helpers import body_of
 
 pytestmark = pytest.mark.django_db
 TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT")
@@ -53,8 +53,8 @@ def assert_coarser_grains_agree(project) -> None:
 
 
 @pytest.fixture
-def api(client, project):
-    return ApiClient(new_key(project), client)
+def api(make_api, client):
+    return make_api(client=client)
 
 
 def test_every_writer_keeps_the_rollups_equal_to_the_ledger(api, project, make_budget):
@@ -81,6 +81,7 @@ def test_every_writer_keeps_the_rollups_equal_to_the_ledger(api, project, make_b
     assert_coarser_grains_agree(project)
 
 
+@pytest.mark.slow
 def test_a_hosted_save_of_many_users_adds_to_the_rollups_in_bulk(api, project, monkeypatch):
     """Past BULK_EVENTS events (PostgreSQL: COPY and one INSERT ... SELECT per grain), the same sums."""
     from budgets.services import ledger

@@ -31,9 +31,10 @@ from budgets import services
 from budgets.models import Alert, CostEvent, Project, UserBudget
 from budgets.services.schedule import beat_schedule_install
 from tests.api_helpers import new_key
-from tests.celery_support import WebhookReceiver, redis_url_or_skip
+from tests.celery_support import WebhookReceiver
+from tests.redis_support import redis_url_or_skip
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -26,6 +26,7 @@ def seed(*args: str) -> str:
     return out.getvalue()
 
 
+@pytest.mark.slow
 def test_the_defaults_fill_a_demo_project_quickly():
     output = seed()
 
@@ -45,6 +46,7 @@ def test_the_key_it_prints_opens_the_demo_project():
     assert key is not None and key.project.name == "demo"
 
 
+@pytest.mark.slow
 def test_spend_agrees_with_the_ledger_everywhere():
     seed("--users", "30", "--days", "40", "--events", "3000", "--project", "check")
     project = Project.objects.get(name="check")
@@ -115,6 +117,7 @@ def test_the_project_has_its_finished_periods_like_the_sweep_would_have_left_the
     assert "No finished periods yet" not in page
 
 
+@pytest.mark.slow
 def test_a_few_users_are_over_budget_and_most_are_not():
     seed("--users", "60", "--days", "30", "--events", "6000")
 

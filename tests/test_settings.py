@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # every test here starts manage.py in a process of its own
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -10,7 +10,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from datetime import timedelta
 from decimal import Decimal
@@ -32,9 +31,9 @@ from tests.celery_support import (
     closed_port,
     embedded_broker,
     redis_broker,
-    redis_url_or_skip,
     running_worker,
 )
+from tests.redis_support import PrivateRedis, redis_url_or_skip
 
 
 def spend(project: Project, user: str, dollars: str):
@@ -151,6 +150,7 @@ with Connection(url, transport_options={"connect_args": {"timeout": 30}}) as con
 """
 
 
+@pytest.mark.slow
 def test_several_processes_publish_and_consume_each_message_exactly_once(tmp_path):
     folder, name = tmp_path / "broker", queue_name()
     url = embedded_broker(folder)["broker_url"]
@@ -261,6 +261,7 @@ def test_a_worker_retries_a_failing_webhook_with_backoff(broker, project, make_b
 # --- the broker is down ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_recording_cost_succeeds_with_the_broker_down_and_the_alert_goes_out_once_it_is_back(
     project, make_budget, tmp_path, caplog
@@ -292,6 +293,7 @@ def test_recording_cost_succeeds_with_the_broker_down_and_the_alert_goes_out_onc
     assert alert.delivered_at is not None
 
 
+@pytest.mark.slow
 @pytest.mark.django_db
 def test_queueing_on_a_broker_that_never_answers_gives_up_instead_of_hanging(caplog):
     # A port that accepts connections (the kernel's backlog) but never answers a command.
@@ -309,6 +311,7 @@ def test_queueing_on_a_broker_that_never_answers_gives_up_instead_of_hanging(cap
     assert "could not queue the delivery of alert 12345" in caplog.text
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_the_api_records_cost_with_the_broker_down(project, make_budget, client):
     make_budget("alice", total_budget="10")
@@ -323,39 +326,6 @@ def test_the_api_records_cost_with_the_broker_down(project, make_budget, client)
     assert response.status_code == 201
     assert UserBudget.objects.get().current_spend == Decimal(9)
     assert Alert.objects.filter(delivered_at__isnull=True).count() == 1
-
-
-class PrivateRedis:
-    """A redis-server of the test's own on a free loopback port, to stop and start again."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port = closed_port()
-        self.folder = folder
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
-             "--save", "", "--appendonly", "no", "--dir", str(self.folder)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
 
 
 @pytest.mark.celery_worker

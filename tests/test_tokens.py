@@ -93,6 +93,7 @@ def no_download(monkeypatch):
 # --- encodings match tiktoken ------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ENCODING_NAMES)
 def test_shipped_encoding_is_identical_to_tiktokens_own_definition(name, reference):
     ours = tokens.get_encoding(name)
@@ -373,6 +374,7 @@ _OFFLINE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("users_cache_dir", [False, True])
 def test_counting_works_offline_without_any_download_or_cache_dir(tmp_path, reference, users_cache_dir):
     home = tmp_path / "home"
@@ -488,6 +490,7 @@ def test_tiktoken_itself_replaces_a_tampered_cache_file_by_downloading_which_is_
         tiktoken.load.read_file_cached(url, expected)
 
 
+@pytest.mark.slow
 def test_a_later_change_to_tiktoken_cache_dir_does_not_redirect_loading(
     monkeypatch, fresh_caches, no_download, tmp_path
 ):

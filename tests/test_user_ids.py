@@ -12,7 +12,7 @@ from django.urls import reverse
 from budgets import services
 from budgets.errors import InvalidInput
 from budgets.models import UserBudget
-from tests.api_helpers import ApiClient, assert_error, body_of, db_state, new_key
+from tests.api_helpers import assert_error, body_of, db_state, new_key
 from tests.test_hosted import Hosted, record
 
 pytestmark = pytest.mark.django_db
@@ -20,11 +20,6 @@ pytestmark = pytest.mark.django_db
 UNADDRESSABLE = ["a/../b", "../etc", "a/./b", ".", "..", "a/..", "line\nbreak", "tab\tx", "bell\x07", "del\x7f",
                  "sep\u2028x"]
 FINE = ["alice@example.com", "team/alice", "a..b", ".hidden", "a/...", "名前", "with space"]
-
-
-@pytest.fixture
-def api(project):
-    return ApiClient(new_key(project))
 
 
 @pytest.mark.parametrize("user_id", UNADDRESSABLE)
