@@ -34,6 +34,8 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+pytestmark = pytest.mark.slow  # one gunicorn and a shell per block: not in make test-fast
+
 BASE_DIR = Path(settings.BASE_DIR)
 DOCUMENTS = ["README.md", *sorted(str(p.relative_to(BASE_DIR)) for p in (BASE_DIR / "docs").glob("*.md"))]
 SHELL = frozenset({"sh", "bash", "console", "shell"})

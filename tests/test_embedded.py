@@ -170,7 +170,8 @@ print("queued")
 def test_run_embedded_serves_the_site_resets_budgets_with_its_worker_and_stops_on_ctrl_c(embedded, var_dir):
     assert embedded.wait_until_up() == 200
     password = (var_dir / "admin_password").read_text().strip()
-    assert f"Log in as admin with password {password}" in embedded.output
+    # printed once run_embedded's own poll sees the server answer: a moment after this test's poll may
+    assert wait_until(lambda: f"Log in as admin with password {password}" in embedded.output), embedded.output
     assert f"running at http://127.0.0.1:{embedded.port}/" in embedded.output
     assert embedded.accepting_when_announced is True  # announced only once the web server listens
 
@@ -203,7 +204,8 @@ def test_when_a_child_dies_run_embedded_stops_the_others_and_fails(embedded, var
     children = embedded.children()
     # The superuser and its password survive a restart.
     password = (var_dir / "admin_password").read_text().strip()
-    assert f"Log in as admin with password {password}" in embedded.output
+    # printed once run_embedded's own poll sees the server answer: a moment after this test's poll may
+    assert wait_until(lambda: f"Log in as admin with password {password}" in embedded.output), embedded.output
 
     os.kill(children["worker"], signal.SIGKILL)
 

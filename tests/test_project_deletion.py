@@ -236,7 +236,7 @@ def test_another_project_records_while_a_big_one_is_removed_in_batches(project, 
     print(f"\nbatched delete: {purged[0].rows} rows in {purged[0].batches} batches; "
           f"{len(answers)} costs of another project meanwhile, slowest {slowest * 1000:.0f} ms")
     assert set(answers) == {201}
-    assert slowest < 2
+    # No assertion on `slowest`: tests never assert timings (a shared machine); the figure is printed.
     assert purged[0].batches >= 40
     assert not CostEvent.objects.filter(project_id=project.pk).exists()
     assert CostEvent.objects.filter(project=other).count() == len(answers)

@@ -150,7 +150,6 @@ class Settled:
     created: bool  # False for a retried settle: nothing new was recorded
 
 
-@atomic_retried
 def _settled_again(project: Project, reservation: Reservation) -> CostRecorded:
     """A retried settle's figures: those kept with the first settle, or (a settle kept before the
     figures were, whose stored answer is another shape) the user's figures now."""
@@ -163,6 +162,7 @@ def _settled_again(project: Project, reservation: Reservation) -> CostRecorded:
                         exceeded=exceeded_scope(current.budget, project), model_costs=current.model_costs)
 
 
+@atomic_retried
 def reservation_settle(
     *, project: Project, reservation_id: int, usage: Usage, cost: Any = None, source: str,
 ) -> Settled:
