@@ -11,6 +11,7 @@ from django.utils.timezone import now as utcnow
 from .. import periods
 from ..models import ModelSpend, Project, UserBudget
 from ..money import to_money
+from .admission import lock_project
 from .audit import SYSTEM_LAZY, budget_snapshot, write_audit
 from .common import validate_duration, validate_user_id
 from .resets import _due_rows, _reset_rows
@@ -31,6 +32,7 @@ def budget_set(
     at = utcnow()
     anchor = created_at or at
     with transaction.atomic():
+        lock_project(project)  # the one lock order (project, then budgets): a delete or a record holds it
         budget = UserBudget.objects.select_for_update().filter(project=project, user_id=user_id).first()
         if budget is None:
             period = periods.period_containing(duration, project.timezone, at, days=duration_days, anchor=anchor)
