@@ -101,8 +101,8 @@ def sql_per_record(row: Row, key: str) -> None:
 
     from budgets import services
     from budgets.api.auth import api_key_auth  # noqa: F401  (import cost outside the measurement)
+    from budgets.domain.usage import Usage
     from budgets.models import Project
-    from budgets.usage import Usage
 
     client = Client()
     headers = {"HTTP_AUTHORIZATION": f"Bearer {key}"}
@@ -272,7 +272,7 @@ def hosted_in_process(row: Row, users: int, base: float) -> None:
     A sample: today's merge writes each user through the services, and 10k users take many minutes.
     """
     try:
-        from budgets.codec import loads
+        from budgets.domain.codec import loads
         from budgets.services.hosted import hosted_budget_get, hosted_budget_set
     except ImportError as exc:
         row.note(f"in-process hosted merge not measured: {exc}")

@@ -137,7 +137,7 @@ WORDS = ("budget", "model", "token", "latency", "customer", "invoice", "the", "a
 
 def conversation(tokens: int) -> tuple[list[dict[str, str]], str]:
     """A chat of alternating turns with about `tokens` o200k tokens of content, and its joined text."""
-    from budgets import tokens as budget_tokens
+    from budgets.domain import tokens as budget_tokens
 
     encoding = budget_tokens.get_encoding("o200k_base")
     rng = random.Random(6)
@@ -153,7 +153,7 @@ def conversation(tokens: int) -> tuple[list[dict[str, str]], str]:
 
 def row_projected(args: argparse.Namespace, env: dict[str, str]) -> Row:
     from budgets import selectors, services
-    from budgets import tokens as budget_tokens
+    from budgets.domain import tokens as budget_tokens
 
     row = Row("6", "projected cost of a 10,000-token conversation (gpt-4o, in-process selectors) vs raw tiktoken")
     project = services.project_create(name=f"bench-projected-{time.time_ns()}", actor="bench")
@@ -213,9 +213,10 @@ def compare(row: Row, name: str, base_name: str, base: Callable[[], object], oth
 
 
 def row_micro(args: argparse.Namespace, env: dict[str, str]) -> Row:
-    from budgets import pricing, services, tokens
+    from budgets import services
+    from budgets.domain import pricing, tokens
+    from budgets.domain.usage import Usage
     from budgets.models import ModelPrice
-    from budgets.usage import Usage
 
     row = Row("micro", "in-process comparisons: caches and the cost of pricing (median of 5, interleaved)")
     models = list(ModelPrice.objects.values_list("model", flat=True)[:200])

@@ -19,8 +19,8 @@ from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
-from . import services
-from .fields import MoneyField
+from .base.fields import MoneyField
+from .base.money import format_dollars
 from .models import (
     Alert,
     ApiKey,
@@ -34,12 +34,17 @@ from .models import (
     Reservation,
     UserBudget,
 )
-from .money import format_dollars
 from .selectors.console import project_contents
+from .services.alerts import alert_retry
+from .services.audit import actor_for_user
+from .services.keys import api_key_revoke
+from .services.prices import price_save_edited
+from .services.projects import project_create, project_delete, project_update
+from .services.user_budgets import budget_delete, budget_reset, budget_set
 
 
 def actor_for(request: HttpRequest) -> str:
-    return services.actor_for_user(request.user, via="admin")
+    return actor_for_user(request.user, via="admin")
 
 
 class MoneyInput(forms.TextInput):
@@ -161,27 +166,27 @@ class ProjectAdmin(MoneyAdmin):
 
     def delete_model(self, request: HttpRequest, obj: Project) -> None:
         # Through the console's service: keys revoked at once, rows removed in short batches.
-        services.project_delete(project=obj, actor=actor_for(request))
+        project_delete(project=obj, actor=actor_for(request))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Project]) -> None:
         for project in queryset:
-            services.project_delete(project=project, actor=actor_for(request))
+            project_delete(project=project, actor=actor_for(request))
 
     def save_model(self, request: HttpRequest, obj: Project, form: Any, change: bool) -> None:
         # Through the service, like every other entry point: the period and reset time set, one audit row.
         if change:
-            project = services.project_update(
+            project = project_update(
                 project=Project.objects.get(pk=obj.pk), actor=actor_for(request), name=obj.name,
                 max_budget=obj.max_budget, timezone=obj.timezone, duration=obj.duration,
                 duration_days=obj.duration_days, alert_thresholds=obj.alert_thresholds,
                 alert_webhook_url=obj.alert_webhook_url, alert_email=obj.alert_email,
             )
         else:
-            project = services.project_create(
+            project = project_create(
                 name=obj.name, actor=actor_for(request), max_budget=obj.max_budget, timezone=obj.timezone,
                 duration=obj.duration, duration_days=obj.duration_days,
             )
-            project = services.project_update(
+            project = project_update(
                 project=project, actor=actor_for(request), alert_thresholds=obj.alert_thresholds,
                 alert_webhook_url=obj.alert_webhook_url, alert_email=obj.alert_email,
             ) if (obj.alert_webhook_url or obj.alert_email) else project
@@ -233,7 +238,7 @@ class UserBudgetAdmin(MoneyAdmin):
         return [*fields, "project", "user_id"] if obj else fields
 
     def save_model(self, request: HttpRequest, obj: UserBudget, form: Any, change: bool) -> None:
-        budget, _ = services.budget_set(
+        budget, _ = budget_set(
             project=obj.project, user_id=obj.user_id, total_budget=obj.total_budget, duration=obj.duration,
             duration_days=obj.duration_days, actor=actor_for(request),
         )
@@ -241,17 +246,17 @@ class UserBudgetAdmin(MoneyAdmin):
         obj.refresh_from_db()
 
     def delete_model(self, request: HttpRequest, obj: UserBudget) -> None:
-        services.budget_delete(budget=obj, actor=actor_for(request))
+        budget_delete(budget=obj, actor=actor_for(request))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[UserBudget]) -> None:
         for budget in queryset:
-            services.budget_delete(budget=budget, actor=actor_for(request))
+            budget_delete(budget=budget, actor=actor_for(request))
 
     @admin.action(description="Reset selected budgets (spend to zero)")
     def reset_selected(self, request: HttpRequest, queryset: QuerySet[UserBudget]) -> None:
         count = 0
         for budget in queryset:
-            services.budget_reset(budget=budget, actor=actor_for(request))
+            budget_reset(budget=budget, actor=actor_for(request))
             count += 1
         self.message_user(request, f"Reset {count} budget(s).", messages.SUCCESS)
 
@@ -295,7 +300,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
     readonly_fields = ("source", "updated_at")
 
     def save_model(self, request: HttpRequest, obj: ModelPrice, form: Any, change: bool) -> None:
-        services.price_save_edited(price=obj)  # load_prices leaves rows edited here alone
+        price_save_edited(price=obj)  # load_prices leaves rows edited here alone
 
 
 @admin.register(ApiKey)
@@ -314,7 +319,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke selected keys")
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         for key in queryset:
-            services.api_key_revoke(key=key, actor=actor_for(request))
+            api_key_revoke(key=key, actor=actor_for(request))
         self.message_user(request, f"Revoked {queryset.count()} key(s).", messages.SUCCESS)
 
 
@@ -343,7 +348,7 @@ class AlertAdmin(MoneyAdmin):
 
     @admin.action(description="Retry delivery of selected undelivered alerts")
     def retry_delivery(self, request: HttpRequest, queryset: QuerySet[Alert]) -> None:
-        count = sum(services.alert_retry(alert=alert, actor=actor_for(request)) for alert in queryset)
+        count = sum(alert_retry(alert=alert, actor=actor_for(request)) for alert in queryset)
         self.message_user(request, f"Queued {count} alert(s) for delivery.", messages.SUCCESS)
 
 

@@ -21,10 +21,10 @@ from django import forms
 from django.contrib.auth import get_user_model, password_validation
 from django.core.exceptions import ValidationError
 
-from .errors import InvalidInput
+from .base.errors import InvalidInput
+from .base.validation import parse_alert_thresholds, validate_user_id
 from .models import Duration, Role
 from .selectors.console import DateRange
-from .validation import parse_alert_thresholds, validate_user_id
 
 # A user budget or a project cap above this is almost certainly a typo (and on SQLite
 # a money column holds at most about $9.2 million).

@@ -11,9 +11,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from . import selectors, services
+from .domain.usage import usage_from_completion, usage_from_texts
 from .models import CostEvent, Duration, Project, UserBudget
-from .usage import usage_from_completion, usage_from_texts
+from .selectors.budgets import budget_record, projected_cost, user_ids
+from .services.audit import actor_for_manager
+from .services.costs import cost_record
+from .services.projects import project_get_or_create
+from .services.resets import CurrentBudget, budget_current, ensure_current_period
+from .services.user_budgets import budget_reset, budget_set
 
 SEED_DURATIONS = {None: Duration.NONE, "daily": Duration.DAILY, "weekly": Duration.WEEKLY,
                   "monthly": Duration.MONTHLY, "yearly": Duration.YEARLY}
@@ -28,13 +33,13 @@ class BudgetManager:
         self.project_name = project_name
         self.client_type = client_type
         self.api_base = api_base
-        self.project: Project = services.project_get_or_create(name=project_name)
-        self.actor = services.actor_for_manager(project_name)
+        self.project: Project = project_get_or_create(name=project_name)
+        self.actor = actor_for_manager(project_name)
 
-    def _current(self, user: str) -> services.CurrentBudget:
+    def _current(self, user: str) -> CurrentBudget:
         """Every read of a user goes through here: the budget in its current period (the lazy reset)."""
         self.project.refresh_from_db()
-        return services.budget_current(project=self.project, user_id=user)
+        return budget_current(project=self.project, user_id=user)
 
     def _budget(self, user: str) -> UserBudget:
         return self._current(user).budget
@@ -45,15 +50,15 @@ class BudgetManager:
         if duration not in SEED_DURATIONS:
             raise ValueError('duration needs to be one of ["daily", "weekly", "monthly", "yearly"]')
         anchor = datetime.fromtimestamp(created_at if created_at is not None else time.time(), tz=UTC)
-        budget, _ = services.budget_set(
+        budget, _ = budget_set(
             project=self.project, user_id=user, total_budget=total_budget, duration=SEED_DURATIONS[duration],
             created_at=anchor, actor=self.actor,
         )
-        return selectors.budget_record(budget)
+        return budget_record(budget)
 
     def projected_cost(self, model: str, messages: list, user: str) -> Decimal:
         """The user's current cost plus the prompt cost of `messages` (counted with chat framing)."""
-        return selectors.projected_cost(self._budget(user), model, messages).projected_cost
+        return projected_cost(self._budget(user), model, messages).projected_cost
 
     def get_total_budget(self, user: str) -> Decimal:
         return self._budget(user).total_budget
@@ -69,10 +74,10 @@ class BudgetManager:
             raise ValueError(
                 "Either a chat completion object or the text response needs to be passed in."
             )
-        recorded = services.cost_record(
+        recorded = cost_record(
             project=self.project, user_id=user, usage=usage, source=CostEvent.Source.MANAGER
         )
-        return {"user": selectors.budget_record(recorded.budget)}
+        return {"user": budget_record(recorded.budget)}
 
     def get_current_cost(self, user: str) -> Decimal:
         """Spend in the current period, as the seed meant it: open reservations' holds are not cost."""
@@ -89,12 +94,12 @@ class BudgetManager:
         return True
 
     def get_users(self) -> list[str]:
-        return selectors.user_ids(self.project)
+        return user_ids(self.project)
 
     def reset_cost(self, user: str) -> dict[str, Any]:
         """Set the user's spend to zero (audited; the ledger stays); returns {"user": record}."""
-        budget = services.budget_reset(budget=self._budget(user), actor=self.actor)
-        return {"user": selectors.budget_record(budget)}
+        budget = budget_reset(budget=self._budget(user), actor=self.actor)
+        return {"user": budget_record(budget)}
 
     def reset_on_duration(self, user: str) -> None:
         """Reset the user if their period has ended (reading the budget does it)."""
@@ -102,7 +107,7 @@ class BudgetManager:
 
     def update_budget_all_users(self) -> None:
         """Reset every user of the project whose period has ended."""
-        services.ensure_current_period(self.project, all_users=True)
+        ensure_current_period(self.project, all_users=True)
 
     def save_data(self) -> dict[str, str]:
         """Every change is already in the database; answers as the seed does."""

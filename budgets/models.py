@@ -13,8 +13,8 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils.timezone import now
 
-from .fields import MoneyField
-from .money import format_dollars
+from .base.fields import MoneyField
+from .base.money import format_dollars
 
 # Prices per token are tiny (1.5e-7 and below): more places.
 PRICE: dict[str, Any] = {"max_digits": 24, "decimal_places": 18}

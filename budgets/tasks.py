@@ -14,8 +14,11 @@ from typing import Any
 from celery import shared_task
 from django.utils.timezone import now as utcnow
 
-from . import metrics, services
-from .services.alerts import DELIVER_ALERT_TASK, MAX_ATTEMPTS
+from . import metrics
+from .services.alerts import DELIVER_ALERT_TASK, MAX_ATTEMPTS, alert_deliver, alerts_requeue
+from .services.projects import projects_purge
+from .services.reservations import reservations_expire
+from .services.resets import reset_due_budgets, reset_due_projects
 
 PURGE_SECONDS = 20.0  # of each minute's sweep, for deleted projects' rows (in short batches)
 
@@ -36,10 +39,10 @@ def run_reset_sweep(*, at: datetime | None = None) -> SweepResult:
     """One reset sweep: projects' and budgets' periods that have ended start anew; expired holds are released;
     deleted projects' rows go on being removed."""
     at = at or utcnow()
-    projects = services.reset_due_projects(at=at)
-    budgets = services.reset_due_budgets(at=at)
-    purged = services.projects_purge(at=at, seconds=PURGE_SECONDS)
-    result = SweepResult(budgets=budgets, projects=projects, reservations=services.reservations_expire(at=at),
+    projects = reset_due_projects(at=at)
+    budgets = reset_due_budgets(at=at)
+    purged = projects_purge(at=at, seconds=PURGE_SECONDS)
+    result = SweepResult(budgets=budgets, projects=projects, reservations=reservations_expire(at=at),
                          deleted_rows=purged.rows)
     metrics.sweep_ran(budgets=budgets, projects=projects)
     return result
@@ -52,12 +55,12 @@ def reset_sweep() -> dict[str, int]:
 
 @shared_task(name="budgets.alert_outbox")
 def alert_outbox() -> int:
-    return services.alerts_requeue()
+    return alerts_requeue()
 
 
 @shared_task(bind=True, name=DELIVER_ALERT_TASK, max_retries=MAX_ATTEMPTS)
 def deliver_alert(self: Any, alert_id: int) -> str:
-    result = services.alert_deliver(alert_id=alert_id)
+    result = alert_deliver(alert_id=alert_id)
     metrics.alert_delivery("retry" if result.retry_in is not None else result.status)
     if result.retry_in is not None:
         # If even this publish fails, the row keeps its next_attempt_at and the outbox re-queues it.

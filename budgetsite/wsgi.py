@@ -10,7 +10,7 @@ from typing import Any
 
 from django.core.wsgi import get_wsgi_application
 
-from budgets.validation import url_path_is_utf8
+from budgets.base.validation import url_path_is_utf8
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "budgetsite.settings")
 

@@ -15,7 +15,8 @@ from django.conf import settings
 from django.db import connections
 from django.test import Client
 
-from budgets import pricing, services
+from budgets import services
+from budgets.domain import pricing
 from budgets.models import ModelPrice, Project
 from budgets.services.prices import load_price_map
 from tests.api_helpers import ApiClient, new_key

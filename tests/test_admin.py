@@ -9,9 +9,9 @@ import pytest
 from django.urls import reverse
 
 from budgets import services
+from budgets.domain.usage import Usage
 from budgets.models import AuditLog, CostEvent, ModelPrice, Project, UserBudget
 from budgets.templatetags.console import format_dollars
-from budgets.usage import Usage
 
 pytestmark = pytest.mark.django_db
 
@@ -105,7 +105,7 @@ def test_a_price_edited_in_admin_is_marked_and_survives_a_reload(staff_client):
             "max_tokens": "", "max_input_tokens": "", "max_output_tokens": ""}
 
     assert staff_client.post(url, data).status_code == 302
-    from budgets.pricing import get_price
+    from budgets.domain.pricing import get_price
     from budgets.services.prices import load_price_map
 
     load_price_map()

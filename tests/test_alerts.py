@@ -15,9 +15,9 @@ from django.db import connection
 from django.utils.timezone import now
 
 from budgets import services
+from budgets.domain.usage import Usage
 from budgets.models import Alert, AuditLog, CostEvent, Project
 from budgets.services import alerts
-from budgets.usage import Usage
 from tests.celery_support import WebhookReceiver
 
 pytestmark = pytest.mark.django_db

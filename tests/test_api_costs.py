@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from budgets import services
+from budgets.domain.usage import Usage
 from budgets.models import Alert, AuditLog, CostEvent, ModelSpend, UserBudget
-from budgets.usage import Usage
 from tests.api_helpers import ApiClient, assert_error, body_of, db_state, new_key
 
 pytestmark = pytest.mark.django_db

@@ -7,8 +7,8 @@ from decimal import Decimal
 import pytest
 from django.test import Client
 
+from budgets.base.validation import NAME_PATTERN, USER_ID_PATTERN
 from budgets.models import CostEvent, UserBudget
-from budgets.validation import NAME_PATTERN, USER_ID_PATTERN
 from tests.api_helpers import ApiClient, assert_error, body_of, db_state, new_key
 
 pytestmark = pytest.mark.django_db
@@ -171,7 +171,7 @@ def test_an_unexpected_failure_still_answers_json(api, monkeypatch):
     def broken(**kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("budgets.services.budget_current", broken)
+    monkeypatch.setattr("budgets.api.common.budget_current", broken)
 
     assert_error(api.get("/api/v1/users/alice"), 500, "internal_error")
 

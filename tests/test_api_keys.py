@@ -8,8 +8,8 @@ import pytest
 from django.db import OperationalError
 
 from budgets import services
+from budgets.domain.usage import Usage
 from budgets.models import ApiKey, UserBudget
-from budgets.usage import Usage
 from tests.api_helpers import ApiClient, assert_error, body_of, db_state, new_key
 
 pytestmark = pytest.mark.django_db

@@ -8,9 +8,9 @@ from decimal import Decimal
 import pytest
 
 from budgets import services
+from budgets.domain.usage import Usage
 from budgets.manager import BudgetManager
 from budgets.models import AuditLog, BudgetPeriod, CostEvent, UserBudget
-from budgets.usage import Usage
 from tests.api_helpers import assert_error, body_of, db_state
 
 pytestmark = pytest.mark.django_db

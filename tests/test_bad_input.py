@@ -411,7 +411,7 @@ def test_the_console_refuses_a_threshold_that_is_not_a_whole_percentage(admin_cl
 @pytest.mark.parametrize("thresholds", [[0], [1001], [True], ["80"], [80.0], "80"])
 def test_the_service_refuses_the_same_thresholds(project, thresholds):
     from budgets import services
-    from budgets.errors import InvalidInput
+    from budgets.base.errors import InvalidInput
 
     with pytest.raises(InvalidInput, match="alert_thresholds"):
         services.project_update(project=project, actor="test", alert_thresholds=thresholds)

@@ -25,8 +25,8 @@ from django.core.management import call_command
 from django.urls import reverse
 
 from budgets import services
+from budgets.domain.usage import Usage
 from budgets.models import Alert, ApiKey, CostEvent, Project, UserBudget
-from budgets.usage import Usage
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 

@@ -16,8 +16,8 @@ from django.urls import reverse
 from django.utils.timezone import now
 
 from budgets import services
+from budgets.domain.usage import Usage
 from budgets.models import Alert, Membership, Project, UserBudget
-from budgets.usage import Usage
 from tests.test_browser import PASSWORD, Session, assert_charts_drawn, browser  # noqa: F401 (the fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]

@@ -11,8 +11,8 @@ from django.test import Client
 from django.urls import reverse
 
 from budgets import services
+from budgets.domain.usage import Usage
 from budgets.models import AuditLog, UserBudget
-from budgets.usage import Usage
 
 pytestmark = pytest.mark.django_db
 

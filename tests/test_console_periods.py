@@ -11,9 +11,9 @@ from django.test import Client
 from django.urls import reverse
 
 from budgets import services
+from budgets.domain.usage import Usage
 from budgets.models import AuditLog, Project
 from budgets.selectors.console import project_past_periods
-from budgets.usage import Usage
 
 pytestmark = pytest.mark.django_db
 

@@ -17,6 +17,7 @@ from django.test import Client
 from django.urls import reverse
 
 from budgets import services
+from budgets.domain.usage import Usage
 from budgets.models import (
     Action,
     ApiKey,
@@ -28,7 +29,6 @@ from budgets.models import (
     Role,
     UserBudget,
 )
-from budgets.usage import Usage
 
 pytestmark = pytest.mark.django_db
 

@@ -13,9 +13,9 @@ from django.urls import reverse
 from django.utils.timezone import now
 
 from budgets import services
+from budgets.domain.usage import Usage
 from budgets.models import AuditLog, CostEvent, Membership, Project, Role
 from budgets.services.projects import PURGE_GRACE_SECONDS
-from budgets.usage import Usage
 
 pytestmark = pytest.mark.django_db
 

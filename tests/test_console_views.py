@@ -18,10 +18,10 @@ from django.test import Client
 from django.urls import reverse
 
 from budgets import services
+from budgets.domain.usage import Usage
 from budgets.models import ApiKey, AuditLog, CostEvent, ModelSpend, Project, UserBudget
 from budgets.selectors.console import DateRange, csv_text, forecast
 from budgets.templatetags.console import format_dollars
-from budgets.usage import Usage
 
 pytestmark = pytest.mark.django_db
 

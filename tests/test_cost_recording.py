@@ -9,9 +9,9 @@ import pytest
 from django.db import connection
 
 from budgets import services
-from budgets.errors import BudgetExceeded, IdempotencyConflict, InvalidInput, UnknownModel, UnknownUser
+from budgets.base.errors import BudgetExceeded, IdempotencyConflict, InvalidInput, UnknownModel, UnknownUser
+from budgets.domain.usage import Usage
 from budgets.models import CostEvent, ModelSpend, Project, UserBudget
-from budgets.usage import Usage
 
 pytestmark = pytest.mark.django_db
 

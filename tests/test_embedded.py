@@ -157,7 +157,7 @@ from django.utils.timezone import now
 from budgets import services
 from budgets.models import UserBudget
 from budgets.tasks import reset_sweep
-from budgets.usage import Usage
+from budgets.domain.usage import Usage
 project = services.project_create(name="embedded-test")
 budget, _ = services.budget_set(project=project, user_id="alice", total_budget="10", duration="daily", actor="test")
 services.cost_record(project=project, user_id="alice", usage=Usage("gpt-4o", 0, 0), cost=Decimal("1.5"), source="api")

@@ -28,8 +28,8 @@ from django.db import connection
 from django.db.models import Sum
 
 from budgets import services
+from budgets.domain.usage import Usage
 from budgets.models import CostEvent, ModelSpend, Project, Reservation, UserBudget
-from budgets.usage import Usage
 from tests.api_helpers import new_key
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.django_db(transaction=True)]

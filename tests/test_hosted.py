@@ -13,9 +13,9 @@ from django.test import Client
 from django.urls import resolve
 
 from budgets import services
+from budgets.domain.usage import Usage
 from budgets.models import AuditLog, BudgetPeriod, CostEvent, ModelSpend, UserBudget
 from budgets.services import ledger
-from budgets.usage import Usage
 from tests.api_helpers import body_of, db_state, new_key
 
 pytestmark = pytest.mark.django_db

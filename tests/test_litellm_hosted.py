@@ -16,8 +16,8 @@ from decimal import Decimal
 import pytest
 
 from budgets import services
+from budgets.domain.usage import Usage
 from budgets.models import AuditLog, CostEvent, ModelSpend, UserBudget
-from budgets.usage import Usage
 
 # litellm reads this when it is imported (litellm/__init__.py calls get_model_cost_map):
 # "true" in any case means its bundled price map, not a download.

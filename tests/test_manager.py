@@ -8,11 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from budgets import tokens
-from budgets.errors import UnknownModel, UnknownUser
+from budgets.base.errors import UnknownModel, UnknownUser
+from budgets.domain import tokens
+from budgets.domain.pricing import get_price
 from budgets.manager import BudgetManager
 from budgets.models import AuditLog, CostEvent, ModelSpend, Project, UserBudget
-from budgets.pricing import get_price
 
 pytestmark = pytest.mark.django_db
 

@@ -1,4 +1,4 @@
-"""Tests for budgets.periods: calendar and N-day budget periods across time zones and DST."""
+"""Tests for budgets.domain.periods: calendar and N-day budget periods across time zones and DST."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from budgets.periods import (
+from budgets.domain.periods import (
     DURATIONS,
     Period,
     duration_from_days,
@@ -625,7 +625,7 @@ def test_day_counts_survive_a_round_trip_through_litellm(days: int) -> None:
 
 
 def test_the_periods_module_does_not_import_django() -> None:
-    source = Path(__file__).resolve().parent.parent / "budgets" / "periods.py"
+    source = Path(__file__).resolve().parent.parent / "budgets" / "domain" / "periods.py"
     imported = set()
     for node in ast.walk(ast.parse(source.read_text())):
         if isinstance(node, ast.Import):

@@ -1,4 +1,4 @@
-"""Tests for budgets.pricing: the shipped price snapshot, loading, LiteLLM-style lookup, exact costs."""
+"""Tests for budgets.domain.pricing: the shipped price snapshot, loading, LiteLLM-style lookup, exact costs."""
 
 from __future__ import annotations
 
@@ -19,10 +19,9 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-from budgets import pricing
-from budgets.errors import InvalidInput, UnknownModel
-from budgets.models import ModelPrice
-from budgets.pricing import (
+from budgets.base.errors import InvalidInput, UnknownModel
+from budgets.domain import pricing
+from budgets.domain.pricing import (
     Price,
     PriceMapError,
     clear_price_cache,
@@ -31,6 +30,7 @@ from budgets.pricing import (
     get_price,
     parse_price_map,
 )
+from budgets.models import ModelPrice
 from budgets.services.prices import load_price_map
 
 SNAPSHOT_LABEL = "budgets/data/model_prices.json.gz"

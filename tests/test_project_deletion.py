@@ -22,7 +22,8 @@ from django.test import Client
 from django.utils.timezone import now as utcnow
 
 from budgets import selectors, services
-from budgets.errors import InvalidInput
+from budgets.base.errors import InvalidInput
+from budgets.domain.usage import Usage
 from budgets.models import (
     ApiKey,
     AuditLog,
@@ -36,7 +37,6 @@ from budgets.models import (
 from budgets.selectors import budgets as key_selectors
 from budgets.selectors.console import visible_projects
 from budgets.services import projects as project_services
-from budgets.usage import Usage
 from tests.api_helpers import new_key
 from tests.fault_support import Gunicorn, need_gunicorn, need_redis_server
 

@@ -10,8 +10,8 @@ import pytest
 from django.db import connection
 
 from budgets import services
+from budgets.domain.usage import Usage
 from budgets.models import AuditLog, BudgetPeriod, ModelSpend, UserBudget
-from budgets.usage import Usage
 
 pytestmark = pytest.mark.django_db
 

@@ -156,6 +156,6 @@ def test_two_web_instances_two_workers_and_beat_share_one_database_and_one_redis
 
 
 def _usage():
-    from budgets.usage import Usage
+    from budgets.domain.usage import Usage
 
     return Usage("gpt-4o-mini", 0, 0)

@@ -130,7 +130,7 @@ def test_a_few_users_are_over_budget_and_most_are_not():
 def test_costs_are_the_price_tables_costs():
     seed("--users", "3", "--days", "2", "--events", "50")
 
-    from budgets import pricing
+    from budgets.domain import pricing
 
     for event in CostEvent.objects.all():
         price = pricing.get_price(event.model)

@@ -15,9 +15,9 @@ from django.db import connection
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from budgets import services, tasks
+from budgets.domain.usage import Usage
 from budgets.models import AuditLog, BudgetPeriod, Project, UserBudget
 from budgets.services import schedule as beat_schedule
-from budgets.usage import Usage
 
 pytestmark = pytest.mark.django_db
 

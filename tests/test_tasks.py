@@ -21,9 +21,9 @@ from django.conf import settings
 from django.utils.timezone import now
 
 from budgets import services, tasks
+from budgets.domain.usage import Usage
 from budgets.models import Alert, BudgetPeriod, CostEvent, Project, UserBudget
 from budgets.services import alerts
-from budgets.usage import Usage
 from budgetsite.celery import embedded_broker_prepare
 from tests.celery_support import (
     WebhookReceiver,

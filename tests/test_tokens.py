@@ -1,4 +1,4 @@
-"""Tests for budgets.tokens: offline tiktoken encodings, model mapping, chat framing."""
+"""Tests for budgets.domain.tokens: offline tiktoken encodings, model mapping, chat framing."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiktoken_ext import openai_public
 
-from budgets import tokens
+from budgets.domain import tokens
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_BPE_DIR = REPO_ROOT / "budgets" / "data" / "bpe"
@@ -120,7 +120,7 @@ def test_shipped_files_carry_the_names_tiktoken_looks_up():
         "9b5ad71b2ce5302211f9c61530b329a4922fc6a4",  # cl100k_base
         "fb374d419588a4632f3f557e76b4b70aebbca790",  # o200k_base
     ]
-    # (That importing budgets.tokens points TIKTOKEN_CACHE_DIR here is shown by the offline
+    # (That importing budgets.domain.tokens points TIKTOKEN_CACHE_DIR here is shown by the offline
     # subprocess test below: in this process, importing litellm in other tests moves it.)
 
 
@@ -362,7 +362,7 @@ _OFFLINE_SCRIPT = textwrap.dedent(
 
     sys.addaudithook(_audit)
 
-    import budgets.tokens as t
+    import budgets.domain.tokens as t
 
     print(json.dumps({
         "text_o200k": t.count_text_tokens("gpt-4o", sys.argv[1]),
@@ -424,7 +424,7 @@ def test_counting_works_offline_without_any_download_or_cache_dir(tmp_path, refe
 
 
 def _install_bpe_dir(monkeypatch, folder: Path) -> None:
-    """Point budgets.tokens (and so tiktoken) at `folder` instead of the shipped files."""
+    """Point budgets.domain.tokens (and so tiktoken) at `folder` instead of the shipped files."""
     monkeypatch.setattr(tokens, "BPE_DIR", folder)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(folder))
 

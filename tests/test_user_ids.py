@@ -10,7 +10,7 @@ from django.test import Client
 from django.urls import reverse
 
 from budgets import services
-from budgets.errors import InvalidInput
+from budgets.base.errors import InvalidInput
 from budgets.models import UserBudget
 from tests.api_helpers import assert_error, body_of, db_state, new_key
 from tests.test_hosted import Hosted, record

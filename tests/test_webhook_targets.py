@@ -11,7 +11,7 @@ from django.test import Client
 from django.urls import reverse
 
 from budgets import services
-from budgets.errors import InvalidInput
+from budgets.base.errors import InvalidInput
 from budgets.models import Alert, AuditLog, Project
 from budgets.services import alerts
 from tests.celery_support import WebhookReceiver

@@ -29,10 +29,11 @@ from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
 from ninja.security import HttpBearer
 
-from .. import selectors, services
-from ..errors import TooManyRequests
+from ..base.errors import TooManyRequests
 from ..models import ApiKey, Project
-from ..selectors.budgets import cache_breaker, remembered_api_key
+from ..selectors.budgets import active_api_key, cache_breaker, remembered_api_key
+from ..services.audit import actor_for_key
+from ..services.keys import api_key_mark_used
 
 FAILURE_WINDOW_SECONDS = 60
 logger = logging.getLogger(__name__)
@@ -87,11 +88,11 @@ class ApiKeyAuth(HttpBearer):
 
     def authenticate(self, request: HttpRequest, token: str) -> ApiKey | None:
         raw = token.strip()
-        key = remembered_api_key(raw) or selectors.active_api_key(raw)
+        key = remembered_api_key(raw) or active_api_key(raw)
         if key is None:
             count_failure(request)  # 429 past the limit, else ninja's 401
             return None
-        services.api_key_mark_used(key)
+        api_key_mark_used(key)
         request.api_key = key  # type: ignore[attr-defined]
         request.project = key.project  # type: ignore[attr-defined]
         return key
@@ -106,7 +107,7 @@ def request_project(request: HttpRequest) -> Project:
 
 def request_actor(request: HttpRequest, *, via: str | None = None) -> str:
     """How the audit log names a change made with the request's key."""
-    return services.actor_for_key(request.api_key, via=via)  # type: ignore[attr-defined]
+    return actor_for_key(request.api_key, via=via)  # type: ignore[attr-defined]
 
 
 def api_key_required(unauthorized: Callable[[], HttpResponse]) -> Callable:

@@ -7,11 +7,13 @@ from decimal import Decimal
 from django.http import HttpRequest
 from ninja import Router
 
-from .. import selectors, services
+from ..domain.pricing import get_price
+from ..selectors.budgets import projected_cost as projected_cost_selector
+from ..services.costs import admission_check
 from . import requests
 from .auth import request_project
 from .common import ERROR_STATUSES, current_budget
-from .schemas import CheckIn, CheckOut, ErrorOut, MessagesIn, ProjectedCostOut, QuoteIn, QuoteOut, UserId
+from .schemas import CheckIn, CheckOut, ErrorOut, MessagesIn, PriceOut, ProjectedCostOut, QuoteIn, QuoteOut, UserId
 
 router = Router(tags=["checks"])
 ERRORS = {**dict.fromkeys(ERROR_STATUSES, ErrorOut), 422: ErrorOut}
@@ -20,7 +22,7 @@ ERRORS = {**dict.fromkeys(ERROR_STATUSES, ErrorOut), 422: ErrorOut}
 @router.post("/users/{path:user}/projected-cost", response={200: ProjectedCostOut, **ERRORS})
 def projected_cost(request: HttpRequest, user: UserId, payload: MessagesIn):
     """The user's current cost plus the prompt cost of `messages` for `model` (the seed's projected_cost)."""
-    return selectors.projected_cost(current_budget(request, user).budget, payload.model, payload.messages)._asdict()
+    return projected_cost_selector(current_budget(request, user).budget, payload.model, payload.messages)._asdict()
 
 
 @router.post("/users/{path:user}/check", response={200: CheckOut, **ERRORS})
@@ -29,7 +31,7 @@ def check(request: HttpRequest, user: UserId, payload: CheckIn):
     project = request_project(request)
     budget = current_budget(request, user).budget
     estimate = requests.estimated_cost(payload)
-    verdict = services.admission_check(budget, project, estimate)
+    verdict = admission_check(budget, project, estimate)
     return {"allowed": verdict.scope is None, "reason": verdict.reason, "remaining": max(verdict.room, Decimal(0)),
             "scope": verdict.scope, "estimated_cost": estimate}
 
@@ -40,3 +42,9 @@ def cost_quote(request: HttpRequest, payload: QuoteIn):
     quote = requests.quote(payload)
     return {**quote.usage._asdict(), "prompt_cost": quote.prompt_cost, "completion_cost": quote.completion_cost,
             "cost": quote.cost}
+
+
+@router.get("/prices/{path:model}", response={200: PriceOut, **ERRORS})
+def price(request: HttpRequest, model: str):
+    """The price recording uses for `model`, matched as LiteLLM matches names (else 422 unknown_model)."""
+    return get_price(model)

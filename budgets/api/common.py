@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 from django.http import HttpRequest, HttpResponse
 
-from .. import services
-from ..codec import CONTENT_TYPE
+from ..domain.codec import CONTENT_TYPE
+from ..services.resets import CurrentBudget, budget_current
 from .auth import request_project
 
 ERROR_STATUSES = (400, 401, 404, 503)
@@ -17,12 +17,12 @@ MAX_OFFSET = 10**9
 IDEMPOTENT_REPLAYED = "Idempotent-Replayed"
 
 
-def current_budget(request: HttpRequest, user: str) -> services.CurrentBudget:
+def current_budget(request: HttpRequest, user: str) -> CurrentBudget:
     """The user's budget in the key's project, in its current period; 404 for anyone else's.
 
     The one way a handler reads a budget (tests/test_layers.py checks that reads go through it).
     """
-    return services.budget_current(project=request_project(request), user_id=user)
+    return budget_current(project=request_project(request), user_id=user)
 
 
 def aware(at: datetime | None) -> datetime | None:

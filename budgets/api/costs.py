@@ -5,10 +5,11 @@ from __future__ import annotations
 from django.http import HttpRequest
 from ninja import Header, Query, Router
 
-from .. import selectors, services
-from ..codec import dumps
-from ..errors import UnknownUser
+from ..base.errors import UnknownUser
+from ..domain.codec import dumps
 from ..models import CostEvent
+from ..selectors.budgets import has_budget_or_costs, ledger_slice
+from ..services.costs import cost_record
 from . import requests
 from .auth import request_project
 from .common import ERROR_STATUSES, MAX_PAGE, aware, raw_json
@@ -33,7 +34,7 @@ def record_cost(
     usage, cost = requests.usage_and_cost(payload)
     fingerprint = requests.fingerprint(user, payload) if idempotency_key is not None else ""
 
-    recorded = services.cost_record(
+    recorded = cost_record(
         project=project, user_id=user, usage=usage, cost=cost, source=CostEvent.Source.API,
         idempotency_key=idempotency_key, fingerprint=fingerprint, enforce=enforce,
     )
@@ -42,7 +43,7 @@ def record_cost(
 
 
 def _ledger(request: HttpRequest, **filters) -> dict:
-    page, next_cursor = selectors.ledger_slice(request_project(request), **filters)
+    page, next_cursor = ledger_slice(request_project(request), **filters)
     return {"items": [EventOut.model_validate(event) for event in page], "next_cursor": next_cursor}
 
 
@@ -53,7 +54,7 @@ def list_user_costs(
 ):
     """The user's ledger events, newest first (also after the budget was deleted)."""
     project = request_project(request)
-    if not selectors.has_budget_or_costs(project, user):
+    if not has_budget_or_costs(project, user):
         raise UnknownUser(f"user {user!r} has no budget and no costs in project {project.name!r}")
     return _ledger(request, user_id=user, model=model, since=aware(since), until=aware(until), cursor=cursor,
                    limit=limit)

@@ -21,8 +21,8 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllow
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, AuthorizationError, HttpError, ValidationError
 
-from ..codec import CONTENT_TYPE, dumps
-from ..errors import BudgetError, BudgetExceeded, PayloadTooLarge, TooManyRequests
+from ..base.errors import BudgetError, BudgetExceeded, PayloadTooLarge, TooManyRequests
+from ..domain.codec import CONTENT_TYPE, dumps
 
 logger = logging.getLogger(__name__)
 

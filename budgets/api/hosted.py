@@ -18,11 +18,11 @@ from django.db import DataError, InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from .. import services
-from ..codec import loads
-from ..errors import BudgetError, Forbidden, InvalidInput, PayloadTooLarge, TooManyRequests
+from ..base.errors import BudgetError, Forbidden, InvalidInput, PayloadTooLarge, TooManyRequests
+from ..base.money import MONEY_MAX, check_precision
+from ..domain.codec import loads
 from ..models import Project
-from ..money import MONEY_MAX, check_precision
+from ..services.hosted import hosted_budget_get, hosted_budget_set
 from .auth import api_key_required, request_actor
 from .errors import (
     OUT_OF_RANGE_MESSAGE,
@@ -113,7 +113,7 @@ def _body(request: HttpRequest) -> dict[str, Any]:
 @hosted_view
 def get_budget(request: HttpRequest, project: Project, body: dict[str, Any]) -> HttpResponse:
     """`{"project_name"}` → `{"status": "success", "data": {user: record}}`."""
-    return json_response({"status": "success", "data": services.hosted_budget_get(project=project)})
+    return json_response({"status": "success", "data": hosted_budget_get(project=project)})
 
 
 @hosted_view
@@ -122,7 +122,7 @@ def set_budget(request: HttpRequest, project: Project, body: dict[str, Any]) -> 
     if "user_dict" not in body:
         raise InvalidInput("user_dict is required")
     _check_amounts(body["user_dict"])
-    services.hosted_budget_set(project=project, user_dict=body["user_dict"], actor=request_actor(request, via="hosted"))
+    hosted_budget_set(project=project, user_dict=body["user_dict"], actor=request_actor(request, via="hosted"))
     return json_response({"status": "success"})
 
 

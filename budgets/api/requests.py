@@ -14,10 +14,11 @@ import pydantic
 from django.http import HttpRequest
 from ninja.errors import ValidationError
 
-from .. import pricing, selectors, tokens
-from ..codec import dumps, loads
-from ..errors import InvalidInput
-from ..usage import Usage, prompt_usage, usage_from_completion, usage_from_texts, usage_of_counts
+from ..base.errors import InvalidInput
+from ..domain import pricing, tokens
+from ..domain.codec import dumps, loads
+from ..domain.usage import Usage, prompt_usage, usage_from_completion, usage_from_texts, usage_of_counts
+from ..selectors.budgets import prompt_cost as prompt_cost_selector
 from .schemas import CheckIn, CostIn, QuoteIn, ReservationIn
 
 BodyT = TypeVar("BodyT", bound=pydantic.BaseModel)
@@ -123,7 +124,7 @@ def estimated_cost(body: CheckIn) -> Decimal:
         return body.estimated_cost
     if body.model is None or body.messages is None:
         raise InvalidInput("give model and messages (optionally max_tokens), or estimated_cost")
-    prompt = selectors.prompt_cost(body.model, body.messages)
+    prompt = prompt_cost_selector(body.model, body.messages)
     if not body.max_tokens:
         return prompt.cost
     return prompt.cost + pricing.cost_of_usage(Usage(prompt.usage.model, 0, body.max_tokens))

@@ -5,10 +5,16 @@ from __future__ import annotations
 from django.http import HttpRequest
 from ninja import Header, Router
 
-from .. import services
-from ..codec import dumps
-from ..errors import Conflict
+from ..base.errors import Conflict
+from ..domain.codec import dumps
 from ..models import CostEvent, Reservation
+from ..services.reservations import (
+    DEFAULT_TTL_SECONDS,
+    reservation_create,
+    reservation_get,
+    reservation_release,
+    reservation_settle,
+)
 from . import requests
 from .auth import request_project
 from .common import ERROR_STATUSES, raw_json
@@ -42,9 +48,9 @@ def reserve(
     amount, model = requests.reservation_amount(payload)
     fingerprint = requests.reservation_fingerprint(user, payload) if idempotency_key is not None else ""
 
-    reservation, created = services.reservation_create(
+    reservation, created = reservation_create(
         project=project, user_id=user, amount=amount, model=model,
-        ttl_seconds=services.DEFAULT_TTL_SECONDS if payload.ttl_seconds is None else payload.ttl_seconds,
+        ttl_seconds=DEFAULT_TTL_SECONDS if payload.ttl_seconds is None else payload.ttl_seconds,
         idempotency_key=idempotency_key, fingerprint=fingerprint,
     )
     return raw_json(dumps(ReservationOut.model_validate(reservation).model_dump()), 201, replayed=not created)
@@ -54,7 +60,7 @@ def reserve(
 def get_reservation(request: HttpRequest, reservation_id: int):
     """One reservation of the key's project (404 for any other)."""
     return ReservationOut.model_validate(
-        services.reservation_get(project=request_project(request), reservation_id=reservation_id))
+        reservation_get(project=request_project(request), reservation_id=reservation_id))
 
 
 # The body is read after the reservation's state (a released one is a 409 whatever the body), so
@@ -72,13 +78,13 @@ def settle(request: HttpRequest, reservation_id: int):
     records nothing; a released or expired reservation is a 409, whatever the body.
     """
     project = request_project(request)
-    reservation = services.reservation_get(project=project, reservation_id=reservation_id)
+    reservation = reservation_get(project=project, reservation_id=reservation_id)
     if reservation.status in (Reservation.Status.RELEASED, Reservation.Status.EXPIRED):
         raise Conflict(f"reservation {reservation_id} is {reservation.status}; it cannot be settled")
     payload = requests.read_body(request, CostIn)
     usage, cost = requests.usage_and_cost(requests.with_model(payload, reservation.model))
 
-    settled = services.reservation_settle(
+    settled = reservation_settle(
         project=project, reservation_id=reservation_id, usage=usage, cost=cost, source=CostEvent.Source.API,
     )
     return raw_json(dumps(settle_out(settled).model_dump()), 200, replayed=not settled.created)
@@ -87,5 +93,5 @@ def settle(request: HttpRequest, reservation_id: int):
 @router.post("/reservations/{int:reservation_id}/release", response={200: ReleaseOut, **ERRORS})
 def release(request: HttpRequest, reservation_id: int):
     """Cancel the reservation and free its hold; releasing again changes nothing."""
-    reservation = services.reservation_release(project=request_project(request), reservation_id=reservation_id)
+    reservation = reservation_release(project=request_project(request), reservation_id=reservation_id)
     return {"reservation": ReservationOut.model_validate(reservation)}

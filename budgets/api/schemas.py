@@ -7,7 +7,7 @@ webhook use the same class.
 Inputs are strict about types: money and token counts are JSON numbers (a string
 "10" is a validation error, as is true), money is finite and non-negative, and an
 unknown field is an error (a typo must not silently change what is recorded).
-Money comes out as an exact JSON number (see budgets.codec).
+Money comes out as an exact JSON number (see budgets.domain.codec).
 """
 
 from __future__ import annotations
@@ -34,15 +34,10 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypeAliasType
 
-from .. import periods
-from ..errors import InvalidInput
-from ..fields import money_bound
-from ..models import UserBudget
-from ..money import to_money, to_tokens
-from ..services.alerts import AlertFields
-from ..services.costs import CostRecorded, exceeded_scope
-from ..services.reservations import MAX_TTL_SECONDS, Settled
-from ..validation import (
+from ..base.errors import InvalidInput
+from ..base.fields import money_bound
+from ..base.money import to_money, to_tokens
+from ..base.validation import (
     IDEMPOTENCY_KEY_MAX,
     MODEL_NAME_MAX,
     NAME_PATTERN,
@@ -52,6 +47,11 @@ from ..validation import (
     validate_model,
     validate_user_id,
 )
+from ..domain import periods
+from ..models import UserBudget
+from ..services.alerts import AlertFields
+from ..services.costs import CostRecorded, exceeded_scope
+from ..services.reservations import MAX_TTL_SECONDS, Settled
 
 PRICE_LIMIT = Decimal(1)  # dollars per token: far above any real price
 
@@ -161,9 +161,9 @@ Price = Annotated[Decimal, BeforeValidator(_price),
 Tokens = Annotated[int, BeforeValidator(_tokens), WithJsonSchema({"type": "integer", "minimum": 0, "maximum": 10**12})]
 Days = Annotated[int, BeforeValidator(_days),
                  WithJsonSchema({"type": "integer", "minimum": 1, "maximum": periods.MAX_DAYS})]
-# Text the codec accepts: no NUL (budgets.codec.check_string).
+# Text the codec accepts: no NUL (budgets.domain.codec.check_string).
 Text = Annotated[str, BeforeValidator(_text), WithJsonSchema({"type": "string", "pattern": "^[^\\u0000]*$"})]
-# A model name: the one rule of budgets.validation.validate_model.
+# A model name: the one rule of budgets.base.validation.validate_model.
 ModelName = Annotated[str, BeforeValidator(_model),
                       WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MODEL_NAME_MAX,
                                       "pattern": NAME_PATTERN})]
@@ -172,7 +172,7 @@ USER_ID_SCHEMA = {
     "description": "1..255 characters, not blank, no control or format characters (newline, tab, U+202E, "
                    "zero-width), no '.' or '..' path segments.",
 }
-# A user id in a path or a query: the one rule of budgets.validation.validate_user_id.
+# A user id in a path or a query: the one rule of budgets.base.validation.validate_user_id.
 UserId = Annotated[str, BeforeValidator(_user_id), WithJsonSchema(USER_ID_SCHEMA)]
 IdempotencyKey = Annotated[str, BeforeValidator(_idempotency_key),
                            WithJsonSchema({"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX})]
@@ -185,7 +185,7 @@ DurationName = Literal["none", "daily", "weekly", "monthly", "yearly", "days"]
 TtlSeconds = Annotated[int, BeforeValidator(_tokens),
                        WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_TTL_SECONDS})]
 
-# Free-form JSON (chat messages, a completion object), as budgets.codec reads it: no NUL in a
+# Free-form JSON (chat messages, a completion object), as budgets.domain.codec reads it: no NUL in a
 # string or a key. Declared for the OpenAPI document; the value is passed on as parsed.
 _NoNul = Annotated[str, StringConstraints(pattern="^[^\\u0000]*$")]
 JSONValue = TypeAliasType(  # type: ignore[misc]
@@ -242,7 +242,7 @@ class AnthropicUsage(BaseModel):
 
 
 class CompletionIn(BaseModel):
-    """What is read of a completion object: its model and usage (budgets.usage.usage_from_completion)."""
+    """What is read of a completion object: its model and usage (budgets.domain.usage.usage_from_completion)."""
 
     model_config = _FREE_FORM
     __pydantic_extra__: dict[str, JSONValue]
@@ -528,6 +528,20 @@ class QuoteOut(Schema):
     prompt_cost: MoneyOut
     completion_cost: MoneyOut
     cost: MoneyOut
+
+
+class PriceOut(Schema):
+    """A model's price as recording charges it, in dollars per token; `model` is the table's name for it."""
+
+    model: str
+    provider: str
+    mode: str
+    input_cost_per_token: MoneyOut = Field(validation_alias="input")
+    output_cost_per_token: MoneyOut = Field(validation_alias="output")
+    cache_read_input_token_cost: MoneyOut | None = Field(
+        validation_alias="cache_read", description="Per cached prompt token; null: the input price.")
+    cache_creation_input_token_cost: MoneyOut | None = Field(
+        validation_alias="cache_creation", description="Per token written to the cache; null: the input price.")
 
 
 class AlertOut(AlertFields):

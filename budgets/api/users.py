@@ -5,7 +5,9 @@ from __future__ import annotations
 from django.http import HttpRequest
 from ninja import Query, Router, Status
 
-from .. import selectors, services
+from ..selectors.budgets import budgets_with_costs, model_costs
+from ..services.resets import ensure_current_period
+from ..services.user_budgets import budget_delete, budget_reset, budget_set
 from .auth import request_actor, request_project
 from .common import ERROR_STATUSES, MAX_OFFSET, MAX_PAGE, current_budget
 from .schemas import BudgetIn, ErrorOut, UserId, UserOut, UserPage, user_out
@@ -19,8 +21,8 @@ def list_users(request: HttpRequest, limit: int = Query(50, ge=1, le=MAX_PAGE),
                offset: int = Query(0, ge=0, le=MAX_OFFSET)):
     """The project's users with their budgets and spend, ordered by user id."""
     project = request_project(request)
-    services.ensure_current_period(project, all_users=True)  # right even while no worker runs
-    page, costs, total = selectors.budgets_with_costs(project, offset=offset, limit=limit)
+    ensure_current_period(project, all_users=True)  # right even while no worker runs
+    page, costs, total = budgets_with_costs(project, offset=offset, limit=limit)
     return {"items": [user_out(budget, costs[budget.pk]) for budget in page],
             "total": total, "limit": limit, "offset": offset}
 
@@ -29,19 +31,19 @@ def list_users(request: HttpRequest, limit: int = Query(50, ge=1, le=MAX_PAGE),
 def set_budget(request: HttpRequest, user: UserId, payload: BudgetIn):
     """Create (201) or replace (200) the user's budget; replacing keeps this period's spend."""
     project = request_project(request)
-    budget, created = services.budget_set(
+    budget, created = budget_set(
         project=project, user_id=user, total_budget=payload.total_budget, duration=payload.duration,
         duration_days=payload.duration_days, actor=request_actor(request),
     )
-    return Status(201 if created else 200, user_out(budget, selectors.model_costs(budget)))
+    return Status(201 if created else 200, user_out(budget, model_costs(budget)))
 
 
 @router.post("/users/{path:user}/reset", response={200: UserOut, **ERRORS})
 def reset_user(request: HttpRequest, user: UserId):
     """Set the user's spend in this period to zero (audited; the ledger stays)."""
-    budget = services.budget_reset(budget=current_budget(request, user).budget, actor=request_actor(request),
+    budget = budget_reset(budget=current_budget(request, user).budget, actor=request_actor(request),
                                    reason="manual")
-    return user_out(budget, selectors.model_costs(budget))
+    return user_out(budget, model_costs(budget))
 
 
 # The bare /users/{user} routes come last: `path:` would also match ".../costs" and the like.
@@ -58,5 +60,5 @@ def get_user(request: HttpRequest, user: UserId):
 @bare_router.delete("/users/{path:user}", response={204: None, **ERRORS})
 def delete_user(request: HttpRequest, user: UserId):
     """Delete the user's budget (audited); their ledger events stay."""
-    services.budget_delete(budget=current_budget(request, user).budget, actor=request_actor(request))
+    budget_delete(budget=current_budget(request, user).budget, actor=request_actor(request))
     return Status(204, None)

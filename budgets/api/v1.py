@@ -1,7 +1,7 @@
 """The native JSON API under /api/v1/ (django-ninja): one NinjaAPI, one router per resource.
 
 Authenticated with the project's API key (`auth`), errors in one shape (`errors`),
-money as exact JSON numbers (`budgets.codec`). Documented in docs/api.md; the OpenAPI
+money as exact JSON numbers (`budgets.domain.codec`). Documented in docs/api.md; the OpenAPI
 schema is at /api/v1/openapi.json and Swagger UI (ninja's own, served locally) at /api/v1/docs.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from ninja import NinjaAPI
 
-from ..codec import ExactJSONRenderer, StrictJSONParser
+from ..domain.codec import ExactJSONRenderer, StrictJSONParser
 from . import alerts, checks, costs, reservations, schemas, users
 from .auth import api_key_auth
 from .errors import install_exception_handlers

@@ -3,7 +3,7 @@
 # SpendDay; and no single-column foreign key indexes where a composite index already leads with
 # the column (each cost every insert of the hot path).
 
-import budgets.fields
+import budgets.base.fields
 import django.db.models.deletion
 from decimal import Decimal
 from django.db import migrations, models
@@ -77,7 +77,7 @@ class Migration(migrations.Migration):
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('day', models.DateField()),
                 ('model', models.CharField(max_length=255)),
-                ('spend', budgets.fields.MoneyField(decimal_places=12, default=Decimal('0'), max_digits=24)),
+                ('spend', budgets.base.fields.MoneyField(decimal_places=12, default=Decimal('0'), max_digits=24)),
                 ('events', models.BigIntegerField(default=0)),
                 ('prompt_tokens', models.BigIntegerField(default=0)),
                 ('completion_tokens', models.BigIntegerField(default=0)),
@@ -94,7 +94,7 @@ class Migration(migrations.Migration):
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('day', models.DateField()),
                 ('user_id', models.CharField(max_length=255)),
-                ('spend', budgets.fields.MoneyField(decimal_places=12, default=Decimal('0'), max_digits=24)),
+                ('spend', budgets.base.fields.MoneyField(decimal_places=12, default=Decimal('0'), max_digits=24)),
                 ('events', models.BigIntegerField(default=0)),
                 ('project', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='user_days', to='budgets.project')),
             ],
@@ -109,7 +109,7 @@ class Migration(migrations.Migration):
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('month', models.DateField()),
                 ('user_id', models.CharField(max_length=255)),
-                ('spend', budgets.fields.MoneyField(decimal_places=12, default=Decimal('0'), max_digits=24)),
+                ('spend', budgets.base.fields.MoneyField(decimal_places=12, default=Decimal('0'), max_digits=24)),
                 ('events', models.BigIntegerField(default=0)),
                 ('project', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='user_months', to='budgets.project')),
             ],

@@ -2,33 +2,22 @@
 
 Nothing here writes. A read that must see the current period calls
 `services.ensure_current_period` first; selectors never reset anything themselves.
+
+Each name lives in the module of its concern; `selectors.<name>` finds it there (base.namespace).
 """
 
 from __future__ import annotations
 
-from .budgets import (
-    KEY_PREFIX,
-    SHOWN_LENGTH,
-    ProjectedCost,
-    PromptCost,
-    active_api_key,
-    budget_record,
-    budgets_with_costs,
-    cost_events,
-    forget_api_keys,
-    has_budget_or_costs,
-    hash_key,
-    ledger_slice,
-    model_costs,
-    projected_cost,
-    prompt_cost,
-    unix,
-    user_ids,
-)
+from typing import Any
 
-__all__ = [
-    "KEY_PREFIX", "SHOWN_LENGTH", "ProjectedCost", "PromptCost", "active_api_key", "budget_record",
-    "budgets_with_costs", "cost_events", "forget_api_keys", "has_budget_or_costs", "hash_key", "ledger_slice",
-    "model_costs",
-    "projected_cost", "prompt_cost", "unix", "user_ids",
-]
+from ..base.namespace import Namespace
+
+_names = Namespace(__name__, __path__)
+
+
+def __getattr__(name: str) -> Any:
+    return _names.get(name)
+
+
+def __dir__() -> list[str]:
+    return _names.names()

@@ -19,10 +19,10 @@ from django.core.cache import cache
 from django.db import DEFAULT_DB_ALIAS
 from django.db.models import Model, Q, QuerySet
 
-from .. import periods, pricing
-from ..errors import Unprocessable
+from ..base.errors import Unprocessable
+from ..domain import periods, pricing
+from ..domain.usage import Usage, prompt_usage
 from ..models import ApiKey, CostEvent, ModelSpend, Project, UserBudget
-from ..usage import Usage, prompt_usage
 
 logger = logging.getLogger(__name__)
 

@@ -31,8 +31,9 @@ from django.db.models.functions import NullIf
 from django.db.models.lookups import GreaterThanOrEqual
 from django.utils.timezone import now as utcnow
 
-from .. import pricing
-from ..fields import MoneyField
+from ..base.fields import MoneyField
+from ..base.money import MONEY_PLACES
+from ..domain import pricing
 from ..models import (
     Alert,
     ApiKey,
@@ -50,7 +51,6 @@ from ..models import (
     UserDay,
     UserMonth,
 )
-from ..money import MONEY_PLACES
 from . import budgets as selectors
 
 ZERO = Decimal(0)

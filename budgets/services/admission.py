@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 from django.db import OperationalError, connection, transaction
 from django.db.models import F
 
-from ..codec import decimal_text
-from ..errors import BudgetExceeded
-from ..fields import money
+from ..base.errors import BudgetExceeded
+from ..base.fields import money
+from ..domain.codec import decimal_text
 from ..models import Project, UserBudget
 
 T = TypeVar("T")

@@ -41,8 +41,8 @@ from django.db.models import F, Q
 from django.utils.timezone import now as utcnow
 from pydantic import BaseModel, WithJsonSchema, model_validator
 
-from ..codec import dumps
-from ..errors import InvalidInput
+from ..base.errors import InvalidInput
+from ..domain.codec import dumps
 from ..models import Alert, Project, UserBudget
 from .audit import write_audit
 

@@ -15,9 +15,9 @@ from typing import Any, NamedTuple
 
 from django.db import transaction
 
-from ..errors import InvalidInput, UnknownUser
+from ..base.errors import InvalidInput, UnknownUser
+from ..base.money import to_money
 from ..models import Duration, Project, UserBudget
-from ..money import to_money
 from .common import validate_user_id
 from .resets import ensure_current_period
 from .user_budgets import budget_reset, budget_set

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import periods
-from ..errors import InvalidInput
+from ..base.errors import InvalidInput
+from ..base.validation import USER_ID_MAX, validate_user_id
+from ..domain import periods
 from ..models import Duration
-from ..validation import USER_ID_MAX, validate_user_id
 
 __all__ = ["USER_ID_MAX", "validate_duration", "validate_timezone", "validate_user_id"]
 

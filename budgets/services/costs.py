@@ -9,11 +9,12 @@ from typing import Any
 
 from django.db import transaction
 
-from .. import metrics, pricing
-from ..codec import decimal_text
+from .. import metrics
+from ..base.money import stored, to_money
+from ..domain import pricing
+from ..domain.codec import decimal_text
+from ..domain.usage import Usage
 from ..models import CostEvent, Project, UserBudget
-from ..money import stored, to_money
-from ..usage import Usage
 from . import ledger
 from .admission import retry_on_conflict
 from .ledger import CostRecorded, exceeded_scope

@@ -28,10 +28,10 @@ from django.db.models import Count, F
 from django.db.models.functions import TruncDate
 from django.utils.timezone import now as utcnow
 
-from .. import periods, pricing
-from ..errors import InvalidInput
+from ..base.errors import InvalidInput
+from ..base.money import stored
+from ..domain import periods, pricing
 from ..models import Alert, AuditLog, BudgetPeriod, CostEvent, Duration, ModelSpend, Project, UserBudget
-from ..money import stored
 from ..selectors.console import MoneySum
 from . import ledger
 from .alerts import crossed_thresholds, thresholds_of

@@ -53,8 +53,9 @@ from typing import Any, NamedTuple
 from django.db import transaction
 from django.utils.timezone import now as utcnow
 
-from .. import periods, selectors
+from ..domain import periods
 from ..models import AuditLog, ModelSpend, Project, UserBudget
+from ..selectors.budgets import budget_record
 from . import ledger
 from .admission import lock_project, retry_on_conflict
 from .audit import budget_snapshot
@@ -193,7 +194,7 @@ def hosted_budget_get(*, project: Project) -> dict[str, dict[str, Any]]:
         records = {}
         changed: list[ledger.BudgetChange] = []
         for budget in budgets:
-            records[budget.user_id] = selectors.budget_record(budget, costs[budget.pk])
+            records[budget.user_id] = budget_record(budget, costs[budget.pk])
             old = Baseline.read(budget.hosted_model_cost, budget.hosted_period_start, budget.period_start)
             # A new client counts from what it was served; what this protocol recorded stays known for a reset.
             served = Baseline(models=dict(costs[budget.pk]), recorded=old.recorded).dump()

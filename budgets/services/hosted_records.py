@@ -14,11 +14,11 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from .. import periods
-from ..errors import InvalidInput
+from ..base.errors import InvalidInput
+from ..base.money import MONEY_MAX, MONEY_PLACES, stored, to_money
+from ..domain import periods
+from ..domain.usage import validate_model
 from ..models import Project, UserBudget
-from ..money import MONEY_MAX, MONEY_PLACES, stored, to_money
-from ..usage import validate_model
 from .common import validate_user_id
 
 UNKNOWN_MODEL = "unknown"

@@ -9,10 +9,17 @@ from django.core.cache import cache
 from django.db import transaction
 from django.utils.timezone import now as utcnow
 
-from ..errors import InvalidInput
+from ..base.errors import InvalidInput
 from ..models import ApiKey, Project
-from ..selectors import KEY_PREFIX, SHOWN_LENGTH, active_api_key, forget_api_keys, hash_key
-from ..selectors.budgets import KEY_GENERATION, cache_breaker
+from ..selectors.budgets import (
+    KEY_GENERATION,
+    KEY_PREFIX,
+    SHOWN_LENGTH,
+    active_api_key,
+    cache_breaker,
+    forget_api_keys,
+    hash_key,
+)
 from .audit import write_audit
 
 USED_STAMP_EVERY = timedelta(minutes=1)

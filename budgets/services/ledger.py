@@ -30,12 +30,12 @@ from django.db.models.functions import Coalesce, Greatest
 from django.utils.timezone import now as utcnow
 
 from .. import metrics
-from ..errors import BudgetExceeded, IdempotencyConflict, UnknownUser
-from ..fields import MoneyField, money
+from ..base.errors import BudgetExceeded, IdempotencyConflict, UnknownUser
+from ..base.fields import MoneyField, money
+from ..domain.usage import Usage
 from ..models import CostEvent, ModelSpend, Project, UserBudget
 from ..selectors.budgets import model_costs
 from ..selectors.console import MoneySum
-from ..usage import Usage
 from . import alerts
 from .admission import check_figures, levels_admit, levels_of, lock_project
 from .resets import ensure_current_period

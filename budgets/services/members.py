@@ -24,7 +24,7 @@ from django.core.validators import validate_email
 from django.db import transaction
 from django.utils.timezone import now as utcnow
 
-from ..errors import InvalidInput
+from ..base.errors import InvalidInput
 from ..models import Invitation, Membership, Project, Role
 from .audit import actor_for_user, write_audit
 

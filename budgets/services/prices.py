@@ -7,8 +7,7 @@ from typing import Any
 from django.db import router, transaction
 from django.utils.timezone import now
 
-from ..models import ModelPrice
-from ..pricing import (
+from ..domain.pricing import (
     ADMIN_SOURCE,
     BATCH_SIZE,
     PRICE_FIELDS,
@@ -18,6 +17,7 @@ from ..pricing import (
     clear_price_cache,
     parse_price_map,
 )
+from ..models import ModelPrice
 
 
 def load_price_map(source: str | None = None, *, model_class: Any = None, using: str | None = None) -> LoadResult:

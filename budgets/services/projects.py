@@ -15,8 +15,10 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils.timezone import now as utcnow
 
-from .. import periods
-from ..errors import InvalidInput
+from ..base.errors import InvalidInput
+from ..base.money import to_money
+from ..base.validation import validate_alert_thresholds, validate_project_name
+from ..domain import periods
 from ..models import (
     Alert,
     ApiKey,
@@ -34,8 +36,6 @@ from ..models import (
     UserDay,
     UserMonth,
 )
-from ..money import to_money
-from ..validation import validate_alert_thresholds, validate_project_name
 from .alerts import validate_webhook_url
 from .audit import actor_for_manager, write_audit
 from .common import validate_duration, validate_timezone

@@ -17,11 +17,11 @@ from django.db.models import F, OuterRef, Subquery, Sum
 from django.utils.timezone import now as utcnow
 
 from .. import metrics
-from ..errors import BudgetExceeded, Conflict, IdempotencyConflict, InvalidInput, NotFound
-from ..fields import MoneyField, money
+from ..base.errors import BudgetExceeded, Conflict, IdempotencyConflict, InvalidInput, NotFound
+from ..base.fields import MoneyField, money
+from ..base.money import stored
+from ..domain.usage import Usage
 from ..models import Project, Reservation, UserBudget
-from ..money import stored
-from ..usage import Usage
 from .admission import Level, atomic_retried, levels_admit, levels_of, levels_unhold, lock_project
 from .costs import CostRecorded, cost_record, recorded_again, recorded_state
 from .ledger import exceeded_scope

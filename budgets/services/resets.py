@@ -16,9 +16,10 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils.timezone import now as utcnow
 
-from .. import periods, selectors
-from ..errors import UnknownUser
+from ..base.errors import UnknownUser
+from ..domain import periods
 from ..models import AuditLog, BudgetPeriod, ModelSpend, Project, UserBudget
+from ..selectors.budgets import model_costs
 from .audit import SYSTEM_LAZY, SYSTEM_SWEEP, write_audit, write_audits
 
 RESET_BATCH_SIZE = 5000  # rows locked and reset per transaction
@@ -306,7 +307,7 @@ class CurrentBudget:
         """Spend per model in the current period (one more query when not read with the budget)."""
         if self.spend_by_model is not None:
             return self.spend_by_model
-        return selectors.model_costs(self.budget)
+        return model_costs(self.budget)
 
 
 def _read_budget(project: Project, user_id: str) -> CurrentBudget | None:

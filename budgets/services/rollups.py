@@ -24,7 +24,7 @@ from django.db import connection, models, transaction
 from django.db.models import Count, Sum
 from django.db.models.functions import TruncDate
 
-from ..fields import MoneyField
+from ..base.fields import MoneyField
 from ..models import CostEvent, ModelDay, Project, SpendDay, UserDay, UserMonth
 
 ROLLUP_BATCH = 1000

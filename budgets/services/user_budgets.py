@@ -8,9 +8,9 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils.timezone import now as utcnow
 
-from .. import periods
+from ..base.money import to_money
+from ..domain import periods
 from ..models import ModelSpend, Project, UserBudget
-from ..money import to_money
 from .admission import lock_project
 from .audit import SYSTEM_LAZY, budget_snapshot, write_audit
 from .common import validate_duration, validate_user_id

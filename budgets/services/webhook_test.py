@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from django.utils.timezone import now as utcnow
 
-from ..codec import dumps
-from ..errors import InvalidInput
+from ..base.errors import InvalidInput
+from ..domain.codec import dumps
 from ..models import Project
 from .alerts import ALERT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature, webhook_post
 from .audit import write_audit

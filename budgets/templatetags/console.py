@@ -7,7 +7,7 @@ from typing import Any
 
 from django import template
 
-from ..money import DASH, format_dollars  # the one money format, re-exported for the templates
+from ..base.money import DASH, format_dollars  # the one money format, re-exported for the templates
 
 register = template.Library()
 

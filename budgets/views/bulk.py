@@ -17,11 +17,11 @@ from django.shortcuts import redirect
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
-from .. import services
-from ..errors import BudgetError, InvalidInput
+from ..base.errors import BudgetError, InvalidInput
 from ..forms import MAX_AMOUNT, BudgetImportForm, BulkBudgetForm, ImportRow
 from ..models import Action, Duration, Project
 from ..selectors import console as selectors
+from ..services.bulk_budgets import BudgetRow, budget_reset_many, budget_row_check, budget_set_many
 from ..templatetags.console import format_dollars
 from .common import actor, project_for, render_page
 
@@ -53,11 +53,11 @@ def budget_bulk(request: HttpRequest, project_id: int) -> HttpResponse:
     user_ids = list(dict.fromkeys(data["user_ids"]))
     try:
         if data["op"] == "set":
-            rows = [services.BudgetRow(u, data["total_budget"], data["duration"]) for u in user_ids]
-            count = services.budget_set_many(project=project, rows=rows, actor=actor(request))
+            rows = [BudgetRow(u, data["total_budget"], data["duration"]) for u in user_ids]
+            count = budget_set_many(project=project, rows=rows, actor=actor(request))
             messages.success(request, _set_message(count, data["total_budget"], data["duration"]))
         else:
-            count = services.budget_reset_many(project=project, user_ids=user_ids, actor=actor(request))
+            count = budget_reset_many(project=project, user_ids=user_ids, actor=actor(request))
             messages.success(request, f"Reset the spend of {count} user{'s' if count != 1 else ''} to zero.")
     except BudgetError as exc:
         messages.error(request, f"Nothing was changed: {exc.message}")
@@ -70,7 +70,7 @@ def check_rows(rows: list[ImportRow]) -> None:
         if row.error:
             continue
         try:
-            row.user_id, row.total_budget, row.duration = services.budget_row_check(
+            row.user_id, row.total_budget, row.duration = budget_row_check(
                 row.user_id, row.raw_amount or None, row.raw_duration, max_amount=MAX_AMOUNT)
         except InvalidInput as exc:
             row.error = exc.message
@@ -110,9 +110,9 @@ def budget_import(request: HttpRequest, project_id: int) -> HttpResponse:
     errors = sum(1 for r in rows if r["change"] == "error")
     changes = [r for r in rows if r["change"] in ("new", "changed")]
     if request.POST.get("confirm") == "yes" and not errors:
-        batch = [services.BudgetRow(r["row"].user_id, r["row"].total_budget, r["row"].duration) for r in changes]
+        batch = [BudgetRow(r["row"].user_id, r["row"].total_budget, r["row"].duration) for r in changes]
         try:
-            count = services.budget_set_many(project=project, rows=batch, actor=actor(request))
+            count = budget_set_many(project=project, rows=batch, actor=actor(request))
         except BudgetError as exc:
             messages.error(request, f"Nothing was imported: {exc.message}")
         else:

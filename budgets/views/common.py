@@ -12,10 +12,11 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
-from .. import services
-from ..errors import BudgetError, UnknownUser
+from ..base.errors import BudgetError, UnknownUser
 from ..models import Action, Project, UserBudget, role_allows
 from ..selectors.console import role_in, visible_projects
+from ..services.audit import actor_for_user
+from ..services.resets import ensure_current_period
 
 
 @dataclass(frozen=True)
@@ -69,20 +70,20 @@ def current_project(request: HttpRequest, project_id: int, action: str = Action.
                     all_users: bool = False) -> Project:
     """The project through the access helper, brought into its current period (the one lazy reset)."""
     project = project_for(request, project_id, action)
-    return services.ensure_current_period(project, all_users=all_users)
+    return ensure_current_period(project, all_users=all_users)
 
 
 def get_budget_for_project(project: Project, user_id: str) -> UserBudget:
     """The user's budget in this project (reset first if its period has ended), or 404."""
     try:
-        return services.ensure_current_period(project, user_id=user_id)
+        return ensure_current_period(project, user_id=user_id)
     except UnknownUser:
         raise Http404("no such user in this project") from None
 
 
 def actor(request: HttpRequest) -> str:
     """Who did it, as the audit log names console users."""
-    return services.actor_for_user(request.user)
+    return actor_for_user(request.user)
 
 
 def render_page(request: HttpRequest, template: str, context: dict[str, Any], *, project: Project | None = None,

@@ -9,10 +9,10 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_POST
 
-from .. import services
-from ..errors import BudgetError
+from ..base.errors import BudgetError
 from ..models import Action, Project
 from ..selectors import console as selectors
+from ..services.webhook_test import WebhookTest, alert_test_webhook
 from .common import actor, project_for, render_page
 
 AUDIT_FILTERS = ("user_id", "action", "actor")
@@ -56,7 +56,7 @@ def audit_log(request: HttpRequest, project_id: int) -> HttpResponse:
     return render_page(request, "console/audit.html", context, project=project, nav="audit")
 
 
-def _alerts_page(request: HttpRequest, project: Project, *, test: services.WebhookTest | None = None,
+def _alerts_page(request: HttpRequest, project: Project, *, test: WebhookTest | None = None,
                  error: str = "", status: int = 200) -> HttpResponse:
     context = {"page": selectors.alerts_page(project, page=request.GET.get("page")), "test": test,
                "test_error": error}
@@ -73,7 +73,7 @@ def alert_history(request: HttpRequest, project_id: int) -> HttpResponse:
 def webhook_test(request: HttpRequest, project_id: int) -> HttpResponse:
     project = project_for(request, project_id, Action.CHANGE)
     try:
-        result = services.alert_test_webhook(project=project, actor=actor(request))
+        result = alert_test_webhook(project=project, actor=actor(request))
     except BudgetError as exc:
         return _alerts_page(request, project, error=exc.message, status=400)
     return _alerts_page(request, project, test=result)

@@ -19,10 +19,11 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
-from .. import services
-from ..errors import BudgetError
+from ..base.errors import BudgetError
 from ..forms import InvitationSignupForm
 from ..models import Invitation
+from ..services.members import invitation_accept as invitation_accept_service
+from ..services.members import invitation_accept_new_account, invitation_open
 from .common import render_page
 
 MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
@@ -44,14 +45,14 @@ def _page(request: HttpRequest, token: str, invitation: Invitation | None, *, er
 @require_http_methods(["GET", "POST"])
 def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
     try:
-        invitation = services.invitation_open(token)
+        invitation = invitation_open(token)
     except BudgetError as exc:
         return _page(request, token, None, error=exc.message, status=exc.status)
     if request.method == "GET":
         return _page(request, token, invitation)
     if request.user.is_authenticated:
         try:
-            services.invitation_accept(token=token, user=request.user)  # type: ignore[arg-type]
+            invitation_accept_service(token=token, user=request.user)  # type: ignore[arg-type]
         except BudgetError as exc:
             return _page(request, token, invitation, error=exc.message, status=exc.status)
     else:
@@ -59,7 +60,7 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
         if not form.is_valid():
             return _page(request, token, invitation, signup=form, status=400)
         try:
-            user, _ = services.invitation_accept_new_account(token=token, username=form.cleaned_data["username"],
+            user, _ = invitation_accept_new_account(token=token, username=form.cleaned_data["username"],
                                                              password=form.cleaned_data["password1"])
         except BudgetError as exc:
             form.add_error(None, exc.message)

@@ -9,10 +9,10 @@ from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from .. import services
 from ..forms import ApiKeyForm
 from ..models import Action, ApiKey, Project
 from ..selectors import console as selectors
+from ..services.keys import api_key_create, api_key_revoke
 from .common import actor, current_project, render_page, run_form
 
 
@@ -36,7 +36,7 @@ def key_create(request: HttpRequest, project_id: int) -> HttpResponse:
     form = ApiKeyForm(request.POST)
     # Rendered, not redirected: the secret is shown in this answer only (only its hash is stored).
     return run_form(
-        request, form, lambda data: services.api_key_create(project=project, name=data["name"], actor=actor(request)),
+        request, form, lambda data: api_key_create(project=project, name=data["name"], actor=actor(request)),
         error_field="name", done=lambda created: _keys_page(request, project, ApiKeyForm(), new_key=created[1],
                                                            status=201),
         refused=lambda: _keys_page(request, project, form, status=400))
@@ -47,6 +47,6 @@ def key_create(request: HttpRequest, project_id: int) -> HttpResponse:
 def key_revoke(request: HttpRequest, project_id: int, key_id: int) -> HttpResponse:
     project = current_project(request, project_id, Action.CHANGE)
     key = get_object_or_404(ApiKey, project=project, pk=key_id)
-    services.api_key_revoke(key=key, actor=actor(request))
+    api_key_revoke(key=key, actor=actor(request))
     messages.success(request, f"Revoked the key “{key.name}” ({key.prefix}…). Requests with it now get 401.")
     return redirect("key_list", project.pk)

@@ -21,10 +21,13 @@ from django.utils import formats
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from .. import services
 from ..forms import InviteForm, MemberRoleForm
 from ..models import Action, Invitation, Membership, Project
 from ..selectors import console as selectors
+from ..services.members import invitation_recipient, invitation_token, member_set_role
+from ..services.members import invitation_revoke as invitation_revoke_service
+from ..services.members import member_invite as member_invite_service
+from ..services.members import member_remove as member_remove_service
 from .common import actor, project_for, render_page, run_action, run_form
 
 LOCAL_EMAIL_BACKENDS = ("django.core.mail.backends.console.EmailBackend",
@@ -38,7 +41,7 @@ def shows_links_on_screen() -> bool:
 
 
 def invitation_link(request: HttpRequest, invitation: Invitation) -> str:
-    path = reverse("invitation_accept", args=[services.invitation_token(invitation)])
+    path = reverse("invitation_accept", args=[invitation_token(invitation)])
     return request.build_absolute_uri(path)
 
 
@@ -63,7 +66,7 @@ def member_list(request: HttpRequest, project_id: int) -> HttpResponse:
 
 def _send_invitation(request: HttpRequest, invitation: Invitation, link: str) -> None:
     """Email the link to the invited address, or to the invited username's account (if it has an email)."""
-    recipient = services.invitation_recipient(invitation)
+    recipient = invitation_recipient(invitation)
     if recipient is None:
         return
     expires = formats.date_format(invitation.expires_at, "DATETIME_FORMAT")
@@ -85,7 +88,7 @@ def member_invite(request: HttpRequest, project_id: int) -> HttpResponse:
     form = InviteForm(request.POST)
     return run_form(
         request, form,
-        lambda data: services.member_invite(project=project, invitee=data["invitee"], role=data["role"],
+        lambda data: member_invite_service(project=project, invitee=data["invitee"], role=data["role"],
                                             invited_by=request.user, actor=actor(request)),  # type: ignore[arg-type]
         error_field="invitee", done=lambda invitation: _invited(request, project, invitation),
         refused=lambda: _members_page(request, project, invite_form=form, status=400))
@@ -108,7 +111,7 @@ def invitation_revoke(request: HttpRequest, project_id: int, invitation_id: int)
     project = project_for(request, project_id, Action.MANAGE_MEMBERS)
     invitation = get_object_or_404(Invitation, project=project, pk=invitation_id)
     return run_action(
-        request, lambda: services.invitation_revoke(project=project, invitation=invitation, actor=actor(request)),
+        request, lambda: invitation_revoke_service(project=project, invitation=invitation, actor=actor(request)),
         message=f"Withdrew the invitation to {invitation.invitee}.",
         done=lambda _: redirect("member_list", project.pk), refused=lambda: _members_page(request, project, status=400))
 
@@ -123,7 +126,7 @@ def member_role(request: HttpRequest, project_id: int, membership_id: int) -> Ht
         messages.error(request, "Choose owner, manager or viewer.")
         return _members_page(request, project, status=400)
     return run_action(
-        request, lambda: services.member_set_role(project=project, membership=membership,
+        request, lambda: member_set_role(project=project, membership=membership,
                                                   role=form.cleaned_data["role"], actor=actor(request)),
         message=f"{membership.user.get_username()} is now {form.cleaned_data['role']}.",
         done=lambda _: redirect("member_list", project.pk), refused=lambda: _members_page(request, project, status=400))
@@ -136,7 +139,7 @@ def member_remove(request: HttpRequest, project_id: int, membership_id: int) -> 
     membership = get_object_or_404(Membership.objects.select_related("user"), project=project, pk=membership_id)
     left = membership.user_id == request.user.pk and not request.user.is_staff
     return run_action(
-        request, lambda: services.member_remove(project=project, membership=membership, actor=actor(request)),
+        request, lambda: member_remove_service(project=project, membership=membership, actor=actor(request)),
         message=f"Removed {membership.user.get_username()} from the project.",
         # Someone who removed themselves no longer sees the project.
         done=lambda _: redirect("project_list") if left else redirect("member_list", project.pk),

@@ -9,10 +9,11 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_http_methods
 
-from .. import services
 from ..forms import NewProjectForm, ProjectDeleteForm
 from ..models import Action, Project
 from ..selectors import console as selectors
+from ..services.projects import project_create
+from ..services.projects import project_delete as project_delete_service
 from .common import actor, project_for, render_page, run_form
 
 
@@ -31,7 +32,7 @@ def project_new(request: HttpRequest) -> HttpResponse:
         return render_page(request, "console/project_new.html", {"form": form}, nav="projects")
     return run_form(
         request, form,
-        lambda data: services.project_create(
+        lambda data: project_create(
             name=data["name"].strip(), max_budget=data["max_budget"], timezone=data["timezone"],
             duration=data["duration"] or None, actor=actor(request),
             owner=request.user,  # type: ignore[arg-type]  # logged in: a User
@@ -54,7 +55,7 @@ def project_delete(request: HttpRequest, project_id: int) -> HttpResponse:
     if request.method == "POST":
         if not form.is_valid():
             return _delete_page(request, project, form, status=400)
-        summary = services.project_delete(project=project, actor=actor(request))
+        summary = project_delete_service(project=project, actor=actor(request))
         messages.success(request, f"Deleted the project {summary['name']}: its keys stopped working, and its "
                                   f"{summary['ledger_events']:,} ledger events are removed in the background.")
         return redirect("project_list")

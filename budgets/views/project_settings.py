@@ -7,9 +7,9 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
-from .. import services
 from ..forms import AlertSettingsForm, ProjectSettingsForm, plain_amount
 from ..models import Action, Project
+from ..services.projects import project_update
 from .common import actor, current_project, render_page, run_form
 
 
@@ -44,7 +44,7 @@ def project_settings_save(request: HttpRequest, project_id: int) -> HttpResponse
     project = current_project(request, project_id, Action.CHANGE)
     form = ProjectSettingsForm(request.POST)
     return run_form(
-        request, form, lambda _: services.project_update(project=project, actor=actor(request), **form.changes()),
+        request, form, lambda _: project_update(project=project, actor=actor(request), **form.changes()),
         message="Saved the project settings.", done=lambda _: redirect("project_settings", project.pk),
         refused=lambda: _settings_page(request, project, project_form=form, status=400))
 
@@ -56,7 +56,7 @@ def alert_settings_save(request: HttpRequest, project_id: int) -> HttpResponse:
     form = AlertSettingsForm(request.POST)
     return run_form(
         request, form,
-        lambda data: services.project_update(
+        lambda data: project_update(
             project=project, actor=actor(request), alert_thresholds=data["alert_thresholds"],
             alert_webhook_url=data["alert_webhook_url"], alert_email=data["alert_email"]),
         message="Saved the alert settings.", done=lambda _: redirect("project_settings", project.pk),

@@ -6,9 +6,9 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.utils.timezone import now as utcnow
 
-from .. import services
 from ..forms import RangeForm
 from ..selectors import console as selectors
+from ..services.resets import ensure_current_period
 from . import charts
 from .common import current_project, render_page
 from .project_manage import can_create_projects
@@ -19,7 +19,7 @@ def project_list(request: HttpRequest) -> HttpResponse:
     projects = selectors.visible_projects(request.user)
     # Projects whose period ended start a new one before their spend is shown (rare: beat does it).
     for due in projects.filter(next_reset_at__lte=utcnow()):
-        services.ensure_current_period(due)
+        ensure_current_period(due)
     rows = [
         {"project": p, "cap_use": selectors.cap_use(p.current_spend, p.max_budget)}
         for p in selectors.project_summaries(projects)

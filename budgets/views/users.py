@@ -11,10 +11,12 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
-from .. import services
 from ..forms import BULK_PERIOD_CHOICES, BudgetForm, CreateBudgetForm, UserSearchForm, plain_amount
 from ..models import Action, Duration, Project, UserBudget
 from ..selectors import console as selectors
+from ..services.user_budgets import budget_delete as budget_delete_service
+from ..services.user_budgets import budget_reset as budget_reset_service
+from ..services.user_budgets import budget_set
 from . import charts
 from .common import (
     actor,
@@ -73,7 +75,7 @@ def budget_create(request: HttpRequest, project_id: int) -> HttpResponse:
     form = CreateBudgetForm(request.POST)
     return run_form(
         request, form,
-        lambda data: services.budget_set(
+        lambda data: budget_set(
             project=project, user_id=data["user_id"], total_budget=data["total_budget"],
             duration=data["duration"], duration_days=data["duration_days"], actor=actor(request)),
         message=lambda done: f"{'Created' if done[1] else 'Replaced'} the budget of {done[0].user_id}.",
@@ -122,7 +124,7 @@ def budget_edit(request: HttpRequest, project_id: int, user_id: str) -> HttpResp
     form = BudgetForm(request.POST)
     return run_form(
         request, form,
-        lambda data: services.budget_set(
+        lambda data: budget_set(
             project=project, user_id=budget.user_id, total_budget=data["total_budget"],
             duration=data["duration"] or Duration.NONE, duration_days=data["duration_days"], actor=actor(request)),
         message=lambda done: f"Saved the budget of {done[0].user_id}.", done=lambda done: redirect(done[0]),
@@ -134,7 +136,7 @@ def budget_edit(request: HttpRequest, project_id: int, user_id: str) -> HttpResp
 def budget_reset(request: HttpRequest, project_id: int, user_id: str) -> HttpResponse:
     project = current_project(request, project_id, Action.CHANGE)
     budget = get_budget_for_project(project, user_id)
-    services.budget_reset(budget=budget, actor=actor(request))
+    budget_reset_service(budget=budget, actor=actor(request))
     messages.success(request, f"Reset the spend of {budget.user_id} to zero. The ledger keeps every call.")
     return redirect(budget)
 
@@ -144,6 +146,6 @@ def budget_reset(request: HttpRequest, project_id: int, user_id: str) -> HttpRes
 def budget_delete(request: HttpRequest, project_id: int, user_id: str) -> HttpResponse:
     project = current_project(request, project_id, Action.CHANGE)
     budget = get_budget_for_project(project, user_id)
-    services.budget_delete(budget=budget, actor=actor(request))
+    budget_delete_service(budget=budget, actor=actor(request))
     messages.success(request, f"Deleted the budget of {user_id}. Its ledger events stay.")
     return redirect("user_list", project.pk)

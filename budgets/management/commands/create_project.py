@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from budgets import services
-from budgets.errors import BudgetError
+from budgets.base.errors import BudgetError
 
 
 class Command(BaseCommand):

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from budgets.pricing import PriceMapError
+from budgets.domain.pricing import PriceMapError
 from budgets.services.prices import load_price_map
 
 

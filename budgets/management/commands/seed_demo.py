@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from budgets.errors import BudgetError
+from budgets.base.errors import BudgetError
 from budgets.services.demo import demo_seed
 
 CENT = Decimal("0.01")

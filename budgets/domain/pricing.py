@@ -23,12 +23,12 @@ from django.db.models import Q
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from budgets.errors import InvalidInput, UnknownModel
+from budgets.base.errors import InvalidInput, UnknownModel
+from budgets.domain.usage import Usage, check_cached
 from budgets.models import ModelPrice
-from budgets.usage import Usage, check_cached
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-SNAPSHOT_PATH = Path(__file__).resolve().parent / "data" / "model_prices.json.gz"
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+SNAPSHOT_PATH = Path(__file__).resolve().parents[1] / "data" / "model_prices.json.gz"
 
 # LiteLLM's map documents its own format in this entry; it prices nothing.
 SKIPPED_ENTRIES = frozenset({"sample_spec"})
@@ -239,8 +239,8 @@ def clear_price_cache() -> None:
         _cache_generation += 1
 
 
-@receiver(post_save, sender=ModelPrice, dispatch_uid="budgets.pricing.price_saved")
-@receiver(post_delete, sender=ModelPrice, dispatch_uid="budgets.pricing.price_deleted")
+@receiver(post_save, sender=ModelPrice, dispatch_uid="budgets.domain.pricing.price_saved")
+@receiver(post_delete, sender=ModelPrice, dispatch_uid="budgets.domain.pricing.price_deleted")
 def _price_changed(**kwargs: Any) -> None:
     clear_price_cache()
 

@@ -27,7 +27,7 @@ from ninja.parser import Parser
 from ninja.renderers import BaseRenderer
 from pydantic import BaseModel
 
-from .errors import InvalidInput, InvalidJSON
+from ..base.errors import InvalidInput, InvalidJSON
 
 MAX_DEPTH = 64
 CONTENT_TYPE = "application/json; charset=utf-8"

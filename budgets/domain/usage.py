@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from ..base.errors import InvalidInput, Unprocessable
+from ..base.money import to_tokens
+from ..base.validation import validate_model
 from . import tokens
-from .errors import InvalidInput, Unprocessable
-from .money import to_tokens
-from .validation import validate_model
 
 __all__ = ["Usage", "prompt_usage", "usage_from_completion", "usage_from_texts", "usage_of_counts", "validate_model"]
 

@@ -39,7 +39,7 @@ DEFAULT_ENCODING = CL100K_BASE
 SUPPORTED_ENCODINGS = (O200K_BASE, CL100K_BASE)
 
 # Module-level so tests (and deployments that relocate data) can point it elsewhere.
-BPE_DIR = Path(__file__).resolve().parent / "data" / "bpe"
+BPE_DIR = Path(__file__).resolve().parents[1] / "data" / "bpe"
 
 # Download URL and SHA-256 of each BPE file, as passed to load_tiktoken_bpe in
 # tiktoken_ext/openai_public.py (tiktoken 0.14.0); tests/test_tokens.py checks they still are.
