@@ -76,6 +76,7 @@ class Project(Period):
     )
     alert_webhook_url = models.URLField(blank=True, max_length=500)
     alert_email = models.EmailField(blank=True)
+    slack_webhook_url = models.URLField(blank=True, max_length=500, help_text="A Slack incoming webhook for alerts.")
     webhook_secret = models.CharField(max_length=64, default=new_webhook_secret)
     created_at = models.DateTimeField(default=now)
     # Set when the project is deleted (its keys revoked in the same transaction): it is gone from
@@ -282,6 +283,9 @@ class CostEvent(models.Model):
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     request_fingerprint = models.CharField(max_length=64, blank=True)
     response = models.JSONField(null=True, blank=True, help_text="The first answer, replayed on a retry.")
+    # The call's tags as ",a,b," (filter with tags__contains=",a,"): portable, no join on the hot path.
+    tags = models.CharField(max_length=400, blank=True, default="")
+    api_key = models.ForeignKey("ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     created_at = models.DateTimeField(default=now)
 
     class Meta:
@@ -340,6 +344,12 @@ class Reservation(models.Model):
         CostEvent, on_delete=models.SET_NULL, null=True, blank=True, related_name="reservations"
     )
     settled_cost = MoneyField(null=True, blank=True)
+    tags = models.CharField(max_length=400, blank=True, default="")
+    api_key = models.ForeignKey("ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    # The worst case held in the other units, and the limits it is held on (ids): settle,
+    # release and expiry give back exactly these holds, whatever changed in between.
+    tokens = models.BigIntegerField(default=0)
+    limit_ids = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -532,6 +542,8 @@ class ApiKey(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        # A key limit names its key: the name is unique in its project (revoked keys keep theirs).
+        constraints = [models.UniqueConstraint(fields=["project", "name"], name="unique_key_name_per_project")]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
@@ -605,3 +617,94 @@ class Alert(models.Model):
     def __str__(self) -> str:
         who = self.user_id or "project"
         return f"{self.project.name}/{who} crossed {self.threshold}%"
+
+
+class Team(models.Model):
+    """A group of a project's users that may share limits; a user is in at most one team of a project."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="teams")
+    name = models.CharField(max_length=100)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["project", "name"], name="unique_team_per_project")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TeamMember(models.Model):
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="members")
+    # The project again, so that "one team per user in a project" is a constraint, not a rule to remember.
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    user_id = models.CharField(max_length=255)
+
+    class Meta:
+        ordering = ["user_id"]
+        constraints = [models.UniqueConstraint(fields=["project", "user_id"], name="one_team_per_user")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.team_id}"
+
+
+class Limit(models.Model):
+    """A cap on what a scope's calls may use in a window: dollars, tokens or requests.
+
+    The user budget (UserBudget) and the project cap (Project.max_budget) are limits of this
+    model too (scope user/project, unit usd), kept in their own rows; these rows are the rest.
+    """
+
+    class Scope(models.TextChoices):
+        PROJECT = "project", "Project"
+        TEAM = "team", "Team"
+        USER = "user", "User"
+        KEY = "key", "API key"
+        TAG = "tag", "Tag"
+
+    class Unit(models.TextChoices):
+        USD = "usd", "Dollars"
+        TOKENS = "tokens", "Tokens"
+        REQUESTS = "requests", "Requests"
+
+    class Window(models.TextChoices):
+        HOUR = "hour", "Hour"
+        DAY = "day", "Day"
+        WEEK = "week", "Week"
+        MONTH = "month", "Month"
+        YEAR = "year", "Year"
+        LIFETIME = "lifetime", "Lifetime"
+
+    class Mode(models.TextChoices):
+        HARD = "hard", "Hard (refuses)"
+        SOFT = "soft", "Soft (alerts only)"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="limits")
+    scope = models.CharField(max_length=10, choices=Scope.choices)
+    subject = models.CharField(max_length=255, blank=True, help_text="Team name, user id, key name or tag.")
+    model = models.CharField(max_length=255, blank=True, help_text="Only this model's calls; blank: every model.")
+    unit = models.CharField(max_length=10, choices=Unit.choices, default=Unit.USD)
+    window = models.CharField(max_length=10, choices=Window.choices, default=Window.MONTH)
+    # Dollars, or a whole number of tokens or requests (one column: the unit says which).
+    amount = MoneyField()
+    mode = models.CharField(max_length=4, choices=Mode.choices, default=Mode.HARD)
+    used = MoneyField(default=ZERO)
+    held = MoneyField(default=ZERO)
+    window_start = models.DateTimeField(default=now)
+    resets_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    created_at = models.DateTimeField(default=now)
+    updated_at = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["scope", "subject", "model", "unit", "window"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "scope", "subject", "model", "unit", "window"],
+                                    name="unique_limit"),
+            models.CheckConstraint(condition=Q(amount__gte=0), name="limit_amount_non_negative"),
+        ]
+        indexes = [models.Index(fields=["project", "scope", "subject"], name="limit_subject")]
+
+    def __str__(self) -> str:
+        subject = f" {self.subject!r}" if self.subject else ""
+        model = f" on {self.model}" if self.model else ""
+        return f"{self.scope}{subject}{model}: {self.amount} {self.unit} per {self.window}"

@@ -9,7 +9,7 @@ from django.core.cache import cache
 from django.db import transaction
 from django.utils.timezone import now as utcnow
 
-from ..base.errors import InvalidInput
+from ..base.errors import Conflict, InvalidInput
 from ..models import ApiKey, Project
 from ..selectors.budgets import (
     KEY_GENERATION,
@@ -51,6 +51,9 @@ def api_key_create(*, project: Project, name: str, actor: str = "system") -> tup
     """Create a key; the raw secret is returned once and only its hash is kept."""
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
         raise InvalidInput("key name must be a non-empty string of at most 100 characters")
+    if ApiKey.objects.filter(project=project, name=name.strip()).exists():
+        # Key limits name their key, so a name is taken for good (a revoked key keeps its name).
+        raise Conflict(f"the project already has a key named {name.strip()!r}")
     raw = KEY_PREFIX + secrets.token_urlsafe(32)  # 256 bits
     with transaction.atomic():
         key = ApiKey.objects.create(project=project, name=name.strip(), prefix=raw[:SHOWN_LENGTH],
