@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 
 from django.db.models import Q, QuerySet
 
-from ..models import Limit, Project, TeamMember
+from ..models import Limit, Project, TeamMember, UserBudget
 
 MAX_TAGS = 10
 
@@ -54,3 +56,54 @@ def applicable_limits(call: CallScope, *, hard_only: bool = False) -> QuerySet[L
 def tags_text(tags: tuple[str, ...] | list[str]) -> str:
     """The ledger's form of a call's tags: ",a,b," (empty for none), filtered with tags__contains=",a,"."""
     return f",{','.join(sorted(set(tags)))}," if tags else ""
+
+
+# A budget's duration as a limit's window ("days": LiteLLM's every-N-days budgets).
+WINDOW_OF_DURATION = {"none": "lifetime", "daily": "day", "weekly": "week", "monthly": "month", "yearly": "year",
+                      "days": "days"}
+
+
+@dataclass(frozen=True)
+class LimitState:
+    """A limit's figures as a refusal and the self-service read name it, whichever row holds it.
+
+    `id` is None for the user's budget and the project's cap, which keep their own rows
+    (UserBudget, Project) but answer as limits of scope user and project, unit usd.
+    """
+
+    id: int | None
+    scope: str
+    subject: str
+    model: str | None
+    unit: str
+    window: str
+    mode: str
+    limit: Decimal
+    used: Decimal
+    held: Decimal
+    resets_at: datetime | None
+
+    @property
+    def remaining(self) -> Decimal:
+        return max(self.limit - self.used - self.held, Decimal(0))
+
+    @classmethod
+    def of_limit(cls, limit: Limit) -> LimitState:
+        return cls(id=limit.pk, scope=limit.scope, subject=limit.subject, model=limit.model or None, unit=limit.unit,
+                   window=limit.window, mode=limit.mode, limit=limit.amount, used=limit.used, held=limit.held,
+                   resets_at=limit.resets_at)
+
+    @classmethod
+    def of_budget(cls, budget: UserBudget) -> LimitState:
+        return cls(id=None, scope="user", subject=budget.user_id, model=None, unit="usd",
+                   window=WINDOW_OF_DURATION[budget.duration], mode="hard", limit=budget.total_budget,
+                   used=budget.current_spend, held=budget.held, resets_at=budget.next_reset_at)
+
+    @classmethod
+    def of_project(cls, project: Project) -> LimitState | None:
+        """The project's cap as a limit; None when the project has no cap."""
+        if project.max_budget is None:
+            return None
+        return cls(id=None, scope="project", subject="", model=None, unit="usd",
+                   window=WINDOW_OF_DURATION[project.duration], mode="hard", limit=project.max_budget,
+                   used=project.current_spend, held=project.held, resets_at=project.next_reset_at)
