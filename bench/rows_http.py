@@ -273,6 +273,7 @@ def hosted_in_process(row: Row, users: int, base: float) -> None:
     """
     try:
         from budgets.domain.codec import loads
+        from budgets.domain.litellm_records import parse_user_dict
         from budgets.services.hosted import hosted_budget_get, hosted_budget_set
     except ImportError as exc:
         row.note(f"in-process hosted merge not measured: {exc}")
@@ -283,7 +284,8 @@ def hosted_in_process(row: Row, users: int, base: float) -> None:
         raw = json.dumps(hosted_body(project.name, HOSTED_SAMPLE, changed=changed)).encode()
         start = time.perf_counter()
         real, *_ = count_statements(
-            lambda raw=raw: hosted_budget_set(project=project, user_dict=loads(raw)["user_dict"], actor="bench"))
+            lambda raw=raw: hosted_budget_set(
+                project=project, records=parse_user_dict(loads(raw)["user_dict"]), actor="bench"))
         seconds = time.perf_counter() - start
         if changed:
             row.add(f"in-process hosted_budget_set one changed, {HOSTED_SAMPLE} users", seconds * 1000, "ms",

@@ -13,7 +13,18 @@ from ..services.costs import admission_check
 from . import requests
 from .auth import request_project
 from .common import ERROR_STATUSES, current_budget
-from .schemas import CheckIn, CheckOut, ErrorOut, MessagesIn, PriceOut, ProjectedCostOut, QuoteIn, QuoteOut, UserId
+from .schemas import (
+    CheckIn,
+    CheckOut,
+    ErrorOut,
+    MessagesIn,
+    ModelName,
+    PriceOut,
+    ProjectedCostOut,
+    QuoteIn,
+    QuoteOut,
+    UserId,
+)
 
 router = Router(tags=["checks"])
 ERRORS = {**dict.fromkeys(ERROR_STATUSES, ErrorOut), 422: ErrorOut}
@@ -45,6 +56,6 @@ def cost_quote(request: HttpRequest, payload: QuoteIn):
 
 
 @router.get("/prices/{path:model}", response={200: PriceOut, **ERRORS})
-def price(request: HttpRequest, model: str):
+def price(request: HttpRequest, model: ModelName):
     """The price recording uses for `model`, matched as LiteLLM matches names (else 422 unknown_model)."""
     return get_price(model)

@@ -19,8 +19,8 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from ..base.errors import BudgetError, Forbidden, InvalidInput, PayloadTooLarge, TooManyRequests
-from ..base.money import MONEY_MAX, check_precision
 from ..domain.codec import loads
+from ..domain.litellm_records import parse_user_dict
 from ..models import Project
 from ..services.hosted import hosted_budget_get, hosted_budget_set
 from .auth import api_key_required, request_actor
@@ -121,31 +121,6 @@ def set_budget(request: HttpRequest, project: Project, body: dict[str, Any]) -> 
     """`{"project_name", "user_dict"}` → `{"status": "success"}`; merged as budgets.services.hosted says."""
     if "user_dict" not in body:
         raise InvalidInput("user_dict is required")
-    _check_amounts(body["user_dict"])
-    hosted_budget_set(project=project, user_dict=body["user_dict"], actor=request_actor(request, via="hosted"))
+    records = parse_user_dict(body["user_dict"])
+    hosted_budget_set(project=project, records=records, actor=request_actor(request, via="hosted"))
     return json_response({"status": "success"})
-
-
-def _check_amounts(user_dict: Any) -> None:
-    """Refuse an amount that 12 decimal places would turn into $0 (1e-30); the merge rounds the rest.
-
-    The client computes costs in floating point (0.00045 is sent as 0.00045000000000000004), so
-    the places past 12 are rounded, not refused; the shape of the dict is the merge's to check.
-    """
-    if not isinstance(user_dict, dict):
-        return
-    for user, record in user_dict.items():
-        if not isinstance(record, dict):
-            continue
-        where = f"user_dict[{user!r}]"
-        _check_amount(record.get("total_budget"), f"{where}.total_budget")
-        _check_amount(record.get("current_cost"), f"{where}.current_cost")
-        model_cost = record.get("model_cost")
-        if isinstance(model_cost, dict):
-            for model, amount in model_cost.items():
-                _check_amount(amount, f"{where}.model_cost[{model!r}]")
-
-
-def _check_amount(value: Any, where: str) -> None:
-    if type(value) is Decimal and value.is_finite() and ZERO < value < MONEY_MAX:  # else the merge says why
-        check_precision(value, where)

@@ -54,15 +54,16 @@ from django.db import transaction
 from django.utils.timezone import now as utcnow
 
 from ..domain import periods
+from ..domain.litellm_records import NOISE_ABSOLUTE, ClientRecord
 from ..models import AuditLog, ModelSpend, Project, UserBudget
 from ..selectors.budgets import budget_record
 from . import ledger
 from .admission import lock_project, retry_on_conflict
 from .audit import budget_snapshot
-from .hosted_records import NOISE_ABSOLUTE, UNKNOWN_MODEL, ClientRecord, budget_rows, parse_user_dict
+from .hosted_records import budget_rows
 from .resets import reset_due_budgets
 
-__all__ = ["UNKNOWN_MODEL", "hosted_budget_get", "hosted_budget_set", "merge_record", "parse_user_dict"]
+__all__ = ["hosted_budget_get", "hosted_budget_set", "merge_record"]
 
 # Beside the models in the baseline: validate_model strips names, so none starts with a space.
 CLIENT_KEY = " client"
@@ -238,12 +239,12 @@ def _may_change(budget: UserBudget | None, record: ClientRecord) -> bool:
 
 
 @retry_on_conflict
-def hosted_budget_set(*, project: Project, user_dict: Any, actor: str) -> MergeResult:
-    """Merge a client's user_dict into the project (see the module docstring); all or nothing.
+def hosted_budget_set(*, project: Project, records: dict[str, ClientRecord], actor: str) -> MergeResult:
+    """Merge a client's records (its user_dict, parsed by domain.litellm_records) into the project
+    (see the module docstring); all or nothing.
 
     Users missing from the dict are left alone: the client only sends users it knows.
     """
-    records = parse_user_dict(user_dict)
     reset_due_budgets(project=project)
     existing = budget_rows(project, list(records))
     candidates = sorted(user for user, record in records.items() if _may_change(existing.get(user), record))

@@ -23,7 +23,7 @@ from ..models import Action, Duration, Project
 from ..selectors import console as selectors
 from ..services.bulk_budgets import BudgetRow, budget_reset_many, budget_row_check, budget_set_many
 from ..templatetags.console import format_dollars
-from .common import actor, project_for, render_page
+from .common import actor, project_for, render_page, run_form
 
 
 def _set_message(count: int, amount: Decimal, duration: str | None) -> str:
@@ -43,25 +43,26 @@ def budget_bulk(request: HttpRequest, project_id: int) -> HttpResponse:
     back = request.POST.get("next") or ""
     # Back to the same page of the list (a query string only: never another site).
     users_page = reverse("user_list", args=[project.pk]) + (back if back.startswith("?") else "")
-    if not form.is_valid():
-        for field, errors in form.errors.items():
-            for error in errors:
-                label = "" if field == "__all__" else f"{form.fields[field].label or field}: "
-                messages.error(request, f"{label}{error}")
-        return redirect(users_page)
-    data = form.cleaned_data
-    user_ids = list(dict.fromkeys(data["user_ids"]))
-    try:
+
+    def apply(data: dict[str, Any]) -> str:
+        user_ids = list(dict.fromkeys(data["user_ids"]))
         if data["op"] == "set":
             rows = [BudgetRow(u, data["total_budget"], data["duration"]) for u in user_ids]
             count = budget_set_many(project=project, rows=rows, actor=actor(request))
-            messages.success(request, _set_message(count, data["total_budget"], data["duration"]))
-        else:
-            count = budget_reset_many(project=project, user_ids=user_ids, actor=actor(request))
-            messages.success(request, f"Reset the spend of {count} user{'s' if count != 1 else ''} to zero.")
-    except BudgetError as exc:
-        messages.error(request, f"Nothing was changed: {exc.message}")
-    return redirect(users_page)
+            return _set_message(count, data["total_budget"], data["duration"])
+        count = budget_reset_many(project=project, user_ids=user_ids, actor=actor(request))
+        return f"Reset the spend of {count} user{'s' if count != 1 else ''} to zero."
+
+    def refused() -> HttpResponse:
+        # The form lives on the users page: its errors come back as messages above the list.
+        for field, errors in form.errors.items():
+            for error in errors:
+                label = "Nothing was changed: " if field == "__all__" else f"{form.fields[field].label or field}: "
+                messages.error(request, f"{label}{error}")
+        return redirect(users_page)
+
+    return run_form(request, form, apply, done=lambda _: redirect(users_page), refused=refused,
+                    message=lambda text: text)
 
 
 def check_rows(rows: list[ImportRow]) -> None:
@@ -106,6 +107,8 @@ def budget_import(request: HttpRequest, project_id: int) -> HttpResponse:
     if not form.is_valid():
         return render_page(request, "console/budget_import.html", {"form": form}, project=project, nav="users",
                            status=400)
+    # Not run_form: an import is two steps (a preview page of every row, then the apply), and both
+    # answer the preview page, not a redirect.
     rows = preview(project, form.cleaned_data["rows"])
     errors = sum(1 for r in rows if r["change"] == "error")
     changes = [r for r in rows if r["change"] in ("new", "changed")]

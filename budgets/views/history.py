@@ -72,6 +72,7 @@ def alert_history(request: HttpRequest, project_id: int) -> HttpResponse:
 @require_POST
 def webhook_test(request: HttpRequest, project_id: int) -> HttpResponse:
     project = project_for(request, project_id, Action.CHANGE)
+    # Not run_action: the answer is the test's outcome shown on the alerts page, not a redirect.
     try:
         result = alert_test_webhook(project=project, actor=actor(request))
     except BudgetError as exc:
