@@ -284,7 +284,8 @@ class CostEvent(models.Model):
     request_fingerprint = models.CharField(max_length=64, blank=True)
     response = models.JSONField(null=True, blank=True, help_text="The first answer, replayed on a retry.")
     # The call's tags as ",a,b," (filter with tags__contains=",a,"): portable, no join on the hot path.
-    tags = models.CharField(max_length=400, blank=True, default="")
+    # db_default too: the PostgreSQL fast paths insert ledger rows with SQL of their own.
+    tags = models.CharField(max_length=400, blank=True, default="", db_default="")
     api_key = models.ForeignKey("ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     created_at = models.DateTimeField(default=now)
 

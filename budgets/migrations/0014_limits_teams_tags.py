@@ -133,7 +133,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="costevent",
             name="tags",
-            field=models.CharField(blank=True, default="", max_length=400),
+            field=models.CharField(blank=True, db_default="", default="", max_length=400),
         ),
         migrations.AddField(
             model_name="project",
