@@ -2,7 +2,8 @@
 
 `services`, `selectors` and `views` are one module per concern; code inside `budgets` imports
 a name from the module that defines it (so mypy sees its type), while tests, the shell and
-scripts may still write `services.budget_set`. A new service is one new file.
+scripts may still write `services.budget_set`. A new service is one new file. A module's name wins
+over a function of the same name (`views.project_settings` is the module).
 """
 
 from __future__ import annotations

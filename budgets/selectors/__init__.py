@@ -8,16 +8,8 @@ Each name lives in the module of its concern; `selectors.<name>` finds it there 
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..base.namespace import Namespace
 
 _names = Namespace(__name__, __path__)
-
-
-def __getattr__(name: str) -> Any:
-    return _names.get(name)
-
-
-def __dir__() -> list[str]:
-    return _names.names()
+__getattr__ = _names.get
+__dir__ = _names.names
