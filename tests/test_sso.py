@@ -304,3 +304,21 @@ def test_password_login_still_locks_out_after_repeated_failures_with_single_sign
     assert locked.status_code == 429
     html = locked.content.decode()
     assert 'id="lockout"' in html and 'id="sso-login"' in html  # single sign-on stays offered
+
+
+@pytest.mark.django_db
+def test_password_login_switched_off_an_invitation_offers_no_password_account(client, sso, settings, people, acme):
+    settings.PASSWORD_LOGIN = False
+    invitation = services.member_invite(project=acme, invitee="new@acme.example", role="viewer",
+                                        invited_by=people["founder"], actor="user:founder")
+    link = reverse("invitation_accept", args=[services.invitation_token(invitation)])
+    accounts = User.objects.count()
+
+    page = client.get(link)
+    refused = client.post(link, {"username": "new", "password1": "pw-new-123456", "password2": "pw-new-123456"})
+
+    assert page.status_code == 200 and 'id="signup-form"' not in page.content.decode()
+    assert refused.status_code == 403
+    assert "log in with single sign-on to accept" in refused.content.decode()
+    assert User.objects.count() == accounts
+    assert not Membership.objects.filter(project=acme, user__email="new@acme.example").exists()
