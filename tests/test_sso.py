@@ -281,6 +281,10 @@ def test_password_login_switched_off_sends_django_admin_to_single_sign_on(client
     assert "_auth_user_id" not in client.session
     client.force_login(people["ann"])  # logged in through single sign-on, but not staff
     assert client.get("/admin/login/?next=/admin/").status_code == 403
+    client.force_login(User.objects.get(username="root"))  # staff, logged in through single sign-on
+    back = client.get("/admin/login/?next=/admin/budgets/")
+    assert back.status_code == 302 and back["Location"] == "/admin/budgets/"
+    assert client.get("/admin/login/?next=https://evil.example/")["Location"] == "/admin/"
 
 
 @pytest.mark.django_db

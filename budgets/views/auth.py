@@ -13,8 +13,9 @@ from django.contrib import admin
 from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.views import LoginView, redirect_to_login
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 
 from .sso import refused_password_post, sso_context
 
@@ -59,7 +60,10 @@ def admin_login(request: HttpRequest) -> HttpResponse:
         return admin.site.login(request)
     if request.method == "POST":
         return refused_password_post(request)
+    target = request.GET.get("next") or reverse("admin:index")
+    if admin.site.has_permission(request):  # staff, logged in through single sign-on
+        return redirect(target if url_has_allowed_host_and_scheme(target, {request.get_host()}) else "admin:index")
     if request.user.is_authenticated:  # logged in, but not staff: the console's login would send them back here
         return render(request, "403.html", {"exception": "Your account has no access to Django admin."},
                       status=403)
-    return redirect_to_login(request.GET.get("next") or reverse("admin:index"), reverse("login"))
+    return redirect_to_login(target, reverse("login"))
