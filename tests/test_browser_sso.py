@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+from allauth.socialaccount.models import SocialAccount
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.urls import reverse
@@ -39,6 +40,8 @@ PEOPLE = {
               "preferred_username": "alice", "groups": ["budget-admins", "staff"]},
     "bob": {"email": "bob@acme.example", "email_verified": True, "name": "Bob Analyst",
             "preferred_username": "bob", "groups": ["analysts"]},
+    "founder": {"email": "Founder@acme.example", "email_verified": True, "name": "The Founder",
+                "preferred_username": "f.ounder", "groups": []},
     "mallory": {"email": "mallory@elsewhere.example", "email_verified": True, "name": "Mallory",
                 "preferred_username": "mallory", "groups": ["budget-admins"]},
 }
@@ -150,6 +153,21 @@ def test_the_next_login_follows_the_groups_the_provider_now_gives(tab, sso, acme
     assert AuditLog.objects.filter(project=acme_project, action="member_remove", actor="sso:alice").count() == 1
     assert tab.page.locator("#projects-table tbody tr").count() == 0
     assert User.objects.filter(email="alice@acme.example").count() == 1  # the same account every time
+
+
+def test_an_existing_account_with_the_verified_address_is_the_same_person(tab, acme_project):
+    accounts = User.objects.count()
+
+    sso_login(tab, "founder")
+
+    tab.page.wait_for_url(tab.base_url + reverse("project_list"))
+    assert User.objects.count() == accounts
+    founder = User.objects.get(username="founder")
+    assert SocialAccount.objects.get(user=founder).uid == "founder"
+    assert "founder" in tab.page.locator("nav").inner_text()
+    # In no mapped group, but the project's last owner: the project keeps its owner.
+    assert Membership.objects.get(project=acme_project, user=founder).role == "owner"
+    assert tab.page.locator("#projects-table tbody tr").count() == 1
 
 
 def test_an_address_outside_the_allowed_domains_is_refused_and_no_account_is_made(tab, acme_project):
