@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from .views.auth import ConsoleLoginView
 from .views.bulk import budget_bulk, budget_import
 from .views.export import export_csv
 from .views.history import alert_history, audit_log, webhook_test
@@ -23,8 +24,8 @@ from .views.projects import project_list, project_overview
 from .views.users import budget_create, budget_delete, budget_edit, budget_reset, user_detail, user_list
 
 urlpatterns = [
-    path("login/", auth_views.LoginView.as_view(template_name="registration/login.html",
-                                                redirect_authenticated_user=True), name="login"),
+    # Password login (PASSWORD_LOGIN) and the single sign-on button (OIDC_ISSUER): views/auth.py.
+    path("login/", ConsoleLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),  # POST only (Django 5+)
     # The one-time set-password link a new member receives (Django's password reset confirm).
     path("reset/<uidb64>/<token>/", auth_views.PasswordResetConfirmView.as_view(

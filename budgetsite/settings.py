@@ -92,6 +92,12 @@ INSTALLED_APPS = [
     "bootstrap",
     "django_celery_beat",
     "axes",  # console and admin login lockout
+    # Single sign-on (OpenID Connect): installed always, so the schema is the same whether or not
+    # OIDC_ISSUER is set; its routes and the login page's button exist only when it is.
+    "allauth",
+    "allauth.account",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
     "ninja",  # Swagger UI's files, served locally (no CDN) at /api/v1/docs
     "budgets",
 ]
@@ -109,6 +115,8 @@ MIDDLEWARE = [
     "budgets.middleware.SecurityHeadersMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Required by django-allauth (single sign-on): it only keeps its own login state tidy.
+    "allauth.account.middleware.AccountMiddleware",
     # Last: turns a locked-out login into the lockout page.
     "axes.middleware.AxesMiddleware",
 ]
@@ -124,6 +132,114 @@ AXES_COOLOFF_TIME = env_int("AXES_COOLOFF_MINUTES", 15) / 60  # hours
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "budgets.views.auth.locked_out"
+
+# --- Single sign-on: OpenID Connect through django-allauth (docs/operations.md "Single sign-on") ---
+# Off unless OIDC_ISSUER is set. Every value is checked here: a bad one stops the start.
+SSO_ROLES = ("owner", "manager", "viewer")  # budgets.models.Role's values (the apps are not loaded yet)
+
+
+def parse_role_map(raw: str) -> list[tuple[str, str, str]]:
+    """OIDC_ROLE_MAP: `group=project:role` entries separated by commas -> [(group, project, role)].
+
+    A group may name several projects (one entry each); a project name may contain ":" (the role
+    is after the last one). A group named twice for the same project keeps the highest role at login.
+    """
+    entries: list[tuple[str, str, str]] = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        group, equals, target = (text.strip() for text in item.partition("="))
+        project, colon, role = (text.strip() for text in target.rpartition(":"))
+        if not equals or not colon or not group or not project or role not in SSO_ROLES:
+            raise ImproperlyConfigured(
+                f"OIDC_ROLE_MAP entry {item!r} must read group=project:role with a role among "
+                f"{', '.join(SSO_ROLES)} (e.g. OIDC_ROLE_MAP=\"budget-admins=acme:owner,analysts=acme:viewer\")")
+        entries.append((group, project, role))
+    return entries
+
+
+def parse_issuer(raw: str, *, production: bool) -> str:
+    """OIDC_ISSUER: the provider's issuer URL (its discovery document is at <issuer>/.well-known/...)."""
+    issuer = raw.strip().rstrip("/")
+    if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", issuer):
+        raise ImproperlyConfigured(f"OIDC_ISSUER must be the provider's issuer URL such as "
+                                   f"https://login.example.com/realms/acme, got {raw!r}")
+    loopback = re.match(r"http://(127\.[0-9.]+|localhost|\[::1\])(:[0-9]+)?(/|$)", issuer)
+    if production and issuer.startswith("http://") and not loopback:
+        raise ImproperlyConfigured(f"OIDC_ISSUER must use https in production, got {raw!r}")
+    return issuer
+
+
+def parse_domains(items: list[str]) -> list[str]:
+    """OIDC_ALLOWED_DOMAINS: email domains whose people may log in ("*": any address the provider vouches for)."""
+    domains = [domain.lower().lstrip("@") for domain in items]
+    if not domains:
+        raise ImproperlyConfigured("OIDC_ALLOWED_DOMAINS is required with OIDC_ISSUER: the email domains "
+                                   "allowed to log in, comma-separated (e.g. acme.com,acme.co.uk), or * for any")
+    for domain in domains:
+        if domain != "*" and not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+",
+                                              domain):
+            raise ImproperlyConfigured(f"OIDC_ALLOWED_DOMAINS: {domain!r} is not an email domain such as acme.com")
+    return domains
+
+
+OIDC_ISSUER = parse_issuer(env_str("OIDC_ISSUER"), production=PRODUCTION) if env_str("OIDC_ISSUER").strip() else ""
+SSO_ENABLED = bool(OIDC_ISSUER)
+OIDC_CLIENT_ID = env_str("OIDC_CLIENT_ID").strip()
+OIDC_CLIENT_SECRET = env_str("OIDC_CLIENT_SECRET").strip()
+OIDC_ALLOWED_DOMAINS = parse_domains(env_list("OIDC_ALLOWED_DOMAINS")) if SSO_ENABLED else []
+# The claim (in the ID token or the userinfo answer) that lists a person's groups.
+OIDC_GROUPS_CLAIM = env_str("OIDC_GROUPS_CLAIM", "groups").strip()
+OIDC_ROLE_MAP = parse_role_map(env_str("OIDC_ROLE_MAP"))
+# The login page's button: "Log in with <OIDC_PROVIDER_NAME>".
+OIDC_PROVIDER_NAME = env_str("OIDC_PROVIDER_NAME", "single sign-on").strip() or "single sign-on"
+# Off: the login page offers single sign-on only and a password POST is refused (Django admin too).
+PASSWORD_LOGIN = env_bool("PASSWORD_LOGIN", True)
+if SSO_ENABLED:
+    missing = [name for name, value in (("OIDC_CLIENT_ID", OIDC_CLIENT_ID), ("OIDC_CLIENT_SECRET", OIDC_CLIENT_SECRET))
+               if not value]
+    if missing:
+        raise ImproperlyConfigured(f"{' and '.join(missing)} required with OIDC_ISSUER: the client registered "
+                                   f"for this service at the provider")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", OIDC_GROUPS_CLAIM):
+        raise ImproperlyConfigured(f"OIDC_GROUPS_CLAIM must be a claim name such as groups, got {OIDC_GROUPS_CLAIM!r}")
+else:
+    stray = [name for name in ("OIDC_CLIENT_ID", "OIDC_CLIENT_SECRET", "OIDC_ALLOWED_DOMAINS", "OIDC_ROLE_MAP")
+             if env_str(name).strip()]
+    if stray:
+        raise ImproperlyConfigured(f"{', '.join(stray)} set without OIDC_ISSUER: single sign-on needs the issuer URL")
+    if not PASSWORD_LOGIN:
+        raise ImproperlyConfigured("PASSWORD_LOGIN=false needs single sign-on (OIDC_ISSUER): nobody could log in")
+
+# django-allauth: the provider comes from these settings (no database row); only what the console uses.
+SSO_PROVIDER_ID = "sso"
+
+
+def sso_providers(*, issuer: str, client_id: str, secret: str, name: str) -> dict[str, Any]:
+    """SOCIALACCOUNT_PROVIDERS for one OpenID Connect provider (PKCE on; the ID token's issuer must be `issuer`)."""
+    return {"openid_connect": {"APPS": [{
+        "provider_id": SSO_PROVIDER_ID,
+        "name": name,
+        "client_id": client_id,
+        "secret": secret,
+        "settings": {"server_url": issuer, "oauth_pkce_enabled": True},
+    }]}}
+
+
+SOCIALACCOUNT_PROVIDERS = sso_providers(issuer=OIDC_ISSUER, client_id=OIDC_CLIENT_ID, secret=OIDC_CLIENT_SECRET,
+                                        name=OIDC_PROVIDER_NAME) if SSO_ENABLED else {}
+SOCIALACCOUNT_ADAPTER = "budgets.views.sso.SsoAdapter"
+ACCOUNT_ADAPTER = "budgets.views.sso.AccountAdapter"
+# First login creates the account with no form; an account with the same (verified) address is the same person.
+SOCIALACCOUNT_AUTO_SIGNUP = True
+SOCIALACCOUNT_EMAIL_REQUIRED = True
+SOCIALACCOUNT_EMAIL_VERIFICATION = "none"
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = True
+SOCIALACCOUNT_EMAIL_AUTHENTICATION_AUTO_CONNECT = True
+SOCIALACCOUNT_QUERY_EMAIL = True
+SOCIALACCOUNT_STORE_TOKENS = False
+ACCOUNT_EMAIL_VERIFICATION = "none"
+SOCIALACCOUNT_REQUESTS_TIMEOUT = 10
 
 ROOT_URLCONF = "budgetsite.urls"
 
@@ -312,6 +428,7 @@ CONTENT_SECURITY_POLICY = "; ".join([
     "object-src 'none'",
     "base-uri 'self'",
     "frame-ancestors 'none'",
+    # With single sign-on the middleware adds the issuer's origin here (budgets/middleware.py).
     "form-action 'self'",
 ])
 

@@ -1,6 +1,7 @@
 """The audit log: one writer, one way of naming who did it.
 
-Actors: `user:<username>` (console), `admin:<username>` (Django admin), `key:<prefix>` (the API; `hosted:key:<prefix>`
+Actors: `user:<username>` (console), `admin:<username>` (Django admin), `sso:<username>` (a role set from the
+identity provider's groups at that person's single sign-on), `key:<prefix>` (the API; `hosted:key:<prefix>`
 through the LiteLLM hosted protocol), `manager:<project>` (the Python BudgetManager),
 `system:<job>` (sweeps, lazy resets, commands).
 """
@@ -19,7 +20,7 @@ SYSTEM_LAZY = "system:lazy-reset"  # the spellings of actor_for_system("sweep") 
 
 
 def actor_for_user(user: Any, *, via: str = "user") -> str:
-    """A logged-in person: `user:<name>` in the console, `admin:<name>` in Django admin."""
+    """A logged-in person: `user:<name>` in the console, `admin:<name>` in Django admin, `sso:<name>` at SSO."""
     return f"{via}:{user.get_username()}"
 
 

@@ -12,6 +12,8 @@ at once cannot leave the project without one.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -202,7 +204,8 @@ def _other_owners(project: Project, membership: Membership) -> bool:
     return Membership.objects.filter(project=project, role=Role.OWNER).exclude(pk=membership.pk).exists()
 
 
-def member_set_role(*, project: Project, membership: Membership, role: Any, actor: str) -> Membership:
+def member_set_role(*, project: Project, membership: Membership, role: Any, actor: str,
+                    note: dict[str, Any] | None = None) -> Membership:
     role = _role(role)
     with transaction.atomic():
         Project.objects.select_for_update().filter(pk=project.pk).first()
@@ -215,16 +218,70 @@ def member_set_role(*, project: Project, membership: Membership, role: Any, acto
         Membership.objects.filter(pk=locked.pk).update(role=role)
         locked.refresh_from_db()
         write_audit(project_id=project.pk, action="member_role", actor=actor,
-                    before={**_who(locked.user), "role": before}, after={**_who(locked.user), "role": role})
+                    before={**_who(locked.user), "role": before},
+                    after={**_who(locked.user), "role": role, **(note or {})})
     return locked
 
 
-def member_remove(*, project: Project, membership: Membership, actor: str) -> None:
+def member_remove(*, project: Project, membership: Membership, actor: str,
+                  note: dict[str, Any] | None = None) -> None:
     with transaction.atomic():
         Project.objects.select_for_update().filter(pk=project.pk).first()
         locked = Membership.objects.select_for_update().select_related("user").get(pk=membership.pk, project=project)
         if locked.role == Role.OWNER and not _other_owners(project, locked):
             raise InvalidInput(LAST_OWNER)
         write_audit(project_id=project.pk, action="member_remove", actor=actor,
-                    before={**_who(locked.user), "role": locked.role})
+                    before={**_who(locked.user), "role": locked.role}, after=note)
         locked.delete()
+
+
+# --- roles from the identity provider (single sign-on) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoleChange:
+    project: str
+    before: str | None
+    after: str | None
+
+
+def member_roles_sync(*, user: User, roles: dict[str, str], managed: Iterable[str], actor: str,
+                      note: dict[str, Any] | None = None) -> tuple[list[RoleChange], list[str]]:
+    """Make `user`'s memberships in the `managed` projects (by name) follow `roles` (project name -> role).
+
+    A managed project that `roles` names gets the membership added or its role changed; one that
+    `roles` leaves out loses it. Each change is one audit row (with `note`), through member_add,
+    member_set_role and member_remove. Projects outside `managed` are not touched. Returns
+    (the changes, the problems skipped): a project that does not exist, or the last owner who would
+    lose the role (the project keeps its owner).
+    """
+    names = set(managed)
+    for name, role in roles.items():
+        _role(role)
+        if name not in names:
+            raise InvalidInput(f"project {name!r} is not among the managed projects")
+    changes: list[RoleChange] = []
+    problems: list[str] = []
+    with transaction.atomic():
+        projects = {project.name: project for project in Project.objects.filter(name__in=names,
+                                                                                 deleting_since=None)}
+        problems += [f"project {name!r} does not exist" for name in sorted(names - projects.keys())]
+        for project in sorted(projects.values(), key=lambda project: project.pk):  # the lock order: by id
+            wanted = roles.get(project.name)
+            membership = Membership.objects.filter(project=project, user_id=user.pk).first()
+            current = membership.role if membership else None
+            if wanted == current:
+                continue
+            try:
+                with transaction.atomic():
+                    if membership is None:
+                        member_add(project=project, user=user, role=wanted, actor=actor, note=note)
+                    elif wanted is None:
+                        member_remove(project=project, membership=membership, actor=actor, note=note)
+                    else:
+                        member_set_role(project=project, membership=membership, role=wanted, actor=actor, note=note)
+            except InvalidInput as problem:
+                problems.append(f"{project.name}: {problem}")
+                continue
+            changes.append(RoleChange(project.name, current, wanted))
+    return changes, problems

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.http import HttpRequest, HttpResponse
@@ -36,7 +37,8 @@ def _page(request: HttpRequest, token: str, invitation: Invitation | None, *, er
     if invitation is not None:
         user = request.user
         context["for_you"] = user.is_authenticated and invitation.is_for(user)
-        if invitation.is_email and not user.is_authenticated:
+        # With PASSWORD_LOGIN off a new account comes from single sign-on, not from a password typed here.
+        if invitation.is_email and not user.is_authenticated and settings.PASSWORD_LOGIN:
             context["signup"] = signup or InvitationSignupForm(email=invitation.invitee)
     return render_page(request, "console/invitation.html", context, status=status)
 
@@ -55,6 +57,9 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
             invitation_accept_service(token=token, user=request.user)  # type: ignore[arg-type]
         except BudgetError as exc:
             return _page(request, token, invitation, error=exc.message, status=exc.status)
+    elif not settings.PASSWORD_LOGIN:
+        return _page(request, token, invitation, status=403,
+                     error="Password accounts are switched off here: log in with single sign-on to accept.")
     else:
         form = InvitationSignupForm(request.POST, email=invitation.invitee)
         if not form.is_valid():
