@@ -507,3 +507,9 @@ def test_a_viewer_cannot_send_a_slack_test(project, client_as):
 
     assert response.status_code == 403
     assert slack.received == []
+
+
+def test_a_slack_url_never_reaches_a_log_line():
+    from budgets.observability import redact
+
+    assert redact(f"posting to {SLACK_URL} failed") == "posting to https://hooks.slack.com/services/[redacted] failed"
