@@ -9,6 +9,10 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "budgetsite.settings")
     from django.core.management import execute_from_command_line
 
+    from budgetsite.tracing import setup_tracing
+
+    setup_tracing()  # runserver, shell and commands: traced only when OTEL_* asks for it
+
     execute_from_command_line(sys.argv)
 
 

@@ -339,10 +339,36 @@ class AlertSettingsForm(forms.Form):
                                        assume_scheme="https",
                                        help_text="Receives a signed JSON POST for each alert.")
     alert_email = forms.EmailField(label="Email", required=False, help_text="Receives an email for each alert.")
+    # The URL is the Slack channel's secret: never written back into the page, shown by its mask.
+    slack_webhook_url = forms.URLField(
+        label="Slack webhook URL", required=False, max_length=500, assume_scheme="https",
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off", "spellcheck": "false"}),
+        help_text="A Slack incoming webhook (https://hooks.slack.com/services/…): each alert is posted to its channel.",
+    )
+    slack_remove = forms.BooleanField(label="Stop posting alerts to Slack", required=False)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, slack_mask: str = "", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.helper = _helper("alert_thresholds", "alert_webhook_url", "alert_email")
+        fields = ["alert_thresholds", "alert_webhook_url", "alert_email", "slack_webhook_url"]
+        if slack_mask:
+            self.fields["slack_webhook_url"].widget.attrs["placeholder"] = slack_mask
+            self.fields["slack_webhook_url"].help_text = (
+                f"Alerts go to {slack_mask}. Leave this empty to keep it, or paste another URL to replace it.")
+            fields.append("slack_remove")
+        self.helper = _helper(*fields)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("slack_remove") and data.get("slack_webhook_url"):
+            self.add_error("slack_remove", "Paste a new Slack URL or stop posting to Slack, not both.")
+        return data
+
+    def slack_change(self) -> dict[str, str]:
+        """What to give project_update for Slack: a new URL, "" to remove it, nothing to keep it."""
+        if self.cleaned_data.get("slack_remove"):
+            return {"slack_webhook_url": ""}
+        url = self.cleaned_data.get("slack_webhook_url")
+        return {"slack_webhook_url": url} if url else {}
 
     def clean_alert_thresholds(self) -> list[int]:
         try:

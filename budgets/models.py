@@ -597,6 +597,10 @@ class Alert(models.Model):
     limit = MoneyField()
     created_at = models.DateTimeField(default=now)
     delivered_at = models.DateTimeField(null=True, blank=True)
+    # Each target that took the alert, so that a retry sends only to the ones that did not: a Slack
+    # channel that answers 500 never makes the signed webhook go out twice, nor the other way round.
+    webhook_sent_at = models.DateTimeField(null=True, blank=True)
+    slack_sent_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
     # Not before: a claimed delivery's lease, then a failed one's backoff (two workers never send twice).

@@ -26,15 +26,17 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
 
-# An API key (bm_ + 43 url-safe characters), a bearer token, or a `secret=...` pair.
+# An API key (bm_ + 43 url-safe characters), a bearer token, a `secret=...` pair, or the secret path
+# of a Slack incoming webhook (the URL is the credential).
 _SECRETS = re.compile(
-    r"(bm_)[A-Za-z0-9_-]{8,}|(Bearer\s+)\S+|((?:secret|password|token)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+",
+    r"(bm_)[A-Za-z0-9_-]{8,}|(Bearer\s+)\S+|((?:secret|password|token)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"
+    r"|(hooks\.slack\.com/services/)[A-Za-z0-9/_-]+",
     re.IGNORECASE,
 )
 
 
 def redact(text: str) -> str:
-    return _SECRETS.sub(lambda m: (m.group(1) or m.group(2) or m.group(3)) + "[redacted]", text)
+    return _SECRETS.sub(lambda m: (m.group(1) or m.group(2) or m.group(3) or m.group(4)) + "[redacted]", text)
 
 
 class RequestIdFilter(logging.Filter):

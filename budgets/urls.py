@@ -12,7 +12,7 @@ from django.urls import path
 from .views.auth import ConsoleLoginView
 from .views.bulk import budget_bulk, budget_import
 from .views.export import export_csv
-from .views.history import alert_history, audit_log, webhook_test
+from .views.history import alert_history, audit_log, slack_test, webhook_test
 from .views.invitations import invitation_accept
 from .views.keys import key_create, key_list, key_revoke
 from .views.members import invitation_revoke, member_invite, member_list, member_remove, member_role
@@ -57,6 +57,7 @@ urlpatterns = [
     path("projects/<int:project_id>/audit/", audit_log, name="audit_log"),
     path("projects/<int:project_id>/alerts/", alert_history, name="alert_history"),
     path("projects/<int:project_id>/alerts/test-webhook/", webhook_test, name="webhook_test"),
+    path("projects/<int:project_id>/alerts/test-slack/", slack_test, name="slack_test"),
     path("projects/<int:project_id>/delete/", project_delete, name="project_delete"),
     path("projects/<int:project_id>/members/", member_list, name="member_list"),
     path("projects/<int:project_id>/members/invite/", member_invite, name="member_invite"),

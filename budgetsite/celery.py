@@ -8,14 +8,24 @@ safe for the separate web, worker and beat processes that share it.
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
+
+from .tracing import setup_tracing
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "budgetsite.settings")
 
 app = Celery("budgetsite")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@signals.worker_init.connect(weak=False)
+@signals.beat_init.connect(weak=False)
+def _trace_this_process(**kwargs: Any) -> None:
+    # Before the pool forks: children inherit the wrapped drivers and restart the span exporter's thread.
+    setup_tracing()
 
 
 def embedded_broker_prepare(celery_app: Celery = app) -> int:

@@ -403,6 +403,15 @@ API_KEY_CACHE_SECONDS = env_int("API_KEY_CACHE_SECONDS", 5)
 # production, where a webhook URL typed in the console must not reach the internal network.
 # Set it to true for an on-premise receiver on the private network.
 ALERT_WEBHOOK_ALLOW_PRIVATE = env_bool("ALERT_WEBHOOK_ALLOW_PRIVATE", not PRODUCTION)
+# A project's Slack incoming-webhook URL must be https:// (Slack's are) unless this is off; off by
+# default on one machine, where a local Slack-compatible receiver may speak plain HTTP.
+SLACK_WEBHOOK_HTTPS_ONLY = env_bool("SLACK_WEBHOOK_HTTPS_ONLY", PRODUCTION)
+
+# Where people reach the console (scheme, host and any path prefix, no trailing slash): alert
+# messages (Slack) link to its pages. Unset in production: the messages carry no link.
+SITE_URL = env_str("SITE_URL", "" if PRODUCTION else "http://127.0.0.1:8000").rstrip("/")
+if SITE_URL and not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", SITE_URL):
+    raise ImproperlyConfigured(f"SITE_URL must be an http(s) URL such as https://budgets.example.com, got {SITE_URL!r}")
 
 # Production sits behind a TLS-terminating load balancer; embedded mode serves plain HTTP.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -22,6 +22,9 @@ WHITENOISE_USE_FINDERS = True
 
 # The alert tests post to a receiver on 127.0.0.1; tests of the refusal turn this off.
 ALERT_WEBHOOK_ALLOW_PRIVATE = True
+SLACK_WEBHOOK_HTTPS_ONLY = False
+# Alert messages link here, whichever database the suite runs on (production leaves it unset).
+SITE_URL = "http://testserver"
 
 # The suite sends many wrong keys on purpose; the rate-limit tests lower this (and use their own address).
 API_AUTH_FAILURE_LIMIT = 10_000

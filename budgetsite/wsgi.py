@@ -11,8 +11,10 @@ from typing import Any
 from django.core.wsgi import get_wsgi_application
 
 from budgets.base.validation import url_path_is_utf8
+from budgetsite.tracing import setup_tracing
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "budgetsite.settings")
+setup_tracing()  # before Django builds its middleware chain; nothing at all unless OTEL_* asks for it
 
 HOSTED_PATHS = ("/get_budget", "/set_budget")
 

@@ -51,7 +51,8 @@ def _project(name: str, people: dict[str, object]) -> Team:
     services.cost_record(project=project, user_id="alice", usage=Usage("gpt-4o-mini", 1000, 100), source="api")
     key, _ = services.api_key_create(project=project, name="backend")
     # Nothing listens on the discard port: a test webhook fails fast (and is still audited).
-    Project.objects.filter(pk=project.pk).update(alert_webhook_url="http://127.0.0.1:9/hook")
+    Project.objects.filter(pk=project.pk).update(alert_webhook_url="http://127.0.0.1:9/hook",
+                                                 slack_webhook_url="http://127.0.0.1:9/slack")
     for role in ("owner", "manager", "viewer"):
         if role in people:
             services.member_add(project=project, user=people[role], role=role, actor="test")
@@ -115,6 +116,7 @@ ROUTES = [
     Route("audit log", "get", Action.VIEW, _u("audit_log")),
     Route("alerts", "get", Action.VIEW, _u("alert_history")),
     Route("test webhook", "post", Action.CHANGE, _u("webhook_test")),
+    Route("test slack", "post", Action.CHANGE, _u("slack_test")),
     Route("budget create", "post", Action.CHANGE, _u("budget_create"),
           lambda t: {"user_id": "newbie", "total_budget": "5", "duration": "monthly"}, 302),
     Route("budget edit", "post", Action.CHANGE, _u("budget_edit", ALICE),

@@ -82,3 +82,26 @@ def test_kept_database_connections_are_health_checked_unless_turned_off(tmp_path
     assert default.returncode == 0 and off.returncode == 0, default.stderr + off.stderr
     assert default.stdout.strip().splitlines()[-1] == "60 True"
     assert off.stdout.strip().splitlines()[-1] == "60 False"
+
+
+def test_slack_alerts_link_to_site_url_and_take_only_https_in_production(tmp_path):
+    show = "from django.conf import settings as s; print(repr(s.SITE_URL), s.SLACK_WEBHOOK_HTTPS_ONLY)"
+    production = {"DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
+                  "SECRET_KEY": "k3v9-Qz7!pLm2@Wx8#Rt5$Yb1%Nc4^Hd6&Jf0*Gs3(Ua7)Ei9_Ov"}
+
+    embedded = manage("shell", "-c", show, env={}, tmp_path=tmp_path)
+    unset = manage("shell", "-c", show, env=production, tmp_path=tmp_path)
+    given = manage("shell", "-c", show, env={**production, "SITE_URL": "https://budgets.example.com/"},
+                   tmp_path=tmp_path)
+
+    assert embedded.returncode == unset.returncode == given.returncode == 0, embedded.stderr + unset.stderr
+    assert embedded.stdout.strip().splitlines()[-1] == "'http://127.0.0.1:8000' False"
+    assert unset.stdout.strip().splitlines()[-1] == "'' True"
+    assert given.stdout.strip().splitlines()[-1] == "'https://budgets.example.com' True"
+
+
+def test_a_site_url_that_is_no_url_stops_the_start(tmp_path):
+    result = manage("check", env={"SITE_URL": "budgets.example.com"}, tmp_path=tmp_path)
+
+    assert result.returncode != 0
+    assert "SITE_URL must be an http(s) URL" in result.stderr

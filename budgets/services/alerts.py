@@ -15,6 +15,7 @@ claims the row with a conditional update, so two workers never both send it.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 import http.client
@@ -26,6 +27,7 @@ import socket
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -38,11 +40,13 @@ from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
+from django.urls import reverse
 from django.utils.timezone import now as utcnow
 from pydantic import BaseModel, WithJsonSchema, model_validator
 
 from ..base.errors import InvalidInput
 from ..domain.codec import dumps
+from ..domain.slack import slack_message
 from ..models import Alert, Project, UserBudget
 from .audit import write_audit
 
@@ -120,7 +124,7 @@ def spend_recorded(*, project: Project, budget: UserBudget, amount: Decimal) -> 
 
 
 def has_channel(project: Project) -> bool:
-    return bool(project.alert_webhook_url or project.alert_email)
+    return bool(project.alert_webhook_url or project.slack_webhook_url or project.alert_email)
 
 
 PUBLISH_BACKLOG = 1000  # deliveries waiting for the publisher thread; past it, the outbox sweep queues them
@@ -138,7 +142,7 @@ class _Publisher:
         self.backlog = backlog
         self.lock = threading.Lock()
         self.pid = 0
-        self.jobs: queue.Queue[tuple[int, dict[str, Any]]] = queue.Queue(backlog)
+        self.jobs: queue.Queue[tuple[int, dict[str, Any], contextvars.Context]] = queue.Queue(backlog)
         self.thread: threading.Thread | None = None
 
     def submit(self, alert_id: int, options: dict[str, Any]) -> bool:
@@ -150,7 +154,9 @@ class _Publisher:
                 self.thread = threading.Thread(target=self._run, name="alert-publisher", daemon=True)
                 self.thread.start()
         try:
-            self.jobs.put_nowait((alert_id, options))
+            # The request's context goes along: its request id on the log lines, and its trace (when
+            # tracing is on) as the parent of the publish, so the worker's delivery joins that trace.
+            self.jobs.put_nowait((alert_id, options, contextvars.copy_context()))
         except queue.Full:
             return False
         return True
@@ -158,9 +164,9 @@ class _Publisher:
     def _run(self) -> None:
         jobs = self.jobs
         while True:
-            alert_id, options = jobs.get()
+            alert_id, options, context = jobs.get()
             try:
-                _publish(alert_id, options)
+                context.run(_publish, alert_id, options)
             finally:
                 jobs.task_done()
 
@@ -263,8 +269,23 @@ def backoff(attempt: int) -> float:
     return RETRY_BASE_SECONDS * 2 ** (attempt - 1)
 
 
+def _targets(project: Project) -> list[tuple[str, Callable[[Alert, Project], None]]]:
+    """The HTTP targets an alert goes to, each with the Alert column that records it took the alert."""
+    targets: list[tuple[str, Callable[[Alert, Project], None]]] = []
+    if project.alert_webhook_url:
+        targets.append(("webhook_sent_at", webhook_send))
+    if project.slack_webhook_url:
+        targets.append(("slack_sent_at", slack_send))
+    return targets
+
+
 def alert_deliver(*, alert_id: int) -> Delivery:
-    """Claim and send one alert; records attempts, last_error and delivered_at on the row."""
+    """Claim and send one alert; records attempts, last_error and delivered_at on the row.
+
+    Each target (the signed webhook, Slack) that takes the alert is marked on the row at once, so
+    a retry after another target failed sends only to the ones still missing it. The email goes
+    last, when every HTTP target has the alert.
+    """
     at = utcnow()
     alert = Alert.objects.select_related("project").filter(pk=alert_id).first()
     if alert is None or alert.delivered_at is not None or alert.attempts >= MAX_ATTEMPTS:
@@ -280,21 +301,30 @@ def alert_deliver(*, alert_id: int) -> Delivery:
         return Delivery("skipped")
     attempt = alert.attempts + 1
     project = alert.project
+    targets = _targets(project)
+    failures: list[str] = []
+    for sent_at, send in targets:
+        if getattr(alert, sent_at) is not None:
+            continue  # took it on an earlier attempt
+        try:
+            send(alert, project)
+        except DeliveryFailed as exc:
+            failures.append(str(exc))
+            continue
+        Alert.objects.filter(pk=alert.pk).update(**{sent_at: utcnow()})
     email_note = ""
-    try:
-        if project.alert_webhook_url:
-            webhook_send(alert, project)
-        if project.alert_email:
-            try:
-                email_send(alert, project)
-            except DeliveryFailed as exc:
-                if not project.alert_webhook_url:
-                    raise
-                # The webhook went out: retrying would send it twice, so the email is best effort.
+    if not failures and project.alert_email:
+        try:
+            email_send(alert, project)
+        except DeliveryFailed as exc:
+            if targets:
+                # A webhook went out: retrying would send it twice, so the email is best effort.
                 email_note = f"email not sent: {exc}"
                 logger.warning("alert %s: %s", alert.pk, email_note)
-    except DeliveryFailed as exc:
-        error = str(exc)[:2000]
+            else:
+                failures.append(str(exc))
+    if failures:
+        error = "; ".join(failures)[:2000]
         retry_in = backoff(attempt) if attempt < MAX_ATTEMPTS else None
         next_at = utcnow() + timedelta(seconds=retry_in) if retry_in is not None else None
         Alert.objects.filter(pk=alert.pk).update(last_error=error, next_attempt_at=next_at)
@@ -526,6 +556,70 @@ def webhook_send(alert: Alert, project: Project) -> None:
         raise DeliveryFailed(f"webhook failed: {getattr(exc, 'reason', exc)}") from None
     if not 200 <= status < 300:
         raise DeliveryFailed(f"webhook answered HTTP {status}")
+
+
+# --- Slack -------------------------------------------------------------------------------------
+# An incoming webhook (https://hooks.slack.com/services/...): the URL is the secret, so the console
+# shows it masked and the audit log keeps only its mask. It goes through the same checks as the
+# signed webhook (public address unless ALERT_WEBHOOK_ALLOW_PRIVATE, pinned, no redirects), and
+# must be https when SLACK_WEBHOOK_HTTPS_ONLY (on in production).
+
+
+def validate_slack_url(url: Any) -> str:
+    """The saved-time check of a Slack incoming-webhook URL; "" clears it."""
+    if url in (None, ""):
+        return ""
+    if not isinstance(url, str) or len(url) > 500:
+        raise InvalidInput("the Slack webhook URL must be a string of at most 500 characters")
+    try:
+        scheme, _, _ = _target(url)
+    except InvalidInput:
+        raise InvalidInput("the Slack webhook URL must be an https:// URL with a host") from None
+    if scheme != "https" and getattr(settings, "SLACK_WEBHOOK_HTTPS_ONLY", True):
+        raise InvalidInput("the Slack webhook URL must be an https:// URL (Slack's incoming webhooks are)")
+    try:
+        webhook_address(url)
+    except InvalidInput as exc:
+        raise InvalidInput(exc.message.replace("the webhook URL", "the Slack webhook URL", 1)) from None
+    except OSError:
+        pass  # a name that does not resolve yet: send time checks it again
+    return url
+
+
+def console_link(alert: Alert) -> str | None:
+    """The console page an alert is about (the user's page, else the project's), as an absolute URL;
+    None without SITE_URL (a message without a button)."""
+    if alert.scope == Alert.Scope.USER and alert.user_id:
+        return absolute_url(reverse("user_detail", args=[alert.project_id, alert.user_id]))
+    return absolute_url(reverse("project_overview", args=[alert.project_id]))
+
+
+def absolute_url(path: str) -> str | None:
+    """A console path under SITE_URL (where people reach the console); None when it is not set."""
+    site = str(getattr(settings, "SITE_URL", "") or "").rstrip("/")
+    return site + path if site else None
+
+
+def slack_send(alert: Alert, project: Project) -> None:
+    """POST the alert as a Block Kit message to the project's Slack webhook; DeliveryFailed unless 2xx."""
+    body = dumps(slack_message(alert_payload(alert), link=console_link(alert))).encode()
+    answer = slack_post(project.slack_webhook_url, body)
+    if not 200 <= answer.status < 300:
+        # Slack names the problem in the body (invalid_payload, no_service, channel_is_archived).
+        said = answer.body[:200].decode("utf-8", "replace").strip()
+        raise DeliveryFailed(f"Slack answered HTTP {answer.status}" + (f": {said}" if said else ""))
+
+
+def slack_post(url: str, body: bytes) -> WebhookAnswer:
+    """POST a JSON message to a Slack webhook URL (the checked, pinned, unredirected POST); DeliveryFailed
+    for a refused target or a network failure, the answer otherwise."""
+    headers = {"Content-Type": "application/json", "User-Agent": "budget-manager-alerts/1"}
+    try:
+        return webhook_post(url, body, headers, read_bytes=2048)
+    except InvalidInput as exc:
+        raise DeliveryFailed(f"Slack refused: {exc.message}") from None
+    except (http.client.HTTPException, OSError, ValueError) as exc:
+        raise DeliveryFailed(f"Slack failed: {getattr(exc, 'reason', exc)}") from None
 
 
 def email_send(alert: Alert, project: Project) -> None:

@@ -449,6 +449,7 @@ def _alert(project: Project, added: list[SpendAdded], total: Decimal) -> None:
 def _without_cap(project: Project) -> Project:
     copy = Project(pk=project.pk, name=project.name, alert_thresholds=project.alert_thresholds,
                    alert_webhook_url=project.alert_webhook_url, alert_email=project.alert_email,
+                   slack_webhook_url=project.slack_webhook_url,
                    current_spend=project.current_spend, period_start=project.period_start, max_budget=None)
     return copy
 

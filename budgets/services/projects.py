@@ -19,6 +19,7 @@ from ..base.errors import InvalidInput
 from ..base.money import to_money
 from ..base.validation import validate_alert_thresholds, validate_project_name
 from ..domain import periods
+from ..domain.slack import mask_url
 from ..models import (
     Alert,
     ApiKey,
@@ -36,7 +37,7 @@ from ..models import (
     UserDay,
     UserMonth,
 )
-from .alerts import validate_webhook_url
+from .alerts import validate_slack_url, validate_webhook_url
 from .audit import actor_for_manager, write_audit
 from .common import validate_duration, validate_timezone
 from .keys import api_keys_changed
@@ -93,6 +94,7 @@ def project_update(
     *, project: Project, actor: str, name: Any = ..., max_budget: Any = ..., timezone: Any = ...,
     duration: Any = ..., duration_days: Any = None,
     alert_thresholds: Any = ..., alert_webhook_url: Any = ..., alert_email: Any = ...,
+    slack_webhook_url: Any = ...,
 ) -> Project:
     """Change a project's settings; only the arguments given change.
 
@@ -125,6 +127,8 @@ def project_update(
         changes["alert_webhook_url"] = validate_webhook_url(alert_webhook_url)
     if alert_email is not ...:
         changes["alert_email"] = alert_email or ""
+    if slack_webhook_url is not ...:
+        changes["slack_webhook_url"] = validate_slack_url(slack_webhook_url)
     with transaction.atomic():
         Project.objects.filter(pk=project.pk).update(**changes)
         transaction.on_commit(api_keys_changed)  # keys cache their project's settings
@@ -133,9 +137,15 @@ def project_update(
             rollups_rebuild(project)  # the daily rollups are local days: regroup them in the new zone
         project.refresh_from_db()
         write_audit(project_id=project.pk, action="project_update", actor=actor, before=before,
-                    after={k: v.isoformat() if isinstance(v, datetime) else str(v) if isinstance(v, Decimal) else v
-                           for k, v in changes.items()})
+                    after={k: _audited(k, v) for k, v in changes.items()})
     return project
+
+
+def _audited(name: str, value: Any) -> Any:
+    """A changed setting as the audit row keeps it: the Slack URL (a secret) only as its mask."""
+    if name == "slack_webhook_url":
+        return mask_url(value)
+    return value.isoformat() if isinstance(value, datetime) else str(value) if isinstance(value, Decimal) else value
 
 
 def project_delete(*, project: Project, actor: str) -> dict[str, Any]:

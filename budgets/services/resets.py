@@ -279,7 +279,8 @@ def project_refresh(project: Project, at: datetime | None = None) -> Project:
 
 
 PROJECT_FIGURES = ("current_spend", "held", "max_budget", "period_start", "next_reset_at", "duration",
-                   "duration_days", "timezone", "alert_thresholds", "alert_webhook_url", "alert_email")
+                   "duration_days", "timezone", "alert_thresholds", "alert_webhook_url", "alert_email",
+                   "slack_webhook_url")
 
 
 _BUDGET_COLUMNS = tuple(field.attname for field in UserBudget._meta.concrete_fields)

@@ -1,7 +1,8 @@
 """A test webhook from the console: one signed request to the project's webhook URL, and what came back.
 
 It is signed exactly like an alert (services.alerts: the same secret, headers and HMAC), so a
-receiver can check its verification before a real alert arrives. Nothing is retried or queued.
+receiver can check its verification before a real alert arrives. Its Slack twin posts a test
+message to the project's Slack webhook, built like an alert's. Nothing is retried or queued.
 """
 
 from __future__ import annotations
@@ -10,12 +11,23 @@ import http.client
 import time
 from dataclasses import dataclass, field
 
+from django.urls import reverse
 from django.utils.timezone import now as utcnow
 
 from ..base.errors import InvalidInput
 from ..domain.codec import dumps
+from ..domain.slack import TEST, mask_url, slack_message
 from ..models import Project
-from .alerts import ALERT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature, webhook_post
+from .alerts import (
+    ALERT_ID_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    DeliveryFailed,
+    absolute_url,
+    signature,
+    slack_post,
+    webhook_post,
+)
 from .audit import write_audit
 
 ANSWER_BYTES = 2048
@@ -73,4 +85,35 @@ def alert_test_webhook(*, project: Project, actor: str) -> WebhookTest:
             result.error = "the webhook answered with a redirect; alerts are not redirected"
     write_audit(project_id=project.pk, action="webhook_test", actor=actor,
                 after={"url": url, "status": result.status, "error": result.error})
+    return result
+
+
+def slack_test_payload(project: Project) -> dict[str, object]:
+    return {"type": TEST, "alert_id": None, "project": project.name,
+            "message": "A test from the Budget Manager console: budget alerts for this project will arrive here.",
+            "created_at": utcnow()}
+
+
+def alert_test_slack(*, project: Project, actor: str) -> WebhookTest:
+    """POST a test message to the project's Slack webhook; the request (URL masked) and the answer."""
+    url = project.slack_webhook_url
+    if not url:
+        raise InvalidInput("this project has no Slack webhook URL: set one in Settings first")
+    message = slack_message(slack_test_payload(project),
+                            link=absolute_url(reverse("alert_history", args=[project.pk])))
+    body = dumps(message).encode()
+    # The URL is the channel's secret: the page and the audit log show its mask.
+    result = WebhookTest(url=mask_url(url), headers={"Content-Type": "application/json"}, body=body.decode())
+    try:
+        answer = slack_post(url, body)
+    except DeliveryFailed as exc:
+        result.error = str(exc)
+    else:
+        result.status = answer.status
+        result.answer_headers = answer.headers
+        result.answer = answer.body.decode("utf-8", "replace")
+        if 300 <= answer.status < 400:
+            result.error = "Slack answered with a redirect; alerts are not redirected"
+    write_audit(project_id=project.pk, action="slack_test", actor=actor,
+                after={"url": result.url, "status": result.status, "error": result.error})
     return result

@@ -1,4 +1,4 @@
-"""History on screen: a project's audit log and its alerts (with a signed test webhook)."""
+"""History on screen: a project's audit log and its alerts (with a signed test webhook and a test Slack message)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from django.views.decorators.http import require_POST
 from ..base.errors import BudgetError
 from ..models import Action, Project
 from ..selectors import console as selectors
-from ..services.webhook_test import WebhookTest, alert_test_webhook
+from ..services.webhook_test import WebhookTest, alert_test_slack, alert_test_webhook
 from .common import actor, project_for, render_page
 
 AUDIT_FILTERS = ("user_id", "action", "actor")
@@ -57,9 +57,9 @@ def audit_log(request: HttpRequest, project_id: int) -> HttpResponse:
 
 
 def _alerts_page(request: HttpRequest, project: Project, *, test: WebhookTest | None = None,
-                 error: str = "", status: int = 200) -> HttpResponse:
+                 error: str = "", status: int = 200, target: str = "webhook") -> HttpResponse:
     context = {"page": selectors.alerts_page(project, page=request.GET.get("page")), "test": test,
-               "test_error": error}
+               "test_error": error, "test_target": target}
     return render_page(request, "console/alerts.html", context, project=project, nav="alerts", status=status)
 
 
@@ -78,3 +78,14 @@ def webhook_test(request: HttpRequest, project_id: int) -> HttpResponse:
     except BudgetError as exc:
         return _alerts_page(request, project, error=exc.message, status=400)
     return _alerts_page(request, project, test=result)
+
+
+@login_required
+@require_POST
+def slack_test(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = project_for(request, project_id, Action.CHANGE)
+    try:
+        result = alert_test_slack(project=project, actor=actor(request))
+    except BudgetError as exc:
+        return _alerts_page(request, project, error=exc.message, status=400, target="slack")
+    return _alerts_page(request, project, test=result, target="slack")

@@ -1,4 +1,4 @@
-"""Project settings: the project cap and time zone, and where alerts go."""
+"""Project settings: the project cap and time zone, and where alerts go (webhook, email, Slack)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
+from ..domain.slack import mask_url
 from ..forms import AlertSettingsForm, ProjectSettingsForm, plain_amount
 from ..models import Action, Project
 from ..services.projects import project_update
@@ -27,7 +28,8 @@ def _settings_page(request: HttpRequest, project: Project, *, project_form: Proj
                    alert_form: AlertSettingsForm | None = None, status: int = 200) -> HttpResponse:
     context = {
         "project_form": project_form or ProjectSettingsForm(initial=_initial_project(project)),
-        "alert_form": alert_form or AlertSettingsForm(initial=_initial_alerts(project)),
+        "alert_form": alert_form or AlertSettingsForm(initial=_initial_alerts(project),
+                                                      slack_mask=mask_url(project.slack_webhook_url)),
     }
     return render_page(request, "console/settings.html", context, project=project, nav="settings", status=status)
 
@@ -53,11 +55,11 @@ def project_settings_save(request: HttpRequest, project_id: int) -> HttpResponse
 @require_POST
 def alert_settings_save(request: HttpRequest, project_id: int) -> HttpResponse:
     project = current_project(request, project_id, Action.CHANGE)
-    form = AlertSettingsForm(request.POST)
+    form = AlertSettingsForm(request.POST, slack_mask=mask_url(project.slack_webhook_url))
     return run_form(
         request, form,
         lambda data: project_update(
             project=project, actor=actor(request), alert_thresholds=data["alert_thresholds"],
-            alert_webhook_url=data["alert_webhook_url"], alert_email=data["alert_email"]),
+            alert_webhook_url=data["alert_webhook_url"], alert_email=data["alert_email"], **form.slack_change()),
         message="Saved the alert settings.", done=lambda _: redirect("project_settings", project.pk),
         refused=lambda: _settings_page(request, project, alert_form=form, status=400))
