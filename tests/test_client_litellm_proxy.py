@@ -116,7 +116,13 @@ def alice(make_live_project):
 
 
 @pytest.fixture
-def proxy(live_server, alice, tmp_path: Path) -> Iterator[Proxy]:
+def proxy_env() -> dict[str, str]:
+    """More environment for the proxy (the hook's BUDGET_MANAGER_* settings); a test parametrizes it."""
+    return {}
+
+
+@pytest.fixture
+def proxy(live_server, alice, proxy_env, tmp_path: Path) -> Iterator[Proxy]:
     """A LiteLLM Proxy process with the hook, on a free port; stopped after the test."""
     if not LITELLM.exists():
         pytest.skip("the LiteLLM Proxy is not installed: run `make proxy-venv`")
@@ -127,7 +133,7 @@ def proxy(live_server, alice, tmp_path: Path) -> Iterator[Proxy]:
            if name not in ("DATABASE_URL", "REDIS_URL", "REDIS_HOST", "DJANGO_SETTINGS_MODULE")}
     env.update(LITELLM_MASTER_KEY=MASTER_KEY, LITELLM_LOCAL_MODEL_COST_MAP="True",
                BUDGET_MANAGER_URL=live_server.url, BUDGET_MANAGER_API_KEY=alice[1],
-               PROXY_WITNESS_FILE=str(tmp_path / "witness.jsonl"), LITELLM_LOG="ERROR")
+               PROXY_WITNESS_FILE=str(tmp_path / "witness.jsonl"), LITELLM_LOG="ERROR", **proxy_env)
     port = free_port()
     log_file = tmp_path / "proxy.log"
     with open(log_file, "w") as log:
@@ -248,3 +254,16 @@ def test_a_call_that_names_no_user_passes_unbudgeted_and_a_refusal_writes_nothin
     assert len(proxy.events("model_call")) == 1 and len(proxy.events("refused_at_gate")) == 1
     assert not Reservation.objects.exists() and not CostEvent.objects.exists()
     assert alice_figures() == (0, 0)
+
+
+@pytest.mark.parametrize("proxy_env", [{"BUDGET_MANAGER_USER_FROM": "end_user"}])
+def test_the_user_may_come_from_the_proxys_end_user_header(proxy):
+    response = httpx.post(f"{proxy.url}/v1/chat/completions",
+                          headers={"Authorization": f"Bearer {MASTER_KEY}", "x-litellm-end-user-id": "alice"},
+                          json={"model": MODEL, "messages": MESSAGES, "max_tokens": MOCK_COMPLETION_TOKENS,
+                                "user": "bob"}, timeout=60)
+
+    assert response.status_code == 200, response.text
+    wait_until(lambda: CostEvent.objects.count() == 1 and alice_figures()[1] == 0, alice_figures)
+    assert CostEvent.objects.get().user_id == "alice" and alice_figures() == (CALL_COST, 0)
+

@@ -32,7 +32,7 @@ from .client import AsyncClient
 from .errors import BudgetClientError, BudgetExceeded, UnknownModel
 from .litellm import cost_fields
 
-__all__ = ["USER_SOURCES", "BudgetProxyHook", "ProxyHookSettings", "budget_hook", "call_user"]
+__all__ = ["USER_SOURCES", "BudgetProxyHook", "ProxyHookSettings", "budget_hook", "call_user", "request_tags"]
 
 log = logging.getLogger("budget_client.litellm_proxy")
 
@@ -192,7 +192,8 @@ def _call_metadata(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
     return {}
 
 
-def _tags(data: Mapping[str, Any]) -> list[str]:
+def request_tags(data: Mapping[str, Any]) -> list[str]:
+    """The tags of a request's metadata (`metadata.tags`), each once, in order."""
     tags: list[str] = []
     for name in ("metadata", "litellm_metadata"):
         metadata = data.get(name)
@@ -324,7 +325,7 @@ class BudgetProxyHook(CustomLogger):
     async def _reserve(self, user: str, data: Mapping[str, Any], call_id: str) -> int | None:
         client = self.client()
         key = f"litellm-proxy-reserve:{call_id}"
-        common: dict[str, Any] = {"ttl_seconds": self.settings.ttl_seconds, "tags": _tags(data) or None,
+        common: dict[str, Any] = {"ttl_seconds": self.settings.ttl_seconds, "tags": request_tags(data) or None,
                                   "idempotency_key": key}
         model, messages = data.get("model"), data.get("messages")
         if isinstance(model, str) and isinstance(messages, list) and messages:
