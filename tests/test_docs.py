@@ -70,6 +70,8 @@ SKIPPED = {
     ("docs/clients.md", "import litellm"): "calls a model",
     ("docs/clients.md", "from budget_client.litellm import BudgetExceededError, BudgetGuard, Client"):
         "calls a model",
+    ("docs/clients.md", "pip install './clients/python[proxy]'          # the client and the LiteLLM Proxy"):
+        "starts a LiteLLM Proxy, which calls a model",
     ("docs/console.md", "apt-get install -y chromium                     # once; Playwright's own browser "
                         "download is not used"): "installs a system package",
     ("docs/core.md", "from budgets.manager import BudgetManager"):

@@ -2,7 +2,8 @@
 
 `Client`/`AsyncClient` wrap the native API (/api/v1/) with retries and idempotency keys;
 `client.reserve(...)` is the reserve → call → settle pattern; `BudgetManager` is a drop-in
-for LiteLLM's class. The LiteLLM callback and guard live in `budget_client.litellm`.
+for LiteLLM's class. The LiteLLM callback and guard live in `budget_client.litellm`, the LiteLLM
+Proxy hook in `budget_client.litellm_proxy`.
 """
 
 from __future__ import annotations

@@ -216,11 +216,12 @@ def list_alerts(limit: int = 50, offset: int = 0) -> Call[AlertPage]:
 
 def create_reservation(user: str, *, model: str | None = None, messages: list[dict[str, Any]] | None = None,
                        max_tokens: int | None = None, estimated_cost: Any = None, ttl_seconds: int | None = None,
-                       idempotency_key: str | None = None) -> Call[Reservation]:
+                       tags: list[str] | None = None, idempotency_key: str | None = None) -> Call[Reservation]:
     if estimated_cost is None and (model is None or messages is None or max_tokens is None):
         raise ValueError("a reservation needs model, messages and max_tokens, or estimated_cost")
+    # tags only when there are some: a server without tag limits refuses the field.
     body = _params(model=model, messages=messages, max_tokens=max_tokens, estimated_cost=amount(estimated_cost),
-                   ttl_seconds=ttl_seconds)
+                   ttl_seconds=ttl_seconds, tags=list(tags) if tags else None)
     return _json_call("POST", user_path(user, "/reservations"), Reservation.from_json, body=body, has_body=True,
                       idempotency_key=idempotency_key or new_key())
 

@@ -273,11 +273,14 @@ class Client(_Base):
     def create_reservation(self, user: str, *, model: str | None = None,
                            messages: list[dict[str, Any]] | None = None, max_tokens: int | None = None,
                            estimated_cost: Any = None, ttl_seconds: int | None = None,
-                           idempotency_key: str | None = None) -> Reservation:
-        """Hold the worst-case cost of a call; BudgetExceeded (402) when the user or the project has no room."""
+                           tags: list[str] | None = None, idempotency_key: str | None = None) -> Reservation:
+        """Hold the worst-case cost of a call; BudgetExceeded (402) when the user or the project has no room.
+
+        `tags` (sent only when non-empty) also hold against the tags' limits, on a server that has them.
+        """
         return self.send(_api.create_reservation(
             user, model=model, messages=messages, max_tokens=max_tokens, estimated_cost=estimated_cost,
-            ttl_seconds=ttl_seconds, idempotency_key=idempotency_key))
+            ttl_seconds=ttl_seconds, tags=tags, idempotency_key=idempotency_key))
 
     def get_reservation(self, reservation_id: int) -> Reservation:
         return self.send(_api.get_reservation(reservation_id))
@@ -416,10 +419,10 @@ class AsyncClient(_Base):
     async def create_reservation(self, user: str, *, model: str | None = None,
                                  messages: list[dict[str, Any]] | None = None, max_tokens: int | None = None,
                                  estimated_cost: Any = None, ttl_seconds: int | None = None,
-                                 idempotency_key: str | None = None) -> Reservation:
+                                 tags: list[str] | None = None, idempotency_key: str | None = None) -> Reservation:
         return await self.send(_api.create_reservation(
             user, model=model, messages=messages, max_tokens=max_tokens, estimated_cost=estimated_cost,
-            ttl_seconds=ttl_seconds, idempotency_key=idempotency_key))
+            ttl_seconds=ttl_seconds, tags=tags, idempotency_key=idempotency_key))
 
     async def get_reservation(self, reservation_id: int) -> Reservation:
         return await self.send(_api.get_reservation(reservation_id))
