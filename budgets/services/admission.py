@@ -84,7 +84,7 @@ def limits_hold(limits: Iterable[tuple[int, str]], need: Need, *, sign: int = 1)
     for limit_id, unit in sorted(limits):
         amount = need.of(unit)
         if amount:
-            Limit.objects.filter(pk=limit_id).update(held=F("held") + sign * amount)
+            Limit.objects.filter(pk=limit_id).update(held=F("held") + money(sign * amount))
 
 
 def limits_check(states: Sequence[LimitState], need: Need) -> None:

@@ -470,12 +470,45 @@ def merge(batch: Batch) -> None:
     if batch.events:
         insert_rows(CostEvent, EVENT_COLUMNS, batch.events)
         rollups_add_events(project, _instances(CostEvent, EVENT_COLUMNS, batch.events))
+        _merge_limits(project, batch.events, batch.at)
     total = sum((added.delta for added in batch.added), ZERO)
     if total:
         Project.objects.filter(pk=project.pk).update(
             current_spend=Greatest(F("current_spend") + money(total), money(ZERO)))
     if batch.added:
         _alert(project, batch.added, total)
+
+
+# A merge's growth (dollars; the hosted protocol has no tokens, no key and no tags, and growth is no request)
+# counts against the limits of the user, the user's team, the project and the model.
+_MERGE_SCOPES = (Limit.Scope.PROJECT, Limit.Scope.TEAM, Limit.Scope.USER)
+
+
+def _merge_limits(project: Project, events: list[tuple[Any, ...]], at: datetime) -> None:
+    """Add the merge's ledger rows (EVENT_COLUMNS) to the dollar limits they fall under, set-based:
+    one read of the project's limits, one of the teams when a team limit exists, one update per limit."""
+    limits = list(Limit.objects.filter(project=project, scope__in=_MERGE_SCOPES, unit=Limit.Unit.USD)
+                  .values_list("id", "scope", "subject", "model"))
+    if not limits:
+        return
+    users = {event[2] for event in events}
+    teams: dict[str, str] = {}
+    if any(scope == Limit.Scope.TEAM for _, scope, _, _ in limits):
+        teams = dict(TeamMember.objects.filter(project=project, user_id__in=users)
+                     .values_list("user_id", "team__name"))
+    names = {model: limit_model(model) for model in {event[3] for event in events}}
+    added: dict[int, Decimal] = defaultdict(Decimal)
+    for _, _, user_id, model, amount, _, _ in events:
+        for limit_id, scope, subject, limit_model_name in limits:
+            if limit_model_name and limit_model_name != names[model]:
+                continue
+            if (scope == Limit.Scope.PROJECT or (scope == Limit.Scope.USER and subject == user_id)
+                    or (scope == Limit.Scope.TEAM and subject == teams.get(user_id))):
+                added[limit_id] += amount
+    # The caller holds the project's and the budgets' locks: the limits now, by id, then their windows.
+    for limit in limits_current(project, limits_lock(added), at):
+        if added[limit.pk]:
+            Limit.objects.filter(pk=limit.pk).update(used=F("used") + money(added[limit.pk]), updated_at=at)
 
 
 def budgets_update(rows: Sequence[BudgetChange], at: datetime) -> None:
