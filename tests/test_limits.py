@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -348,7 +347,7 @@ def test_a_limit_whose_window_ended_starts_anew_once_when_a_call_comes(api, proj
 
     assert response.status_code == 201
     old.refresh_from_db()
-    assert (old.used, old.window_start, old.resets_at) == ((Decimal("0.05"),) + window_of("day", project, utcnow()))
+    assert (old.used, old.window_start, old.resets_at) == ((Decimal("0.05"), *window_of("day", project, utcnow())))
     assert AuditLog.objects.filter(action="limit_window_reset").count() == 1
     assert limits_current(project, [Limit.objects.get(pk=old.pk)])[0].used == Decimal("0.05")
 

@@ -9,8 +9,8 @@ from ninja import Router
 
 from ..domain.codec import dumps
 from ..domain.pricing import get_price
-from ..selectors.limits import CallScope, LimitState
 from ..selectors.budgets import projected_cost as projected_cost_selector
+from ..selectors.limits import CallScope, LimitState
 from ..services.admission import Need
 from ..services.costs import admission_check
 from ..services.ledger import limit_model
@@ -52,7 +52,7 @@ def check(request: HttpRequest, user: UserId, payload: CheckIn):
                      tags=payload.tags or ())  # the team is found with the limits (selectors.call_limits)
     verdict = admission_check(budget, project, estimate, call=call, need=Need(usd=estimate, tokens=tokens))
     body = CheckOut(allowed=verdict.scope is None, reason=verdict.reason, remaining=max(verdict.room, Decimal(0)),
-                    scope=verdict.scope, estimated_cost=estimate,
+                    scope=verdict.scope, estimated_cost=estimate,  # type: ignore[arg-type]
                     limit=limit_out(verdict.limit) if verdict.limit is not None else None)
     limits = [LimitState.of_budget(budget), LimitState.of_project(project), *verdict.limits]
     return with_budget_headers(raw_json(dumps(body.model_dump()), 200), limits)

@@ -52,8 +52,8 @@ from ..base.validation import (
 )
 from ..domain import periods
 from ..models import UserBudget
-from ..services.alerts import AlertFields
 from ..selectors.limits import LimitState
+from ..services.alerts import AlertFields
 from ..services.costs import CostRecorded, exceeded_scope
 from ..services.reservations import MAX_TTL_SECONDS, Settled
 

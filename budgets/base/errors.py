@@ -89,7 +89,7 @@ class BudgetExceeded(BudgetError):
         self.figures = {"limit": limit, "spend": spend, "held": held, "requested": requested}
 
     def extra(self) -> dict[str, Any]:
-        figures = {key: value for key, value in self.figures.items() if value is not None}
+        figures: dict[str, Any] = {key: value for key, value in self.figures.items() if value is not None}
         if self.state is not None:  # `limit`: the limit itself, where older answers had its amount
             state = self.state
             figures["limit"] = {

@@ -14,11 +14,11 @@ from zoneinfo import ZoneInfo, available_timezones
 
 __all__ = [
     "DURATIONS",
+    "LIMIT_WINDOWS",
     "MAX_DAYS",
     "Period",
     "duration_from_days",
     "duration_to_days",
-    "LIMIT_WINDOWS",
     "hour_containing",
     "next_period",
     "period_containing",
