@@ -13,7 +13,8 @@ from django.utils.timezone import now as utcnow
 from budgets import services
 from budgets.domain.usage import Usage
 from budgets.manager import BudgetManager
-from budgets.models import ApiKey, AuditLog, CostEvent, Limit, Reservation, Team, TeamMember
+from budgets.models import Alert, ApiKey, AuditLog, CostEvent, Limit, Reservation, Team, TeamMember
+from budgets.services.alerts import alert_payload
 from budgets.services.costs import cost_record
 from budgets.services.limit_windows import limits_current, limits_reset_due, window_of
 from budgets.services.reservations import reservations_expire
@@ -403,3 +404,37 @@ def test_cost_record_without_a_key_ignores_key_limits(project, make_budget):
 
     assert used(keyed) == 0
     assert ApiKey.objects.filter(name="ci").count() == 0
+
+
+# --- alerts ---------------------------------------------------------------------------------------
+
+
+def test_a_limit_crossing_a_threshold_alerts_once_per_window_naming_the_limit(api, project, make_budget):
+    services.project_update(project=project, alert_thresholds=[80, 100], actor="test")
+    make_budget("alice", total_budget="100")
+    team(project, "research", "alice")
+    soft = limit(project, "team", "research", amount="1", mode="soft")
+
+    for cost in (0.5, 0.35, 0.35, 0.1):  # 50 %, 85 %, 120 %, 130 %
+        assert api.post("/api/v1/users/alice/costs", {"model": "gpt-4o", "cost": cost}).status_code == 201
+
+    alerts = list(Alert.objects.filter(scope="limit").order_by("threshold"))
+    assert [(a.threshold, a.source_limit_id, a.period_start, a.limit) for a in alerts] == [
+        (80, soft.pk, soft.window_start, 1), (100, soft.pk, soft.window_start, 1)]
+    payload = alert_payload(alerts[1])
+    assert (payload["scope"], payload["limit_id"], payload["limit_scope"], payload["subject"], payload["unit"],
+            payload["window"], payload["spend"]) == ("limit", soft.pk, "team", "research", "usd", "month",
+                                                     Decimal("1.2"))
+
+
+def test_a_hosted_merge_alerts_on_the_limits_it_carries_across_a_threshold(api_key, project, make_budget):
+    services.project_update(project=project, alert_thresholds=[50], actor="test")
+    make_budget("alice", total_budget="100")
+    model_limit = limit(project, "user", "alice", amount="1", model="gpt-4o")
+    hosted = Hosted(api_key)
+    assert hosted.get().status_code == 200
+
+    assert hosted.set({"alice": record(100.0, current_cost=0.6, model_cost={"gpt-4o": 0.6})}).status_code == 200
+
+    assert list(Alert.objects.filter(scope="limit").values_list("source_limit_id", "threshold")) == [
+        (model_limit.pk, 50)]

@@ -76,6 +76,7 @@ class CostRecorded:
     exceeded: str | None  # "user" or "project" when a budget is used up after this call
     model_costs: dict[str, Decimal]  # the user's spend per model after it
     limits: tuple[LimitState, ...] = ()  # the applicable Limit rows after it (empty for a retry)
+    limit_starts: tuple[datetime, ...] = ()  # their windows' starts, in the same order
 
     @property
     def budget_exceeded(self) -> bool:
@@ -144,6 +145,10 @@ def record(call: Call) -> CostRecorded:
         recorded = _record_with_the_orm(call)
     if recorded.created:
         alerts.spend_recorded(project=call.project, budget=recorded.budget, amount=call.amount)
+        if recorded.limits:
+            alerts.limits_counted(project=call.project, counted=[
+                (state, call.need.of(state.unit), start)
+                for state, start in zip(recorded.limits, recorded.limit_starts, strict=True)])
     return recorded
 
 
@@ -191,7 +196,8 @@ def _record_with_the_orm(call: Call) -> CostRecorded:
     counted = tuple(replace(LimitState.of_limit(limit), used=limit.used + call.need.of(limit.unit))
                     for limit in limits)
     return CostRecorded(event=event, budget=budget, created=True, exceeded=exceeded_scope(budget, project),
-                        model_costs=model_costs(budget), limits=counted)
+                        model_costs=model_costs(budget), limits=counted,
+                        limit_starts=tuple(limit.window_start for limit in limits))
 
 
 def _admit(project: Project, figures: Any, amount: Decimal, limits: list[LimitState], need: Need) -> None:
@@ -325,10 +331,10 @@ _LIMITS_CTE = """, l AS (
     UPDATE budgets_limit SET used = used + CASE unit WHEN 'usd' THEN %(amount)s WHEN 'tokens' THEN %(tokens)s
         ELSE 1 END, updated_at = %(at)s
     WHERE id = ANY(%(limits)s) AND EXISTS (SELECT 1 FROM ev)
-    RETURNING id, scope, subject, model, unit, "window", mode, amount, used, held, resets_at
+    RETURNING id, scope, subject, model, unit, "window", mode, amount, used, held, resets_at, window_start
 )"""
 _LIMITS_OUT = ("(SELECT jsonb_agg(jsonb_build_array(id, scope, subject, model, unit, \"window\", mode, amount::text, "
-               "used::text, held::text, resets_at) ORDER BY id)::text FROM l)")
+               "used::text, held::text, resets_at, window_start) ORDER BY id)::text FROM l)")
 _WRITE_WITH_LIMITS = (_WRITE + _LIMITS_CTE + "\nSELECT ev.id, p.current_spend, b.current_spend, m.spend, "
                       + _LIMITS_OUT + _FROM)
 _WRITE += "\nSELECT ev.id, p.current_spend, b.current_spend, m.spend" + _FROM
@@ -396,20 +402,24 @@ def _record_in_two_statements(call: Call) -> CostRecorded | None:
     # Django leaves jsonb undecoded (psycopg gives text): decoded here, amounts as exact decimals.
     before = json.loads(costs) if isinstance(costs, str) else costs
     costs = {name: Decimal(value) for name, value in before.items()} | {call.model: model_spend}
+    states, starts = _limit_states(counted)
     return CostRecorded(event=event, budget=budget, created=True, exceeded=exceeded_scope(budget, project),
-                        model_costs=costs, limits=_limit_states(counted))
+                        model_costs=costs, limits=states, limit_starts=starts)
 
 
-def _limit_states(counted: str | None) -> tuple[LimitState, ...]:
-    """The limits as the write's RETURNING gave them (jsonb text, amounts as exact strings)."""
+def _limit_states(counted: str | None) -> tuple[tuple[LimitState, ...], tuple[datetime, ...]]:
+    """The limits as the write's RETURNING gave them (jsonb text, amounts as exact strings), and their
+    windows' starts."""
     if not counted:
-        return ()
-    return tuple(
+        return (), ()
+    rows = json.loads(counted)
+    states = tuple(
         LimitState(id=pk, scope=scope, subject=subject, model=model or None, unit=unit, window=window, mode=mode,
                    limit=Decimal(amount), used=Decimal(used), held=Decimal(held),
                    resets_at=datetime.fromisoformat(resets_at) if resets_at else None)
-        for pk, scope, subject, model, unit, window, mode, amount, used, held, resets_at in json.loads(counted)
+        for pk, scope, subject, model, unit, window, mode, amount, used, held, resets_at, _ in rows
     )
+    return states, tuple(datetime.fromisoformat(row[-1]) for row in rows)
 
 
 # --- a hosted merge: many users at once, set-based ----------------------------------------------
@@ -506,9 +516,13 @@ def _merge_limits(project: Project, events: list[tuple[Any, ...]], at: datetime)
                     or (scope == Limit.Scope.TEAM and subject == teams.get(user_id))):
                 added[limit_id] += amount
     # The caller holds the project's and the budgets' locks: the limits now, by id, then their windows.
+    counted = []
     for limit in limits_current(project, limits_lock(added), at):
         if added[limit.pk]:
             Limit.objects.filter(pk=limit.pk).update(used=F("used") + money(added[limit.pk]), updated_at=at)
+            counted.append((replace(LimitState.of_limit(limit), used=limit.used + added[limit.pk]), added[limit.pk],
+                            limit.window_start))
+    alerts.limits_counted(project=project, counted=counted)
 
 
 def budgets_update(rows: Sequence[BudgetChange], at: datetime) -> None:
