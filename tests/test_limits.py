@@ -438,3 +438,26 @@ def test_a_hosted_merge_alerts_on_the_limits_it_carries_across_a_threshold(api_k
 
     assert list(Alert.objects.filter(scope="limit").values_list("source_limit_id", "threshold")) == [
         (model_limit.pk, 50)]
+
+
+# --- the Python client ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_python_client_sends_tags_with_records_checks_and_reservations(budget_client, acme):
+    from budget_client import BudgetExceeded
+
+    project, _ = acme
+    services.budget_set(project=project, user_id="alice", total_budget=Decimal(100), actor="test")
+    tagged = limit(project, "tag", "batch", amount="0.02")
+
+    budget_client.record_cost("alice", model="gpt-4o", cost=0.015, tags=["batch"])
+    check = budget_client.check("alice", estimated_cost=0.01, tags=["batch"])
+    with pytest.raises(BudgetExceeded) as refused:
+        budget_client.create_reservation("alice", estimated_cost=0.01, tags=["batch"])
+
+    assert CostEvent.objects.get().tags == ",batch,"
+    assert used(tagged) == Decimal("0.015")
+    assert (check.allowed, check.scope) == (False, "tag")
+    assert refused.value.scope == "tag"
+    assert Reservation.objects.count() == 0
