@@ -41,6 +41,7 @@ from ..models import CostEvent, Limit, ModelSpend, Project, TeamMember, UserBudg
 from ..selectors.budgets import model_costs
 from ..selectors.console import MoneySum
 from ..selectors.limits import (
+    MAX_TAGS,
     CallScope,
     LimitState,
     applicable_limits,
@@ -275,11 +276,36 @@ _POSITIONAL = re.compile(r"(?<!%)%s")
 
 
 def _limits_query(call: Call) -> tuple[str, dict[str, Any]]:
-    """applicable_limits (the team found in the query) as SQL with named parameters, for _READ_LOCKED."""
-    sql, params = applicable_limits_finding_team(call.scope()).values_list("id", "resets_at").query.sql_with_params()
+    """applicable_limits (the team found in the query) as SQL with named parameters, for _READ_LOCKED.
+
+    Compiling the queryset costs more than the record's statements: it is compiled once per shape
+    (a key or not, how many tags, a model or not) with stand-in values, which each call replaces.
+    """
+    scope = call.scope()
+    shape = (bool(scope.key_name), len(scope.tags), bool(scope.model))
+    if shape not in _LIMITS_SQL:
+        _LIMITS_SQL[shape] = _compile_limits_query(*shape)
+    sql, roles = _LIMITS_SQL[shape]
+    values: dict[Any, Any] = {_PROJECT: call.project.pk, _USER: scope.user_id, _KEY: scope.key_name,
+                              _MODEL: scope.model, **dict(zip(_TAGS, scope.tags, strict=False))}
+    return sql, {f"limit{index}": values.get(role, role) if isinstance(role, str | int) else role
+                 for index, role in enumerate(roles)}
+
+
+# Stand-ins for a call's values in the compiled query (never sent: each is replaced by the call's).
+_PROJECT, _USER, _KEY, _MODEL = -7_340_032_001, "\x00user", "\x00key", "\x00model"
+_TAGS = tuple(f"\x00tag{index}" for index in range(MAX_TAGS))
+_LIMITS_SQL: dict[tuple[bool, int, bool], tuple[str, list[Any]]] = {}
+
+
+def _compile_limits_query(key: bool, tags: int, model: bool) -> tuple[str, list[Any]]:
+    """The applicable limits' SQL of a shape, with named parameters, and what each parameter is
+    (a stand-in, replaced per call, or a constant of the query)."""
+    stand_in = CallScope(project=Project(pk=_PROJECT), user_id=_USER, model=_MODEL if model else "",
+                         key_name=_KEY if key else None, tags=_TAGS[:tags])
+    sql, params = applicable_limits_finding_team(stand_in).values_list("id", "resets_at").query.sql_with_params()
     names = iter(range(len(params)))
-    return _POSITIONAL.sub(lambda _: f"%(limit{next(names)})s", sql), {
-        f"limit{index}": value for index, value in enumerate(params)}
+    return _POSITIONAL.sub(lambda _: f"%(limit{next(names)})s", sql), list(params)
 
 
 _WRITE = """
