@@ -15,6 +15,7 @@ from typing import Any
 from bench.harness import Row, Server, WrkResult, gunicorn, median_time, status_kib, wrk
 
 RECORD_BODY = '{"model":"gpt-4o-mini","prompt_tokens":1000,"completion_tokens":500}'
+TAGGED_BODY = '{"model":"gpt-4o-mini","prompt_tokens":1000,"completion_tokens":500,"tags":["summarizer"]}'
 SPREAD_USERS = 1000
 TRANSACTION_CONTROL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE SAVEPOINT|ROLLBACK TO SAVEPOINT)\b",
                                  re.IGNORECASE)
@@ -40,6 +41,30 @@ def api_project(name: str, users: int) -> tuple[Any, str]:
     )
     _, key = services.api_key_create(project=project, name="bench", actor="bench")
     return project, key
+
+
+def limits_project(name: str, users: int) -> str:
+    """api_project with five limits applying to every record: the project's, the team's (every user is in
+    it), each user's (tokens), the key's (requests) and the tag "summarizer"'s; large enough never to refuse."""
+    from budgets.models import Limit, Team, TeamMember
+    from budgets.services.limit_windows import window_of
+
+    project, key = api_project(name, users)
+    everyone = ["hot", *(f"u{i}" for i in range(users))]
+    team = Team.objects.create(project=project, name="everyone")
+    TeamMember.objects.bulk_create([TeamMember(team=team, project=project, user_id=user) for user in everyone],
+                                   batch_size=2000)
+    start, resets_at = window_of("month", project, team.created_at)
+    big = Decimal(10**9)
+
+    def limit(scope: str, subject: str, unit: str = "usd") -> Limit:
+        return Limit(project=project, scope=scope, subject=subject, unit=unit, window="month", amount=big,
+                     window_start=start, resets_at=resets_at)
+
+    Limit.objects.bulk_create([limit("project", ""), limit("team", "everyone"), limit("key", "bench", "requests"),
+                               limit("tag", "summarizer"), *(limit("user", user, "tokens") for user in everyone)],
+                              batch_size=2000)
+    return key
 
 
 def wrk_line(row: Row, name: str, result: WrkResult, base: WrkResult | None, *, target: float | None,
@@ -151,6 +176,7 @@ def row_record(args: argparse.Namespace, env: dict[str, str]) -> Row:
     _, key = api_project("bench-record", SPREAD_USERS)
     sql_per_record(row, key)
     nonce = str(time.time_ns())
+    limits_key = limits_project("bench-limits", SPREAD_USERS)
     with gunicorn(env) as server:
         before = healthz_baseline(server, args)
         print(f"  healthz: {before.rps:.0f} req/s, p50 {before.p50_ms:.1f} ms", flush=True)
@@ -164,6 +190,12 @@ def row_record(args: argparse.Namespace, env: dict[str, str]) -> Row:
                                                        "BM_NONCE": nonce}),
             ("record ?enforce=true, 1,000 users", {"BM_PATH": "/api/v1/users/{user}/costs?enforce=true",
                                                    "BM_USERS": str(SPREAD_USERS)}),
+            ("record, five applicable limits (project, team, user, key, tag), 1,000 users",
+             {"BM_KEY": limits_key, "BM_BODY": TAGGED_BODY, "BM_PATH": "/api/v1/users/{user}/costs",
+              "BM_USERS": str(SPREAD_USERS)}),
+            ("record ?enforce=true, five applicable limits, 1,000 users",
+             {"BM_KEY": limits_key, "BM_BODY": TAGGED_BODY, "BM_PATH": "/api/v1/users/{user}/costs?enforce=true",
+              "BM_USERS": str(SPREAD_USERS)}),
         ):
             runs.append((name, wrk(server.base + "/", script="request.lua", env={**common, **extra},
                                    duration=args.duration, connections=args.connections)))

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from .base.validation import validate_tags
 from .domain.usage import usage_from_completion, usage_from_texts
 from .models import CostEvent, Duration, Project, UserBudget
 from .selectors.budgets import budget_record, projected_cost, user_ids
@@ -64,8 +65,13 @@ class BudgetManager:
         return self._budget(user).total_budget
 
     def update_cost(self, user: str, completion_obj: Any = None, model: str | None = None,
-                    input_text: str | None = None, output_text: str | None = None) -> dict[str, Any]:
-        """Record a call's cost from model + texts, or from a completion object; returns {"user": record}."""
+                    input_text: str | None = None, output_text: str | None = None,
+                    tags: list[str] | None = None) -> dict[str, Any]:
+        """Record a call's cost from model + texts, or from a completion object; returns {"user": record}.
+
+        `tags` (at most 10 short identifiers) are kept on the ledger row and their limits count the call.
+        """
+        tags_given = validate_tags(tags)
         if model and input_text is not None and output_text is not None:
             usage = usage_from_texts(model, input_text, output_text)
         elif completion_obj:
@@ -75,7 +81,7 @@ class BudgetManager:
                 "Either a chat completion object or the text response needs to be passed in."
             )
         recorded = cost_record(
-            project=self.project, user_id=user, usage=usage, source=CostEvent.Source.MANAGER
+            project=self.project, user_id=user, usage=usage, source=CostEvent.Source.MANAGER, tags=tags_given,
         )
         return {"user": budget_record(recorded.budget)}
 

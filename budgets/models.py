@@ -586,9 +586,13 @@ class Alert(models.Model):
     class Scope(models.TextChoices):
         USER = "user", "User budget"
         PROJECT = "project", "Project budget"
+        LIMIT = "limit", "Limit"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="alerts")
     budget = models.ForeignKey(UserBudget, on_delete=models.SET_NULL, null=True, blank=True, related_name="alerts")
+    # Scope "limit": the Limit row whose used crossed the threshold (its window is `period_start`).
+    source_limit = models.ForeignKey("Limit", on_delete=models.CASCADE, null=True, blank=True,
+                                     related_name="alerts")
     scope = models.CharField(max_length=10, choices=Scope.choices)
     user_id = models.CharField(max_length=255, blank=True)
     threshold = models.PositiveIntegerField(help_text="Percent of the budget.")
@@ -611,8 +615,14 @@ class Alert(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["project", "scope", "user_id", "threshold", "period_start"],
+                condition=Q(source_limit__isnull=True),
                 name="one_alert_per_threshold_per_period",
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["source_limit", "threshold", "period_start"],
+                condition=Q(source_limit__isnull=False),
+                name="one_alert_per_limit_threshold_per_window",
+            ),
         ]
         indexes = [
             models.Index(fields=["project", "created_at"], name="alert_project_time"),

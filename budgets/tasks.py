@@ -16,6 +16,7 @@ from django.utils.timezone import now as utcnow
 
 from . import metrics
 from .services.alerts import DELIVER_ALERT_TASK, MAX_ATTEMPTS, alert_deliver, alerts_requeue
+from .services.limit_windows import limits_reset_due
 from .services.projects import projects_purge
 from .services.reservations import reservations_expire
 from .services.resets import reset_due_budgets, reset_due_projects
@@ -29,21 +30,23 @@ class SweepResult:
     projects: int
     reservations: int = 0
     deleted_rows: int = 0  # rows of deleted projects removed (services.projects_purge)
+    limits: int = 0  # limits whose window ended and started anew (services.limit_windows)
 
     def as_dict(self) -> dict[str, int]:
         return {"budgets": self.budgets, "projects": self.projects, "reservations": self.reservations,
-                "deleted_rows": self.deleted_rows}
+                "deleted_rows": self.deleted_rows, "limits": self.limits}
 
 
 def run_reset_sweep(*, at: datetime | None = None) -> SweepResult:
-    """One reset sweep: projects' and budgets' periods that have ended start anew; expired holds are released;
-    deleted projects' rows go on being removed."""
+    """One reset sweep: projects' and budgets' periods and limits' windows that have ended start anew;
+    expired holds are released; deleted projects' rows go on being removed."""
     at = at or utcnow()
     projects = reset_due_projects(at=at)
     budgets = reset_due_budgets(at=at)
+    limits = limits_reset_due(at=at)
     purged = projects_purge(at=at, seconds=PURGE_SECONDS)
     result = SweepResult(budgets=budgets, projects=projects, reservations=reservations_expire(at=at),
-                         deleted_rows=purged.rows)
+                         deleted_rows=purged.rows, limits=limits)
     metrics.sweep_ran(budgets=budgets, projects=projects)
     return result
 

@@ -20,6 +20,7 @@ from budgets.domain import pricing
 from budgets.models import ModelPrice, Project
 from budgets.services.prices import load_price_map
 from tests.api_helpers import ApiClient, new_key
+from tests.server_support import start_server
 
 ON_POSTGRES = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 
@@ -130,3 +131,13 @@ def budget_client(live_server, acme) -> Iterator[Any]:
 
     with BudgetClient(live_server.url, acme[1], backoff=0.01) as client:
         yield client
+
+
+# --- a real server: gunicorn with 4 workers (the concurrency proofs) -------------------------------
+
+
+@pytest.fixture
+def server(transactional_db) -> Iterator[str]:
+    """gunicorn -w 4 on the test database; yields its base URL (tests.server_support)."""
+    with start_server() as base:
+        yield base

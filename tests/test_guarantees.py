@@ -9,126 +9,21 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
-from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from django.db import connection
 from django.db.models import Sum
 
 from budgets import services
 from budgets.domain.usage import Usage
 from budgets.models import CostEvent, ModelSpend, Project, Reservation, UserBudget
 from tests.api_helpers import new_key
+from tests.server_support import at_once, in_sequence, send, statuses
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-ROOT = Path(__file__).resolve().parent.parent
-GUNICORN = Path(sys.executable).with_name("gunicorn")
-CLIENT_PROCESSES = 5
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def server(transactional_db):
-    """gunicorn -w 4 on the test database; yields its base URL."""
-    url = urlsplit(os.environ["DATABASE_URL"])
-    test_db_url = urlunsplit(url._replace(path="/" + connection.settings_dict["NAME"]))
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "budgetsite.settings_test",
-        "DATABASE_URL": test_db_url,
-        "DB_CONN_MAX_AGE": "0",
-    }
-    process = subprocess.Popen(
-        [
-            str(GUNICORN),
-            "budgetsite.wsgi:application",
-            "-w",
-            "4",
-            "-b",
-            f"127.0.0.1:{port}",
-            "--timeout",
-            "120",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=2):
-                    break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if process.poll() is not None:
-                    raise RuntimeError(process.stderr.read().decode()) from None
-                time.sleep(0.1)
-        else:
-            raise RuntimeError("gunicorn did not start")
-        yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-def _send(call: tuple) -> tuple[int, dict]:
-    """One request: (base, key, method path, body, headers) → (status, JSON body)."""
-    base, key, path, body, headers = call
-    request = urllib.request.Request(
-        base + path,
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json", **headers},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read(), parse_float=Decimal)
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read(), parse_float=Decimal)
-
-
-def _burst(calls: list[tuple]) -> list[tuple[int, dict]]:
-    """All of `calls` at once from this process's threads."""
-    with ThreadPoolExecutor(len(calls)) as pool:
-        return list(pool.map(_send, calls))
-
-
-def _sequence(calls: list[tuple]) -> list[tuple[int, dict]]:
-    return [_send(call) for call in calls]
-
-
-def at_once(calls: list[tuple], processes: int = CLIENT_PROCESSES) -> list[tuple[int, dict]]:
-    """Send every call at the same time from `processes` client processes (threads within each)."""
-    chunks = [calls[i::processes] for i in range(processes)]
-    with multiprocessing.get_context("fork").Pool(processes) as pool:
-        return [answer for chunk in pool.map(_burst, chunks) for answer in chunk]
-
-
-def statuses(answers: list[tuple[int, dict]]) -> Counter:
-    return Counter(status for status, _ in answers)
-
 
 @pytest.fixture
 def project():
@@ -243,7 +138,7 @@ def test_many_concurrent_records_add_up_exactly_everywhere(server, project):
     ]
 
     with multiprocessing.get_context("fork").Pool(8) as pool:
-        answers = [a for chunk in pool.map(_sequence, per_process) for a in chunk]
+        answers = [a for chunk in pool.map(in_sequence, per_process) for a in chunk]
 
     assert statuses(answers) == {201: 2000}, statuses(answers)
     assert CostEvent.objects.count() == 2000
@@ -276,7 +171,7 @@ def test_one_idempotency_key_from_ten_clients_records_once(server, project):
     answers = at_once([call] * 10)
     for index, (status, _) in enumerate(answers):
         while status == 409:  # allowed while the first is in flight; then the same answer
-            status, body = _send(call)
+            status, body = send(call)
             answers[index] = (status, body)
 
     assert statuses(answers) == {201: 10}, statuses(answers)

@@ -90,7 +90,7 @@ def test_a_reservation_the_user_has_no_room_for_is_a_402_naming_the_user(api, al
 
     error = assert_error(reserve(api, {"estimated_cost": 5}), 402, "budget_exceeded")
 
-    assert (error["scope"], error["limit"], error["spend"], error["held"], error["requested"]) == (
+    assert (error["scope"], error["limit"]["limit"], error["spend"], error["held"], error["requested"]) == (
         "user", 10, 0, 6, 5)
     assert "alice" in error["message"]
     assert held(alice) == (6, 6)
@@ -104,7 +104,7 @@ def test_a_reservation_the_project_has_no_room_for_is_a_402_naming_the_project(a
 
     error = assert_error(reserve(api, {"estimated_cost": 2}), 402, "budget_exceeded")
 
-    assert (error["scope"], error["limit"], error["held"]) == ("project", 3, 2)
+    assert (error["scope"], error["limit"]["limit"], error["held"]) == ("project", 3, 2)
     assert held(alice) == (0, 2)
 
 

@@ -7,12 +7,16 @@ from decimal import Decimal
 from django.http import HttpRequest
 from ninja import Router
 
+from ..domain.codec import dumps
 from ..domain.pricing import get_price
 from ..selectors.budgets import projected_cost as projected_cost_selector
+from ..selectors.limits import CallScope, LimitState
+from ..services.admission import Need
 from ..services.costs import admission_check
+from ..services.ledger import limit_model
 from . import requests
 from .auth import request_project
-from .common import ERROR_STATUSES, current_budget
+from .common import ERROR_STATUSES, current_budget, raw_json, with_budget_headers
 from .schemas import (
     CheckIn,
     CheckOut,
@@ -24,6 +28,7 @@ from .schemas import (
     QuoteIn,
     QuoteOut,
     UserId,
+    limit_out,
 )
 
 router = Router(tags=["checks"])
@@ -38,13 +43,20 @@ def projected_cost(request: HttpRequest, user: UserId, payload: MessagesIn):
 
 @router.post("/users/{path:user}/check", response={200: CheckOut, **ERRORS})
 def check(request: HttpRequest, user: UserId, payload: CheckIn):
-    """May this user spend about this much now? Takes the user's budget and the project's cap into account."""
+    """May this user spend about this much now? Every applicable hard limit in its unit: the user's budget,
+    the project's cap, the team's, the key's, the tags' and the model's limits (nothing is held)."""
     project = request_project(request)
     budget = current_budget(request, user).budget
-    estimate = requests.estimated_cost(payload)
-    verdict = admission_check(budget, project, estimate)
-    return {"allowed": verdict.scope is None, "reason": verdict.reason, "remaining": max(verdict.room, Decimal(0)),
-            "scope": verdict.scope, "estimated_cost": estimate}
+    estimate, tokens = requests.estimated_cost(payload)
+    key = request.api_key  # type: ignore[attr-defined]
+    call = CallScope(project=project, user_id=user, model=limit_model(payload.model or ""), key_name=key.name,
+                     tags=payload.tags or ())  # the team is found with the limits (selectors.call_limits)
+    verdict = admission_check(budget, project, estimate, call=call, need=Need(usd=estimate, tokens=tokens))
+    body = CheckOut(allowed=verdict.scope is None, reason=verdict.reason, remaining=max(verdict.room, Decimal(0)),
+                    scope=verdict.scope, estimated_cost=estimate,  # type: ignore[arg-type]
+                    limit=limit_out(verdict.limit) if verdict.limit is not None else None)
+    limits = [LimitState.of_budget(budget), LimitState.of_project(project), *verdict.limits]
+    return with_budget_headers(raw_json(dumps(body.model_dump()), 200), limits)
 
 
 @router.post("/cost-quote", response={200: QuoteOut, **ERRORS})

@@ -12,7 +12,7 @@ from ..selectors.budgets import has_budget_or_costs, ledger_slice
 from ..services.costs import cost_record
 from . import requests
 from .auth import request_project
-from .common import ERROR_STATUSES, MAX_PAGE, aware, raw_json
+from .common import ERROR_STATUSES, MAX_PAGE, aware, raw_json, recorded_limits, with_budget_headers
 from .schemas import CostIn, CostOut, ErrorOut, EventOut, EventPage, IdempotencyKey, Text, Timestamp, UserId, cost_out
 
 router = Router(tags=["costs"])
@@ -28,7 +28,9 @@ def record_cost(
 
     With `Idempotency-Key`, a retry (same key, same user and body) answers exactly as the
     first request did (201, same body) with `Idempotent-Replayed: true`, recording nothing.
-    With `?enforce=true`, a call the user's or the project's budget has no room for is refused (402).
+    With `?enforce=true`, a call that any applicable hard limit (the user's budget, the project's cap,
+    the team's, the key's, the tags' and the model's limits) has no room for is refused (402).
+    `X-Budget-Remaining`/`X-Budget-Reset` say what is left of the tightest dollar limit.
     """
     project = request_project(request)
     usage, cost = requests.usage_and_cost(payload)
@@ -36,10 +38,12 @@ def record_cost(
 
     recorded = cost_record(
         project=project, user_id=user, usage=usage, cost=cost, source=CostEvent.Source.API,
-        idempotency_key=idempotency_key, fingerprint=fingerprint, enforce=enforce,
+        idempotency_key=idempotency_key, fingerprint=fingerprint, enforce=enforce, tags=payload.tags or (),
+        api_key=request.api_key,  # type: ignore[attr-defined]
     )
     # A retry's `recorded` holds the figures the first answer was built from: the same bytes again.
-    return raw_json(dumps(cost_out(recorded).model_dump()), 201, replayed=not recorded.created)
+    response = raw_json(dumps(cost_out(recorded).model_dump()), 201, replayed=not recorded.created)
+    return with_budget_headers(response, recorded_limits(recorded))
 
 
 def _ledger(request: HttpRequest, **filters) -> dict:

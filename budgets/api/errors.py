@@ -10,6 +10,7 @@ same statuses and texts. Unknown routes and wrong methods under /api/ answer JSO
 from __future__ import annotations
 
 import logging
+import math
 import time
 import unicodedata
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 from django.core.exceptions import RequestDataTooBig
 from django.db import DataError, InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.utils.timezone import now as utcnow
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, AuthorizationError, HttpError, ValidationError
 
@@ -71,7 +73,11 @@ def too_many_requests_response(exc: TooManyRequests, *, hosted: bool = False) ->
 
 def budget_error_response(exc: BudgetError) -> HttpResponse:
     scope = exc.scope if isinstance(exc, BudgetExceeded) else None
-    return error_response(exc.status, exc.type, exc.message, scope=scope, **exc.extra())
+    response = error_response(exc.status, exc.type, exc.message, scope=scope, **exc.extra())
+    state = exc.state if isinstance(exc, BudgetExceeded) else None
+    if state is not None and state.resets_at is not None:  # the limit without room has room again then
+        response["Retry-After"] = str(max(1, math.ceil((state.resets_at - utcnow()).total_seconds())))
+    return response
 
 
 def _location(loc: Any) -> str:

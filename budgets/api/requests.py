@@ -115,23 +115,26 @@ def quote(body: QuoteIn) -> Quote:
     return Quote(usage, prompt_cost, completion_cost)
 
 
-def estimated_cost(body: CheckIn) -> Decimal:
-    """What a /check request asks room for: its estimated_cost, or messages priced (+ max_tokens)."""
+def estimated_cost(body: CheckIn) -> tuple[Decimal, int]:
+    """What a /check request asks room for: its estimated_cost, or messages priced (+ max_tokens);
+    and its tokens (prompt + max_tokens; 0 for an estimated_cost), for token limits."""
     if body.estimated_cost is not None:
         extra = _given(body, "model", "messages", "max_tokens")
         if extra:
             raise InvalidInput(f"estimated_cost cannot be combined with {', '.join(extra)}")
-        return body.estimated_cost
+        return body.estimated_cost, 0
     if body.model is None or body.messages is None:
         raise InvalidInput("give model and messages (optionally max_tokens), or estimated_cost")
     prompt = prompt_cost_selector(body.model, body.messages)
+    tokens_asked = prompt.usage.prompt_tokens + (body.max_tokens or 0)
     if not body.max_tokens:
-        return prompt.cost
-    return prompt.cost + pricing.cost_of_usage(Usage(prompt.usage.model, 0, body.max_tokens))
+        return prompt.cost, tokens_asked
+    return prompt.cost + pricing.cost_of_usage(Usage(prompt.usage.model, 0, body.max_tokens)), tokens_asked
 
 
-def reservation_amount(body: ReservationIn) -> tuple[Decimal, str | None]:
-    """What a reservation holds and for which model: estimated_cost, or the worst case of the call.
+def reservation_amount(body: ReservationIn) -> tuple[Decimal, str | None, int]:
+    """What a reservation holds and for which model: estimated_cost, or the worst case of the call;
+    and the tokens it holds on token limits (prompt + max_tokens; 0 with estimated_cost).
 
     The worst case is the prompt (counted with tiktoken) plus max_tokens at the output price;
     a model without a price needs estimated_cost (UnknownModel otherwise, never a $0 hold).
@@ -140,11 +143,12 @@ def reservation_amount(body: ReservationIn) -> tuple[Decimal, str | None]:
         extra = _given(body, "messages", "max_tokens")
         if extra:
             raise InvalidInput(f"estimated_cost cannot be combined with {', '.join(extra)}")
-        return body.estimated_cost, body.model
+        return body.estimated_cost, body.model, 0
     if body.model is None or body.messages is None or body.max_tokens is None:
         raise InvalidInput("give model, messages and max_tokens (the worst case is held), or estimated_cost")
     prompt = prompt_usage(body.model, body.messages)
-    return pricing.cost_of_usage(prompt._replace(completion_tokens=body.max_tokens)), prompt.model
+    return (pricing.cost_of_usage(prompt._replace(completion_tokens=body.max_tokens)), prompt.model,
+            prompt.prompt_tokens + body.max_tokens)
 
 
 def reservation_fingerprint(user_id: str, body: ReservationIn) -> str:

@@ -8,6 +8,7 @@ from ninja import Header, Router
 from ..base.errors import Conflict
 from ..domain.codec import dumps
 from ..models import CostEvent, Reservation
+from ..selectors.call_limits import reservation_limits
 from ..services.reservations import (
     DEFAULT_TTL_SECONDS,
     reservation_create,
@@ -17,7 +18,7 @@ from ..services.reservations import (
 )
 from . import requests
 from .auth import request_project
-from .common import ERROR_STATUSES, raw_json
+from .common import ERROR_STATUSES, current_budget, raw_json, with_budget_headers
 from .schemas import (
     CostIn,
     ErrorOut,
@@ -39,21 +40,24 @@ def reserve(
     request: HttpRequest, user: UserId, payload: ReservationIn,
     idempotency_key: IdempotencyKey | None = Header(None, alias="Idempotency-Key"),  # noqa: B008
 ):
-    """Hold a call's worst-case cost against the user's and the project's remaining budget.
+    """Hold a call's worst case against every applicable hard limit: its cost on dollar limits (the
+    user's budget and the project's cap too), prompt + max_tokens on token limits, one request.
 
-    201 with the open reservation; 402 budget_exceeded naming the budget without room.
+    201 with the open reservation; 402 budget_exceeded naming the limit without room.
     With `Idempotency-Key`, a retry answers as the first request did (`Idempotent-Replayed: true`).
     """
     project = request_project(request)
-    amount, model = requests.reservation_amount(payload)
+    amount, model, tokens = requests.reservation_amount(payload)
     fingerprint = requests.reservation_fingerprint(user, payload) if idempotency_key is not None else ""
 
     reservation, created = reservation_create(
         project=project, user_id=user, amount=amount, model=model,
         ttl_seconds=DEFAULT_TTL_SECONDS if payload.ttl_seconds is None else payload.ttl_seconds,
-        idempotency_key=idempotency_key, fingerprint=fingerprint,
+        idempotency_key=idempotency_key, fingerprint=fingerprint, tokens=tokens, tags=payload.tags or (),
+        api_key=request.api_key,  # type: ignore[attr-defined]
     )
-    return raw_json(dumps(ReservationOut.model_validate(reservation).model_dump()), 201, replayed=not created)
+    response = raw_json(dumps(ReservationOut.model_validate(reservation).model_dump()), 201, replayed=not created)
+    return with_budget_headers(response, reservation_limits(current_budget(request, user).budget, reservation))
 
 
 @router.get("/reservations/{int:reservation_id}", response={200: ReservationOut, **ERRORS})

@@ -39,16 +39,20 @@ from ..base.fields import money_bound
 from ..base.money import to_money, to_tokens
 from ..base.validation import (
     IDEMPOTENCY_KEY_MAX,
+    MAX_TAGS,
     MODEL_NAME_MAX,
     NAME_PATTERN,
+    TAG_PATTERN,
     USER_ID_MAX,
     USER_ID_PATTERN,
     validate_idempotency_key,
     validate_model,
+    validate_tags,
     validate_user_id,
 )
 from ..domain import periods
 from ..models import UserBudget
+from ..selectors.limits import LimitState
 from ..services.alerts import AlertFields
 from ..services.costs import CostRecorded, exceeded_scope
 from ..services.reservations import MAX_TTL_SECONDS, Settled
@@ -128,6 +132,13 @@ def _idempotency_key(value: Any) -> str | None:
         raise PydanticCustomError("idempotency_key", exc.message.removeprefix("Idempotency-Key ")) from None
 
 
+def _tags(value: Any) -> tuple[str, ...]:
+    try:
+        return validate_tags(value)
+    except InvalidInput as exc:
+        raise PydanticCustomError("tags", exc.message) from None
+
+
 def _model(value: Any) -> str:
     try:
         return validate_model(value)
@@ -179,6 +190,12 @@ IdempotencyKey = Annotated[str, BeforeValidator(_idempotency_key),
 Timestamp = Annotated[datetime, BeforeValidator(_timestamp), AfterValidator(_in_utc)]
 MoneyOut = Annotated[Decimal, WithJsonSchema({"type": "number"})]
 Scope = Literal["user", "project"]
+LimitScope = Literal["user", "project", "team", "key", "tag"]
+# A call's tags: its tag limits apply, and the ledger keeps them (budgets.base.validation.validate_tags).
+Tags = Annotated[tuple[str, ...], BeforeValidator(_tags),
+                 WithJsonSchema({"type": "array", "maxItems": MAX_TAGS,
+                                 "items": {"type": "string", "pattern": TAG_PATTERN},
+                                 "description": "Up to 10 tags (letters, digits, _ . : -); their limits apply."})]
 DurationName = Literal["none", "daily", "weekly", "monthly", "yearly", "days"]
 
 
@@ -265,6 +282,9 @@ class Form(NamedTuple):
     overrides: dict[str, dict[str, Any]] = {}  # noqa: RUF012
 
 
+EVERY_FORM = ("tags",)  # fields every form of a body may have
+
+
 def forms(*choices: Form) -> Callable[[dict[str, Any], Any], None]:
     """The OpenAPI schema of a body with mutually exclusive forms: `oneOf`, one branch per form.
 
@@ -283,7 +303,7 @@ def forms(*choices: Form) -> Callable[[dict[str, Any], Any], None]:
             for name, field_schema in fields.items():
                 if name in form.required:
                     properties[name] = {**_not_null(field_schema), **form.overrides.get(name, {})}
-                elif name in form.optional or name in form.any_of:
+                elif name in form.optional or name in form.any_of or name in EVERY_FORM:
                     properties[name] = {**field_schema, **form.overrides.get(name, {})}
                 else:
                     properties[name] = {"type": "null"}
@@ -383,6 +403,7 @@ class CostIn(StrictIn):
     cost: Cost | None = Field(None, description="The call's cost in dollars; overrides the price table.")
     input_cost_per_token: Price | None = None
     output_cost_per_token: Price | None = None
+    tags: Tags | None = None
 
 
 class MessagesIn(StrictIn):
@@ -402,6 +423,7 @@ class CheckIn(StrictIn):
     messages: Messages | None = None
     max_tokens: Tokens | None = Field(None, description="Completion tokens to reserve, at the output price.")
     estimated_cost: Cost | None = None
+    tags: Tags | None = None
 
 
 class QuoteIn(StrictIn):
@@ -511,12 +533,35 @@ class ProjectedCostOut(Schema):
     projected_cost: MoneyOut
 
 
+class LimitOut(Schema):
+    """A limit as a refusal names it: a Limit row, or the user's budget or the project's cap (id null)."""
+
+    id: int | None
+    scope: LimitScope
+    subject: str
+    model: str | None
+    unit: Literal["usd", "tokens", "requests"]
+    window: str = Field(description="hour, day, week, month, year or lifetime (a budget's every-N-days: days).")
+    limit: MoneyOut
+    used: MoneyOut
+    held: MoneyOut
+    requested: MoneyOut | None = Field(None, description="What the call asked, in the limit's unit.")
+    resets_at: datetime | None
+
+
+def limit_out(state: LimitState, requested: Decimal | None = None) -> LimitOut:
+    return LimitOut(id=state.id, scope=state.scope, subject=state.subject, model=state.model,  # type: ignore[arg-type]
+                    unit=state.unit, window=state.window, limit=state.limit, used=state.used,  # type: ignore[arg-type]
+                    held=state.held, requested=requested, resets_at=state.resets_at)
+
+
 class CheckOut(Schema):
     allowed: bool
     reason: str | None
     remaining: MoneyOut = Field(description="Room left under the tighter of the user's and the project's budget.")
-    scope: Scope | None
+    scope: LimitScope | None = Field(description="The level of the limit without room (null: allowed).")
     estimated_cost: MoneyOut
+    limit: LimitOut | None = Field(None, description="The first hard limit without room for the call.")
 
 
 class QuoteOut(Schema):
@@ -561,8 +606,8 @@ class AlertPage(Schema):
 class ErrorBody(Schema):
     type: str
     message: str
-    scope: Scope | None = None
-    limit: MoneyOut | None = Field(None, description="budget_exceeded: the budget that has no room.")
+    scope: LimitScope | None = None
+    limit: LimitOut | None = Field(None, description="budget_exceeded: the limit that has no room.")
     spend: MoneyOut | None = Field(None, description="budget_exceeded: its spend in this period.")
     held: MoneyOut | None = Field(None, description="budget_exceeded: its open reservations.")
     requested: MoneyOut | None = Field(None, description="budget_exceeded: the amount asked for.")
@@ -590,6 +635,7 @@ class ReservationIn(StrictIn):
     max_tokens: Tokens | None = Field(None, description="The call's max_tokens: held at the output price.")
     estimated_cost: Cost | None = Field(None, description="Dollars to hold, instead of messages + max_tokens.")
     ttl_seconds: TtlSeconds | None = Field(None, description="Seconds until the hold expires: 1 to 86400, default 600.")
+    tags: Tags | None = None
 
 
 ReservationStatus = Literal["open", "settled", "released", "expired"]

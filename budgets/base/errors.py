@@ -69,21 +69,36 @@ class IdempotencyConflict(BudgetError):
 
 
 class BudgetExceeded(BudgetError):
-    """A budget (`scope` is "user" or "project") has no room for this spend; the figures say why."""
+    """A limit has no room for this call; `scope` names its level (user, project, team, key, tag).
+
+    `state` is the limit without room (selectors.limits.LimitState, also for the user budget and
+    the project cap) and `requested` what the call asked in the limit's unit.
+    """
 
     type = "budget_exceeded"
     status = 402
 
     def __init__(
         self, message: str, *, scope: str, limit: Decimal | None = None, spend: Decimal | None = None,
-        held: Decimal | None = None, requested: Decimal | None = None,
+        held: Decimal | None = None, requested: Decimal | None = None, state: Any = None,
     ) -> None:
         super().__init__(message)
         self.scope = scope
+        self.state = state
+        self.requested = requested
         self.figures = {"limit": limit, "spend": spend, "held": held, "requested": requested}
 
     def extra(self) -> dict[str, Any]:
-        return {key: value for key, value in self.figures.items() if value is not None}
+        figures: dict[str, Any] = {key: value for key, value in self.figures.items() if value is not None}
+        if self.state is not None:  # `limit`: the limit itself, where older answers had its amount
+            state = self.state
+            figures["limit"] = {
+                "id": state.id, "scope": state.scope, "subject": state.subject, "model": state.model,
+                "unit": state.unit, "window": state.window, "limit": state.limit, "used": state.used,
+                "held": state.held, "requested": self.requested,
+                "resets_at": state.resets_at.isoformat() if state.resets_at is not None else None,
+            }
+        return figures
 
 
 class TooManyRequests(BudgetError):

@@ -152,3 +152,25 @@ def url_path_is_utf8(path_info: str) -> bool:
     except UnicodeError:
         return False
     return True
+
+
+# A call's tags: short identifiers (letters, digits, _ . : -), at most MAX_TAGS of them.
+TAG_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+MAX_TAGS = 10
+_TAG = re.compile(TAG_PATTERN)
+
+
+def validate_tag(value: Any) -> str:
+    """One tag: 1-64 letters, digits, `_ . : -` (ASCII)."""
+    if not isinstance(value, str) or not _TAG.fullmatch(value):
+        raise InvalidInput("a tag is 1 to 64 letters, digits or _ . : - (e.g. \"summarizer\")")
+    return value
+
+
+def validate_tags(value: Any) -> tuple[str, ...]:
+    """A call's tags: a list of at most MAX_TAGS tags, each once (repeats are dropped, order kept)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple) or len(value) > MAX_TAGS:
+        raise InvalidInput(f"tags must be a list of at most {MAX_TAGS} tags")
+    return tuple(dict.fromkeys(validate_tag(tag) for tag in value))

@@ -14,13 +14,16 @@ from zoneinfo import ZoneInfo, available_timezones
 
 __all__ = [
     "DURATIONS",
+    "LIMIT_WINDOWS",
     "MAX_DAYS",
     "Period",
     "duration_from_days",
     "duration_to_days",
+    "hour_containing",
     "next_period",
     "period_containing",
     "validate_timezone",
+    "window_containing",
 ]
 
 DURATIONS = ("none", "daily", "weekly", "monthly", "yearly", "days")
@@ -140,6 +143,38 @@ def next_period(
     if current.next_reset is None:
         return current
     return period_containing(duration, tz, current.next_reset, days=days, anchor=base)
+
+
+def hour_containing(tz: str | ZoneInfo, instant: datetime) -> Period:
+    """The local clock hour of time zone ``tz`` that contains ``instant`` (one real hour long).
+
+    Taken from the local wall clock's minutes, so zones with half-hour offsets get their own
+    hours; across a DST change each hour is still 60 minutes (the repeated hour is two hours).
+    """
+    zone = _zone(tz)
+    _check_aware(instant, "instant")
+    instant = instant.astimezone(UTC)
+    wall = _wall(instant, zone)
+    start = instant - timedelta(minutes=wall.minute, seconds=wall.second, microseconds=wall.microsecond)
+    return Period(start, start + timedelta(hours=1))
+
+
+# A limit's windows, and the calendar durations they are (hour and lifetime are their own).
+LIMIT_WINDOWS = ("hour", "day", "week", "month", "year", "lifetime")
+_WINDOW_DURATION = {"day": "daily", "week": "weekly", "month": "monthly", "year": "yearly"}
+
+
+def window_containing(window: str, tz: str | ZoneInfo, instant: datetime) -> Period:
+    """The limit window of kind ``window`` containing ``instant``, aligned in ``tz``; "lifetime"
+    starts at ``instant`` and never resets."""
+    if window == "lifetime":
+        _check_aware(instant, "instant")
+        return Period(instant.astimezone(UTC), None)
+    if window == "hour":
+        return hour_containing(tz, instant)
+    if window not in _WINDOW_DURATION:
+        raise ValueError(f"unknown limit window {window!r}; expected one of: {', '.join(LIMIT_WINDOWS)}")
+    return period_containing(_WINDOW_DURATION[window], tz, instant)
 
 
 # --- helpers -------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from django.db.models import Q, QuerySet
+from django.db.models import Q, QuerySet, Subquery
 
 from ..models import Limit, Project, TeamMember, UserBudget
 
@@ -39,9 +39,21 @@ def team_of(project: Project, user_id: str) -> str | None:
 def applicable_limits(call: CallScope, *, hard_only: bool = False) -> QuerySet[Limit]:
     """The project's limits that count this call: the project's, the team's, the user's, the key's and
     each tag's, each without a model or with the call's model; in id order (the lock order)."""
+    return _applicable(call, call.team, hard_only=hard_only)
+
+
+def applicable_limits_finding_team(call: CallScope, *, hard_only: bool = False) -> QuerySet[Limit]:
+    """applicable_limits with the user's team found inside the same query (`call.team` is not read):
+    the ledger's fast path asks it within the statement that locks the project."""
+    team = (TeamMember.objects.filter(project_id=call.project.pk, user_id=call.user_id)
+            .values("team__name")[:1])
+    return _applicable(call, Subquery(team), hard_only=hard_only)
+
+
+def _applicable(call: CallScope, team: str | Subquery | None, *, hard_only: bool) -> QuerySet[Limit]:
     subjects = Q(scope=Limit.Scope.PROJECT) | Q(scope=Limit.Scope.USER, subject=call.user_id)
-    if call.team:
-        subjects |= Q(scope=Limit.Scope.TEAM, subject=call.team)
+    if team is not None:
+        subjects |= Q(scope=Limit.Scope.TEAM, subject=team)
     if call.key_name:
         subjects |= Q(scope=Limit.Scope.KEY, subject=call.key_name)
     if call.tags:

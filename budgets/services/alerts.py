@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -48,6 +48,7 @@ from ..base.errors import InvalidInput
 from ..domain.codec import dumps
 from ..domain.slack import slack_message
 from ..models import Alert, Project, UserBudget
+from ..selectors.limits import LimitState
 from .audit import write_audit
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,32 @@ def spend_recorded(*, project: Project, budget: UserBudget, amount: Decimal) -> 
         for t in crossed_thresholds(before=project.current_spend - amount, after=project.current_spend,
                                     limit=project.max_budget, thresholds=thresholds)
     ]
+    return _insert(project, candidates)
+
+
+def limits_counted(*, project: Project, counted: Sequence[tuple[LimitState, Decimal, datetime]]) -> list[Alert]:
+    """Called by services.ledger after Limit rows counted a call or a merge: `counted` holds each
+    limit's state after it, what it added and its window's start. One alert row per threshold a
+    limit's `used` crossed (once per window; hard and soft limits alike).
+
+    The common case (nothing crossed) costs no query.
+    """
+    thresholds = thresholds_of(project)
+    if not thresholds:
+        return []
+    candidates = [
+        Alert(project=project, budget=None, scope=Alert.Scope.LIMIT, source_limit_id=state.id,
+              user_id=state.subject if state.scope == "user" else "", threshold=t, period_start=window_start,
+              spend=state.used, limit=state.limit)
+        for state, added, window_start in counted if added > 0 and state.id is not None
+        for t in crossed_thresholds(before=state.used - added, after=state.used, limit=state.limit,
+                                    thresholds=thresholds)
+    ]
+    return _insert(project, candidates)
+
+
+def _insert(project: Project, candidates: list[Alert]) -> list[Alert]:
+    """Insert the alert rows not there yet (each in a savepoint) and queue their delivery at commit."""
     if not candidates:
         return []
     deliverable = has_channel(project)
@@ -338,13 +365,20 @@ class AlertFields(BaseModel):
     """An alert's one shape: the webhook's body (with its type, id and project) and, with its id and
     delivery, the API's AlertOut. Validated from the Alert row; money as exact JSON numbers."""
 
-    scope: Literal["user", "project"]
+    scope: Literal["user", "project", "limit"]
     user: str | None
     threshold: int
     spend: Annotated[Decimal, WithJsonSchema({"type": "number"})]
     limit: Annotated[Decimal, WithJsonSchema({"type": "number"})]
     period_start: datetime
     created_at: datetime
+    # Scope "limit": which limit (its id, level, subject, model, unit and window); null otherwise.
+    limit_id: int | None = None
+    limit_scope: str | None = None
+    subject: str | None = None
+    model: str | None = None
+    unit: str | None = None
+    window: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -352,13 +386,24 @@ class AlertFields(BaseModel):
         if not isinstance(row, Alert):
             return row
         # A project-wide alert has no user: "" in the row, null in the answer.
-        return {name: (row.user_id or None) if name == "user" else getattr(row, name) for name in cls.model_fields}
+        fields = {name: (row.user_id or None) if name == "user" else getattr(row, name)
+                  for name in cls.model_fields if name not in _LIMIT_FIELDS}
+        limit = row.source_limit if row.source_limit_id is not None else None
+        if limit is not None:
+            fields.update(limit_id=limit.pk, limit_scope=limit.scope, subject=limit.subject, model=limit.model or None,
+                          unit=limit.unit, window=limit.window)
+        return fields
+
+
+_LIMIT_FIELDS = ("limit_id", "limit_scope", "subject", "model", "unit", "window")
 
 
 def alert_payload(alert: Alert) -> dict[str, Any]:
     """The webhook's JSON body."""
-    return {"type": "budget.threshold_crossed", "alert_id": alert.pk, "project": alert.project.name,
-            **AlertFields.model_validate(alert).model_dump()}
+    fields = AlertFields.model_validate(alert).model_dump()
+    if fields["limit_id"] is None:  # a budget's or the project's alert: the shape it always had
+        fields = {name: value for name, value in fields.items() if name not in _LIMIT_FIELDS}
+    return {"type": "budget.threshold_crossed", "alert_id": alert.pk, "project": alert.project.name, **fields}
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:

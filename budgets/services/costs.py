@@ -14,9 +14,11 @@ from ..base.money import stored, to_money
 from ..domain import pricing
 from ..domain.codec import decimal_text
 from ..domain.usage import Usage
-from ..models import CostEvent, Project, UserBudget
+from ..models import ApiKey, CostEvent, Project, UserBudget
+from ..selectors.call_limits import limits_now
+from ..selectors.limits import CallScope, LimitState
 from . import ledger
-from .admission import retry_on_conflict
+from .admission import Need, refusal, retry_on_conflict
 from .ledger import CostRecorded, exceeded_scope
 
 __all__ = [
@@ -26,15 +28,24 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Verdict:
-    """A budget check's answer: which budget has no room (None: allowed), why, and the room left."""
+    """A budget check's answer: which limit has no room (None: allowed), why, and the room left.
+
+    `scope` is the level of the limit without room ("user", "project", "team", "key", "tag");
+    `limit` that limit (id None for the user's budget and the project's cap); `limits` the
+    applicable Limit rows as they are now.
+    """
 
     scope: str | None
     reason: str | None
     room: Decimal
+    limit: LimitState | None = None
+    limits: tuple[LimitState, ...] = ()
 
 
-def admission_check(budget: UserBudget, project: Project, estimate: Decimal) -> Verdict:
-    """May this user spend about `estimate` now? The user's budget and the project's cap, read without locks."""
+def admission_check(budget: UserBudget, project: Project, estimate: Decimal, *, call: CallScope | None = None,
+                    need: Need | None = None) -> Verdict:
+    """May this user spend about `estimate` now? The user's budget, the project's cap and, for `call`,
+    every applicable hard limit in its unit (`need`: the tokens and the request), read without locks."""
     scope = exceeded_scope(budget, project, estimate)
     room = budget.remaining
     if project.max_budget is not None:
@@ -43,16 +54,26 @@ def admission_check(budget: UserBudget, project: Project, estimate: Decimal) -> 
     if scope == "user":
         left = decimal_text(max(budget.remaining, Decimal(0)))
         reason = f"user {budget.user_id!r} has ${left} left of ${decimal_text(budget.total_budget)}"
-    elif scope == "project" and project.max_budget is not None:
+        return Verdict(scope=scope, reason=reason, room=room, limit=LimitState.of_budget(budget))
+    if scope == "project" and project.max_budget is not None:
         left = decimal_text(max(project.max_budget - project.current_spend - project.held, Decimal(0)))
         reason = f"project {project.name!r} has ${left} left of its max_budget ${decimal_text(project.max_budget)}"
-    return Verdict(scope=scope, reason=reason, room=room)
+        return Verdict(scope=scope, reason=reason, room=room, limit=LimitState.of_project(project))
+    states = tuple(limits_now(call, hard_only=True)) if call is not None else ()
+    need = need or Need(usd=estimate)
+    for state in states:
+        requested = need.of(state.unit)
+        if requested > 0 and state.used + state.held + requested > state.limit:
+            return Verdict(scope=state.scope, reason=refusal(state, requested).message, room=room, limit=state,
+                           limits=states)
+    return Verdict(scope=None, reason=None, room=room, limits=states)
 
 
 @retry_on_conflict
 def cost_record(
     *, project: Project, user_id: str, usage: Usage, cost: Any = None, source: str,
     idempotency_key: str | None = None, fingerprint: str = "", enforce: bool = False,
+    tags: tuple[str, ...] = (), api_key: ApiKey | None = None,
 ) -> CostRecorded:
     """Record one call's cost in the ledger and add it to the user's and the project's spend.
 
@@ -60,20 +81,24 @@ def cost_record(
     """
     with transaction.atomic():
         return _cost_record(project=project, user_id=user_id, usage=usage, cost=cost, source=source,
-                            idempotency_key=idempotency_key, fingerprint=fingerprint, enforce=enforce)
+                            idempotency_key=idempotency_key, fingerprint=fingerprint, enforce=enforce, tags=tags,
+                            api_key=api_key)
 
 
 def _cost_record(
     *, project: Project, user_id: str, usage: Usage, cost: Any = None, source: str,
     idempotency_key: str | None = None, fingerprint: str = "", enforce: bool = False,
+    tags: tuple[str, ...] = (), api_key: ApiKey | None = None,
 ) -> CostRecorded:
     """Record one call's cost in the ledger and add it to the user's and the project's spend.
 
     `cost` None prices the usage from the price table (UnknownModel if the model has no price).
     With an idempotency key, a retry returns the first event and records nothing.
-    With `enforce`, a call that the user's or the project's remaining budget (after open holds)
-    has no room for raises BudgetExceeded instead (levels_admit, as reservations do).
-    Locks: the project row first, then the user's (one order everywhere; see services.admission).
+    With `enforce`, a call that the user's or the project's remaining budget (after open holds),
+    or any applicable hard limit in its unit, has no room for raises BudgetExceeded instead.
+    Every applicable limit counts the call (services.ledger). `tags` and the API key (`api_key`,
+    None for the manager) are kept on the ledger row and choose the key's and the tags' limits.
+    Locks: the project row, the user's, then limits by id (one order everywhere; services.admission).
     """
     model = usage.model  # checked where the usage was read (validation.validate_model)
     # Rounded once to the stored 12 places, so the ledger, the spend and the answer agree.
@@ -81,7 +106,8 @@ def _cost_record(
 
     recorded = ledger.record(ledger.Call(
         project=project, user_id=user_id, usage=usage, model=model, amount=amount, source=source,
-        idempotency_key=idempotency_key, fingerprint=fingerprint, enforce=enforce,
+        idempotency_key=idempotency_key, fingerprint=fingerprint, enforce=enforce, tags=tuple(tags),
+        key_name=api_key.name if api_key is not None else None, api_key_id=api_key.pk if api_key is not None else None,
     ))
     if not recorded.created:
         return recorded_again(recorded.event, recorded.event.response, recorded)

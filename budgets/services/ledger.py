@@ -10,34 +10,48 @@ ledger rows, so a new level or rollup column is written here once, for:
 - the demo seed (`seed`): fabricated history in bulk.
 
 Each has a PostgreSQL fast path beside the portable (ORM, SQLite) one; `_postgres()` is the one
-switch between them. Locks: the project row first, then budget rows (services.admission).
+switch between them. Locks: the project row first, then budget rows, then Limit rows by id
+(services.admission). Every applicable Limit (selectors.limits), hard and soft, counts what a
+record or a merge adds in its unit (`used`), here only.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import F, JSONField, OuterRef, Subquery, Sum
+from django.db.models import Case, F, JSONField, OuterRef, Subquery, Sum, When
 from django.db.models.functions import Coalesce, Greatest
 from django.utils.timezone import now as utcnow
 
 from .. import metrics
 from ..base.errors import BudgetExceeded, IdempotencyConflict, UnknownUser
 from ..base.fields import MoneyField, money
+from ..domain.pricing import find_price
 from ..domain.usage import Usage
-from ..models import CostEvent, ModelSpend, Project, UserBudget
+from ..models import CostEvent, Limit, ModelSpend, Project, TeamMember, UserBudget
 from ..selectors.budgets import model_costs
 from ..selectors.console import MoneySum
+from ..selectors.limits import (
+    MAX_TAGS,
+    CallScope,
+    LimitState,
+    applicable_limits,
+    applicable_limits_finding_team,
+    tags_text,
+    team_of,
+)
 from . import alerts
-from .admission import check_figures, levels_admit, levels_of, lock_project
+from .admission import Need, check_figures, levels_lock, levels_of, limits_check, limits_lock, lock_project
+from .limit_windows import limits_current
 from .resets import ensure_current_period
 from .rollups import GRAINS, TOKENS, Grain, Key, Totals, local_day, rollups_rebuild
 
@@ -62,6 +76,8 @@ class CostRecorded:
     created: bool  # False for an idempotent retry: nothing new was recorded
     exceeded: str | None  # "user" or "project" when a budget is used up after this call
     model_costs: dict[str, Decimal]  # the user's spend per model after it
+    limits: tuple[LimitState, ...] = ()  # the applicable Limit rows after it (empty for a retry)
+    limit_starts: tuple[datetime, ...] = ()  # their windows' starts, in the same order
 
     @property
     def budget_exceeded(self) -> bool:
@@ -101,6 +117,23 @@ class Call:
     idempotency_key: str | None
     fingerprint: str
     enforce: bool
+    key_name: str | None = None  # the API key's name (None: the manager, a settle without one)
+    api_key_id: int | None = None
+    tags: tuple[str, ...] = ()
+
+    @property
+    def need(self) -> Need:
+        return Need(usd=self.amount, tokens=self.usage.prompt_tokens + self.usage.completion_tokens)
+
+    def scope(self, team: str | None = None) -> CallScope:
+        return CallScope(project=self.project, user_id=self.user_id, model=limit_model(self.model),
+                         key_name=self.key_name, tags=self.tags, team=team)
+
+
+def limit_model(model: str) -> str:
+    """The name limits know a model by: the price table's, when it has the model (pricing.find_price)."""
+    price = find_price(model) if model else None
+    return price.model if price is not None else model
 
 
 def record(call: Call) -> CostRecorded:
@@ -113,6 +146,10 @@ def record(call: Call) -> CostRecorded:
         recorded = _record_with_the_orm(call)
     if recorded.created:
         alerts.spend_recorded(project=call.project, budget=recorded.budget, amount=call.amount)
+        if recorded.limits:
+            alerts.limits_counted(project=call.project, counted=[
+                (state, call.need.of(state.unit), start)
+                for state, start in zip(recorded.limits, recorded.limit_starts, strict=True)])
     return recorded
 
 
@@ -123,7 +160,7 @@ def _event(call: Call, budget_id: int, **fields: Any) -> CostEvent:
         prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
         cached_tokens=usage.cached_tokens, cache_creation_tokens=usage.cache_creation_tokens, cost=call.amount,
         source=call.source, idempotency_key=call.idempotency_key or None, request_fingerprint=call.fingerprint,
-        **fields,
+        tags=tags_text(call.tags), api_key_id=call.api_key_id, **fields,
     )
 
 
@@ -136,8 +173,11 @@ def _record_with_the_orm(call: Call) -> CostRecorded:
         replay = _replay(project, call.idempotency_key, call.fingerprint, budget)
         if replay is not None:
             return replay
+    figures = levels_lock(levels_of(project, budget))  # the budget's row, before any Limit row
+    scope = call.scope(team_of(project, call.user_id))
+    limits = limits_current(project, limits_lock(applicable_limits(scope).values_list("id", flat=True)))
     if call.enforce:
-        _admit(levels_of(project, budget), call.amount, project)
+        _admit(project, figures, call.amount, [LimitState.of_limit(limit) for limit in limits], call.need)
     try:
         with transaction.atomic():
             event = _event(call, budget.pk)
@@ -149,20 +189,38 @@ def _record_with_the_orm(call: Call) -> CostRecorded:
         return replay
     _add_spend(project=project, budget=budget, model=call.model, amount=call.amount, usage=call.usage)
     rollups_add_events(project, [event])
+    limits_count({limit.pk: limit.unit for limit in limits}, call.need, at=event.created_at)
     budget.refresh_from_db()
     # period_start too: alerts are once per period, and a sweep may have just started a new one.
     project.refresh_from_db(fields=["current_spend", "held", "period_start"])
     budget.project = project
+    counted = tuple(replace(LimitState.of_limit(limit), used=limit.used + call.need.of(limit.unit))
+                    for limit in limits)
     return CostRecorded(event=event, budget=budget, created=True, exceeded=exceeded_scope(budget, project),
-                        model_costs=model_costs(budget))
+                        model_costs=model_costs(budget), limits=counted,
+                        limit_starts=tuple(limit.window_start for limit in limits))
 
 
-def _admit(levels: Any, amount: Decimal, project: Project) -> None:
+def _admit(project: Project, figures: Any, amount: Decimal, limits: list[LimitState], need: Need) -> None:
+    """Every hard level and limit has room, or BudgetExceeded naming the first without (the budget and
+    the cap first); all of them are locked by the caller."""
     try:
-        levels_admit(levels, amount)
+        check_figures(figures, amount)
+        limits_check(limits, need)
     except BudgetExceeded as exc:
         metrics.budget_exceeded(project.name, exc.scope)
         raise
+
+
+def limits_count(units: dict[int, str], need: Need, *, at: datetime) -> None:
+    """Add what a call used to Limit rows (id → unit) in one statement; the caller holds their locks."""
+    if not units:
+        return
+    Limit.objects.filter(pk__in=sorted(units)).update(used=F("used") + Case(
+        When(unit=Limit.Unit.USD, then=money(need.usd)),
+        When(unit=Limit.Unit.TOKENS, then=money(Decimal(need.tokens))),
+        default=money(Decimal(need.requests)), output_field=MoneyField(),
+    ), updated_at=at)
 
 
 def _add_spend(*, project: Project, budget: UserBudget, model: str, amount: Decimal, usage: Usage) -> None:
@@ -197,25 +255,66 @@ def _replay(project: Project, key: str, fingerprint: str, budget: UserBudget) ->
 
 
 # PostgreSQL: the project row locked and the user's budget read with its spend per model in one
-# statement, then the ledger row, the three spend increments and the daily rollups in a second
-# one (data-modifying CTEs; the last four are the rollups of services.rollups). A repeated
+# statement, which also finds the applicable limits (ids, and whether a window ended); then the
+# ledger row, the three spend increments, the daily rollups and the limits' counts in a second one
+# (data-modifying CTEs; the rollups are those of services.rollups). With `enforce` and limits, a
+# statement between the two locks the limits by id and reads them for admission. A repeated
 # Idempotency-Key inserts nothing, so nothing else changes.
 _READ_LOCKED = """
-SELECT p.current_spend, p.held, p.max_budget, p.period_start, p.next_reset_at,
+SELECT p.current_spend, p.held, p.max_budget, p.period_start, p.next_reset_at, p.duration,
        b.id, b.total_budget, b.current_spend, b.held, b.duration, b.duration_days, b.period_start, b.next_reset_at,
        b.created_at, b.updated_at,
-       (SELECT COALESCE(jsonb_object_agg(s.model, s.spend::text), '{{}}'::jsonb)
-        FROM budgets_modelspend s WHERE s.budget_id = b.id)
+       (SELECT COALESCE(jsonb_object_agg(s.model, s.spend::text), '{}'::jsonb)
+        FROM budgets_modelspend s WHERE s.budget_id = b.id),
+       (SELECT COALESCE(jsonb_agg(jsonb_build_array(x.id, x.resets_at <= %(at)s))::text, '[]')
+        FROM (/*limits*/) x)
 FROM budgets_project p JOIN budgets_userbudget b ON b.project_id = p.id AND b.user_id = %(user)s
 WHERE p.id = %(project)s
-FOR NO KEY UPDATE OF {locked}
+FOR NO KEY UPDATE OF /*locked*/
 """
+_POSITIONAL = re.compile(r"(?<!%)%s")
+
+
+def _limits_query(call: Call) -> tuple[str, dict[str, Any]]:
+    """applicable_limits (the team found in the query) as SQL with named parameters, for _READ_LOCKED.
+
+    Compiling the queryset costs more than the record's statements: it is compiled once per shape
+    (a key or not, how many tags, a model or not) with stand-in values, which each call replaces.
+    """
+    scope = call.scope()
+    shape = (bool(scope.key_name), len(scope.tags), bool(scope.model))
+    if shape not in _LIMITS_SQL:
+        _LIMITS_SQL[shape] = _compile_limits_query(*shape)
+    sql, roles = _LIMITS_SQL[shape]
+    values: dict[Any, Any] = {_PROJECT: call.project.pk, _USER: scope.user_id, _KEY: scope.key_name,
+                              _MODEL: scope.model, **dict(zip(_TAGS, scope.tags, strict=False))}
+    return sql, {f"limit{index}": values.get(role, role) if isinstance(role, str | int) else role
+                 for index, role in enumerate(roles)}
+
+
+# Stand-ins for a call's values in the compiled query (never sent: each is replaced by the call's).
+_PROJECT, _USER, _KEY, _MODEL = -7_340_032_001, "\x00user", "\x00key", "\x00model"
+_TAGS = tuple(f"\x00tag{index}" for index in range(MAX_TAGS))
+_LIMITS_SQL: dict[tuple[bool, int, bool], tuple[str, list[Any]]] = {}
+
+
+def _compile_limits_query(key: bool, tags: int, model: bool) -> tuple[str, list[Any]]:
+    """The applicable limits' SQL of a shape, with named parameters, and what each parameter is
+    (a stand-in, replaced per call, or a constant of the query)."""
+    stand_in = CallScope(project=Project(pk=_PROJECT), user_id=_USER, model=_MODEL if model else "",
+                         key_name=_KEY if key else None, tags=_TAGS[:tags])
+    sql, params = applicable_limits_finding_team(stand_in).values_list("id", "resets_at").query.sql_with_params()
+    names = iter(range(len(params)))
+    return _POSITIONAL.sub(lambda _: f"%(limit{next(names)})s", sql), list(params)
+
+
 _WRITE = """
 WITH ev AS (
     INSERT INTO budgets_costevent (project_id, budget_id, user_id, model, prompt_tokens, completion_tokens,
-        cached_tokens, cache_creation_tokens, cost, source, idempotency_key, request_fingerprint, created_at)
+        cached_tokens, cache_creation_tokens, cost, source, idempotency_key, request_fingerprint, created_at, tags,
+        api_key_id)
     VALUES (%(project)s, %(budget)s, %(user)s, %(model)s, %(prompt)s, %(completion)s, %(cached)s, %(creation)s,
-        %(amount)s, %(source)s, %(key)s, %(fingerprint)s, %(at)s)
+        %(amount)s, %(source)s, %(key)s, %(fingerprint)s, %(at)s, %(tags)s, %(api_key)s)
     ON CONFLICT (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id
 ), p AS (
@@ -251,63 +350,102 @@ def _rollup_cte(name: str, grain: Grain) -> str:
 
 
 _ROLLUP_NAMES = [f"r{index}" for index in range(len(GRAINS))]
-_WRITE += "".join(_rollup_cte(name, grain) for name, grain in zip(_ROLLUP_NAMES, GRAINS, strict=True)) + (
-    "\nSELECT ev.id, p.current_spend, b.current_spend, m.spend FROM ev, p, b, m, " + ", ".join(_ROLLUP_NAMES)
-)
+_WRITE += "".join(_rollup_cte(name, grain) for name, grain in zip(_ROLLUP_NAMES, GRAINS, strict=True))
+_FROM = " FROM ev, p, b, m, " + ", ".join(_ROLLUP_NAMES)
+# The applicable limits' counts, in id order (the UPDATE's index scan of = ANY goes by id), returned.
+_LIMITS_CTE = """, l AS (
+    UPDATE budgets_limit SET used = used + CASE unit WHEN 'usd' THEN %(amount)s WHEN 'tokens' THEN %(tokens)s
+        ELSE 1 END, updated_at = %(at)s
+    WHERE id = ANY(%(limits)s) AND EXISTS (SELECT 1 FROM ev)
+    RETURNING id, scope, subject, model, unit, "window", mode, amount, used, held, resets_at, window_start
+)"""
+_LIMITS_OUT = ("(SELECT jsonb_agg(jsonb_build_array(id, scope, subject, model, unit, \"window\", mode, amount::text, "
+               "used::text, held::text, resets_at, window_start) ORDER BY id)::text FROM l)")
+_WRITE_WITH_LIMITS = (_WRITE + _LIMITS_CTE + "\nSELECT ev.id, p.current_spend, b.current_spend, m.spend, "
+                      + _LIMITS_OUT + _FROM)
+_WRITE += "\nSELECT ev.id, p.current_spend, b.current_spend, m.spend" + _FROM
 
 
 def _record_in_two_statements(call: Call) -> CostRecorded | None:
-    """Record with two statements; None when the project's or the user's period must start first."""
+    """Record with two statements (three with `enforce` and limits); None when the project's, the
+    user's or a limit's window must start first."""
     project, user_id, usage, amount = call.project, call.user_id, call.usage, call.amount
     at = utcnow()
+    limits_sql, limits_params = _limits_query(call)
     with connection.cursor() as cursor:
         # With enforce the budget row is locked too: admission reads figures no one may change meanwhile.
-        cursor.execute(_READ_LOCKED.format(locked="p, b" if call.enforce else "p"),
-                       {"user": user_id, "project": project.pk})
+        cursor.execute(_READ_LOCKED.replace("/*limits*/", limits_sql).replace(
+            "/*locked*/", "p, b" if call.enforce else "p"),
+            {"user": user_id, "project": project.pk, "at": at, **limits_params})
         row = cursor.fetchone()
         if row is None:
             raise UnknownUser(f"user {user_id!r} has no budget in project {project.name!r}")
         (project.current_spend, project.held, project.max_budget, project.period_start, project.next_reset_at,
-         budget_id, total, spend, held, duration, days, period_start, next_reset_at, created_at, updated_at,
-         costs) = row
+         project.duration, budget_id, total, spend, held, duration, days, period_start, next_reset_at, created_at,
+         updated_at, costs, applicable) = row
         budget = UserBudget(
             pk=budget_id, project=project, user_id=user_id, total_budget=total, current_spend=spend, held=held,
             duration=duration, duration_days=days, period_start=period_start, next_reset_at=next_reset_at,
             created_at=created_at, updated_at=updated_at,
         )
-        if project.is_due(at) or budget.is_due(at):
+        applicable = json.loads(applicable)
+        if project.is_due(at) or budget.is_due(at) or any(due for _, due in applicable):
             return None  # the ORM path starts the new period first (rare: the sweep usually has)
+        limit_ids = sorted(limit_id for limit_id, _ in applicable)
         if call.enforce:
             project_level, user_level = levels_of(project, budget)
-            try:
-                check_figures([(project_level, project.max_budget, project.current_spend, project.held),
-                               (user_level, budget.total_budget, budget.current_spend, budget.held)], amount)
-            except BudgetExceeded as exc:
-                metrics.budget_exceeded(project.name, exc.scope)
-                raise
+            limits = limits_lock(limit_ids)
+            if any(limit.resets_at is not None and limit.resets_at <= at for limit in limits):
+                return None
+            _admit(project, [
+                (project_level, project.max_budget, project.current_spend, project.held, project.duration,
+                 project.next_reset_at),
+                (user_level, budget.total_budget, budget.current_spend, budget.held, budget.duration, next_reset_at),
+            ], amount, [LimitState.of_limit(limit) for limit in limits], call.need)
         day = local_day(project.timezone, at)
         params = {
             "project": project.pk, "budget": budget_id, "user": user_id, "model": call.model,
             "prompt": usage.prompt_tokens, "completion": usage.completion_tokens, "cached": usage.cached_tokens,
             "creation": usage.cache_creation_tokens, "amount": amount, "source": call.source,
             "key": call.idempotency_key or None, "fingerprint": call.fingerprint, "at": at,
-            "day": day, "month": day.replace(day=1),
+            "day": day, "month": day.replace(day=1), "tags": tags_text(call.tags), "api_key": call.api_key_id,
+            "tokens": call.need.tokens, "limits": limit_ids,
         }
-        cursor.execute(_WRITE, params)
+        cursor.execute(_WRITE_WITH_LIMITS if limit_ids else _WRITE, params)
         written = cursor.fetchone()
     if written is None:  # the Idempotency-Key was used before: answer as the first time
         replay = _replay(project, call.idempotency_key or "", call.fingerprint, budget)
         if replay is None:
             raise IdempotencyConflict("this Idempotency-Key is being used by a request in flight; retry")
         return replay
-    event_id, project.current_spend, budget.current_spend, model_spend = written
+    if limit_ids:
+        event_id, project.current_spend, budget.current_spend, model_spend, counted, *_ = written
+    else:
+        event_id, project.current_spend, budget.current_spend, model_spend, *_ = written
+        counted = None
     budget.updated_at = at
     event = _event(call, budget_id, pk=event_id, created_at=at)
     # Django leaves jsonb undecoded (psycopg gives text): decoded here, amounts as exact decimals.
     before = json.loads(costs) if isinstance(costs, str) else costs
     costs = {name: Decimal(value) for name, value in before.items()} | {call.model: model_spend}
+    states, starts = _limit_states(counted)
     return CostRecorded(event=event, budget=budget, created=True, exceeded=exceeded_scope(budget, project),
-                        model_costs=costs)
+                        model_costs=costs, limits=states, limit_starts=starts)
+
+
+def _limit_states(counted: str | None) -> tuple[tuple[LimitState, ...], tuple[datetime, ...]]:
+    """The limits as the write's RETURNING gave them (jsonb text, amounts as exact strings), and their
+    windows' starts."""
+    if not counted:
+        return (), ()
+    rows = json.loads(counted)
+    states = tuple(
+        LimitState(id=pk, scope=scope, subject=subject, model=model or None, unit=unit, window=window, mode=mode,
+                   limit=Decimal(amount), used=Decimal(used), held=Decimal(held),
+                   resets_at=datetime.fromisoformat(resets_at) if resets_at else None)
+        for pk, scope, subject, model, unit, window, mode, amount, used, held, resets_at, _ in rows
+    )
+    return states, tuple(datetime.fromisoformat(row[-1]) for row in rows)
 
 
 # --- a hosted merge: many users at once, set-based ----------------------------------------------
@@ -368,12 +506,49 @@ def merge(batch: Batch) -> None:
     if batch.events:
         insert_rows(CostEvent, EVENT_COLUMNS, batch.events)
         rollups_add_events(project, _instances(CostEvent, EVENT_COLUMNS, batch.events))
+        _merge_limits(project, batch.events, batch.at)
     total = sum((added.delta for added in batch.added), ZERO)
     if total:
         Project.objects.filter(pk=project.pk).update(
             current_spend=Greatest(F("current_spend") + money(total), money(ZERO)))
     if batch.added:
         _alert(project, batch.added, total)
+
+
+# A merge's growth (dollars; the hosted protocol has no tokens, no key and no tags, and growth is no request)
+# counts against the limits of the user, the user's team, the project and the model.
+_MERGE_SCOPES = (Limit.Scope.PROJECT, Limit.Scope.TEAM, Limit.Scope.USER)
+
+
+def _merge_limits(project: Project, events: list[tuple[Any, ...]], at: datetime) -> None:
+    """Add the merge's ledger rows (EVENT_COLUMNS) to the dollar limits they fall under, set-based:
+    one read of the project's limits, one of the teams when a team limit exists, one update per limit."""
+    limits = list(Limit.objects.filter(project=project, scope__in=_MERGE_SCOPES, unit=Limit.Unit.USD)
+                  .values_list("id", "scope", "subject", "model"))
+    if not limits:
+        return
+    users = {event[2] for event in events}
+    teams: dict[str, str] = {}
+    if any(scope == Limit.Scope.TEAM for _, scope, _, _ in limits):
+        teams = dict(TeamMember.objects.filter(project=project, user_id__in=users)
+                     .values_list("user_id", "team__name"))
+    names = {model: limit_model(model) for model in {event[3] for event in events}}
+    added: dict[int, Decimal] = defaultdict(Decimal)
+    for _, _, user_id, model, amount, _, _ in events:
+        for limit_id, scope, subject, limit_model_name in limits:
+            if limit_model_name and limit_model_name != names[model]:
+                continue
+            if (scope == Limit.Scope.PROJECT or (scope == Limit.Scope.USER and subject == user_id)
+                    or (scope == Limit.Scope.TEAM and subject == teams.get(user_id))):
+                added[limit_id] += amount
+    # The caller holds the project's and the budgets' locks: the limits now, by id, then their windows.
+    counted = []
+    for limit in limits_current(project, limits_lock(added), at):
+        if added[limit.pk]:
+            Limit.objects.filter(pk=limit.pk).update(used=F("used") + money(added[limit.pk]), updated_at=at)
+            counted.append((replace(LimitState.of_limit(limit), used=limit.used + added[limit.pk]), added[limit.pk],
+                            limit.window_start))
+    alerts.limits_counted(project=project, counted=counted)
 
 
 def budgets_update(rows: Sequence[BudgetChange], at: datetime) -> None:
@@ -562,7 +737,8 @@ def seed(project: Project, rows: Iterable[Sequence[Any]]) -> int:
     Rollups are rebuilt, each budget's spend and ModelSpend rows come from the events of its current
     period, the project's from the events of the project's period. Returns how many rows went in.
     """
-    written = bulk_insert(CostEvent, SEED_COLUMNS, rows)
+    # No tags: COPY leaves out columns not named, and the ledger's tags are "" (not NULL) when none.
+    written = bulk_insert(CostEvent, (*SEED_COLUMNS, "tags"), ((*row, "") for row in rows))
     analyze(CostEvent)
     rollups_rebuild(project)
     _derive_spend(project)

@@ -2,8 +2,11 @@
 
 A hold is added to the user's and the project's `held` with F() in the same transaction that
 creates the reservation, and taken off in the transaction that settles, releases or expires
-it, so remaining = budget − spend − held is one row read. Locks: the project row first,
-then the reservation, then the user's budget (services.admission).
+it, so remaining = budget − spend − held is one row read. Each applicable hard Limit holds the
+call's worst case in its own unit too (dollars, prompt + max_tokens tokens, one request); the
+reservation keeps which (`limit_ids`) and the tokens, so settling, releasing and expiring give
+back exactly those holds. Locks: the project row first, then the reservation, then the user's
+budget, then Limit rows by id (services.admission).
 """
 
 from __future__ import annotations
@@ -21,10 +24,25 @@ from ..base.errors import BudgetExceeded, Conflict, IdempotencyConflict, Invalid
 from ..base.fields import MoneyField, money
 from ..base.money import stored
 from ..domain.usage import Usage
-from ..models import Project, Reservation, UserBudget
-from .admission import Level, atomic_retried, levels_admit, levels_of, levels_unhold, lock_project
+from ..models import ApiKey, Limit, Project, Reservation, UserBudget
+from ..selectors.limits import CallScope, LimitState, applicable_limits, tags_text, team_of
+from .admission import (
+    Level,
+    Need,
+    atomic_retried,
+    check_figures,
+    levels_hold,
+    levels_lock,
+    levels_of,
+    levels_unhold,
+    limits_check,
+    limits_hold,
+    limits_lock,
+    lock_project,
+)
 from .costs import CostRecorded, cost_record, recorded_again, recorded_state
-from .ledger import exceeded_scope
+from .ledger import exceeded_scope, limit_model
+from .limit_windows import limits_current
 from .resets import budget_current, ensure_current_period
 
 DEFAULT_TTL_SECONDS = 600
@@ -40,6 +58,24 @@ def _levels(project: Project, reservation: Reservation) -> list[Level]:
         levels.append(Level("user", f"user {reservation.user_id!r}", UserBudget, reservation.budget_id,
                             "total_budget"))
     return levels
+
+
+def _need(reservation: Reservation) -> Need:
+    return Need(usd=reservation.amount, tokens=reservation.tokens)
+
+
+def _limits_unhold(reservations: list[Reservation]) -> None:
+    """Give back the holds reservations keep on Limit rows, one update per limit, in id order."""
+    back: dict[int, Decimal] = {}
+    units = dict(Limit.objects.filter(pk__in={pk for r in reservations for pk in r.limit_ids})
+                 .values_list("pk", "unit"))
+    for reservation in reservations:
+        for limit_id in reservation.limit_ids:
+            if limit_id in units:  # a limit deleted meanwhile holds nothing any more
+                back[limit_id] = back.get(limit_id, Decimal(0)) + _need(reservation).of(units[limit_id])
+    for limit_id in sorted(back):
+        if back[limit_id]:
+            Limit.objects.filter(pk=limit_id).update(held=F("held") - money(back[limit_id]))
 
 
 def _expire_locked(project_id: int, *, at: datetime, user_id: str | None = None,
@@ -62,6 +98,7 @@ def _expire_locked(project_id: int, *, at: datetime, user_id: str | None = None,
         Project.objects.filter(pk=project_id).update(held=F("held") - money(held))
         UserBudget.objects.filter(pk__in=batch.exclude(budget=None).values("budget")).update(
             held=F("held") - Subquery(per_budget, output_field=MoneyField()))
+        _limits_unhold(list(batch.exclude(limit_ids=[]).only("amount", "tokens", "limit_ids")))
         batch.update(status=Status.EXPIRED)
         total += len(ids)
         if len(ids) < batch_size:
@@ -98,8 +135,10 @@ def _validate(amount: Decimal, ttl_seconds: Any, idempotency_key: str | None) ->
 def reservation_create(
     *, project: Project, user_id: str, amount: Decimal, model: str | None = None,
     ttl_seconds: int = DEFAULT_TTL_SECONDS, idempotency_key: str | None = None, fingerprint: str = "",
+    tokens: int = 0, tags: tuple[str, ...] = (), api_key: ApiKey | None = None,
 ) -> tuple[Reservation, bool]:
-    """Hold `amount` against the user's and the project's remaining budget, or BudgetExceeded.
+    """Hold `amount` (and `tokens`, the worst case prompt + max_tokens, and one request) against the
+    user's and the project's remaining budget and every applicable hard limit, or BudgetExceeded.
 
     Returns (reservation, created). With an Idempotency-Key, a retry with the same request gets the
     reservation as it was created (created False); a different request with it is a conflict.
@@ -116,15 +155,27 @@ def reservation_create(
             return _as_created(first), False
     at = utcnow()
     _expire_locked(project.pk, at=at, user_id=user_id)  # lazily: this user's stale holds give room back
+    levels = levels_of(project, budget)
+    figures = levels_lock(levels)  # the budget's row, then the limits' by id
+    scope = CallScope(project=project, user_id=user_id, model=limit_model(model or ""),
+                      key_name=api_key.name if api_key is not None else None, tags=tags,
+                      team=team_of(project, user_id))
+    limits = limits_current(project, limits_lock(applicable_limits(scope, hard_only=True)
+                                                 .values_list("id", flat=True)), at)
+    need = Need(usd=amount, tokens=tokens)
     try:
-        levels_admit(levels_of(project, budget), amount, hold=True)
+        check_figures(figures, amount)
+        limits_check([LimitState.of_limit(limit) for limit in limits], need)
     except BudgetExceeded as exc:
         metrics.budget_exceeded(project.name, exc.scope)
         raise
+    levels_hold(levels, amount)
+    limits_hold([(limit.pk, limit.unit) for limit in limits], need)
     reservation = Reservation.objects.create(
         project=project, budget=budget, user_id=user_id, model=model, amount=amount, status=Status.OPEN,
         expires_at=at + timedelta(seconds=ttl_seconds), created_at=at, idempotency_key=idempotency_key or None,
-        request_fingerprint=fingerprint,
+        request_fingerprint=fingerprint, tokens=tokens, tags=tags_text(tags), api_key=api_key,
+        limit_ids=[limit.pk for limit in limits],
     )
     return reservation, True
 
@@ -182,7 +233,9 @@ def reservation_settle(
     if reservation.status != Status.OPEN:
         raise Conflict(f"reservation {reservation_id} is {reservation.status}; it cannot be settled")
     levels_unhold(_levels(project, reservation), reservation.amount)
-    recorded = cost_record(project=project, user_id=reservation.user_id, usage=usage, cost=cost, source=source)
+    _limits_unhold([reservation])
+    recorded = cost_record(project=project, user_id=reservation.user_id, usage=usage, cost=cost, source=source,
+                           tags=_tags(reservation), api_key=reservation.api_key)
     at = utcnow()
     Reservation.objects.filter(pk=reservation.pk).update(
         status=Status.SETTLED, settled_at=at, event=recorded.event, settled_cost=recorded.event.cost)
@@ -201,9 +254,15 @@ def reservation_release(*, project: Project, reservation_id: int) -> Reservation
         raise Conflict(f"reservation {reservation_id} is settled; its cost is in the ledger")
     if reservation.status == Status.OPEN:
         levels_unhold(_levels(project, reservation), reservation.amount)
+        _limits_unhold([reservation])
         Reservation.objects.filter(pk=reservation.pk).update(status=Status.RELEASED, settled_at=utcnow())
         reservation.refresh_from_db()
     return reservation
+
+
+def _tags(reservation: Reservation) -> tuple[str, ...]:
+    """The tags a reservation was made with (stored as tags_text: ",a,b,")."""
+    return tuple(tag for tag in reservation.tags.split(",") if tag)
 
 
 def reservation_get(*, project: Project, reservation_id: int) -> Reservation:

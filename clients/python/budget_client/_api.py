@@ -102,8 +102,9 @@ def cost_body(completion: Any = None, *, model: str | None = None, input_text: s
               output_text: str | None = None, prompt_tokens: int | None = None,
               completion_tokens: int | None = None, cached_tokens: int | None = None,
               cache_creation_tokens: int | None = None, cost: Any = None, input_cost_per_token: Any = None,
-              output_cost_per_token: Any = None) -> dict[str, Any]:
-    """The body of a recorded (or settled) cost, in any of the forms POST /costs takes."""
+              output_cost_per_token: Any = None, tags: list[str] | None = None) -> dict[str, Any]:
+    """The body of a recorded (or settled) cost, in any of the forms POST /costs takes; `tags` choose the
+    tags' limits and are kept on the ledger row (a settle takes the reservation's)."""
     body: dict[str, Any] = {
         "completion": completion_payload(completion) if completion is not None else None,
         "model": model,
@@ -116,6 +117,7 @@ def cost_body(completion: Any = None, *, model: str | None = None, input_text: s
         "cost": amount(cost),
         "input_cost_per_token": amount(input_cost_per_token),
         "output_cost_per_token": amount(output_cost_per_token),
+        "tags": list(tags) if tags else None,
     }
     return {key: value for key, value in body.items() if value is not None}
 
@@ -191,8 +193,9 @@ def projected_cost(user: str, model: str, messages: list[dict[str, Any]]) -> Cal
 
 
 def check(user: str, *, model: str | None = None, messages: list[dict[str, Any]] | None = None,
-          max_tokens: int | None = None, estimated_cost: Any = None) -> Call[Check]:
-    body = _params(model=model, messages=messages, max_tokens=max_tokens, estimated_cost=amount(estimated_cost))
+          max_tokens: int | None = None, estimated_cost: Any = None, tags: list[str] | None = None) -> Call[Check]:
+    body = _params(model=model, messages=messages, max_tokens=max_tokens, estimated_cost=amount(estimated_cost),
+                   tags=list(tags) if tags else None)
     return _json_call("POST", user_path(user, "/check"), Check.from_json, body=body, has_body=True)
 
 

@@ -258,9 +258,9 @@ class Client(_Base):
         return self.send(_api.projected_cost(user, model, messages))
 
     def check(self, user: str, *, model: str | None = None, messages: list[dict[str, Any]] | None = None,
-              max_tokens: int | None = None, estimated_cost: Any = None) -> Check:
+              max_tokens: int | None = None, estimated_cost: Any = None, tags: list[str] | None = None) -> Check:
         return self.send(_api.check(user, model=model, messages=messages, max_tokens=max_tokens,
-                                    estimated_cost=estimated_cost))
+                                    estimated_cost=estimated_cost, tags=tags))
 
     def cost_quote(self, model: str, **fields: Any) -> Quote:
         return self.send(_api.cost_quote(model, **fields))
@@ -296,13 +296,13 @@ class Client(_Base):
 
     def reserve(self, user: str, *, model: str | None = None, messages: list[dict[str, Any]] | None = None,
                 max_tokens: int | None = None, estimated_cost: Any = None,
-                ttl_seconds: int | None = None) -> Hold:
+                ttl_seconds: int | None = None, tags: list[str] | None = None) -> Hold:
         """`with client.reserve(...) as hold: response = call(); hold.settle(response)`.
 
         The hold is created on entering the block and released on leaving it unsettled.
         """
         return Hold(self, user, model=model, messages=messages, max_tokens=max_tokens,
-                    estimated_cost=estimated_cost, ttl_seconds=ttl_seconds)
+                    estimated_cost=estimated_cost, ttl_seconds=ttl_seconds, tags=tags)
 
 
 class AsyncClient(_Base):
@@ -406,9 +406,9 @@ class AsyncClient(_Base):
         return await self.send(_api.projected_cost(user, model, messages))
 
     async def check(self, user: str, *, model: str | None = None, messages: list[dict[str, Any]] | None = None,
-                    max_tokens: int | None = None, estimated_cost: Any = None) -> Check:
+                    max_tokens: int | None = None, estimated_cost: Any = None, tags: list[str] | None = None) -> Check:
         return await self.send(_api.check(user, model=model, messages=messages, max_tokens=max_tokens,
-                                          estimated_cost=estimated_cost))
+                                          estimated_cost=estimated_cost, tags=tags))
 
     async def cost_quote(self, model: str, **fields: Any) -> Quote:
         return await self.send(_api.cost_quote(model, **fields))
@@ -437,7 +437,7 @@ class AsyncClient(_Base):
 
     def reserve(self, user: str, *, model: str | None = None, messages: list[dict[str, Any]] | None = None,
                 max_tokens: int | None = None, estimated_cost: Any = None,
-                ttl_seconds: int | None = None) -> AsyncHold:
+                ttl_seconds: int | None = None, tags: list[str] | None = None) -> AsyncHold:
         """`async with client.reserve(...) as hold: response = await call(); await hold.settle(response)`."""
         return AsyncHold(self, user, model=model, messages=messages, max_tokens=max_tokens,
-                         estimated_cost=estimated_cost, ttl_seconds=ttl_seconds)
+                         estimated_cost=estimated_cost, ttl_seconds=ttl_seconds, tags=tags)
