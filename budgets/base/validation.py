@@ -152,3 +152,16 @@ def url_path_is_utf8(path_info: str) -> bool:
     except UnicodeError:
         return False
     return True
+
+
+IDENTIFIER_MAX = 64
+IDENTIFIER_PATTERN = f"^[A-Za-z0-9_.:-]{{1,{IDENTIFIER_MAX}}}$"
+_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
+
+
+def validate_short_identifier(value: Any, what: str) -> str:
+    """A tag or a team name: 1..64 characters, each a letter, a digit or one of `_ . : -`."""
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
+        raise InvalidInput(f"{what} must be 1 to {IDENTIFIER_MAX} characters, each a letter, a digit or one of "
+                           f"_ . : - (got {value!r})")
+    return value
