@@ -8,11 +8,12 @@ from datetime import date, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.utils.timezone import now as utcnow
 
 from ..base.errors import NotFound
-from ..models import Limit, Project, Team, TeamMember, UserMonth
+from ..models import CostEvent, Limit, Project, SpendDay, Team, TeamMember, UserMonth
+from .console import DailySpend, DateRange, MoneySum
 from .limits import LimitState
 
 
@@ -85,3 +86,82 @@ def team_spend_this_month(project: Project, members: list[str], at: datetime | N
 
 def team_limits(project: Project, name: str) -> QuerySet[Limit]:
     return limits_of(project, scope=Limit.Scope.TEAM, subject=name)
+
+
+# --- the console's pages ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LimitRow:
+    """A limit as the console shows it: its figures and how much of it is used (a percentage)."""
+
+    state: LimitState
+    pk: int | None
+
+    @property
+    def utilisation(self) -> Decimal | None:
+        if self.state.limit <= 0:
+            return None
+        return (self.state.used + self.state.held) * 100 / self.state.limit
+
+    @property
+    def is_money(self) -> bool:
+        return self.state.unit == Limit.Unit.USD
+
+
+def limit_rows(states: Iterable[LimitState]) -> list[LimitRow]:
+    return [LimitRow(state, state.id) for state in states]
+
+
+def team_daily_spend(project: Project, rng: DateRange, members: list[str]) -> DailySpend:
+    """The team's members' spend per local day and model over the range (the per-user daily rollups)."""
+    rows = (SpendDay.objects.filter(project=project, user_id__in=members, day__gte=rng.start, day__lte=rng.end)
+            .values("day", "model").annotate(spend=MoneySum("spend"), events=Sum("events")).order_by("day", "model"))
+    index = {day: i for i, day in enumerate(rng.days)}
+    spend: dict[str, list[Decimal]] = {}
+    result = DailySpend(days=rng.days, models=[], spend=spend)
+    for row in rows:
+        i = index.get(row["day"])
+        if i is None:
+            continue
+        series = spend.setdefault(row["model"], [Decimal(0)] * len(rng.days))
+        series[i] += row["spend"]
+        result.total += row["spend"]
+        result.events += row["events"]
+    result.models = sorted(spend, key=lambda m: (-sum(spend[m]), m))
+    return result
+
+
+UNTAGGED = "(no tag)"
+
+
+@dataclass
+class TagSpend:
+    tag: str
+    spend: Decimal
+    events: int
+
+
+def tag_split(project: Project, rng: DateRange) -> list[TagSpend]:
+    """Spend and calls per tag over the range, biggest first; a call with two tags counts in both.
+
+    One query: the ledger grouped by its tags text (",a,b,"), each group then added to each of its tags.
+    """
+    rows = (CostEvent.objects.filter(project=project, created_at__gte=rng.since, created_at__lt=rng.until)
+            .values("tags").annotate(spend=MoneySum("cost"), events=Count("id")).order_by())
+    split: dict[str, TagSpend] = {}
+    for row in rows:
+        for tag in [t for t in row["tags"].split(",") if t] or [UNTAGGED]:
+            item = split.setdefault(tag, TagSpend(tag, Decimal(0), 0))
+            item.spend += row["spend"]
+            item.events += row["events"]
+    return sorted(split.values(), key=lambda item: (item.tag == UNTAGGED, -item.spend, item.tag))
+
+
+def limits_on_user(project: Project, user_id: str, team: str | None) -> QuerySet[Limit]:
+    """The limits that count every call of the user, on any model: the project's, the team's, the user's
+    (key and tag limits depend on the call, and are on the Limits page)."""
+    subjects = Q(scope=Limit.Scope.PROJECT) | Q(scope=Limit.Scope.USER, subject=user_id)
+    if team:
+        subjects |= Q(scope=Limit.Scope.TEAM, subject=team)
+    return Limit.objects.filter(project=project).filter(subjects).order_by("id")
