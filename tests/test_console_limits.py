@@ -179,7 +179,7 @@ def test_the_models_page_splits_spend_by_tag_in_one_query(client_as, project, sp
 
     assert 'id="tags-table"' in page
     table = page[page.index('id="tags-table"'):page.index("</table>", page.index('id="tags-table"'))]
-    rows = [row for row in table.split("<tr>")[2:]]
+    rows = table.split("<tr>")[2:]
     assert [("summarizer" in r, "chat" in r, "no tag" in r) for r in rows] == [
         (False, True, False), (True, False, False), (False, False, True)]
     assert all(format_dollars(Decimal(amount)) in row for amount, row in zip(("5.2", "0.5", "1"), rows, strict=True))

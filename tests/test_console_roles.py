@@ -244,7 +244,7 @@ def test_pages_show_only_the_buttons_the_role_can_use(teams, role):
     assert ("delete-project" in settings_page) is can_manage
     assert ("invite-form" in members and "remove-form" in members and "revoke-invitation-form" in members) is can_manage
     assert "Export CSV" in users
-    assert ("create-limit-form" in limits and "limit-edit-form" in limits and "limit-delete-form" in limits) is can_change
+    assert all(form in limits for form in ("create-limit-form", "limit-edit-form", "limit-delete-form")) is can_change
     assert f'data-limit-id="{mine.limit.pk}"' in limits
     assert ("create-team-form" in teams) is can_change and "research" in teams
     assert ("edit-team-form" in team and "delete-team-form" in team) is can_change and "alice" in team

@@ -175,8 +175,9 @@ def test_delete_is_204_and_the_limit_is_gone(api):
 def test_a_read_brings_a_limit_whose_window_ended_into_the_new_one(api, project):
     created = body_of(api.post("/api/v1/limits", {"scope": "project", "window": "hour", "limit": 1}))
     past = datetime(2020, 1, 1, 10, 30, tzinfo=UTC)
-    Limit.objects.filter(pk=created["id"]).update(used=Decimal("0.7"), window_start=datetime(2020, 1, 1, 10, tzinfo=UTC),
-                                                  resets_at=datetime(2020, 1, 1, 11, tzinfo=UTC))
+    Limit.objects.filter(pk=created["id"]).update(
+        used=Decimal("0.7"), window_start=datetime(2020, 1, 1, 10, tzinfo=UTC),
+        resets_at=datetime(2020, 1, 1, 11, tzinfo=UTC))
 
     body = body_of(api.get(f"/api/v1/limits/{created['id']}"))
 

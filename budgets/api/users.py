@@ -6,8 +6,8 @@ from django.http import HttpRequest
 from ninja import Query, Router, Status
 
 from ..selectors.budgets import budgets_with_costs, model_costs
-from ..services.resets import ensure_current_period
 from ..services.limits import limits_for_user
+from ..services.resets import ensure_current_period
 from ..services.user_budgets import KEEP_TEAM, budget_delete, budget_reset, budget_set
 from .auth import request_actor, request_project
 from .common import ERROR_STATUSES, MAX_OFFSET, MAX_PAGE, current_budget

@@ -70,7 +70,8 @@ def team_assign(*, project: Project, user_id: str, team: Any, actor: str) -> Non
         if name is not None:
             target = Team.objects.filter(project=project, name=name).first()
             if target is None:
-                raise Unprocessable(f"the project has no team named {name!r} (create it with PUT /api/v1/teams/{{team}})")
+                raise Unprocessable(
+                    f"the project has no team named {name!r} (create it with PUT /api/v1/teams/{{team}})")
         current = TeamMember.objects.filter(project=project, user_id=user_id).select_related("team").first()
         if (current.team if current else None) == target:
             return

@@ -17,7 +17,6 @@ from .common import validate_duration, validate_user_id
 from .resets import _due_rows, _reset_rows
 from .teams import team_assign
 
-
 KEEP_TEAM: Any = object()  # budget_set's `team` when the caller did not name one: the user's team stays
 
 
