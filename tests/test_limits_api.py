@@ -87,11 +87,11 @@ def test_the_same_subject_may_have_a_day_and_a_month_window_and_a_request_quota(
     ({"scope": "team", "subject": "nobody", "limit": 1}, 422),
     ({"scope": "key", "subject": "no such key", "limit": 1}, 422),
     ({"scope": "user", "limit": 1}, 400),
-    ({"scope": "user", "subject": "a/../b", "limit": 1}, 400),
-    ({"scope": "tag", "subject": "has space", "limit": 1}, 400),
-    ({"scope": "tag", "subject": "x" * 65, "limit": 1}, 400),
+    ({"scope": "user", "subject": "a/../b", "limit": 1}, 422),
+    ({"scope": "tag", "subject": "has space", "limit": 1}, 422),
+    ({"scope": "tag", "subject": "x" * 65, "limit": 1}, 422),
     ({"scope": "project", "model": "no-such-model", "limit": 1}, 422),
-    ({"scope": "project", "unit": "tokens", "limit": 1.5}, 400),
+    ({"scope": "project", "unit": "tokens", "limit": 1.5}, 422),
     ({"scope": "project", "unit": "euros", "limit": 1}, 400),
     ({"scope": "project", "window": "fortnight", "limit": 1}, 400),
     ({"scope": "project", "mode": "strict", "limit": 1}, 400),
@@ -157,7 +157,7 @@ def test_patch_changes_amount_and_mode_only(api):
     assert response.status_code == 200, response.content
     assert body_of(response)["limit"] == 2000
     assert_error(refused, 400, "validation_error")
-    assert_error(fractional, 400, "validation_error")
+    assert_error(fractional, 422, "validation_error")
     assert_error(empty, 400, "validation_error")
     assert Limit.objects.get().amount == 2000 and Limit.objects.get().window == "month"
 

@@ -189,6 +189,21 @@ IDENTIFIER_SCHEMA = {"type": "string", "pattern": IDENTIFIER_PATTERN,
                      "description": "1..64 characters: letters, digits, _ . : -"}
 # A team name or a tag: the one rule of budgets.base.validation.validate_short_identifier.
 Identifier = Annotated[str, BeforeValidator(_identifier), WithJsonSchema(IDENTIFIER_SCHEMA)]
+_TAG = IDENTIFIER_PATTERN.strip("^$")
+TAG_LIST_PATTERN = f"^{_TAG}(,{_TAG}){{0,9}}$"
+
+
+def _tag_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, str) or not re.fullmatch(TAG_LIST_PATTERN, value):
+        raise PydanticCustomError("tags", "must be 1 to 10 tags separated by commas, each 1 to 64 letters, digits "
+                                          "or _ . : -")
+    return tuple(value.split(","))
+
+
+# ?tags=a,b: up to 10 tags, each a short identifier.
+TagList = Annotated[tuple[str, ...], BeforeValidator(_tag_list),
+                    WithJsonSchema({"type": "string", "pattern": TAG_LIST_PATTERN,
+                                    "description": "Up to 10 tags separated by commas."})]
 
 IdempotencyKey = Annotated[str, BeforeValidator(_idempotency_key),
                            WithJsonSchema({"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX})]
@@ -664,8 +679,18 @@ LimitAmount = Annotated[Decimal, BeforeValidator(_money),
                                                        "tokens or requests."})]
 
 
+_LIMIT_OPTIONAL = ("model", "unit", "window", "mode")
+
+
 class LimitIn(StrictIn):
     """A new limit: what it counts (scope, subject, model, unit), over which window, how much, hard or soft."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=forms(
+        Form("a project limit", required=("scope", "limit"), optional=_LIMIT_OPTIONAL,
+             overrides={"scope": {"const": "project"}}),
+        Form("a team, user, API key or tag limit", required=("scope", "subject", "limit"), optional=_LIMIT_OPTIONAL,
+             overrides={"scope": {"enum": ["team", "user", "key", "tag"]}, "subject": {"minLength": 1}}),
+    ))
 
     scope: LimitScope
     subject: Text | None = Field(None, description="The team's name, the user id, the API key's name or the "
@@ -679,6 +704,10 @@ class LimitIn(StrictIn):
 
 class LimitPatchIn(StrictIn):
     """A limit's new amount or mode (another scope, subject, model, unit or window is a new limit)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=forms(
+        Form("a new amount or mode", required=(), any_of=("limit", "mode")),
+    ))
 
     limit: LimitAmount | None = None
     mode: LimitMode | None = None

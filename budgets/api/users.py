@@ -16,7 +16,7 @@ from .schemas import (
     ErrorOut,
     LimitOut,
     ModelName,
-    Text,
+    TagList,
     UserId,
     UserLimitsOut,
     UserOut,
@@ -39,7 +39,7 @@ def list_users(request: HttpRequest, limit: int = Query(50, ge=1, le=MAX_PAGE),
             "total": total, "limit": limit, "offset": offset}
 
 
-@router.put("/users/{path:user}/budget", response={200: UserOut, 201: UserOut, **ERRORS})
+@router.put("/users/{path:user}/budget", response={200: UserOut, 201: UserOut, 422: ErrorOut, **ERRORS})
 def set_budget(request: HttpRequest, user: UserId, payload: BudgetIn):
     """Create (201) or replace (200) the user's budget; replacing keeps this period's spend.
 
@@ -63,12 +63,12 @@ def reset_user(request: HttpRequest, user: UserId):
 
 
 @router.get("/users/{path:user}/limits", response={200: UserLimitsOut, **ERRORS})
-def user_limits(request: HttpRequest, user: UserId, model: ModelName | None = None, tags: Text | None = None):
+def user_limits(request: HttpRequest, user: UserId, model: ModelName | None = None, tags: TagList | None = None):
     """Every limit that applies to the user's calls (with `?model=`, `?tags=a,b`, through this API key), each
     with used, held, remaining and resets_at, the binding one (least room for its size) first."""
     found = limits_for_user(
         project=request_project(request), user_id=user, model=model,
-        tags=tuple(tag.strip() for tag in tags.split(",")) if tags else (),
+        tags=tags or (),
         key_name=request.api_key.name,  # type: ignore[attr-defined]
     )
     return UserLimitsOut(user=found.user_id, team=found.team,

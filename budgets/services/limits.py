@@ -45,10 +45,14 @@ def validate_subject(project: Project, scope: str, subject: Any) -> str:
         return ""
     if subject is None or subject == "":
         raise InvalidInput(f"a {scope} limit needs a subject (the {_SUBJECT_WORDS[scope]})")
-    if scope == Limit.Scope.USER:
-        return validate_user_id(subject)
-    if scope == Limit.Scope.TAG:
-        return validate_short_identifier(subject, "a tag")
+    # A subject of the right form (a string) that this scope cannot use: 422, as a missing team or key.
+    try:
+        if scope == Limit.Scope.USER:
+            return validate_user_id(subject)
+        if scope == Limit.Scope.TAG:
+            return validate_short_identifier(subject, "a tag")
+    except InvalidInput as exc:
+        raise Unprocessable(exc.message) from None
     if not isinstance(subject, str):
         raise InvalidInput(f"subject must be a string (the {_SUBJECT_WORDS[scope]})")
     if scope == Limit.Scope.TEAM and not Team.objects.filter(project=project, name=subject).exists():
@@ -75,7 +79,7 @@ def validate_amount(amount: Any, unit: str) -> Any:
     """A limit's amount: dollars (12 places at most), or a whole number of tokens or requests."""
     value = to_money(amount, "limit", exact=True)
     if unit != Limit.Unit.USD and value != value.to_integral_value():
-        raise InvalidInput(f"a limit in {unit} must be a whole number (got {value})")
+        raise Unprocessable(f"a limit in {unit} must be a whole number (got {value})")
     return value
 
 

@@ -27,9 +27,10 @@ def _limits_page(request: HttpRequest, project: Project, form: LimitForm, *, sta
     states = [LimitState.of_limit(limit) for limit in limits_current(project, limits_of(project, scope=scope))]
     cap = LimitState.of_project(project) if scope in (None, Limit.Scope.PROJECT) else None
     rows = limit_rows(([cap] if cap else []) + states)
-    edit_forms: dict[int | None, LimitEditForm] = {row.pk: LimitEditForm(initial={"amount": plain_amount(row.state.limit), "mode": row.state.mode},
-                                        auto_id=f"id_limit{row.pk}_%s")
-                  for row in rows if row.pk is not None}
+    edit_forms: dict[int | None, LimitEditForm] = {
+        row.pk: LimitEditForm(initial={"amount": plain_amount(row.state.limit), "mode": row.state.mode},
+                              auto_id=f"id_limit{row.pk}_%s")
+        for row in rows if row.pk is not None}
     context = {"form": form, "rows": [(row, edit_forms.get(row.pk)) for row in rows], "scope": scope,
                "scopes": Limit.Scope.choices}
     return render_page(request, "console/limits.html", context, project=project, nav="limits", status=status)
