@@ -284,7 +284,7 @@ class CostEvent(models.Model):
     request_fingerprint = models.CharField(max_length=64, blank=True)
     response = models.JSONField(null=True, blank=True, help_text="The first answer, replayed on a retry.")
     # The call's tags as ",a,b," (filter with tags__contains=",a,"): portable, no join on the hot path.
-    tags = models.CharField(max_length=400, blank=True, default="")
+    tags = models.CharField(max_length=400, blank=True, default="", db_default="")
     api_key = models.ForeignKey("ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     created_at = models.DateTimeField(default=now)
 
@@ -344,7 +344,7 @@ class Reservation(models.Model):
         CostEvent, on_delete=models.SET_NULL, null=True, blank=True, related_name="reservations"
     )
     settled_cost = MoneyField(null=True, blank=True)
-    tags = models.CharField(max_length=400, blank=True, default="")
+    tags = models.CharField(max_length=400, blank=True, default="", db_default="")
     api_key = models.ForeignKey("ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     # The worst case held in the other units, and the limits it is held on (ids): settle,
     # release and expiry give back exactly these holds, whatever changed in between.

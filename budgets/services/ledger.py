@@ -213,9 +213,9 @@ FOR NO KEY UPDATE OF {locked}
 _WRITE = """
 WITH ev AS (
     INSERT INTO budgets_costevent (project_id, budget_id, user_id, model, prompt_tokens, completion_tokens,
-        cached_tokens, cache_creation_tokens, cost, source, idempotency_key, request_fingerprint, created_at, tags)
+        cached_tokens, cache_creation_tokens, cost, source, idempotency_key, request_fingerprint, created_at)
     VALUES (%(project)s, %(budget)s, %(user)s, %(model)s, %(prompt)s, %(completion)s, %(cached)s, %(creation)s,
-        %(amount)s, %(source)s, %(key)s, %(fingerprint)s, %(at)s, '')
+        %(amount)s, %(source)s, %(key)s, %(fingerprint)s, %(at)s)
     ON CONFLICT (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id
 ), p AS (
