@@ -27,11 +27,14 @@ from .models import (
     AuditLog,
     BudgetPeriod,
     CostEvent,
+    Limit,
     Membership,
     ModelPrice,
     ModelSpend,
     Project,
     Reservation,
+    Team,
+    TeamMember,
     UserBudget,
 )
 from .selectors.console import project_contents
@@ -356,3 +359,38 @@ class AlertAdmin(MoneyAdmin):
 def admin_url_for(obj: Any) -> str:
     """The admin change page of `obj` (used by the console to link prices)."""
     return reverse(f"admin:{obj._meta.app_label}_{obj._meta.model_name}_change", args=[obj.pk])
+
+
+@admin.register(Limit)
+class LimitAdmin(ReadOnlyAdmin):
+    """Limits are listed here and changed on the console's Limits page or the API (audited)."""
+
+    list_display = ("project", "scope", "subject", "model", "unit", "window", "amount", "used", "held", "mode",
+                    "resets_at")
+    list_select_related = ("project",)
+    list_filter = ("scope", "unit", "window", "mode", "project")
+    search_fields = ("subject", "model", "project__name")
+
+
+class TeamMemberInline(admin.TabularInline):
+    model = TeamMember
+    fields = ("user_id",)
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "Members (change them on the console's Teams page)"
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Team)
+class TeamAdmin(ReadOnlyAdmin):
+    list_display = ("name", "project", "created_at")
+    list_select_related = ("project",)
+    list_filter = ("project",)
+    search_fields = ("name", "project__name", "members__user_id")
+    inlines = (TeamMemberInline,)

@@ -23,7 +23,7 @@ from django.core.exceptions import ValidationError
 
 from .base.errors import InvalidInput
 from .base.validation import parse_alert_thresholds, validate_user_id
-from .models import Duration, Role
+from .models import Duration, Limit, Role
 from .selectors.console import DateRange
 
 # A user budget or a project cap above this is almost certainly a typo (and on SQLite
@@ -438,3 +438,67 @@ class UserSearchForm(forms.Form):
 
     def search(self) -> str:
         return self.cleaned_data.get("q", "").strip() if self.is_valid() else ""
+
+
+# --- limits and teams -------------------------------------------------------------------------
+
+
+def limit_amount_field() -> forms.DecimalField:
+    return forms.DecimalField(
+        label="Limit", min_value=Decimal(0), max_digits=24, decimal_places=12,
+        help_text="Dollars, or a whole number of tokens or requests.",
+        widget=forms.NumberInput(attrs={"step": "any", "inputmode": "decimal", "placeholder": "0"}))
+
+
+class LimitForm(forms.Form):
+    """A new limit; the service checks the subject (an existing team or key, a user id, a tag) and the model."""
+
+    scope = forms.ChoiceField(label="Scope", choices=Limit.Scope.choices, initial=Limit.Scope.USER)
+    subject = forms.CharField(label="Subject", required=False, max_length=255,
+                              widget=forms.TextInput(attrs={"placeholder": "alice, research, summarizer…"}),
+                              help_text="The user id, team, API key name or tag; empty for the project.")
+    model = forms.CharField(label="Model", required=False, max_length=255,
+                            widget=forms.TextInput(attrs={"placeholder": "every model"}),
+                            help_text="Only this model's calls (optional).")
+    unit = forms.ChoiceField(label="Unit", choices=Limit.Unit.choices, initial=Limit.Unit.USD)
+    window = forms.ChoiceField(label="Window", choices=Limit.Window.choices, initial=Limit.Window.MONTH)
+    amount = limit_amount_field()
+    mode = forms.ChoiceField(label="Mode", choices=Limit.Mode.choices, initial=Limit.Mode.HARD)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.helper = _helper(
+            Row(Column("scope", css_class="col-md-3"), Column("subject", css_class="col-md-5"),
+                Column("model", css_class="col-md-4")),
+            Row(Column("unit", css_class="col-md-3"), Column("window", css_class="col-md-3"),
+                Column("amount", css_class="col-md-3"), Column("mode", css_class="col-md-3")))
+
+
+class LimitEditForm(forms.Form):
+    amount = limit_amount_field()
+    mode = forms.ChoiceField(label="Mode", choices=Limit.Mode.choices)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.helper = _helper(Row(Column("amount", css_class="col-md-6"), Column("mode", css_class="col-md-6")))
+
+
+class TeamForm(forms.Form):
+    """A team's name and its members, one user id a line (or separated by commas)."""
+
+    name = forms.CharField(label="Team name", max_length=64,
+                           widget=forms.TextInput(attrs={"placeholder": "research"}),
+                           help_text="Letters, digits and _ . : -")
+    members = forms.CharField(label="Members", required=False, widget=forms.Textarea(attrs={"rows": 3}),
+                              help_text="User ids, one a line or separated by commas. Replaces the list.")
+
+    def __init__(self, *args: Any, fixed_name: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if fixed_name:
+            self.fields["name"].required = False
+            self.fields["name"].widget = forms.HiddenInput()
+        self.helper = _helper("name", "members")
+
+    def clean_members(self) -> list[str]:
+        text = self.cleaned_data.get("members") or ""
+        return [part.strip() for line in text.splitlines() for part in line.split(",") if part.strip()]

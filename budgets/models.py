@@ -345,7 +345,7 @@ class Reservation(models.Model):
         CostEvent, on_delete=models.SET_NULL, null=True, blank=True, related_name="reservations"
     )
     settled_cost = MoneyField(null=True, blank=True)
-    tags = models.CharField(max_length=400, blank=True, default="")
+    tags = models.CharField(max_length=400, blank=True, default="", db_default="")
     api_key = models.ForeignKey("ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     # The worst case held in the other units, and the limits it is held on (ids): settle,
     # release and expiry give back exactly these holds, whatever changed in between.

@@ -1,6 +1,7 @@
 """The console's pages: login, projects, and each project's pages.
 
-A user id may contain "/" (it is the caller's own id), so it comes last in every route.
+A user id may contain "/" (it is the caller's own id), so it comes last in every route. A team's page is
+teams/<name>/ and the team form posts to teams/ itself, so that no team name is taken by another route.
 Routes that change something accept POST only.
 """
 
@@ -15,12 +16,14 @@ from .views.export import export_csv
 from .views.history import alert_history, audit_log, slack_test, webhook_test
 from .views.invitations import invitation_accept
 from .views.keys import key_create, key_list, key_revoke
+from .views.limits import limit_edit, limit_list, limit_new, limit_remove
 from .views.members import invitation_revoke, member_invite, member_list, member_remove, member_role
 from .views.models_page import model_list
 from .views.periods import project_periods
 from .views.project_manage import project_delete, project_new
 from .views.project_settings import alert_settings_save, project_settings, project_settings_save
 from .views.projects import project_list, project_overview
+from .views.teams import team_detail, team_list, team_remove
 from .views.users import budget_create, budget_delete, budget_edit, budget_reset, user_detail, user_list
 
 urlpatterns = [
@@ -46,6 +49,13 @@ urlpatterns = [
     path("projects/<int:project_id>/budget/reset/<path:user_id>", budget_reset, name="budget_reset"),
     path("projects/<int:project_id>/budget/delete/<path:user_id>", budget_delete, name="budget_delete"),
     path("projects/<int:project_id>/models/", model_list, name="model_list"),
+    path("projects/<int:project_id>/limits/", limit_list, name="limit_list"),
+    path("projects/<int:project_id>/limits/new/", limit_new, name="limit_new"),
+    path("projects/<int:project_id>/limits/<int:limit_id>/edit/", limit_edit, name="limit_edit"),
+    path("projects/<int:project_id>/limits/<int:limit_id>/delete/", limit_remove, name="limit_remove"),
+    path("projects/<int:project_id>/teams/", team_list, name="team_list"),
+    path("projects/<int:project_id>/teams/<str:team>/", team_detail, name="team_detail"),
+    path("projects/<int:project_id>/teams/<str:team>/delete/", team_remove, name="team_remove"),
     path("projects/<int:project_id>/keys/", key_list, name="key_list"),
     path("projects/<int:project_id>/keys/new/", key_create, name="key_create"),
     path("projects/<int:project_id>/keys/<int:key_id>/revoke/", key_revoke, name="key_revoke"),

@@ -25,15 +25,18 @@ from budgets.models import (
     AuditLog,
     BudgetPeriod,
     CostEvent,
+    Limit,
     ModelSpend,
     Project,
     Reservation,
+    TeamMember,
     UserBudget,
 )
 from tests.api_helpers import new_key
 
 B_NAME = "beta-project-b"
 B_ONLY_USER = "bob-of-b"
+B_TEAM = "team-of-b"
 SHARED_USER = "shared"
 # Values only B's objects carry: none of them may appear in an answer to A's key.
 B_MARKERS = ("b-secret-model", "777.123456", "555.5", B_NAME)
@@ -51,9 +54,14 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/api/v1/users/{user}/reservations"): {"estimated_cost": 1},
     ("POST", "/api/v1/reservations/{reservation_id}/settle"): {"model": "gpt-4o", "cost": 1},
     ("POST", "/api/v1/reservations/{reservation_id}/release"): None,
+    ("POST", "/api/v1/limits"): {"scope": "team", "subject": B_TEAM, "limit": 1},
+    ("PATCH", "/api/v1/limits/{limit_id}"): {"limit": 2},
+    ("PUT", "/api/v1/teams/{team}"): {"members": [B_ONLY_USER]},
 }
 # Operations that create the object when it is missing: with A's key that is A's own new object.
-CREATES = {("PUT", "/api/v1/users/{user}/budget")}
+CREATES = {("PUT", "/api/v1/users/{user}/budget"), ("PUT", "/api/v1/teams/{team}")}
+# Operations that answer A's own view for any user id: the limits A's project would apply to that user's calls.
+OWN_VIEW_OF_ANY_USER = {("GET", "/api/v1/users/{user}/limits")}
 
 
 def _operations() -> list[tuple[str, str, dict[str, Any]]]:
@@ -86,6 +94,8 @@ def b_state(b: Project) -> dict[str, Any]:
         "periods": list(BudgetPeriod.objects.filter(project=b).order_by("pk").values()),
         "audit": AuditLog.objects.filter(project=b).count(),
         "keys": list(ApiKey.objects.filter(project=b).order_by("pk").values()),
+        "limits": list(Limit.objects.filter(project=b).order_by("pk").values()),
+        "teams": list(TeamMember.objects.filter(project=b).order_by("pk").values("team__name", "user_id")),
     }
 
 
@@ -110,11 +120,16 @@ def two_projects(project) -> dict[str, Any]:
     assert call(client, a_key, "POST", "/api/v1/users/alice/reservations",
                 {"estimated_cost": 2}).status_code == 201
     assert Alert.objects.filter(project=b).exists()
+    assert call(client, b_key, "PUT", f"/api/v1/teams/{B_TEAM}", {"members": [B_ONLY_USER]}).status_code == 201
+    response = call(client, b_key, "POST", "/api/v1/limits", {"scope": "team", "subject": B_TEAM, "limit": 555.5})
+    assert response.status_code == 201, response.content
+    b_limit = json.loads(response.content)["id"]
     # The control: B's own key sees B's objects and the markers, so a missing marker means something.
     assert "b-secret-model" in call(client, b_key, "GET", f"/api/v1/users/{SHARED_USER}").content.decode()
     own = call(client, b_key, "GET", f"/api/v1/reservations/{b_reservation}")
     assert own.status_code == 200 and "55.5" in own.content.decode()
-    return {"a": a, "b": b, "a_key": a_key, "b_key": b_key, "b_reservation": b_reservation, "client": client}
+    return {"a": a, "b": b, "a_key": a_key, "b_key": b_key, "b_reservation": b_reservation, "b_limit": b_limit,
+            "client": client}
 
 
 def test_the_schema_lists_the_operations_this_matrix_expects():
@@ -135,6 +150,7 @@ def test_a_key_never_reads_or_changes_another_projects_objects(two_projects, met
 
     for user in targets:
         url = path.replace("{reservation_id}", str(two_projects["b_reservation"]))
+        url = url.replace("{limit_id}", str(two_projects["b_limit"])).replace("{team}", B_TEAM)
         if user is not None:
             url = url.replace("{user}", user)
         query = {"user": B_ONLY_USER} if "user" in params and params["user"]["in"] == "query" else None
@@ -144,9 +160,12 @@ def test_a_key_never_reads_or_changes_another_projects_objects(two_projects, met
 
         assert status < 500, (url, status, text[:300])
         assert not any(marker in text for marker in B_MARKERS), (url, status, text[:500])
-        if "{reservation_id}" in path:
-            assert status == 404, (url, status, text[:300])  # B's reservation does not exist for A
-        elif user == B_ONLY_USER and params["user"]["in"] == "path":
+        if "{reservation_id}" in path or "{limit_id}" in path:
+            assert status == 404, (url, status, text[:300])  # B's reservation or limit does not exist for A
+        elif "{team}" in path:
+            # B's team does not exist for A; PUT makes A's own team of that name.
+            assert status == (201 if (method, path) in CREATES else 404), (url, status, text[:300])
+        elif user == B_ONLY_USER and params["user"]["in"] == "path" and (method, path) not in OWN_VIEW_OF_ANY_USER:
             if (method, path) in CREATES:
                 assert status == 201, (url, status, text[:300])  # A's own new budget of that name
                 assert UserBudget.objects.filter(project=a, user_id=B_ONLY_USER).exists()

@@ -24,6 +24,7 @@ from budgets.models import (
     AuditLog,
     CostEvent,
     Invitation,
+    Limit,
     Membership,
     Project,
     Role,
@@ -43,6 +44,7 @@ class Team:
     extra: Membership  # a viewer whose role can be changed or who can be removed
     key: ApiKey
     invitation: Invitation  # a pending one, to withdraw
+    limit: Limit  # a limit on alice, to edit or delete
 
 
 def _project(name: str, people: dict[str, object]) -> Team:
@@ -60,7 +62,9 @@ def _project(name: str, people: dict[str, object]) -> Team:
     extra = services.member_add(project=project, user=extra_user, role=Role.VIEWER, actor="test")
     invitation = services.member_invite(project=project, invitee=f"invited-{name}@example.com", role=Role.VIEWER,
                                         invited_by=extra_user, actor="test")
-    return Team(project, people, extra, key, invitation)
+    services.team_set(project=project, name="research", members=["alice"], actor="test")
+    limit = services.limit_create(project=project, scope="user", subject="alice", amount=5, actor="test")
+    return Team(project, people, extra, key, invitation, limit)
 
 
 @pytest.fixture
@@ -103,6 +107,14 @@ def EXTRA(team: Team) -> int:
 def INVITATION(team: Team) -> int:
     return team.invitation.pk
 
+
+def LIMIT(team: Team) -> int:
+    return team.limit.pk
+
+
+def RESEARCH(team: Team) -> str:
+    return "research"
+
 ROUTES = [
     Route("overview", "get", Action.VIEW, _u("project_overview")),
     Route("users", "get", Action.VIEW, _u("user_list")),
@@ -115,6 +127,15 @@ ROUTES = [
     Route("periods", "get", Action.VIEW, _u("project_periods")),
     Route("audit log", "get", Action.VIEW, _u("audit_log")),
     Route("alerts", "get", Action.VIEW, _u("alert_history")),
+    Route("teams", "get", Action.VIEW, _u("team_list")),
+    Route("team", "get", Action.VIEW, _u("team_detail", RESEARCH)),
+    Route("limits", "get", Action.VIEW, _u("limit_list")),
+    Route("team save", "post", Action.CHANGE, _u("team_list"), lambda t: {"name": "sales", "members": "bob"}, 302),
+    Route("team delete", "post", Action.CHANGE, _u("team_remove", RESEARCH), ok=302),
+    Route("limit create", "post", Action.CHANGE, _u("limit_new"),
+          lambda t: {"scope": "project", "unit": "requests", "window": "day", "amount": "100", "mode": "hard"}, 302),
+    Route("limit edit", "post", Action.CHANGE, _u("limit_edit", LIMIT), lambda t: {"amount": "6", "mode": "soft"}, 302),
+    Route("limit delete", "post", Action.CHANGE, _u("limit_remove", LIMIT), ok=302),
     Route("test webhook", "post", Action.CHANGE, _u("webhook_test")),
     Route("test slack", "post", Action.CHANGE, _u("slack_test")),
     Route("budget create", "post", Action.CHANGE, _u("budget_create"),
@@ -213,6 +234,9 @@ def test_pages_show_only_the_buttons_the_role_can_use(teams, role):
     keys = client.get(reverse("key_list", args=[pk])).content.decode()
     settings_page = client.get(reverse("project_settings", args=[pk])).content.decode()
     members = client.get(reverse("member_list", args=[pk])).content.decode()
+    limits = client.get(reverse("limit_list", args=[pk])).content.decode()
+    teams = client.get(reverse("team_list", args=[pk])).content.decode()
+    team = client.get(reverse("team_detail", args=[pk, "research"])).content.decode()
 
     can_change, can_manage = role in ("owner", "manager"), role == "owner"
     assert ("create-budget-form" in users) is can_change
@@ -222,6 +246,10 @@ def test_pages_show_only_the_buttons_the_role_can_use(teams, role):
     assert ("delete-project" in settings_page) is can_manage
     assert ("invite-form" in members and "remove-form" in members and "revoke-invitation-form" in members) is can_manage
     assert "Export CSV" in users
+    assert all(form in limits for form in ("create-limit-form", "limit-edit-form", "limit-delete-form")) is can_change
+    assert f'data-limit-id="{mine.limit.pk}"' in limits
+    assert ("create-team-form" in teams) is can_change and "research" in teams
+    assert ("edit-team-form" in team and "delete-team-form" in team) is can_change and "alice" in team
 
 
 def test_only_staff_or_people_with_add_project_create_projects(teams):

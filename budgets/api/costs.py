@@ -13,7 +13,19 @@ from ..services.costs import cost_record
 from . import requests
 from .auth import request_project
 from .common import ERROR_STATUSES, MAX_PAGE, aware, raw_json, recorded_limits, with_budget_headers
-from .schemas import CostIn, CostOut, ErrorOut, EventOut, EventPage, IdempotencyKey, Text, Timestamp, UserId, cost_out
+from .schemas import (
+    CostIn,
+    CostOut,
+    ErrorOut,
+    EventOut,
+    EventPage,
+    IdempotencyKey,
+    Identifier,
+    Text,
+    Timestamp,
+    UserId,
+    cost_out,
+)
 
 router = Router(tags=["costs"])
 ERRORS = {**dict.fromkeys(ERROR_STATUSES, ErrorOut), 422: ErrorOut}
@@ -55,20 +67,23 @@ def _ledger(request: HttpRequest, **filters) -> dict:
 def list_user_costs(
     request: HttpRequest, user: UserId, model: Text | None = None, since: Timestamp | None = None,
     until: Timestamp | None = None, cursor: Text | None = None, limit: int = Query(50, ge=1, le=MAX_PAGE),
+    tag: Identifier | None = None,
 ):
-    """The user's ledger events, newest first (also after the budget was deleted)."""
+    """The user's ledger events, newest first (also after the budget was deleted); `tag`: those that carry it."""
     project = request_project(request)
     if not has_budget_or_costs(project, user):
         raise UnknownUser(f"user {user!r} has no budget and no costs in project {project.name!r}")
     return _ledger(request, user_id=user, model=model, since=aware(since), until=aware(until), cursor=cursor,
-                   limit=limit)
+                   limit=limit, tag=tag)
 
 
 @router.get("/costs", response={200: EventPage, **ERRORS})
 def list_costs(
     request: HttpRequest, user: UserId | None = None, model: Text | None = None, since: Timestamp | None = None,
     until: Timestamp | None = None, cursor: Text | None = None, limit: int = Query(50, ge=1, le=MAX_PAGE),
+    tag: Identifier | None = None,
 ):
-    """The project's ledger, newest first; `since` inclusive, `until` exclusive (ISO 8601)."""
+    """The project's ledger, newest first; `since` inclusive, `until` exclusive (ISO 8601); `tag`: the events
+    that carry it."""
     return _ledger(request, user_id=user, model=model, since=aware(since), until=aware(until), cursor=cursor,
-                   limit=limit)
+                   limit=limit, tag=tag)

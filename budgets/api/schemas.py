@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal, NamedTuple, Union
 
@@ -39,6 +39,7 @@ from ..base.fields import money_bound
 from ..base.money import to_money, to_tokens
 from ..base.validation import (
     IDEMPOTENCY_KEY_MAX,
+    IDENTIFIER_PATTERN,
     MAX_TAGS,
     MODEL_NAME_MAX,
     NAME_PATTERN,
@@ -47,6 +48,7 @@ from ..base.validation import (
     USER_ID_PATTERN,
     validate_idempotency_key,
     validate_model,
+    validate_short_identifier,
     validate_tags,
     validate_user_id,
 )
@@ -185,12 +187,44 @@ USER_ID_SCHEMA = {
 }
 # A user id in a path or a query: the one rule of budgets.base.validation.validate_user_id.
 UserId = Annotated[str, BeforeValidator(_user_id), WithJsonSchema(USER_ID_SCHEMA)]
+
+
+def _identifier(value: Any) -> str:
+    try:
+        return validate_short_identifier(value, "it")
+    except InvalidInput as exc:
+        raise PydanticCustomError("identifier", exc.message.removeprefix("it ")) from None
+
+
+IDENTIFIER_SCHEMA = {"type": "string", "pattern": IDENTIFIER_PATTERN,
+                     "description": "1..64 characters: letters, digits, _ . : -"}
+# A team name or a tag: the one rule of budgets.base.validation.validate_short_identifier.
+Identifier = Annotated[str, BeforeValidator(_identifier), WithJsonSchema(IDENTIFIER_SCHEMA)]
+_TAG = IDENTIFIER_PATTERN.strip("^$")
+TAG_LIST_PATTERN = f"^{_TAG}(,{_TAG}){{0,9}}$"
+
+
+def _tag_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, str) or not re.fullmatch(TAG_LIST_PATTERN, value):
+        raise PydanticCustomError("tags", "must be 1 to 10 tags separated by commas, each 1 to 64 letters, digits "
+                                          "or _ . : -")
+    return tuple(value.split(","))
+
+
+# ?tags=a,b: up to 10 tags, each a short identifier.
+TagList = Annotated[tuple[str, ...], BeforeValidator(_tag_list),
+                    WithJsonSchema({"type": "string", "pattern": TAG_LIST_PATTERN,
+                                    "description": "Up to 10 tags separated by commas."})]
+
 IdempotencyKey = Annotated[str, BeforeValidator(_idempotency_key),
                            WithJsonSchema({"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX})]
 Timestamp = Annotated[datetime, BeforeValidator(_timestamp), AfterValidator(_in_utc)]
 MoneyOut = Annotated[Decimal, WithJsonSchema({"type": "number"})]
 Scope = Literal["user", "project"]
-LimitScope = Literal["user", "project", "team", "key", "tag"]
+LimitScope = Literal["project", "team", "user", "key", "tag"]
+LimitUnit = Literal["usd", "tokens", "requests"]
+LimitWindow = Literal["hour", "day", "week", "month", "year", "lifetime"]
+LimitMode = Literal["hard", "soft"]
 # A call's tags: its tag limits apply, and the ledger keeps them (budgets.base.validation.validate_tags).
 Tags = Annotated[tuple[str, ...], BeforeValidator(_tags),
                  WithJsonSchema({"type": "array", "maxItems": MAX_TAGS,
@@ -354,9 +388,9 @@ class BudgetIn(StrictIn):
     """A budget; with duration "days", duration_days is the period (ignored with any other duration)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=forms(
-        Form("every N days", required=("total_budget", "duration", "duration_days"),
+        Form("every N days", required=("total_budget", "duration", "duration_days"), optional=("team",),
              overrides={"duration": {"const": "days"}}),
-        Form("a calendar period", required=("total_budget",), optional=("duration", "duration_days"),
+        Form("a calendar period", required=("total_budget",), optional=("duration", "duration_days", "team"),
              overrides={"duration": {"anyOf": [{"enum": ["none", "daily", "weekly", "monthly", "yearly"]},
                                                {"type": "null"}]}}),
     ))
@@ -364,6 +398,8 @@ class BudgetIn(StrictIn):
     total_budget: Money
     duration: DurationName | None = None
     duration_days: Days | None = Field(None, description='Only with duration "days": the period length.')
+    team: Identifier | None = Field(None, description="The user's team (it must exist); null: in no team; "
+                                                      "left out: the team stays.")
 
 
 _PRICES = ("input_cost_per_token", "output_cost_per_token")
@@ -534,25 +570,35 @@ class ProjectedCostOut(Schema):
 
 
 class LimitOut(Schema):
-    """A limit as a refusal names it: a Limit row, or the user's budget or the project's cap (id null)."""
+    """A limit with its figures, validated from a selectors.limits.LimitState (the user budget and the
+    project cap too: their `id` is null)."""
 
-    id: int | None
+    id: int | None = Field(description="null for the user's budget and the project's cap (their own endpoints).")
     scope: LimitScope
-    subject: str
+    subject: str | None = Field(description="null for a project limit.")
     model: str | None
-    unit: Literal["usd", "tokens", "requests"]
-    window: str = Field(description="hour, day, week, month, year or lifetime (a budget's every-N-days: days).")
+    unit: LimitUnit
+    window: str = Field(description="hour, day, week, month, year, lifetime (or days: an every-N-days budget).")
+    mode: LimitMode
     limit: MoneyOut
-    used: MoneyOut
-    held: MoneyOut
+    used: MoneyOut = Field(description="Used in this window: dollars, tokens or requests.")
+    held: MoneyOut = Field(description="Held by open reservations.")
+    remaining: MoneyOut = Field(description="limit − used − held, never below 0.")
+    resets_at: datetime | None = Field(description="When the window ends; null for lifetime.")
+
+    @staticmethod
+    def resolve_subject(state: Any) -> str | None:
+        return state.subject or None
+
+
+class LimitRefusedOut(LimitOut):
+    """The limit a refusal names (`error.limit`, a check's `limit`), with what the call asked."""
+
     requested: MoneyOut | None = Field(None, description="What the call asked, in the limit's unit.")
-    resets_at: datetime | None
 
 
-def limit_out(state: LimitState, requested: Decimal | None = None) -> LimitOut:
-    return LimitOut(id=state.id, scope=state.scope, subject=state.subject, model=state.model,  # type: ignore[arg-type]
-                    unit=state.unit, window=state.window, limit=state.limit, used=state.used,  # type: ignore[arg-type]
-                    held=state.held, requested=requested, resets_at=state.resets_at)
+def limit_out(state: LimitState, requested: Decimal | None = None) -> LimitRefusedOut:
+    return LimitRefusedOut.model_validate(state).model_copy(update={"requested": requested})
 
 
 class CheckOut(Schema):
@@ -561,7 +607,7 @@ class CheckOut(Schema):
     remaining: MoneyOut = Field(description="Room left under the tighter of the user's and the project's budget.")
     scope: LimitScope | None = Field(description="The level of the limit without room (null: allowed).")
     estimated_cost: MoneyOut
-    limit: LimitOut | None = Field(None, description="The first hard limit without room for the call.")
+    limit: LimitRefusedOut | None = Field(None, description="The first hard limit without room for the call.")
 
 
 class QuoteOut(Schema):
@@ -607,7 +653,7 @@ class ErrorBody(Schema):
     type: str
     message: str
     scope: LimitScope | None = None
-    limit: LimitOut | None = Field(None, description="budget_exceeded: the limit that has no room.")
+    limit: LimitRefusedOut | None = Field(None, description="budget_exceeded: the limit that has no room.")
     spend: MoneyOut | None = Field(None, description="budget_exceeded: its spend in this period.")
     held: MoneyOut | None = Field(None, description="budget_exceeded: its open reservations.")
     requested: MoneyOut | None = Field(None, description="budget_exceeded: the amount asked for.")
@@ -676,3 +722,85 @@ def settle_out(settled: Settled) -> SettleOut:
 
 class ReleaseOut(Schema):
     reservation: ReservationOut
+
+
+# --- limits, teams, tags ----------------------------------------------------------------------
+
+
+# A limit's amount: dollars (12 places at most) or a whole number of tokens or requests.
+LimitAmount = Annotated[Decimal, BeforeValidator(_money),
+                        WithJsonSchema({"type": "number", "minimum": 0, **money_bound(), "multipleOf": 1e-12,
+                                        "description": "Dollars (12 places at most), or a whole number of "
+                                                       "tokens or requests."})]
+
+
+_LIMIT_OPTIONAL = ("model", "unit", "window", "mode")
+
+
+class LimitIn(StrictIn):
+    """A new limit: what it counts (scope, subject, model, unit), over which window, how much, hard or soft."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=forms(
+        Form("a project limit", required=("scope", "limit"), optional=_LIMIT_OPTIONAL,
+             overrides={"scope": {"const": "project"}}),
+        Form("a team, user, API key or tag limit", required=("scope", "subject", "limit"), optional=_LIMIT_OPTIONAL,
+             overrides={"scope": {"enum": ["team", "user", "key", "tag"]}, "subject": {"minLength": 1}}),
+    ))
+
+    scope: LimitScope
+    subject: Text | None = Field(None, description="The team's name, the user id, the API key's name or the "
+                                                    "tag; none for a project limit.")
+    model: ModelName | None = Field(None, description="Only this model's calls (the price table's name).")
+    unit: LimitUnit = "usd"
+    window: LimitWindow = "month"
+    limit: LimitAmount
+    mode: LimitMode = Field("hard", description="hard refuses a call without room; soft only alerts.")
+
+
+class LimitPatchIn(StrictIn):
+    """A limit's new amount or mode (another scope, subject, model, unit or window is a new limit)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=forms(
+        Form("a new amount or mode", required=(), any_of=("limit", "mode")),
+    ))
+
+    limit: LimitAmount | None = None
+    mode: LimitMode | None = None
+
+
+class LimitPage(Schema):
+    items: list[LimitOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class UserLimitsOut(Schema):
+    """Every limit that applies to a user's calls, the binding one (least room) first."""
+
+    user: str
+    team: str | None
+    items: list[LimitOut]
+
+
+class TeamIn(StrictIn):
+    members: list[UserId] = Field(max_length=10_000, description="The team's user ids (replaces the list).")
+
+
+class TeamSummaryOut(Schema):
+    name: str
+    members: int = Field(description="How many users are in the team.")
+    created_at: datetime
+
+
+class TeamList(Schema):
+    items: list[TeamSummaryOut]
+
+
+class TeamOut(Schema):
+    name: str
+    members: list[str]
+    month_start: date = Field(description="First day of this calendar month in the project's time zone.")
+    spend_this_month: MoneyOut = Field(description="What the members spent since month_start (ledger rollups).")
+    limits: list[LimitOut]
+    created_at: datetime

@@ -154,15 +154,27 @@ def url_path_is_utf8(path_info: str) -> bool:
     return True
 
 
-# A call's tags: short identifiers (letters, digits, _ . : -), at most MAX_TAGS of them.
-TAG_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+IDENTIFIER_MAX = 64
+IDENTIFIER_PATTERN = f"^[A-Za-z0-9_.:-]{{1,{IDENTIFIER_MAX}}}$"
+_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
+
+
+def validate_short_identifier(value: Any, what: str) -> str:
+    """A tag or a team name: 1..64 characters, each a letter, a digit or one of `_ . : -`."""
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
+        raise InvalidInput(f"{what} must be 1 to {IDENTIFIER_MAX} characters, each a letter, a digit or one of "
+                           f"_ . : - (got {value!r})")
+    return value
+
+
+# A call's tags: short identifiers, at most MAX_TAGS of them.
+TAG_PATTERN = IDENTIFIER_PATTERN
 MAX_TAGS = 10
-_TAG = re.compile(TAG_PATTERN)
 
 
 def validate_tag(value: Any) -> str:
     """One tag: 1-64 letters, digits, `_ . : -` (ASCII)."""
-    if not isinstance(value, str) or not _TAG.fullmatch(value):
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
         raise InvalidInput("a tag is 1 to 64 letters, digits or _ . : - (e.g. \"summarizer\")")
     return value
 

@@ -59,10 +59,12 @@ def user_ids(project: Project) -> list[str]:
 
 def cost_events(
     project: Project, *, user_id: str | None = None, model: str | None = None,
-    since: datetime | None = None, until: datetime | None = None,
+    since: datetime | None = None, until: datetime | None = None, tag: str | None = None,
 ) -> QuerySet[CostEvent]:
-    """The project's ledger, newest first, filtered."""
+    """The project's ledger, newest first, filtered (`tag`: the events that carry it)."""
     events = CostEvent.objects.filter(project=project)
+    if tag is not None:
+        events = events.filter(tags__contains=f",{tag},")
     if user_id is not None:
         events = events.filter(user_id=user_id)
     if model is not None:
@@ -141,10 +143,10 @@ def _decode_cursor(cursor: str) -> tuple[datetime, int]:
 
 def ledger_slice(
     project: Project, *, user_id: str | None, model: str | None, since: datetime | None, until: datetime | None,
-    cursor: str | None, limit: int,
+    cursor: str | None, limit: int, tag: str | None = None,
 ) -> tuple[list[CostEvent], str | None]:
     """One page of the ledger, newest first, and the cursor of the next (older) page."""
-    events = cost_events(project, user_id=user_id, model=model, since=since, until=until)
+    events = cost_events(project, user_id=user_id, model=model, since=since, until=until, tag=tag)
     if cursor:
         at, pk = _decode_cursor(cursor)
         events = events.filter(Q(created_at__lt=at) | Q(created_at=at, id__lt=pk))

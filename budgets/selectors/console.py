@@ -186,10 +186,11 @@ class DailySpend:
 
 
 def _ledger(project: Project, rng: DateRange | None = None, *, user_id: str | None = None,
-            model: str | None = None) -> QuerySet[CostEvent]:
+            model: str | None = None, tag: str | None = None) -> QuerySet[CostEvent]:
     """The API's ledger filter, unordered: most callers aggregate, and ORDER BY would join the GROUP BY."""
     return selectors.cost_events(
-        project, user_id=user_id, model=model, since=rng.since if rng else None, until=rng.until if rng else None
+        project, user_id=user_id, model=model, since=rng.since if rng else None, until=rng.until if rng else None,
+        tag=tag,
     ).order_by()
 
 
@@ -626,11 +627,11 @@ EXPORT_COLUMNS = ("time", "user", "model", "prompt_tokens", "completion_tokens",
 
 
 def export_rows(project: Project, *, rng: DateRange | None = None, user_id: str | None = None,
-                model: str | None = None) -> Iterator[tuple[Any, ...]]:
+                model: str | None = None, tag: str | None = None) -> Iterator[tuple[Any, ...]]:
     """Ledger rows for CSV, oldest first, streamed from the database in chunks (never all in memory)."""
     zone = project_zone(project)
     rows = (
-        _ledger(project, rng, user_id=user_id, model=model)
+        _ledger(project, rng, user_id=user_id, model=model, tag=tag)
         .order_by("created_at", "id")
         .values_list("created_at", "user_id", "model", "prompt_tokens", "completion_tokens", "cached_tokens",
                      "cache_creation_tokens", "cost", "source", "id")
@@ -662,7 +663,7 @@ EXPORT_BLOCK = 64 * 1024
 
 
 def export_csv_chunks(project: Project, *, rng: DateRange | None = None, user_id: str | None = None,
-                      model: str | None = None) -> Iterator[bytes]:
+                      model: str | None = None, tag: str | None = None) -> Iterator[bytes]:
     """PostgreSQL: the export as CSV bytes written by the database (COPY): no row becomes a Python object.
 
     The same columns, filters, order, time zone and neutralised text cells as export_rows.
@@ -673,6 +674,9 @@ def export_csv_chunks(project: Project, *, rng: DateRange | None = None, user_id
         if value is not None:
             where.append(f"{column} = %({column})s")
             params[column] = value
+    if tag is not None:
+        where.append("strpos(tags, %(tag)s) > 0")
+        params["tag"] = f",{tag},"
     if rng is not None:
         where += ["created_at >= %(since)s", "created_at < %(until)s"]
         params.update(since=rng.since, until=rng.until)

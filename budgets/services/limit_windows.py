@@ -10,7 +10,7 @@ Locks: the project row, then Limit rows by id (services.admission's order).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable
 from datetime import datetime
 
 from django.db import transaction
@@ -40,7 +40,7 @@ def _audit_entry(limit: Limit, actor: str, old_start: datetime, used: object) ->
                     after={"window_start": limit.window_start.isoformat()})
 
 
-def limits_current(project: Project, limits: Sequence[Limit], at: datetime | None = None,
+def limits_current(project: Project, limits: Iterable[Limit], at: datetime | None = None,
                    *, actor: str = SYSTEM_LAZY) -> list[Limit]:
     """The limits in their current windows: a limit whose window ended gets used 0 and its new window.
 

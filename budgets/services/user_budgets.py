@@ -15,9 +15,29 @@ from .admission import lock_project
 from .audit import SYSTEM_LAZY, budget_snapshot, write_audit
 from .common import validate_duration, validate_user_id
 from .resets import _due_rows, _reset_rows
+from .teams import team_assign
+
+KEEP_TEAM: Any = object()  # budget_set's `team` when the caller did not name one: the user's team stays
 
 
 def budget_set(
+    *, project: Project, user_id: str, total_budget: Any, duration: Any = None, duration_days: Any = None,
+    created_at: datetime | None = None, team: Any = KEEP_TEAM, actor: str,
+) -> tuple[UserBudget, bool]:
+    """Create or replace a user's budget and, with `team` (a name, or None to leave it), the user's team;
+    returns (budget, created). Both or neither are written.
+    """
+    if team is KEEP_TEAM:
+        return _budget_write(project=project, user_id=user_id, total_budget=total_budget, duration=duration,
+                             duration_days=duration_days, created_at=created_at, actor=actor)
+    with transaction.atomic():
+        result = _budget_write(project=project, user_id=user_id, total_budget=total_budget, duration=duration,
+                               duration_days=duration_days, created_at=created_at, actor=actor)
+        team_assign(project=project, user_id=user_id, team=team, actor=actor)
+    return result
+
+
+def _budget_write(
     *, project: Project, user_id: str, total_budget: Any, duration: Any = None, duration_days: Any = None,
     created_at: datetime | None = None, actor: str,
 ) -> tuple[UserBudget, bool]:

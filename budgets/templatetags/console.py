@@ -97,3 +97,15 @@ def per_million(price: Any) -> str:
     if price is None or price == "":
         return DASH
     return format_dollars(Decimal(price) * 1_000_000)
+
+
+@register.filter
+def in_unit(value: Any, unit: str) -> str:
+    """A limit's figure in its unit: dollars, or a whole number of tokens or requests (1,500 tokens)."""
+    if value is None or value == "":
+        return DASH
+    if unit == "usd":
+        return format_dollars(value)
+    count = int(Decimal(value).to_integral_value())
+    word = unit if count != 1 else unit.rstrip("s")
+    return f"{count:,} {word}"

@@ -39,18 +39,20 @@ def _lines(header: tuple[str, ...], rows: Iterator[tuple[Any, ...]]) -> Iterator
 
 @login_required
 def export_csv(request: HttpRequest, project_id: int) -> StreamingHttpResponse:
-    """The ledger filtered like the pages: ?user=, ?model=, and a range (days, or start/end)."""
+    """The ledger filtered like the pages: ?user=, ?model=, ?tag=, and a range (days, or start/end)."""
     project = get_project_for_user(request, project_id)
     params = request.GET
     has_range = any(params.get(k) for k in ("days", "start", "end"))
     rng = RangeForm(params, zone=selectors.project_zone(project)).date_range() if has_range else None
     user_id = params.get("user") or None
     model = params.get("model") or None
+    tag = params.get("tag") or None
     if connection.vendor == "postgresql":
-        content: Iterator[Any] = selectors.export_csv_chunks(project, rng=rng, user_id=user_id, model=model)
+        content: Iterator[Any] = selectors.export_csv_chunks(project, rng=rng, user_id=user_id, model=model,
+                                                              tag=tag)
     else:
         content = _lines(selectors.EXPORT_COLUMNS,
-                         selectors.export_rows(project, rng=rng, user_id=user_id, model=model))
+                         selectors.export_rows(project, rng=rng, user_id=user_id, model=model, tag=tag))
     response = StreamingHttpResponse(content, content_type="text/csv; charset=utf-8")
     stamp = utcnow().astimezone(selectors.project_zone(project)).strftime("%Y%m%d-%H%M")
     name = "".join(c if c.isalnum() or c in "-_" else "_" for c in project.name)[:60] or "project"

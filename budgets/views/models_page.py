@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from ..admin import admin_url_for
 from ..forms import RangeForm
 from ..selectors import console as selectors
+from ..selectors.teams import UNTAGGED, tag_split
 from . import charts
 from .common import current_project, render_page
 
@@ -22,6 +23,7 @@ def model_list(request: HttpRequest, project_id: int) -> HttpResponse:
     daily = selectors.daily_spend(project, rng)
     usage = selectors.model_usage(project, rng)
     matrix = selectors.model_by_user(project, rng, [u.model for u in usage])
+    tags = tag_split(project, rng)
     # Support staff edit prices in Django admin; others see the price without the link.
     show_admin = request.user.is_staff
     range_query = form.query()
@@ -39,5 +41,8 @@ def model_list(request: HttpRequest, project_id: int) -> HttpResponse:
         "over_time_chart": charts.daily_by_model(daily, kind="line"),
         "by_user_chart": charts.model_by_user(matrix, selectors.OTHER_USERS),
         "matrix": matrix,
+        "tags": tags,
+        "tags_chart": charts.bars([t.tag for t in tags], [t.spend for t in tags]),
+        "has_tags": any(t.tag != UNTAGGED for t in tags),
     }
     return render_page(request, "console/models.html", context, project=project, nav="models")

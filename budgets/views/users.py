@@ -14,6 +14,9 @@ from django.views.decorators.http import require_POST
 from ..forms import BULK_PERIOD_CHOICES, BudgetForm, CreateBudgetForm, UserSearchForm, plain_amount
 from ..models import Action, Duration, Project, UserBudget
 from ..selectors import console as selectors
+from ..selectors.limits import LimitState, team_of
+from ..selectors.teams import binding_first, limit_rows, limits_on_user
+from ..services.limit_windows import limits_current
 from ..services.user_budgets import budget_delete as budget_delete_service
 from ..services.user_budgets import budget_reset as budget_reset_service
 from ..services.user_budgets import budget_set
@@ -89,6 +92,7 @@ def _detail_page(request: HttpRequest, project: Project, budget: UserBudget, for
     daily = selectors.daily_spend(project, rng, user_id=budget.user_id)
     spends = selectors.model_spend_of(budget)
     past = selectors.user_past_periods(budget)
+    team = team_of(project, budget.user_id)
     period_labels = [p.start.astimezone(zone).strftime("%Y-%m-%d") for p in past]
     context = {
         "budget": budget,
@@ -103,6 +107,11 @@ def _detail_page(request: HttpRequest, project: Project, budget: UserBudget, for
                                               [p.budget or Decimal(0) for p in past]),
         "ledger": selectors.ledger_page(project, user_id=budget.user_id, page=request.GET.get("page")),
         "export_query": urlencode({"user": budget.user_id}),
+        "team": team,
+        "limit_rows": [(row, None) for row in limit_rows(binding_first(
+            [LimitState.of_budget(budget), *filter(None, [LimitState.of_project(project)]),
+             *(LimitState.of_limit(limit) for limit in limits_current(project, limits_on_user(project, budget.user_id,
+                                                                                              team)))]))],
     }
     return render_page(request, "console/user_detail.html", context, project=project, nav="users", status=status)
 

@@ -1,0 +1,66 @@
+"""Limits: create, list, read, change (amount, mode) and delete the project's limits."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest
+from ninja import Query, Router, Status
+
+from ..selectors.limits import LimitState
+from ..selectors.teams import limit_of, limits_of
+from ..services.limit_windows import limits_current
+from ..services.limits import limit_create, limit_delete, limit_update
+from .auth import request_actor, request_project
+from .common import ERROR_STATUSES, MAX_OFFSET, MAX_PAGE
+from .schemas import ErrorOut, LimitIn, LimitOut, LimitPage, LimitPatchIn, LimitScope, Text
+
+router = Router(tags=["limits"])
+ERRORS = {**dict.fromkeys(ERROR_STATUSES, ErrorOut), 422: ErrorOut}
+
+
+def _out(request: HttpRequest, limit_id: int) -> LimitOut:
+    project = request_project(request)
+    (limit,) = limits_current(project, [limit_of(project, limit_id)])
+    return LimitOut.model_validate(LimitState.of_limit(limit))
+
+
+@router.post("/limits", response={201: LimitOut, 409: ErrorOut, **ERRORS})
+def create_limit(request: HttpRequest, payload: LimitIn):
+    """Create a limit (201); the same scope, subject, model, unit and window again is 409 naming its id."""
+    limit = limit_create(
+        project=request_project(request), scope=payload.scope, subject=payload.subject, model=payload.model,
+        unit=payload.unit, window=payload.window, amount=payload.limit, mode=payload.mode,
+        actor=request_actor(request),
+    )
+    return Status(201, LimitOut.model_validate(LimitState.of_limit(limit)))
+
+
+@router.get("/limits", response={200: LimitPage, **ERRORS})
+def list_limits(request: HttpRequest, scope: LimitScope | None = None, subject: Text | None = None,
+                limit: int = Query(50, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0, le=MAX_OFFSET)):
+    """The project's limits (optionally of one scope and subject), ordered by scope, subject, model, unit, window."""
+    project = request_project(request)
+    limits = limits_of(project, scope=scope, subject=subject)
+    page = limits_current(project, limits[offset: offset + limit])
+    return LimitPage(items=[LimitOut.model_validate(LimitState.of_limit(item)) for item in page],
+                     total=limits.count(), limit=limit, offset=offset)
+
+
+@router.get("/limits/{limit_id}", response={200: LimitOut, **ERRORS})
+def get_limit(request: HttpRequest, limit_id: int):
+    """One limit with what is used and held in its current window."""
+    return _out(request, limit_id)
+
+
+@router.patch("/limits/{limit_id}", response={200: LimitOut, **ERRORS})
+def update_limit(request: HttpRequest, limit_id: int, payload: LimitPatchIn):
+    """Change a limit's amount (`limit`) or `mode`; another scope, subject, unit or window is a new limit."""
+    limit_update(limit=limit_of(request_project(request), limit_id), amount=payload.limit, mode=payload.mode,
+                 actor=request_actor(request))
+    return _out(request, limit_id)
+
+
+@router.delete("/limits/{limit_id}", response={204: None, **ERRORS})
+def delete_limit(request: HttpRequest, limit_id: int):
+    """Delete a limit (audited); its calls stay in the ledger."""
+    limit_delete(limit=limit_of(request_project(request), limit_id), actor=request_actor(request))
+    return Status(204, None)

@@ -1,0 +1,87 @@
+"""Limits: every limit of the project with its utilisation, filtered by scope; create, edit, delete."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.views.decorators.http import require_POST
+
+from ..base.errors import NotFound
+from ..forms import LimitEditForm, LimitForm, plain_amount
+from ..models import Action, Limit, Project
+from ..selectors.limits import LimitState
+from ..selectors.teams import limit_of, limit_rows, limits_of
+from ..services.limit_windows import limits_current
+from ..services.limits import limit_create, limit_delete, limit_update
+from .common import actor, current_project, render_page, run_action, run_form
+
+
+def _scope(request: HttpRequest) -> str | None:
+    scope = request.GET.get("scope") or None
+    return scope if scope in Limit.Scope.values else None
+
+
+def _limits_page(request: HttpRequest, project: Project, form: LimitForm, *, status: int = 200) -> HttpResponse:
+    scope = _scope(request)
+    states = [LimitState.of_limit(limit) for limit in limits_current(project, limits_of(project, scope=scope))]
+    cap = LimitState.of_project(project) if scope in (None, Limit.Scope.PROJECT) else None
+    rows = limit_rows(([cap] if cap else []) + states)
+    edit_forms: dict[int | None, LimitEditForm] = {
+        row.pk: LimitEditForm(initial={"amount": plain_amount(row.state.limit), "mode": row.state.mode},
+                              auto_id=f"id_limit{row.pk}_%s")
+        for row in rows if row.pk is not None}
+    context = {"form": form, "rows": [(row, edit_forms.get(row.pk)) for row in rows], "scope": scope,
+               "scopes": Limit.Scope.choices}
+    return render_page(request, "console/limits.html", context, project=project, nav="limits", status=status)
+
+
+@login_required
+def limit_list(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = current_project(request, project_id)
+    return _limits_page(request, project, LimitForm())
+
+
+@login_required
+@require_POST
+def limit_new(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = current_project(request, project_id, Action.CHANGE)
+    form = LimitForm(request.POST)
+    return run_form(
+        request, form,
+        lambda data: limit_create(project=project, scope=data["scope"], subject=data["subject"],
+                                  model=data["model"], unit=data["unit"], window=data["window"],
+                                  amount=data["amount"], mode=data["mode"], actor=actor(request)),
+        message=lambda limit: f"Created the limit: {limit}.", done=lambda limit: redirect("limit_list", project.pk),
+        refused=lambda: _limits_page(request, project, form, status=400))
+
+
+def _limit(project: Project, limit_id: int) -> Limit:
+    try:
+        return limit_of(project, limit_id)
+    except NotFound:
+        raise Http404("no such limit in this project") from None
+
+
+@login_required
+@require_POST
+def limit_edit(request: HttpRequest, project_id: int, limit_id: int) -> HttpResponse:
+    project = current_project(request, project_id, Action.CHANGE)
+    limit = _limit(project, limit_id)
+    form = LimitEditForm(request.POST)
+    return run_form(
+        request, form,
+        lambda data: limit_update(limit=limit, amount=data["amount"], mode=data["mode"], actor=actor(request)),
+        message=lambda saved: f"Saved the limit: {saved}.", done=lambda saved: redirect("limit_list", project.pk),
+        refused=lambda: _limits_page(request, project, LimitForm(), status=400))
+
+
+@login_required
+@require_POST
+def limit_remove(request: HttpRequest, project_id: int, limit_id: int) -> HttpResponse:
+    project = current_project(request, project_id, Action.CHANGE)
+    limit = _limit(project, limit_id)
+    return run_action(request, lambda: limit_delete(limit=limit, actor=actor(request)),
+                      message=f"Deleted the limit: {limit}. Its calls stay in the ledger.",
+                      done=lambda _: redirect("limit_list", project.pk),
+                      refused=lambda: redirect("limit_list", project.pk))
