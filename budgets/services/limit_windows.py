@@ -45,7 +45,7 @@ def limits_current(project: Project, limits: Iterable[Limit], at: datetime | Non
     """The limits in their current windows: a limit whose window ended gets used 0 and its new window.
 
     The caller holds the limits' row locks (or accepts that a concurrent writer resets first: the
-    update is conditional on the old window_start, so a window starts exactly once and the losing
+    update is conditional on the old resets_at, so a window starts exactly once and the losing
     writer reads the row as the winner left it). Returns the limits as they now are.
     """
     at = at or utcnow()
@@ -53,9 +53,11 @@ def limits_current(project: Project, limits: Iterable[Limit], at: datetime | Non
     audits: list[AuditLog] = []
     for limit in limits:
         if _due(limit, at):
-            old_start, used = limit.window_start, limit.used
+            old_start, old_resets_at, used = limit.window_start, limit.resets_at, limit.used
             start, resets_at = window_of(limit.window, project, at)
-            if Limit.objects.filter(pk=limit.pk, window_start=old_start).update(
+            # Conditional on the old end: once reset, the row's end is in the future and a stale
+            # reader's update matches nothing (it reads the row as the winner left it).
+            if Limit.objects.filter(pk=limit.pk, resets_at=old_resets_at).update(
                     used=0, window_start=start, resets_at=resets_at, updated_at=at):
                 limit.used, limit.window_start, limit.resets_at, limit.updated_at = 0, start, resets_at, at
                 audits.append(_audit_entry(limit, actor, old_start, used))
