@@ -45,9 +45,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def server(transactional_db):
-    """gunicorn -w 4 on the test database; yields its base URL."""
+@pytest.fixture(scope="module")
+def server(django_db_setup):
+    """gunicorn -w 4 on the test database, started once for the module; yields its base URL.
+
+    Each test still starts from its own committed data (transactional_db empties the tables after
+    it): the server holds no database connection between requests (DB_CONN_MAX_AGE=0), and what
+    its workers cache is keyed by API key, and every test makes keys of its own.
+    """
     url = urlsplit(os.environ["DATABASE_URL"])
     test_db_url = urlunsplit(url._replace(path="/" + connection.settings_dict["NAME"]))
     port = _free_port()
