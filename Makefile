@@ -35,20 +35,22 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
-	$(call on_local_postgres,postgres)
+	$(call on_local_postgres,postgres,$(XDIST))
 
 test-fast: install
 	$(BIN)/python -m pytest $(XDIST) -m "$(FAST)" $(PYTEST_ARGS)
-	$(call on_local_postgres,postgres and $(FAST))
+	$(call on_local_postgres,postgres and $(FAST),)
 
 # The tests marked postgres (and $(1)) on LOCAL_DATABASE_URL, if DATABASE_URL is unset and it
-# answers. Exit status 5 (no test selected, e.g. PYTEST_ARGS named a file without any) is fine.
+# answers, with pytest options $(2) (test-fast's dozen run quicker in one process: one test
+# database to create, not one per worker). Exit status 5 (no test selected, e.g. PYTEST_ARGS
+# named a file without any) is fine.
 define on_local_postgres
 	@if [ -n "$$DATABASE_URL" ]; then exit 0; fi; \
 	if ! $(BIN)/python -m tests.postgres_support "$(LOCAL_DATABASE_URL)"; then \
 	  echo "No PostgreSQL answers at $(LOCAL_DATABASE_URL): the tests marked postgres stay skipped."; exit 0; fi; \
 	echo "The tests marked postgres, on $(LOCAL_DATABASE_URL):"; \
-	DATABASE_URL="$(LOCAL_DATABASE_URL)" $(BIN)/python -m pytest $(XDIST) -m "$(1)" $(PYTEST_ARGS); \
+	DATABASE_URL="$(LOCAL_DATABASE_URL)" $(BIN)/python -m pytest $(2) -m "$(1)" $(PYTEST_ARGS); \
 	status=$$?; [ $$status -eq 0 ] || [ $$status -eq 5 ]
 endef
 
