@@ -8,6 +8,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test test-fast install proxy-venv lint bench clean
 
+# Both run the suite in TEST_WORKERS processes (pytest-xdist; each its own test database, Redis
+# database and VAR_DIR: budgetsite/settings_test.py), a test file per process at a time (--dist loadfile:
+# a module's server or browser starts once). TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 # `make test-fast` leaves out the browser tests, the real Celery workers and the tests marked
 # slow (other processes, faults, property tests, big pages, live-server clients): see pytest.ini.
 FAST := not slow and not browser and not celery_worker
@@ -45,21 +50,23 @@ run: install
 	$(BIN)/python manage.py run_embedded
 
 test: install proxy-venv
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
-	$(call on_local_postgres,postgres)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
+	$(call on_local_postgres,postgres,$(XDIST))
 
 test-fast: install
-	$(BIN)/python -m pytest -m "$(FAST)" $(PYTEST_ARGS)
-	$(call on_local_postgres,postgres and $(FAST))
+	$(BIN)/python -m pytest $(XDIST) -m "$(FAST)" $(PYTEST_ARGS)
+	$(call on_local_postgres,postgres and $(FAST),)
 
 # The tests marked postgres (and $(1)) on LOCAL_DATABASE_URL, if DATABASE_URL is unset and it
-# answers. Exit status 5 (no test selected, e.g. PYTEST_ARGS named a file without any) is fine.
+# answers, with pytest options $(2) (test-fast's dozen run quicker in one process: one test
+# database to create, not one per worker). Exit status 5 (no test selected, e.g. PYTEST_ARGS
+# named a file without any) is fine.
 define on_local_postgres
 	@if [ -n "$$DATABASE_URL" ]; then exit 0; fi; \
 	if ! $(BIN)/python -m tests.postgres_support "$(LOCAL_DATABASE_URL)"; then \
 	  echo "No PostgreSQL answers at $(LOCAL_DATABASE_URL): the tests marked postgres stay skipped."; exit 0; fi; \
 	echo "The tests marked postgres, on $(LOCAL_DATABASE_URL):"; \
-	DATABASE_URL="$(LOCAL_DATABASE_URL)" $(BIN)/python -m pytest -m "$(1)" $(PYTEST_ARGS); \
+	DATABASE_URL="$(LOCAL_DATABASE_URL)" $(BIN)/python -m pytest $(2) -m "$(1)" $(PYTEST_ARGS); \
 	status=$$?; [ $$status -eq 0 ] || [ $$status -eq 5 ]
 endef
 

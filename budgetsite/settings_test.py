@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz")
 os.environ.setdefault("ALLOWED_HOSTS", "*")
 os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
 os.environ.setdefault("SESSION_COOKIE_SECURE", "false")
 os.environ.setdefault("CSRF_COOKIE_SECURE", "false")
+
+# pytest-xdist (`make test` runs the suite in 2 processes, gw0 and gw1): pytest-django gives each
+# its own test database; this gives each its own Redis database (REDIS_URL's number plus the
+# worker's index) and VAR_DIR (the SQLite broker of a run without Redis). Set in os.environ, so
+# the servers and workers a test starts inherit them; TEST_BASE_REDIS_URL keeps the run's own
+# REDIS_URL (tests/redis_support.spare_redis_url) and says it is done.
+if os.environ.get("PYTEST_XDIST_WORKER") and "TEST_BASE_REDIS_URL" not in os.environ:
+    _worker = os.environ["PYTEST_XDIST_WORKER"]
+    _redis_url = os.environ.get("REDIS_URL", "")
+    os.environ["TEST_BASE_REDIS_URL"] = _redis_url
+    if _redis_url:
+        _parts = urlsplit(_redis_url)
+        _number = int(_parts.path.strip("/") or 0) + int(_worker.removeprefix("gw"))
+        os.environ["REDIS_URL"] = urlunsplit(_parts._replace(path=f"/{_number}"))
+    if "VAR_DIR" not in os.environ:
+        os.environ["VAR_DIR"] = str(Path(__file__).resolve().parent.parent / "var" / f"xdist-{_worker}")
 
 from .settings import *  # noqa: E402,F403
 from .settings import DATABASES, VAR_DIR  # noqa: E402  (named: changed below)

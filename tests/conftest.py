@@ -6,6 +6,7 @@ or overrides the fixture with one that takes it (`def api(api, make_budget): ...
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from django.conf import settings
 from django.db import connections
 from django.test import Client
+from pytest_django.plugin import blocking_manager_key
 
 from budgets import services
 from budgets.domain import pricing
@@ -31,6 +33,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "postgres" in item.keywords and not ON_POSTGRES:
             item.add_marker(skip)
+        # Schemathesis names each operation's test `test_...[GET /api/v1/users]` but, on pytest 9,
+        # leaves all of them the function's node id; pytest-xdist (`make test`) schedules by node id
+        # and would run one of the 17. Each gets the id its name says.
+        if item.parent is not None and not item.nodeid.endswith(f"::{item.name}"):
+            nodeid = f"{item.parent.nodeid}::{item.name}"
+            if hasattr(item, "_id"):  # pytest 9: a structured NodeId
+                item._id = type(item._id).parse(nodeid)
+            else:
+                item._nodeid = nodeid
+    twice = sorted(nodeid for nodeid, count in Counter(item.nodeid for item in items).items() if count > 1)
+    if twice:  # pytest-xdist would run one test of each such id and say nothing of the others
+        raise pytest.UsageError(f"tests that share a node id: {twice}")
 
 
 @pytest.fixture(autouse=True)
@@ -41,17 +55,40 @@ def fresh_price_cache():
     pricing.clear_price_cache()
 
 
+def _transactional(item: pytest.Item) -> bool:
+    """Whether pytest-django runs `item` on committed data, and empties every table after it."""
+    marker = item.get_closest_marker("django_db")
+    return bool((marker is not None and marker.kwargs.get("transaction")) or any(
+        name in getattr(item, "fixturenames", ()) for name in ("transactional_db", "live_server")
+    ))
+
+
 @pytest.fixture(autouse=True)
 def prices_after_flush(request: pytest.FixtureRequest) -> None:
     """Transactional tests flush every table afterwards, the price map too: load it again."""
-    marker = request.node.get_closest_marker("django_db")
-    transactional = (marker is not None and marker.kwargs.get("transaction")) or any(
-        name in request.fixturenames for name in ("transactional_db", "live_server")
-    )
-    if transactional:
+    if _transactional(request.node):
         request.getfixturevalue("transactional_db")
         if not ModelPrice.objects.exists():
             load_price_map()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """After a transactional test's flush, write again the rows the migrations wrote (prices, beat schedule).
+
+    Run alone, pytest-django puts every transactional test after the others; with pytest-xdist
+    (`make test`, --dist loadfile) a worker runs a file at a time, so the next file's tests,
+    which read the price snapshot and the beat schedule as `migrate` left them, can come after a flush.
+    """
+    result = yield
+    if _transactional(item) and nextitem is not None:  # after the last test, the test database is gone
+        from budgets.services.schedule import beat_schedule_install
+
+        with item.config.stash[blocking_manager_key].unblock():
+            if not ModelPrice.objects.exists():
+                load_price_map()
+            beat_schedule_install()
+    return result
 
 
 @pytest.fixture
@@ -136,8 +173,13 @@ def budget_client(live_server, acme) -> Iterator[Any]:
 # --- a real server: gunicorn with 4 workers (the concurrency proofs) -------------------------------
 
 
-@pytest.fixture
-def server(transactional_db) -> Iterator[str]:
-    """gunicorn -w 4 on the test database; yields its base URL (tests.server_support)."""
+@pytest.fixture(scope="module")
+def server(django_db_setup) -> Iterator[str]:
+    """gunicorn -w 4 on the test database, started once per module; yields its base URL (tests.server_support).
+
+    Each test still starts from its own committed data (its transactional_db empties the tables
+    after it): the server holds no database connection between requests (DB_CONN_MAX_AGE=0), what
+    its workers cache is keyed by API key, and every test makes keys of its own.
+    """
     with start_server() as base:
         yield base

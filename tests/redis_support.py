@@ -13,12 +13,34 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 REDIS_SERVER = shutil.which("redis-server")
-# With no REDIS_URL the Redis tests use 127.0.0.1's Redis when it answers, in a database of their own.
-LOCAL_REDIS_URL = "redis://127.0.0.1:6379/15"
+# REDIS_URL as given to the whole run, before budgetsite/settings_test.py added a pytest-xdist worker's index.
+BASE_REDIS_URL = "TEST_BASE_REDIS_URL"
+
+
+def worker_index() -> int:
+    """N in pytest-xdist's worker gwN; 0 outside xdist."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+
+
+def worker_count() -> int:
+    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+
+
+def redis_db_of(url: str) -> int:
+    return int(urlsplit(url).path.strip("/") or 0)
+
+
+def with_redis_db(url: str, number: int) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{number}"))
+
+# With no REDIS_URL the Redis tests use 127.0.0.1's Redis when it answers, in a database of their own
+# (15, and 14, 13, ... for the other pytest-xdist workers).
+LOCAL_REDIS_URL = f"redis://127.0.0.1:6379/{15 - worker_index()}"
 
 
 def free_port() -> int:
@@ -57,6 +79,18 @@ def redis_url_or_skip() -> str:
     if local_redis_answers():
         return LOCAL_REDIS_URL
     pytest.skip("needs Redis: none answers on 127.0.0.1:6379 and REDIS_URL is not set")
+
+
+def spare_redis_url() -> str:
+    """A Redis database no other test of this run uses, for a test that empties it first (or skips).
+
+    The run's REDIS_URL number plus the number of workers plus this worker's index: with
+    REDIS_URL=.../6 and `-n 2` the workers use 6 and 7 and their spares are 8 and 9; run alone, 7.
+    """
+    url = os.environ.get(BASE_REDIS_URL) or redis_url_or_skip()
+    if not os.environ.get(BASE_REDIS_URL) and not os.environ.get("REDIS_URL"):
+        return with_redis_db(url, redis_db_of(url) - worker_count())  # below the workers' 15, 14, ...
+    return with_redis_db(url, redis_db_of(url) + worker_count() + worker_index())
 
 
 def need_redis_server() -> None:

@@ -39,6 +39,7 @@ from budgets.selectors.console import visible_projects
 from budgets.services import projects as project_services
 from tests.api_helpers import new_key
 from tests.fault_support import Gunicorn, need_gunicorn, need_redis_server
+from tests.redis_support import spare_redis_url
 
 pytestmark = pytest.mark.django_db
 
@@ -250,7 +251,7 @@ def test_threads_recording_while_the_project_is_deleted_get_no_500_and_no_503(
     need_redis_server()
     from tests.test_faults import _test_database_url
 
-    redis_url = "redis://127.0.0.1:6379/3"
+    redis_url = spare_redis_url()
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": redis_url}}
     cache.delete(key_selectors.KEY_GENERATION)
     make_budget("alice", total_budget="100000")

@@ -32,7 +32,7 @@ from budgets.models import Alert, CostEvent, Project, UserBudget
 from budgets.services.schedule import beat_schedule_install
 from tests.api_helpers import new_key
 from tests.celery_support import WebhookReceiver
-from tests.redis_support import redis_url_or_skip
+from tests.redis_support import spare_redis_url
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -80,8 +80,7 @@ def _post(call: tuple[str, str, str, dict]) -> int:
 
 
 def test_two_web_instances_two_workers_and_beat_share_one_database_and_one_redis(tmp_path):
-    redis_url = redis_url_or_skip()
-    redis_url = urlunsplit(urlsplit(redis_url)._replace(path="/14"))  # a database of its own, emptied first
+    redis_url = spare_redis_url()  # a database of its own, emptied first
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()
