@@ -129,6 +129,24 @@ class Session:
 
 
 @pytest.fixture
+def tab(browser, live_server) -> Iterator:
+    """Logged-in tabs by role (`tab("owner")`): each checked on close for outside requests and JS errors."""
+    tabs: list[Session] = []
+
+    def make(role: str) -> Session:
+        session = Session(browser, live_server.url)
+        session.login(f"{role}-1")
+        tabs.append(session)
+        return session
+
+    yield make
+    for session in tabs:
+        session.close()
+        assert session.foreign_requests() == [], "the browser fetched something from outside the test server"
+        assert session.errors == [], f"JavaScript errors: {session.errors}"
+
+
+@pytest.fixture
 def session(browser, live_server) -> Iterator[Session]:
     tab = Session(browser, live_server.url)
     yield tab

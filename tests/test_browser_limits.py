@@ -8,7 +8,6 @@ Chromium unless BROWSER_TESTS=required.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -18,7 +17,7 @@ from django.urls import reverse
 from budgets import services
 from budgets.domain.usage import Usage
 from budgets.models import CostEvent, Limit, Project, TeamMember
-from tests.test_browser import PASSWORD, Session, assert_charts_drawn, browser  # noqa: F401 (the fixture)
+from tests.test_browser import PASSWORD, Session, assert_charts_drawn, browser, tab  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
@@ -54,25 +53,8 @@ def acme(db) -> Project:
     return project
 
 
-@pytest.fixture
-def tab(browser, live_server) -> Iterator:  # noqa: F811 (the imported fixture)
-    tabs: list[Session] = []
-
-    def make(role: str) -> Session:
-        session = Session(browser, live_server.url)
-        session.login(f"{role}-1")
-        tabs.append(session)
-        return session
-
-    yield make
-    for session in tabs:
-        session.close()
-        assert session.foreign_requests() == [], "the browser fetched something from outside the test server"
-        assert session.errors == [], f"JavaScript errors: {session.errors}"
-
-
 @pytest.mark.parametrize("role", ROLES)
-def test_each_role_sees_the_teams_and_limits_pages_with_only_its_buttons(tab, acme, role):
+def test_each_role_sees_the_teams_and_limits_pages_with_only_its_buttons(tab, acme, role):  # noqa: F811 (the imported fixture)
     session = tab(role)
     page = session.page
     can_change = role in ("owner", "manager")
@@ -107,7 +89,7 @@ def test_each_role_sees_the_teams_and_limits_pages_with_only_its_buttons(tab, ac
     session.screenshot(f"limits-models-{role}")
 
 
-def test_an_owner_creates_a_team_and_limits_and_edits_and_deletes_one(tab, acme):
+def test_an_owner_creates_a_team_and_limits_and_edits_and_deletes_one(tab, acme):  # noqa: F811 (the imported fixture)
     session = tab("owner")
     page = session.page
 

@@ -7,7 +7,6 @@ and no request leaves the test server. Skipped without Chromium unless BROWSER_T
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -18,7 +17,7 @@ from django.utils.timezone import now
 from budgets import services
 from budgets.domain.usage import Usage
 from budgets.models import Alert, Membership, Project, UserBudget
-from tests.test_browser import PASSWORD, Session, assert_charts_drawn, browser  # noqa: F401 (the fixture)
+from tests.test_browser import PASSWORD, Session, assert_charts_drawn, browser, tab  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
@@ -49,23 +48,6 @@ def team(db) -> Project:
     return project
 
 
-@pytest.fixture
-def tab(browser, live_server) -> Iterator:  # noqa: F811 (the imported fixture)
-    tabs: list[Session] = []
-
-    def make(role: str) -> Session:
-        session = Session(browser, live_server.url)
-        session.login(f"{role}-1")
-        tabs.append(session)
-        return session
-
-    yield make
-    for session in tabs:
-        session.close()
-        assert session.foreign_requests() == [], "the browser fetched something from outside the test server"
-        assert session.errors == [], f"JavaScript errors: {session.errors}"
-
-
 def post_status(session: Session, path: str) -> int:
     """A POST from the page with its CSRF token (what a hand-made form would send); the answer's status."""
     return session.page.evaluate(
@@ -79,7 +61,7 @@ def post_status(session: Session, path: str) -> int:
 
 
 @pytest.mark.parametrize("role", ROLES)
-def test_each_role_sees_the_team_pages_with_only_its_buttons(tab, team, role):
+def test_each_role_sees_the_team_pages_with_only_its_buttons(tab, team, role):  # noqa: F811 (the imported fixture)
     session = tab(role)
     page = session.page
     pk = team.pk
@@ -170,7 +152,7 @@ def test_an_owner_invites_a_member_who_accepts_and_sends_a_test_webhook(tab, tea
     session.screenshot("team-delete-owner")
 
 
-def test_a_manager_sets_budgets_in_bulk_and_imports_a_csv(tab, team, tmp_path):
+def test_a_manager_sets_budgets_in_bulk_and_imports_a_csv(tab, team, tmp_path):  # noqa: F811 (the imported fixture)
     session = tab("manager")
     page = session.page
 
