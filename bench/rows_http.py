@@ -177,6 +177,7 @@ def row_record(args: argparse.Namespace, env: dict[str, str]) -> Row:
     sql_per_record(row, key)
     nonce = str(time.time_ns())
     limits_key = limits_project("bench-limits", SPREAD_USERS)
+    spread_keys = [limits_project(f"bench-spread-{index}", PROJECT_USERS) for index in range(PROJECTS)]
     with gunicorn(env) as server:
         before = healthz_baseline(server, args)
         print(f"  healthz: {before.rps:.0f} req/s, p50 {before.p50_ms:.1f} ms", flush=True)
@@ -200,6 +201,7 @@ def row_record(args: argparse.Namespace, env: dict[str, str]) -> Row:
             runs.append((name, wrk(server.base + "/", script="request.lua", env={**common, **extra},
                                    duration=args.duration, connections=args.connections)))
         pair = reserve_settle(row, server, key, args)
+        one, spread = one_project_or_eight(spread_keys, args, server)
         after = healthz_baseline(server, args)
         base = mean_baseline(before, after)
         row.add("GET /healthz (baseline, mean of before/after)", base.rps, "req/s", p50_ms=round(base.p50_ms, 2),
@@ -207,9 +209,33 @@ def row_record(args: argparse.Namespace, env: dict[str, str]) -> Row:
         for name, result in runs:
             wrk_line(row, name, result, base, target=0.5)
         if pair is not None:
-            wrk_line(row, "reserve + settle (requests, 2 per pair)", pair, base, target=0.5)
+            wrk_line(row, "reserve + settle (requests, 2 per pair)", pair, base, target=0.25)
             row.lines[-1]["pairs_per_s"] = round(pair.rps / 2, 1)
+        wrk_line(row, "record, five limits, 8 clients, 8 projects (baseline of the next line)", spread, base,
+                 target=None)
+        wrk_line(row, "record, five limits, 8 clients, one project", one, spread, target=0.7,
+                 baseline="8 projects")
     return row
+
+
+PROJECTS = 8
+
+
+def one_project_or_eight(keys: list[str], args: argparse.Namespace, server: Server) -> tuple[WrkResult, WrkResult]:
+    """Records with five limits from 8 concurrent clients: all to one project, then spread over 8 projects.
+
+    One project's records all lock its row (and its project, team, key and tag limits' rows) in turn:
+    what that costs is the first run against the second (the same work, no shared rows)."""
+    common = {"BM_BODY": TAGGED_BODY, "BM_PATH": "/api/v1/users/{user}/costs", "BM_USERS": str(PROJECT_USERS)}
+    runs = {}
+    for name, extra in (("one", {"BM_KEY": keys[0]}), ("spread", {"BM_KEYS": ",".join(keys)}),
+                        ("one again", {"BM_KEY": keys[0]}), ("spread again", {"BM_KEYS": ",".join(keys)})):
+        runs[name] = wrk(server.base + "/", script="request.lua", env={**common, **extra}, duration=args.duration,
+                         connections=PROJECTS, threads=2)
+    return (mean_baseline(runs["one"], runs["one again"]), mean_baseline(runs["spread"], runs["spread again"]))
+
+
+PROJECT_USERS = 100
 
 
 def reserve_settle(row: Row, server: Server, key: str, args: argparse.Namespace) -> WrkResult | None:

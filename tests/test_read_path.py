@@ -13,7 +13,9 @@ import time
 import uuid
 
 import pytest
-from django.core.cache import cache
+import redis
+from django.core.cache import cache, caches
+from django.core.cache.backends.redis import RedisCache
 from django.db import connection
 from django.test import Client, RequestFactory
 from django.test.utils import CaptureQueriesContext
@@ -44,8 +46,18 @@ def limited(settings):
 
 @pytest.fixture
 def counted_cache_reads(monkeypatch):
-    """How many times the shared cache was read since the fixture started."""
+    """How many times the shared cache was read since the fixture started (on Redis, every read of the
+    server, Django's cache's own and the key generation's through its kept client)."""
     reads: list[str] = []
+    if isinstance(caches["default"], RedisCache):
+        original_redis = redis.Redis.get
+
+        def redis_get(client, name):
+            reads.append(KEY_GENERATION if str(name).endswith(KEY_GENERATION) else name)
+            return original_redis(client, name)
+
+        monkeypatch.setattr(redis.Redis, "get", redis_get)
+        return reads
     original = cache.get
 
     def get(key, *args, **kwargs):

@@ -1,5 +1,6 @@
 -- One API request per call, for wrk: method, path, body and headers from the environment.
 --   BM_KEY          the project's API key (Authorization: Bearer ...)
+--   BM_KEYS         several projects' keys, comma-separated: each request takes one at random
 --   BM_METHOD       GET or POST (default POST)
 --   BM_PATH         the path; "{user}" is replaced by the user of this request
 --   BM_BODY         the JSON body (POST)
@@ -7,6 +8,10 @@
 --   BM_IDEMPOTENCY  "1": a unique Idempotency-Key header on every request
 --   BM_NONCE        makes the keys unique across runs
 local key = os.getenv("BM_KEY") or ""
+local keys = {}
+for each in string.gmatch(os.getenv("BM_KEYS") or "", "[^,]+") do
+  table.insert(keys, each)
+end
 local method = os.getenv("BM_METHOD") or "POST"
 local path = os.getenv("BM_PATH") or "/healthz"
 local body = os.getenv("BM_BODY")
@@ -32,7 +37,11 @@ function request()
   if users > 1 then
     user = "u" .. math.random(0, users - 1)
   end
-  local headers = {["Authorization"] = "Bearer " .. key, ["Content-Type"] = "application/json"}
+  local bearer = key
+  if #keys > 0 then
+    bearer = keys[math.random(1, #keys)]
+  end
+  local headers = {["Authorization"] = "Bearer " .. bearer, ["Content-Type"] = "application/json"}
   if idempotent then
     headers["Idempotency-Key"] = nonce .. "-" .. tid .. "-" .. counter
   end

@@ -57,7 +57,10 @@ def reserve(
         api_key=request.api_key,  # type: ignore[attr-defined]
     )
     response = raw_json(dumps(ReservationOut.model_validate(reservation).model_dump()), 201, replayed=not created)
-    return with_budget_headers(response, reservation_limits(current_budget(request, user).budget, reservation))
+    # The limits as the hold left them, when the one-statement reservation returned them; else read now.
+    held_on = getattr(reservation, "held_on", None)
+    return with_budget_headers(response, held_on if held_on is not None
+                               else reservation_limits(current_budget(request, user).budget, reservation))
 
 
 @router.get("/reservations/{int:reservation_id}", response={200: ReservationOut, **ERRORS})

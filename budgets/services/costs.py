@@ -77,21 +77,6 @@ def cost_record(
 ) -> CostRecorded:
     """Record one call's cost in the ledger and add it to the user's and the project's spend.
 
-    (The work is `_cost_record`, in a transaction of its own or a savepoint of the caller's.)
-    """
-    with transaction.atomic():
-        return _cost_record(project=project, user_id=user_id, usage=usage, cost=cost, source=source,
-                            idempotency_key=idempotency_key, fingerprint=fingerprint, enforce=enforce, tags=tags,
-                            api_key=api_key)
-
-
-def _cost_record(
-    *, project: Project, user_id: str, usage: Usage, cost: Any = None, source: str,
-    idempotency_key: str | None = None, fingerprint: str = "", enforce: bool = False,
-    tags: tuple[str, ...] = (), api_key: ApiKey | None = None,
-) -> CostRecorded:
-    """Record one call's cost in the ledger and add it to the user's and the project's spend.
-
     `cost` None prices the usage from the price table (UnknownModel if the model has no price).
     With an idempotency key, a retry returns the first event and records nothing.
     With `enforce`, a call that the user's or the project's remaining budget (after open holds),
@@ -99,22 +84,30 @@ def _cost_record(
     Every applicable limit counts the call (services.ledger). `tags` and the API key (`api_key`,
     None for the manager) are kept on the ledger row and choose the key's and the tags' limits.
     Locks: the project row, the user's, then limits by id (one order everywhere; services.admission).
+
+    Without an idempotency key the ledger's write is all there is: on PostgreSQL, called outside a
+    transaction, it is one statement in autocommit. With a key, the answer is kept with the ledger row
+    in the same transaction (a retry answers from it), or in a savepoint of the caller's.
     """
     model = usage.model  # checked where the usage was read (validation.validate_model)
     # Rounded once to the stored 12 places, so the ledger, the spend and the answer agree.
     amount = stored(pricing.cost_of_usage(usage) if cost is None else to_money(cost, "cost"))
-
-    recorded = ledger.record(ledger.Call(
+    call = ledger.Call(
         project=project, user_id=user_id, usage=usage, model=model, amount=amount, source=source,
         idempotency_key=idempotency_key, fingerprint=fingerprint, enforce=enforce, tags=tuple(tags),
         key_name=api_key.name if api_key is not None else None, api_key_id=api_key.pk if api_key is not None else None,
-    ))
+    )
+    if idempotency_key is None:
+        recorded = ledger.record(call)
+    else:
+        with transaction.atomic():
+            recorded = ledger.record(call)
+            if recorded.created:
+                # Kept with the ledger row in its transaction: a retry answers from these, as the first did.
+                CostEvent.objects.filter(pk=recorded.event.pk).update(response=recorded_state(recorded, 201))
     if not recorded.created:
         return recorded_again(recorded.event, recorded.event.response, recorded)
     metrics.cost_recorded(project.name, recorded.event.model, amount)
-    if idempotency_key is not None:
-        # Kept with the ledger row in its transaction: a retry answers from these, as the first did.
-        CostEvent.objects.filter(pk=recorded.event.pk).update(response=recorded_state(recorded, 201))
     return recorded
 
 

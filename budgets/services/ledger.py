@@ -66,6 +66,59 @@ def _postgres() -> bool:
     return connection.vendor == "postgresql"
 
 
+def prepared_cursor() -> Any:
+    """A cursor (Django's wrapper: logged, traced, errors translated) whose statements are prepared once
+    per connection and bound on the server. For the hot path's few big statements: planning them took
+    more of the database's time than running them. Every Python int goes as bigint, so one statement
+    keeps one prepared plan whatever the numbers' sizes."""
+    if not _PREPARING:
+        _PREPARING.append(_preparing_cursor_class())
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    raw = connection.connection
+    if raw.prepare_threshold is None:
+        # Django turns psycopg's preparing off (None). Back on only for statements asked with
+        # prepare=True: the ORM's would need this many executions first.
+        raw.prepare_threshold = 2**31 - 1
+    with connection.wrap_database_errors:
+        cursor = _PREPARING[0](raw)
+    return connection._prepare_cursor(cursor)
+
+
+_PREPARING: list[type] = []
+
+
+def _preparing_cursor_class() -> type:
+    from django.db.backends.postgresql.base import ServerBindingCursor
+    from psycopg._queries import PostgresQuery, _query2pg
+    from psycopg.types.numeric import Int8Dumper
+
+    class Converted(PostgresQuery):
+        """psycopg splits a statement at its placeholders on every execute, caching the split only for
+        statements under 4 KiB; the hot path's few statements are longer, and always the same few."""
+
+        def convert(self, query: Any, vars: Any) -> None:
+            self.query, self._want_formats, self._order, self._parts = _query2pg(
+                self._ensure_bytes(query), self._tx.encoding)
+            self.dump(vars)
+
+    class Preparing(ServerBindingCursor):  # type: ignore[misc,valid-type]
+        _query_cls = Converted
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.adapters.register_dumper(int, Int8Dumper)
+
+        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            return super().execute(query, params, prepare=True, **kwargs)
+
+        def _convert_query(self, query: Any, params: Any = None) -> Any:
+            self._query = super()._convert_query(query, params)  # kept, for Django's log of the SQL run
+            return self._query
+
+    return Preparing
+
+
 # --- what a record answers -----------------------------------------------------------------------
 
 
@@ -137,13 +190,17 @@ def limit_model(model: str) -> str:
 
 
 def record(call: Call) -> CostRecorded:
-    """The ledger row, its spend, rollups and alerts; on PostgreSQL in two statements when no period ends.
+    """The ledger row, its spend, rollups and alerts; on PostgreSQL one statement when no period ends.
 
-    With an idempotency key, a retry returns the first event and records nothing (`created` False).
+    Called outside a transaction, that statement is its own (autocommit: one round trip); inside the
+    caller's, it is part of it. With an idempotency key, a retry returns the first event and records
+    nothing (`created` False). Alert rows for crossed thresholds follow the ledger row (in autocommit,
+    in a transaction of their own right after it).
     """
-    recorded = _record_in_two_statements(call) if _postgres() else None
+    recorded = _record_in_one_statement(call) if _postgres() else None
     if recorded is None:  # SQLite, or a period must start first
-        recorded = _record_with_the_orm(call)
+        with transaction.atomic():  # a savepoint inside the caller's transaction: a refusal leaves it usable
+            recorded = _record_with_the_orm(call)
     if recorded.created:
         alerts.spend_recorded(project=call.project, budget=recorded.budget, amount=call.amount)
         if recorded.limits:
@@ -254,67 +311,47 @@ def _replay(project: Project, key: str, fingerprint: str, budget: UserBudget) ->
                         model_costs=model_costs(budget))
 
 
-# PostgreSQL: the project row locked and the user's budget read with its spend per model in one
-# statement, which also finds the applicable limits (ids, and whether a window ended); then the
-# ledger row, the three spend increments, the daily rollups and the limits' counts in a second one
-# (data-modifying CTEs; the rollups are those of services.rollups). With `enforce` and limits, a
-# statement between the two locks the limits by id and reads them for admission. A repeated
-# Idempotency-Key inserts nothing, so nothing else changes.
-_READ_LOCKED = """
-SELECT p.current_spend, p.held, p.max_budget, p.period_start, p.next_reset_at, p.duration,
-       b.id, b.total_budget, b.current_spend, b.held, b.duration, b.duration_days, b.period_start, b.next_reset_at,
-       b.created_at, b.updated_at,
-       (SELECT COALESCE(jsonb_object_agg(s.model, s.spend::text), '{}'::jsonb)
-        FROM budgets_modelspend s WHERE s.budget_id = b.id),
-       (SELECT COALESCE(jsonb_agg(jsonb_build_array(x.id, x.resets_at <= %(at)s))::text, '[]')
-        FROM (/*limits*/) x)
-FROM budgets_project p JOIN budgets_userbudget b ON b.project_id = p.id AND b.user_id = %(user)s
-WHERE p.id = %(project)s
-FOR NO KEY UPDATE OF /*locked*/
-"""
-_POSITIONAL = re.compile(r"(?<!%)%s")
-
-
-def _limits_query(call: Call) -> tuple[str, dict[str, Any]]:
-    """applicable_limits (the team found in the query) as SQL with named parameters, for _READ_LOCKED.
-
-    Compiling the queryset costs more than the record's statements: it is compiled once per shape
-    (a key or not, how many tags, a model or not) with stand-in values, which each call replaces.
-    """
-    scope = call.scope()
-    shape = (bool(scope.key_name), len(scope.tags), bool(scope.model))
-    if shape not in _LIMITS_SQL:
-        _LIMITS_SQL[shape] = _compile_limits_query(*shape)
-    sql, roles = _LIMITS_SQL[shape]
-    values: dict[Any, Any] = {_PROJECT: call.project.pk, _USER: scope.user_id, _KEY: scope.key_name,
-                              _MODEL: scope.model, **dict(zip(_TAGS, scope.tags, strict=False))}
-    return sql, {f"limit{index}": values.get(role, role) if isinstance(role, str | int) else role
-                 for index, role in enumerate(roles)}
-
-
-# Stand-ins for a call's values in the compiled query (never sent: each is replaced by the call's).
-_PROJECT, _USER, _KEY, _MODEL = -7_340_032_001, "\x00user", "\x00key", "\x00model"
-_TAGS = tuple(f"\x00tag{index}" for index in range(MAX_TAGS))
-_LIMITS_SQL: dict[tuple[bool, int, bool], tuple[str, list[Any]]] = {}
-
-
-def _compile_limits_query(key: bool, tags: int, model: bool) -> tuple[str, list[Any]]:
-    """The applicable limits' SQL of a shape, with named parameters, and what each parameter is
-    (a stand-in, replaced per call, or a constant of the query)."""
-    stand_in = CallScope(project=Project(pk=_PROJECT), user_id=_USER, model=_MODEL if model else "",
-                         key_name=_KEY if key else None, tags=_TAGS[:tags])
-    sql, params = applicable_limits_finding_team(stand_in).values_list("id", "resets_at").query.sql_with_params()
-    names = iter(range(len(params)))
-    return _POSITIONAL.sub(lambda _: f"%(limit{next(names)})s", sql), list(params)
-
-
-_WRITE = """
-WITH ev AS (
+# PostgreSQL: a record is one statement. Outside a transaction it runs in autocommit: one round trip,
+# and the rows' locks are held only while the server runs it and commits, never across a round trip.
+# Its CTEs, in lock order: the project row locked (`pl`), the user's budget (`bl`, locked too with
+# `enforce`), the applicable limits (`ll`, found with the user's team, locked by id with `enforce`),
+# the verdict (`ok`: "due" when a period or a window must start first, "refused" when an enforced call
+# does not fit, else "go"), then the ledger row and everything derived from it: the three spend
+# increments, the four daily rollups (services.rollups) and the limits' `used`. Only a "go" inserts
+# the ledger row, and every write is conditional on that row: a refusal, a due period or a repeated
+# Idempotency-Key writes nothing.
+_RECORD = """
+WITH pl AS MATERIALIZED (
+    SELECT current_spend, held, max_budget, period_start, next_reset_at, duration
+    FROM budgets_project WHERE id = %(project)s FOR NO KEY UPDATE
+), bl AS MATERIALIZED (
+    SELECT b.id, b.total_budget, b.current_spend, b.held, b.duration, b.duration_days, b.period_start,
+           b.next_reset_at, b.created_at, b.updated_at
+    FROM budgets_userbudget b, pl WHERE b.project_id = %(project)s AND b.user_id = %(user)s/*lock budget*/
+), ll AS MATERIALIZED (
+    SELECT l.id, l.scope, l.subject, l.model, l.unit, l."window", l.mode, l.amount, l.used, l.held, l.resets_at,
+           l.window_start, CASE l.unit WHEN 'usd' THEN %(amount)s WHEN 'tokens' THEN %(tokens)s ELSE 1 END AS need
+    FROM budgets_limit l, bl WHERE l.id IN (SELECT x.id FROM (/*limits*/) x) ORDER BY l.id/*lock limits*/
+), ok AS MATERIALIZED (
+    SELECT bl.id AS budget_id, CASE
+        WHEN pl.next_reset_at <= %(at)s OR bl.next_reset_at <= %(at)s
+             OR EXISTS (SELECT 1 FROM ll WHERE ll.resets_at <= %(at)s) THEN 'due'
+        WHEN %(enforce)s AND (
+            CASE WHEN %(amount)s = 0 THEN bl.current_spend + bl.held >= bl.total_budget
+                 ELSE bl.current_spend + bl.held + %(amount)s > bl.total_budget END
+            OR CASE WHEN %(amount)s = 0 THEN pl.current_spend + pl.held >= pl.max_budget
+                    ELSE pl.current_spend + pl.held + %(amount)s > pl.max_budget END
+            OR EXISTS (SELECT 1 FROM ll WHERE ll.mode = 'hard' AND ll.need > 0
+                       AND ll.used + ll.held + ll.need > ll.amount)) THEN 'refused'
+        ELSE 'go' END AS verdict
+    FROM pl, bl
+), ev AS (
     INSERT INTO budgets_costevent (project_id, budget_id, user_id, model, prompt_tokens, completion_tokens,
         cached_tokens, cache_creation_tokens, cost, source, idempotency_key, request_fingerprint, created_at, tags,
         api_key_id)
-    VALUES (%(project)s, %(budget)s, %(user)s, %(model)s, %(prompt)s, %(completion)s, %(cached)s, %(creation)s,
-        %(amount)s, %(source)s, %(key)s, %(fingerprint)s, %(at)s, %(tags)s, %(api_key)s)
+    SELECT %(project)s, ok.budget_id, %(user)s, %(model)s, %(prompt)s, %(completion)s, %(cached)s, %(creation)s,
+        %(amount)s, %(source)s, %(key)s, %(fingerprint)s, %(at)s, %(tags)s, %(api_key)s
+    FROM ok WHERE ok.verdict = 'go'
     ON CONFLICT (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id
 ), p AS (
@@ -322,14 +359,19 @@ WITH ev AS (
     WHERE id = %(project)s AND EXISTS (SELECT 1 FROM ev) RETURNING current_spend
 ), b AS (
     UPDATE budgets_userbudget SET current_spend = current_spend + %(amount)s, updated_at = %(at)s
-    WHERE id = %(budget)s AND EXISTS (SELECT 1 FROM ev) RETURNING current_spend
+    WHERE id = (SELECT budget_id FROM ok) AND EXISTS (SELECT 1 FROM ev) RETURNING current_spend
 ), m AS (
     INSERT INTO budgets_modelspend AS s (budget_id, model, spend, prompt_tokens, completion_tokens)
-    SELECT %(budget)s, %(model)s, %(amount)s, %(prompt)s, %(completion)s WHERE EXISTS (SELECT 1 FROM ev)
+    SELECT ok.budget_id, %(model)s, %(amount)s, %(prompt)s, %(completion)s FROM ok WHERE EXISTS (SELECT 1 FROM ev)
     ON CONFLICT (budget_id, model) DO UPDATE SET spend = s.spend + EXCLUDED.spend,
         prompt_tokens = s.prompt_tokens + EXCLUDED.prompt_tokens,
         completion_tokens = s.completion_tokens + EXCLUDED.completion_tokens
     RETURNING spend
+), l AS (
+    UPDATE budgets_limit t SET used = t.used + CASE t.unit WHEN 'usd' THEN %(amount)s WHEN 'tokens' THEN %(tokens)s
+        ELSE 1 END, updated_at = %(at)s
+    WHERE t.id = ANY(ARRAY(SELECT ll.id FROM ll)) AND EXISTS (SELECT 1 FROM ev)
+    RETURNING t.id, t.used
 )"""
 # The rollups' upserts, one per grain of services.rollups (a new grain or column is added there only).
 _ROLLUP_VALUES = {"day": "%(day)s", "month": "%(month)s", "user_id": "%(user)s", "model": "%(model)s",
@@ -349,96 +391,124 @@ def _rollup_cte(name: str, grain: Grain) -> str:
     )
 
 
-_ROLLUP_NAMES = [f"r{index}" for index in range(len(GRAINS))]
-_WRITE += "".join(_rollup_cte(name, grain) for name, grain in zip(_ROLLUP_NAMES, GRAINS, strict=True))
-_FROM = " FROM ev, p, b, m, " + ", ".join(_ROLLUP_NAMES)
-# The applicable limits' counts, in id order (the UPDATE's index scan of = ANY goes by id), returned.
-_LIMITS_CTE = """, l AS (
-    UPDATE budgets_limit SET used = used + CASE unit WHEN 'usd' THEN %(amount)s WHEN 'tokens' THEN %(tokens)s
-        ELSE 1 END, updated_at = %(at)s
-    WHERE id = ANY(%(limits)s) AND EXISTS (SELECT 1 FROM ev)
-    RETURNING id, scope, subject, model, unit, "window", mode, amount, used, held, resets_at, window_start
-)"""
-_LIMITS_OUT = ("(SELECT jsonb_agg(jsonb_build_array(id, scope, subject, model, unit, \"window\", mode, amount::text, "
-               "used::text, held::text, resets_at, window_start) ORDER BY id)::text FROM l)")
-_WRITE_WITH_LIMITS = (_WRITE + _LIMITS_CTE + "\nSELECT ev.id, p.current_spend, b.current_spend, m.spend, "
-                      + _LIMITS_OUT + _FROM)
-_WRITE += "\nSELECT ev.id, p.current_spend, b.current_spend, m.spend" + _FROM
+_RECORD += "".join(_rollup_cte(f"r{index}", grain) for index, grain in enumerate(GRAINS))
+# One row: the verdict, what the write returned, the figures read under the locks (for a refusal and the
+# answer) and the user's spend per model before this call; the limits after it (or as read, without a write).
+_RECORD += """
+SELECT ok.verdict, ev.id, p.current_spend, b.current_spend, m.spend,
+       pl.current_spend, pl.held, pl.max_budget, pl.period_start, pl.next_reset_at, pl.duration,
+       bl.id, bl.total_budget, bl.current_spend, bl.held, bl.duration, bl.duration_days, bl.period_start,
+       bl.next_reset_at, bl.created_at, bl.updated_at,
+       (SELECT COALESCE(jsonb_object_agg(s.model, s.spend::text), '{}'::jsonb)::text
+        FROM budgets_modelspend s WHERE s.budget_id = bl.id),
+       (SELECT jsonb_agg(jsonb_build_array(ll.id, ll.scope, ll.subject, ll.model, ll.unit, ll."window", ll.mode,
+            ll.amount::text, COALESCE(l.used, ll.used)::text, ll.held::text, ll.resets_at, ll.window_start)
+            ORDER BY ll.id)::text FROM ll LEFT JOIN l ON l.id = ll.id)
+FROM pl, bl, ok LEFT JOIN ev ON true LEFT JOIN p ON true LEFT JOIN b ON true LEFT JOIN m ON true
+"""
+_POSITIONAL = re.compile(r"(?<!%)%s")
 
 
-def _record_in_two_statements(call: Call) -> CostRecorded | None:
-    """Record with two statements (three with `enforce` and limits); None when the project's, the
-    user's or a limit's window must start first."""
+def limits_query(scope: CallScope, *, hard_only: bool = False) -> tuple[str, dict[str, Any]]:
+    """applicable_limits (the team found in the query) as SQL with named parameters, for a statement
+    of the hot path (_RECORD here, a reservation's in services.reservations).
+
+    Compiling the queryset costs more than the record's statement: it is compiled once per shape
+    (a key or not, how many tags, a model or not, hard limits only or all) with stand-in values,
+    which each call replaces.
+    """
+    shape = (bool(scope.key_name), len(scope.tags), bool(scope.model), hard_only)
+    if shape not in _LIMITS_SQL:
+        _LIMITS_SQL[shape] = _compile_limits_query(*shape)
+    sql, roles = _LIMITS_SQL[shape]
+    values: dict[Any, Any] = {_PROJECT: scope.project.pk, _USER: scope.user_id, _KEY: scope.key_name,
+                              _MODEL: scope.model, **dict(zip(_TAGS, scope.tags, strict=False))}
+    return sql, {f"limit{index}": values.get(role, role) if isinstance(role, str | int) else role
+                 for index, role in enumerate(roles)}
+
+
+# Stand-ins for a call's values in the compiled query (never sent: each is replaced by the call's).
+_PROJECT, _USER, _KEY, _MODEL = -7_340_032_001, "\x00user", "\x00key", "\x00model"
+_TAGS = tuple(f"\x00tag{index}" for index in range(MAX_TAGS))
+_LIMITS_SQL: dict[tuple[bool, int, bool, bool], tuple[str, list[Any]]] = {}
+
+
+def _compile_limits_query(key: bool, tags: int, model: bool, hard_only: bool) -> tuple[str, list[Any]]:
+    """The applicable limits' SQL of a shape, with named parameters, and what each parameter is
+    (a stand-in, replaced per call, or a constant of the query)."""
+    stand_in = CallScope(project=Project(pk=_PROJECT), user_id=_USER, model=_MODEL if model else "",
+                         key_name=_KEY if key else None, tags=_TAGS[:tags])
+    sql, params = (applicable_limits_finding_team(stand_in, hard_only=hard_only).values_list("id")
+                   .query.sql_with_params())
+    names = iter(range(len(params)))
+    return _POSITIONAL.sub(lambda _: f"%(limit{next(names)})s", sql), list(params)
+
+
+def _record_sql(limits_sql: str, enforce: bool) -> str:
+    """_RECORD for a shape of the limits' query; with `enforce` the budget's and the limits' rows are
+    locked too (in that order, after the project's): admission reads figures no one may change meanwhile."""
+    lock = " FOR NO KEY UPDATE OF b" if enforce else ""
+    return (_RECORD.replace("/*limits*/", limits_sql).replace("/*lock budget*/", lock)
+            .replace("/*lock limits*/", " FOR NO KEY UPDATE OF l" if enforce else ""))
+
+
+def _record_in_one_statement(call: Call) -> CostRecorded | None:
+    """Record with one statement; None when the project's, the user's or a limit's period must start first
+    (the portable path starts it). An enforced call without room raises BudgetExceeded and writes nothing."""
     project, user_id, usage, amount = call.project, call.user_id, call.usage, call.amount
     at = utcnow()
-    limits_sql, limits_params = _limits_query(call)
-    with connection.cursor() as cursor:
-        # With enforce the budget row is locked too: admission reads figures no one may change meanwhile.
-        cursor.execute(_READ_LOCKED.replace("/*limits*/", limits_sql).replace(
-            "/*locked*/", "p, b" if call.enforce else "p"),
-            {"user": user_id, "project": project.pk, "at": at, **limits_params})
+    limits_sql, limits_params = limits_query(call.scope())
+    day = local_day(project.timezone, at)
+    params = {
+        "project": project.pk, "user": user_id, "model": call.model, "prompt": usage.prompt_tokens,
+        "completion": usage.completion_tokens, "cached": usage.cached_tokens, "creation": usage.cache_creation_tokens,
+        "amount": amount, "source": call.source, "key": call.idempotency_key or None, "fingerprint": call.fingerprint,
+        "at": at, "day": day, "month": day.replace(day=1), "tags": tags_text(call.tags), "api_key": call.api_key_id,
+        "tokens": call.need.tokens, "enforce": call.enforce, **limits_params,
+    }
+    with prepared_cursor() as cursor:
+        cursor.execute(_record_sql(limits_sql, call.enforce), params)
         row = cursor.fetchone()
-        if row is None:
-            raise UnknownUser(f"user {user_id!r} has no budget in project {project.name!r}")
-        (project.current_spend, project.held, project.max_budget, project.period_start, project.next_reset_at,
-         project.duration, budget_id, total, spend, held, duration, days, period_start, next_reset_at, created_at,
-         updated_at, costs, applicable) = row
-        budget = UserBudget(
-            pk=budget_id, project=project, user_id=user_id, total_budget=total, current_spend=spend, held=held,
-            duration=duration, duration_days=days, period_start=period_start, next_reset_at=next_reset_at,
-            created_at=created_at, updated_at=updated_at,
-        )
-        applicable = json.loads(applicable)
-        if project.is_due(at) or budget.is_due(at) or any(due for _, due in applicable):
-            return None  # the ORM path starts the new period first (rare: the sweep usually has)
-        limit_ids = sorted(limit_id for limit_id, _ in applicable)
-        if call.enforce:
-            project_level, user_level = levels_of(project, budget)
-            limits = limits_lock(limit_ids)
-            if any(limit.resets_at is not None and limit.resets_at <= at for limit in limits):
-                return None
-            _admit(project, [
-                (project_level, project.max_budget, project.current_spend, project.held, project.duration,
-                 project.next_reset_at),
-                (user_level, budget.total_budget, budget.current_spend, budget.held, budget.duration, next_reset_at),
-            ], amount, [LimitState.of_limit(limit) for limit in limits], call.need)
-        day = local_day(project.timezone, at)
-        params = {
-            "project": project.pk, "budget": budget_id, "user": user_id, "model": call.model,
-            "prompt": usage.prompt_tokens, "completion": usage.completion_tokens, "cached": usage.cached_tokens,
-            "creation": usage.cache_creation_tokens, "amount": amount, "source": call.source,
-            "key": call.idempotency_key or None, "fingerprint": call.fingerprint, "at": at,
-            "day": day, "month": day.replace(day=1), "tags": tags_text(call.tags), "api_key": call.api_key_id,
-            "tokens": call.need.tokens, "limits": limit_ids,
-        }
-        cursor.execute(_WRITE_WITH_LIMITS if limit_ids else _WRITE, params)
-        written = cursor.fetchone()
-    if written is None:  # the Idempotency-Key was used before: answer as the first time
+    if row is None:
+        raise UnknownUser(f"user {user_id!r} has no budget in project {project.name!r}")
+    (verdict, event_id, project_spend, budget_spend, model_spend,
+     project.current_spend, project.held, project.max_budget, project.period_start, project.next_reset_at,
+     project.duration, budget_id, total, spend, held, duration, days, period_start, next_reset_at, created_at,
+     updated_at, costs, limits) = row
+    budget = UserBudget(
+        pk=budget_id, project=project, user_id=user_id, total_budget=total, current_spend=spend, held=held,
+        duration=duration, duration_days=days, period_start=period_start, next_reset_at=next_reset_at,
+        created_at=created_at, updated_at=updated_at,
+    )
+    if verdict == "due":
+        return None  # the portable path starts the new period first (rare: the sweep usually has)
+    states, starts = limit_states(limits)
+    if verdict == "refused":
+        project_level, user_level = levels_of(project, budget)
+        _admit(project, [
+            (project_level, project.max_budget, project.current_spend, project.held, project.duration,
+             project.next_reset_at),
+            (user_level, total, spend, held, duration, next_reset_at),
+        ], amount, list(states), call.need)
+        raise AssertionError("the statement refused a call that every level admits")
+    if event_id is None:  # the Idempotency-Key was used before: answer as the first time
         replay = _replay(project, call.idempotency_key or "", call.fingerprint, budget)
         if replay is None:
             raise IdempotencyConflict("this Idempotency-Key is being used by a request in flight; retry")
         return replay
-    if limit_ids:
-        event_id, project.current_spend, budget.current_spend, model_spend, counted, *_ = written
-    else:
-        event_id, project.current_spend, budget.current_spend, model_spend, *_ = written
-        counted = None
-    budget.updated_at = at
+    project.current_spend, budget.current_spend, budget.updated_at = project_spend, budget_spend, at
     event = _event(call, budget_id, pk=event_id, created_at=at)
-    # Django leaves jsonb undecoded (psycopg gives text): decoded here, amounts as exact decimals.
-    before = json.loads(costs) if isinstance(costs, str) else costs
-    costs = {name: Decimal(value) for name, value in before.items()} | {call.model: model_spend}
-    states, starts = _limit_states(counted)
+    # The spend per model before this call (jsonb as text, amounts as exact strings), then this call's.
+    model_costs = {name: Decimal(value) for name, value in json.loads(costs).items()} | {call.model: model_spend}
     return CostRecorded(event=event, budget=budget, created=True, exceeded=exceeded_scope(budget, project),
-                        model_costs=costs, limits=states, limit_starts=starts)
+                        model_costs=model_costs, limits=states, limit_starts=starts)
 
 
-def _limit_states(counted: str | None) -> tuple[tuple[LimitState, ...], tuple[datetime, ...]]:
-    """The limits as the write's RETURNING gave them (jsonb text, amounts as exact strings), and their
-    windows' starts."""
-    if not counted:
+def limit_states(rows_text: str | None) -> tuple[tuple[LimitState, ...], tuple[datetime, ...]]:
+    """The limits as the statement gave them (jsonb text, amounts as exact strings), and their windows' starts."""
+    if not rows_text:
         return (), ()
-    rows = json.loads(counted)
+    rows = json.loads(rows_text)
     states = tuple(
         LimitState(id=pk, scope=scope, subject=subject, model=model or None, unit=unit, window=window, mode=mode,
                    limit=Decimal(amount), used=Decimal(used), held=Decimal(held),

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.db import connection, transaction
 from django.db.models import F, OuterRef, Subquery, Sum
 from django.utils.timezone import now as utcnow
 
@@ -39,9 +40,10 @@ from .admission import (
     limits_hold,
     limits_lock,
     lock_project,
+    retry_on_conflict,
 )
 from .costs import CostRecorded, cost_record, recorded_again, recorded_state
-from .ledger import exceeded_scope, limit_model
+from .ledger import exceeded_scope, limit_model, limit_states, limits_query, prepared_cursor
 from .limit_windows import limits_current
 from .resets import budget_current, ensure_current_period
 
@@ -131,7 +133,7 @@ def _validate(amount: Decimal, ttl_seconds: Any, idempotency_key: str | None) ->
         raise InvalidInput(f"ttl_seconds must be a whole number from 1 to {MAX_TTL_SECONDS}")
 
 
-@atomic_retried
+@retry_on_conflict
 def reservation_create(
     *, project: Project, user_id: str, amount: Decimal, model: str | None = None,
     ttl_seconds: int = DEFAULT_TTL_SECONDS, idempotency_key: str | None = None, fingerprint: str = "",
@@ -142,9 +144,142 @@ def reservation_create(
 
     Returns (reservation, created). With an Idempotency-Key, a retry with the same request gets the
     reservation as it was created (created False); a different request with it is a conflict.
+    On PostgreSQL one statement (_RESERVE) does it when no period ends and the user has no stale hold;
+    a created reservation then carries `held_on`: the limits it holds on, after the hold.
     """
     amount = stored(amount)
     _validate(amount, ttl_seconds, idempotency_key)
+    scope = CallScope(project=project, user_id=user_id, model=limit_model(model or ""),
+                      key_name=api_key.name if api_key is not None else None, tags=tags)
+    if connection.vendor == "postgresql":
+        reserved = _reserve_in_one_statement(scope, amount, model, ttl_seconds, idempotency_key, fingerprint,
+                                             tokens, api_key)
+        if reserved is not None:
+            return reserved, True
+    with transaction.atomic():
+        return _reserve_with_the_orm(project=project, user_id=user_id, amount=amount, model=model,
+                                     ttl_seconds=ttl_seconds, idempotency_key=idempotency_key,
+                                     fingerprint=fingerprint, tokens=tokens, tags=tags, api_key=api_key)
+
+
+# PostgreSQL: a reservation is one statement (in autocommit outside a transaction), in the lock order of
+# services.admission: the project row, the user's budget, the applicable hard limits by id; the verdict
+# ("due" when a period or a window must start first or the user has a stale hold to give back: the
+# portable path does those; "refused"; "go"), then the reservation and its holds, written only on "go".
+# A repeated Idempotency-Key inserts nothing: the portable path answers it.
+_RESERVE = """
+WITH pl AS MATERIALIZED (
+    SELECT current_spend, held, max_budget, period_start, next_reset_at, duration
+    FROM budgets_project WHERE id = %(project)s FOR NO KEY UPDATE
+), bl AS MATERIALIZED (
+    SELECT b.id, b.total_budget, b.current_spend, b.held, b.duration, b.duration_days, b.period_start,
+           b.next_reset_at, b.created_at, b.updated_at
+    FROM budgets_userbudget b, pl WHERE b.project_id = %(project)s AND b.user_id = %(user)s FOR NO KEY UPDATE OF b
+), ll AS MATERIALIZED (
+    SELECT l.id, l.scope, l.subject, l.model, l.unit, l."window", l.mode, l.amount, l.used, l.held, l.resets_at,
+           l.window_start, CASE l.unit WHEN 'usd' THEN %(amount)s WHEN 'tokens' THEN %(tokens)s ELSE 1 END AS need
+    FROM budgets_limit l, bl WHERE l.id IN (SELECT x.id FROM (/*limits*/) x) ORDER BY l.id FOR NO KEY UPDATE OF l
+), ok AS MATERIALIZED (
+    SELECT bl.id AS budget_id, CASE
+        WHEN pl.next_reset_at <= %(at)s OR bl.next_reset_at <= %(at)s
+             OR EXISTS (SELECT 1 FROM ll WHERE ll.resets_at <= %(at)s)
+             OR EXISTS (SELECT 1 FROM budgets_reservation r WHERE r.project_id = %(project)s
+                        AND r.user_id = %(user)s AND r.status = 'open' AND r.expires_at <= %(at)s) THEN 'due'
+        WHEN bl.current_spend + bl.held + %(amount)s > bl.total_budget
+             OR pl.current_spend + pl.held + %(amount)s > pl.max_budget
+             OR EXISTS (SELECT 1 FROM ll WHERE ll.mode = 'hard' AND ll.need > 0
+                        AND ll.used + ll.held + ll.need > ll.amount) THEN 'refused'
+        ELSE 'go' END AS verdict
+    FROM pl, bl
+), rv AS (
+    INSERT INTO budgets_reservation (project_id, budget_id, user_id, model, amount, status, expires_at, created_at,
+        idempotency_key, request_fingerprint, tags, api_key_id, tokens, limit_ids)
+    SELECT %(project)s, ok.budget_id, %(user)s, %(model)s, %(amount)s, 'open', %(expires)s, %(at)s, %(key)s,
+        %(fingerprint)s, %(tags)s, %(api_key)s, %(tokens)s,
+        (SELECT COALESCE(jsonb_agg(ll.id ORDER BY ll.id), '[]'::jsonb) FROM ll)
+    FROM ok WHERE ok.verdict = 'go'
+    ON CONFLICT (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id
+), p AS (
+    UPDATE budgets_project SET held = held + %(amount)s WHERE id = %(project)s AND EXISTS (SELECT 1 FROM rv)
+    RETURNING held
+), b AS (
+    UPDATE budgets_userbudget SET held = held + %(amount)s
+    WHERE id = (SELECT budget_id FROM ok) AND EXISTS (SELECT 1 FROM rv) RETURNING held
+), l AS (
+    UPDATE budgets_limit t SET held = t.held + ll.need FROM ll
+    WHERE t.id = ll.id AND ll.need <> 0 AND EXISTS (SELECT 1 FROM rv) RETURNING t.id, t.held
+)
+SELECT ok.verdict, rv.id, p.held, b.held,
+       pl.current_spend, pl.held, pl.max_budget, pl.period_start, pl.next_reset_at, pl.duration,
+       bl.id, bl.total_budget, bl.current_spend, bl.held, bl.duration, bl.duration_days, bl.period_start,
+       bl.next_reset_at, bl.created_at, bl.updated_at,
+       (SELECT jsonb_agg(jsonb_build_array(ll.id, ll.scope, ll.subject, ll.model, ll.unit, ll."window", ll.mode,
+            ll.amount::text, ll.used::text, COALESCE(l.held, ll.held)::text, ll.resets_at, ll.window_start)
+            ORDER BY ll.id)::text FROM ll LEFT JOIN l ON l.id = ll.id)
+FROM pl, bl, ok LEFT JOIN rv ON true LEFT JOIN p ON true LEFT JOIN b ON true
+"""
+
+
+def _reserve_in_one_statement(scope: CallScope, amount: Decimal, model: str | None, ttl_seconds: int,
+                              idempotency_key: str | None, fingerprint: str, tokens: int,
+                              api_key: ApiKey | None) -> Reservation | None:
+    """The reservation, made by _RESERVE; None when the portable path must make (or find) it."""
+    project, at = scope.project, utcnow()
+    limits_sql, limits_params = limits_query(scope, hard_only=True)
+    expires = at + timedelta(seconds=ttl_seconds)
+    params = {
+        "project": project.pk, "user": scope.user_id, "model": model, "amount": amount, "tokens": tokens,
+        "at": at, "expires": expires, "key": idempotency_key or None, "fingerprint": fingerprint,
+        "tags": tags_text(scope.tags), "api_key": api_key.pk if api_key is not None else None, **limits_params,
+    }
+    with prepared_cursor() as cursor:
+        cursor.execute(_RESERVE.replace("/*limits*/", limits_sql), params)
+        row = cursor.fetchone()
+    if row is None:
+        return None  # no budget: the portable path says so
+    (verdict, reservation_id, project_held, budget_held,
+     project.current_spend, project.held, project.max_budget, project.period_start, project.next_reset_at,
+     project.duration, budget_id, total, spend, held, duration, days, period_start, next_reset_at, created_at,
+     updated_at, limits) = row
+    budget = UserBudget(pk=budget_id, project=project, user_id=scope.user_id, total_budget=total, current_spend=spend,
+                        held=held, duration=duration, duration_days=days, period_start=period_start,
+                        next_reset_at=next_reset_at, created_at=created_at, updated_at=updated_at)
+    states, _ = limit_states(limits)
+    if verdict == "due":
+        return None
+    if verdict == "refused":
+        project_level, user_level = levels_of(project, budget)
+        try:
+            check_figures([
+                (project_level, project.max_budget, project.current_spend, project.held, project.duration,
+                 project.next_reset_at),
+                (user_level, total, spend, held, duration, next_reset_at),
+            ], amount)
+            limits_check(states, Need(usd=amount, tokens=tokens))
+        except BudgetExceeded as exc:
+            metrics.budget_exceeded(project.name, exc.scope)
+            raise
+        raise AssertionError("the statement refused a reservation that every level admits")
+    if reservation_id is None:
+        return None  # the Idempotency-Key was used before: the portable path answers as the first time
+    project.held, budget.held = project_held, budget_held
+    reservation = Reservation(
+        pk=reservation_id, project=project, budget=budget, user_id=scope.user_id, model=model, amount=amount,
+        status=Status.OPEN, expires_at=expires, created_at=at, idempotency_key=idempotency_key or None,
+        request_fingerprint=fingerprint, tokens=tokens, tags=tags_text(scope.tags), api_key=api_key,
+        limit_ids=[state.id for state in states],
+    )
+    # What the answer's X-Budget-* headers describe, as the hold left them (no read needed).
+    reservation.held_on = [LimitState.of_budget(budget), LimitState.of_project(project), *states]  # type: ignore[attr-defined]
+    return reservation
+
+
+def _reserve_with_the_orm(
+    *, project: Project, user_id: str, amount: Decimal, model: str | None, ttl_seconds: int,
+    idempotency_key: str | None, fingerprint: str, tokens: int, tags: tuple[str, ...], api_key: ApiKey | None,
+) -> tuple[Reservation, bool]:
+    """Any database: a statement per row; starts a due period and gives back the user's stale holds first."""
     lock_project(project)
     budget = ensure_current_period(project, user_id=user_id)
     if idempotency_key:
@@ -222,27 +357,77 @@ def reservation_settle(
     More than was held is recorded anyway (spend is a fact; the answer says over_hold).
     A retried settle answers as the first did and records nothing. Released or expired: Conflict.
     """
-    lock_project(project)
-    reservation = _locked(project, reservation_id)
+    at = utcnow()
+    if connection.vendor == "postgresql":  # locked, and its holds given back if it is open, in one statement
+        reservation = _unheld_in_one_statement(project, reservation_id, at)
+    else:
+        lock_project(project)
+        reservation = _locked(project, reservation_id)
     if reservation.status == Status.SETTLED:  # the row is final: only the user's figures are kept apart
         assert reservation.event is not None
         return Settled(reservation, _settled_again(project, reservation), False)
-    if reservation.status == Status.OPEN and reservation.expires_at <= utcnow():
+    if reservation.status == Status.OPEN and reservation.expires_at <= at:
         raise Conflict(f"reservation {reservation_id} expired at {reservation.expires_at.isoformat()}; "
                        "record the cost with POST /users/{user}/costs")
     if reservation.status != Status.OPEN:
         raise Conflict(f"reservation {reservation_id} is {reservation.status}; it cannot be settled")
-    levels_unhold(_levels(project, reservation), reservation.amount)
-    _limits_unhold([reservation])
+    if connection.vendor != "postgresql":
+        levels_unhold(_levels(project, reservation), reservation.amount)
+        _limits_unhold([reservation])
     recorded = cost_record(project=project, user_id=reservation.user_id, usage=usage, cost=cost, source=source,
                            tags=_tags(reservation), api_key=reservation.api_key)
-    at = utcnow()
-    Reservation.objects.filter(pk=reservation.pk).update(
-        status=Status.SETTLED, settled_at=at, event=recorded.event, settled_cost=recorded.event.cost)
-    # Kept in the settle's transaction: a retried settle answers from these, as the first did.
-    Reservation.objects.filter(pk=reservation.pk).update(settle_response=recorded_state(recorded, 200))
-    reservation.refresh_from_db()
+    settled = {"status": Status.SETTLED, "settled_at": utcnow(), "event": recorded.event,
+               "settled_cost": recorded.event.cost,
+               # Kept in the settle's transaction: a retried settle answers from these, as the first did.
+               "settle_response": recorded_state(recorded, 200)}
+    Reservation.objects.filter(pk=reservation.pk).update(**settled)
+    for name, value in settled.items():
+        setattr(reservation, name, value)
     return Settled(reservation, recorded, True)
+
+
+# PostgreSQL: a settle's first statement locks the project row and the reservation (the lock order of
+# services.admission) and, when the reservation is open and not expired at `at`, gives back its holds on
+# the project, the budget and its limits (by id); it answers the reservation as it was.
+_UNHOLD = """
+WITH pl AS MATERIALIZED (
+    SELECT id FROM budgets_project WHERE id = %(project)s FOR NO KEY UPDATE
+), rv AS MATERIALIZED (
+    SELECT r.* FROM budgets_reservation r, pl WHERE r.project_id = pl.id AND r.id = %(id)s FOR NO KEY UPDATE OF r
+), go AS MATERIALIZED (
+    SELECT id, budget_id, amount, tokens, limit_ids FROM rv WHERE status = 'open' AND expires_at > %(at)s
+), p AS (
+    UPDATE budgets_project SET held = held - (SELECT amount FROM go)
+    WHERE id = %(project)s AND EXISTS (SELECT 1 FROM go) RETURNING 1
+), b AS (
+    UPDATE budgets_userbudget SET held = held - (SELECT amount FROM go) WHERE id = (SELECT budget_id FROM go)
+    RETURNING 1
+), l AS (
+    UPDATE budgets_limit t SET held = t.held - CASE t.unit WHEN 'usd' THEN go.amount WHEN 'tokens' THEN go.tokens
+        ELSE 1 END
+    FROM go WHERE t.id IN (SELECT jsonb_array_elements_text(go.limit_ids)::bigint)
+    RETURNING 1
+)
+SELECT /*columns*/, k.name FROM rv LEFT JOIN budgets_apikey k ON k.id = rv.api_key_id
+"""
+
+
+def _unheld_in_one_statement(project: Project, reservation_id: int, at: datetime) -> Reservation:
+    columns = [field.column for field in Reservation._meta.concrete_fields]
+    with prepared_cursor() as cursor:
+        cursor.execute(_UNHOLD.replace("/*columns*/", ", ".join(f"rv.{column}" for column in columns)),
+                       {"project": project.pk, "id": reservation_id, "at": at})
+        row = cursor.fetchone()
+    if row is None:
+        raise NotFound(f"no reservation {reservation_id} in project {project.name!r}")
+    *row, key_name = row
+    fields = Reservation._meta.concrete_fields
+    values = [field.from_db_value(value, None, connection) if hasattr(field, "from_db_value") and value is not None
+              else value for field, value in zip(fields, row, strict=True)]  # the ORM's converters (JSON)
+    reservation = Reservation.from_db("default", [field.attname for field in fields], values)
+    if reservation.api_key_id is not None:  # what the record needs of the key (its limits): no second read
+        reservation.api_key = ApiKey(pk=reservation.api_key_id, project=project, name=key_name)
+    return reservation
 
 
 @atomic_retried
