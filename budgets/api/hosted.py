@@ -19,10 +19,10 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from ..base.errors import BudgetError, Forbidden, InvalidInput, PayloadTooLarge, TooManyRequests
-from ..domain.codec import loads
+from ..domain.codec import CONTENT_TYPE, loads
 from ..domain.litellm_records import parse_user_dict
 from ..models import Project
-from ..services.hosted import hosted_budget_get, hosted_budget_set
+from ..services.hosted import hosted_budget_json, hosted_budget_set
 from .auth import api_key_required, request_actor
 from .errors import (
     OUT_OF_RANGE_MESSAGE,
@@ -113,7 +113,8 @@ def _body(request: HttpRequest) -> dict[str, Any]:
 @hosted_view
 def get_budget(request: HttpRequest, project: Project, body: dict[str, Any]) -> HttpResponse:
     """`{"project_name"}` → `{"status": "success", "data": {user: record}}`."""
-    return json_response({"status": "success", "data": hosted_budget_get(project=project)})
+    data = hosted_budget_json(project=project)  # JSON text, built by the database on PostgreSQL
+    return HttpResponse('{"status":"success","data":' + data + "}", content_type=CONTENT_TYPE)
 
 
 @hosted_view
