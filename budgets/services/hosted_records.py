@@ -6,9 +6,7 @@ The client's records are parsed at the edge (domain.litellm_records); services.h
 from __future__ import annotations
 
 import json
-
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
