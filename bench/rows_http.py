@@ -415,7 +415,7 @@ def hosted_rounds(row: Row, server: Server, project_name: str, key: str, users: 
 def row_hosted(args: argparse.Namespace, env: dict[str, str]) -> Row:
     row = Row("2", "LiteLLM hosted /set_budget and /get_budget vs json.loads + json.dumps of the same body")
     sizes = [10_000] if args.quick else [10_000, 100_000]
-    timeout = 120.0
+    timeout = 600.0  # 100k users on a busy shared machine: minutes (the figures are ratios)
     with gunicorn(env, timeout=int(timeout) + 30) as server:
         for users in sizes:
             project, key = api_project(f"bench-hosted-{users}", 0)
