@@ -8,8 +8,10 @@ for a bad body (nothing written). The merge rule is in budgets.services.hosted.
 
 from __future__ import annotations
 
+import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -19,10 +21,10 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from ..base.errors import BudgetError, Forbidden, InvalidInput, PayloadTooLarge, TooManyRequests
-from ..domain.codec import loads
+from ..domain.codec import CONTENT_TYPE, loads
 from ..domain.litellm_records import parse_user_dict
 from ..models import Project
-from ..services.hosted import hosted_budget_get, hosted_budget_set
+from ..services.hosted import hosted_budget_json, hosted_budget_set
 from .auth import api_key_required, request_actor
 from .errors import (
     OUT_OF_RANGE_MESSAGE,
@@ -62,14 +64,8 @@ def hosted_view(view: Callable[[HttpRequest, Project, dict], HttpResponse]) -> C
     @api_key_required(_unauthorized)
     def authenticated(request: HttpRequest) -> HttpResponse:
         try:
-            body = _body(request)
-            project = request.project  # type: ignore[attr-defined]
-            name = body.get("project_name")
-            if not isinstance(name, str):
-                raise InvalidInput("project_name must be a string")
-            if name != project.name:
-                raise Forbidden(f"this API key belongs to project {project.name!r}, not {name!r}")
-            return view(request, project, body)
+            with _collector_paused():
+                return _answer(request)
         except BudgetError as exc:
             return hosted_error_response(exc.status, exc.message)
         except (DataError, OverflowError):
@@ -80,9 +76,35 @@ def hosted_view(view: Callable[[HttpRequest, Project, dict], HttpResponse]) -> C
             logger.exception("hosted protocol error on %s", request.path)
             return hosted_error_response(500, "internal server error")
 
+    def _answer(request: HttpRequest) -> HttpResponse:
+        body = _body(request)
+        project = request.project  # type: ignore[attr-defined]
+        name = body.get("project_name")
+        if not isinstance(name, str):
+            raise InvalidInput("project_name must be a string")
+        if name != project.name:
+            raise Forbidden(f"this API key belongs to project {project.name!r}, not {name!r}")
+        return view(request, project, body)
+
     wrapped.__name__ = wrapped.__qualname__ = view.__name__
     wrapped.__doc__ = view.__doc__
     return wrapped
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector off while a call parses, compares and answers a whole dict.
+
+    A 100k-user body is over a million objects, none of them in a cycle (reference counting frees them); the
+    collector's passes over them, each longer as the dict grows, were a quarter of parsing it. On again after.
+    """
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 def _body(request: HttpRequest) -> dict[str, Any]:
@@ -113,7 +135,8 @@ def _body(request: HttpRequest) -> dict[str, Any]:
 @hosted_view
 def get_budget(request: HttpRequest, project: Project, body: dict[str, Any]) -> HttpResponse:
     """`{"project_name"}` → `{"status": "success", "data": {user: record}}`."""
-    return json_response({"status": "success", "data": hosted_budget_get(project=project)})
+    data = hosted_budget_json(project=project)  # JSON text, built by the database on PostgreSQL
+    return HttpResponse('{"status":"success","data":' + data + "}", content_type=CONTENT_TYPE)
 
 
 @hosted_view

@@ -33,6 +33,8 @@ def _is_refused(char: str) -> bool:
 
 def has_refused_characters(text: str) -> bool:
     """True if `text` holds a control, format (bidirectional, zero-width) or line-separator character."""
+    if text.isascii() and text.isprintable():  # " " to "~": none is refused (most ids, checked in C)
+        return False
     return any(_is_refused(char) for char in text)
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "LIMIT_WINDOWS",
     "MAX_DAYS",
     "Period",
+    "calendar_days",
     "duration_from_days",
     "duration_to_days",
     "hour_containing",
@@ -74,6 +75,11 @@ def duration_from_days(days: float) -> tuple[str, int | None]:
     if count in _FROM_DAYS:
         return _FROM_DAYS[count], None
     return "days", count
+
+
+def calendar_days() -> dict[str, int]:
+    """The day count each calendar duration is stored as in LiteLLM's record (duration_to_days)."""
+    return dict(_TO_DAYS)
 
 
 def duration_to_days(duration: str, days: int | None) -> int | None:

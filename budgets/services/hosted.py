@@ -50,23 +50,22 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils.timezone import now as utcnow
 
 from ..domain import periods
+from ..domain.codec import dumps
 from ..domain.litellm_records import NOISE_ABSOLUTE, ClientRecord
 from ..models import AuditLog, ModelSpend, Project, UserBudget
 from ..selectors.budgets import budget_record
 from . import ledger
 from .admission import lock_project, retry_on_conflict
 from .audit import budget_snapshot
-from .hosted_records import budget_rows
+from .hosted_records import CLIENT_KEY, BudgetRow, budget_rows, compare_rows, serve_json
 from .resets import reset_due_budgets
 
-__all__ = ["hosted_budget_get", "hosted_budget_set", "merge_record"]
+__all__ = ["hosted_budget_get", "hosted_budget_json", "hosted_budget_set", "merge_record"]
 
-# Beside the models in the baseline: validate_model strips names, so none starts with a space.
-CLIENT_KEY = " client"
 NOISE_RELATIVE = Decimal("1e-12")  # the client adds costs as floats: this much is rounding, not spend
 # last_updated_at goes through a float and Decimal(repr()) on the way: a millisecond is not a reset.
 EPOCH_NOISE = Decimal("0.001")
@@ -93,17 +92,23 @@ class Baseline:
 
     @classmethod
     def read(cls, raw: Any, hosted_period_start: datetime | None, period_start: datetime) -> Baseline:
+        start = None if hosted_period_start is None else Decimal(repr(hosted_period_start.timestamp()))
+        return cls.of(raw, start, same_period=hosted_period_start == period_start)
+
+    @classmethod
+    def of(cls, raw: Any, hosted_start: Decimal | None, *, same_period: bool) -> Baseline:
+        """From the stored JSON, hosted_period_start in Unix seconds, and whether it is the budget's period start."""
         raw = raw if isinstance(raw, dict) else {}
         client = raw.get(CLIENT_KEY) if isinstance(raw.get(CLIENT_KEY), dict) else {}
         baseline = cls(models={m: Decimal(v) for m, v in raw.items() if m != CLIENT_KEY})
         if "last_updated_at" in client:
             baseline.explicit = True
             baseline.last_updated = _decimal_or_none(client["last_updated_at"])
-        elif hosted_period_start is not None:
+        elif hosted_start is not None:
             # get_budget served the period start as last_updated_at.
-            baseline.last_updated = Decimal(repr(hosted_period_start.timestamp()))
+            baseline.last_updated = hosted_start
         baseline.reset_for = _decimal_or_none(client.get("reset_for"))
-        if hosted_period_start == period_start:  # a new server period already zeroed what was recorded
+        if same_period:  # a new server period already zeroed what was recorded
             baseline.recorded = {m: Decimal(v) for m, v in client.get("recorded", {}).items()}
         return baseline
 
@@ -205,6 +210,26 @@ def hosted_budget_get(*, project: Project) -> dict[str, dict[str, Any]]:
     return records
 
 
+def hosted_budget_json(*, project: Project) -> str:
+    """get_budget's `data` as JSON text: what hosted_budget_get serves, with the same baselines written.
+
+    On PostgreSQL one statement does it all (hosted_records.SERVE): the new baselines are computed and
+    written only where they differ, and the JSON is built by the database, so no budget becomes a Python
+    object (a 10k-user project: a few tens of milliseconds instead of a second). SQLite: the services above.
+    """
+    if connection.vendor != "postgresql":
+        return dumps(hosted_budget_get(project=project))
+    return _serve(project)
+
+
+@retry_on_conflict
+def _serve(project: Project) -> str:
+    reset_due_budgets(project=project)
+    with transaction.atomic():
+        _serialize(project)
+        return serve_json(project)
+
+
 # --- set_budget ---------------------------------------------------------------------------------
 
 
@@ -220,22 +245,21 @@ def _wanted_settings(record: ClientRecord) -> tuple[str, int | None]:
     return periods.duration_from_days(record.days) if record.days else ("none", None)
 
 
-def _needs_update(budget: UserBudget, record: ClientRecord) -> bool:
+def _needs_update(budget: UserBudget | BudgetRow, record: ClientRecord) -> bool:
     if abs(record.total_budget - budget.total_budget) > _noise(budget.total_budget):
         return True
     # Compared in days: a "days" budget of 30 and a monthly one both mean 30 to the client.
     return periods.duration_to_days(budget.duration, budget.duration_days) != record.days
 
 
-def _may_change(budget: UserBudget | None, record: ClientRecord) -> bool:
+def _may_change(budget: BudgetRow | None, record: ClientRecord) -> bool:
     """Cheap and unlocked: False only when the record can change nothing (most users of most saves)."""
     if budget is None or _needs_update(budget, record):
         return True
     if not record.reports_spend:
         return False
-    same_period = budget.hosted_period_start == budget.period_start
-    baseline = Baseline.read(budget.hosted_model_cost, budget.hosted_period_start, budget.period_start)
-    return merge_record(record, baseline, same_period=same_period) is not None
+    baseline = Baseline.of(budget.hosted_model_cost, budget.hosted_start, same_period=budget.same_period)
+    return merge_record(record, baseline, same_period=budget.same_period) is not None
 
 
 @retry_on_conflict
@@ -246,7 +270,7 @@ def hosted_budget_set(*, project: Project, records: dict[str, ClientRecord], act
     Users missing from the dict are left alone: the client only sends users it knows.
     """
     reset_due_budgets(project=project)
-    existing = budget_rows(project, list(records))
+    existing = compare_rows(project, list(records))
     candidates = sorted(user for user, record in records.items() if _may_change(existing.get(user), record))
     result = MergeResult()
     if not candidates:
