@@ -7,6 +7,7 @@ import argparse
 import math
 import random
 import re
+import secrets
 import statistics
 import subprocess
 import sys
@@ -336,27 +337,26 @@ def import_once(server: Any, cookie: str, size: int) -> dict[str, Any]:
 
     project_id, text = import_project(size)
     url = f"/projects/{project_id}/budget/import/"
-    status, page = server.request("GET", url, headers={"Cookie": cookie})
-    token = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', page)
-    if status != 200 or token is None:
-        raise RuntimeError(f"GET {url} answered {status} without a CSRF token")
-    csrf = token.group(1).decode()
+    csrf = secrets.token_hex(16)  # a CSRF secret of our own, as the cookie and the form field (Django takes both)
+    cookie = f"{cookie}; csrftoken={csrf}"
     body, content_type = _multipart(text, csrf)
     headers = {"Cookie": cookie, "Content-Type": content_type}
     start = time.perf_counter()
-    preview_status, preview_page = server.request("POST", url, body=body, headers=headers)
+    preview_status, preview_page = server.request("POST", url, body=body, headers=headers, timeout=600)
     preview = time.perf_counter() - start
     confirm = urlencode({"csrfmiddlewaretoken": csrf, "text": text, "confirm": "yes"}).encode()
     start = time.perf_counter()
     apply_status, _ = server.request("POST", url, body=confirm, headers={
-        "Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"})
+        "Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"}, timeout=600)
     applied = time.perf_counter() - start
     new, unchanged = size // 2, len(range(0, size, 6))
     audits = AuditLog.objects.filter(project_id=project_id, actor="user:bench-staff").count()
     budgets = UserBudget.objects.filter(project_id=project_id).count()
-    return {"preview": preview, "apply": applied, "total": preview + applied, "page_bytes": len(preview_page),
-            "ok": preview_status == 200 and apply_status == 302 and budgets == size and audits == size - unchanged,
-            "statuses": (preview_status, apply_status), "budgets": budgets, "audits": audits, "new": new}
+    run = {"preview": preview, "apply": applied, "total": preview + applied, "page_bytes": len(preview_page),
+           "statuses": (preview_status, apply_status), "budgets": budgets, "audits": audits, "new": new}
+    if (preview_status, apply_status) != (200, 302) or budgets != size or audits != size - unchanged:
+        raise RuntimeError(f"the import of {size} rows did not apply every change once: {run}")
+    return run
 
 
 def percentiles(values: list[float]) -> tuple[float, float]:
@@ -396,8 +396,7 @@ def row_import(args: argparse.Namespace, env: dict[str, str]) -> Row:
         row.add(f"{IMPORT_ROWS:,} rows: {label}, p99 (max of {len(runs[IMPORT_ROWS])})", p99, "s",
                 target="< 5 s" if target else "", met=p99 < 5 if target else None)
     every = [r for size in runs for r in runs[size]]
-    row.add("every import applied every change, audited once each", None, "", met=all(r["ok"] for r in every),
-            runs=[{k: v for k, v in r.items()} for r in every])
+    row.add("every import applied every change, audited once each", len(every), "imports", met=True, runs=every)
     row.note(f"{IMPORT_ROWS:,}-row CSV: {IMPORT_ROWS // 2:,} new users, {len(range(0, IMPORT_ROWS, 6)):,} unchanged, "
              f"the rest changed (a fifth of them their period too); preview page "
              f"{runs[IMPORT_ROWS][0]['page_bytes'] / 1024:.0f} KiB (the CSV text rides in it for the confirm step)")

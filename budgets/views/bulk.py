@@ -33,7 +33,7 @@ from ..templatetags.console import format_dollars
 from .common import actor, project_for, render_page, run_form
 
 
-PREVIEW_CHANGES = 200  # changes listed on the preview page; every error is listed
+PREVIEW_ROWS = 200  # a file up to this size is listed whole on the preview; a bigger one, its first changes
 
 
 def _set_message(count: int, amount: Decimal, duration: str | None) -> str:
@@ -136,11 +136,18 @@ def budget_import(request: HttpRequest, project_id: int) -> HttpResponse:
     result = preview(project, form.cleaned_data["rows"])
     errors = sum(1 for r in result if r["change"] == "error")
     changes = [r for r in result if r["change"] in ("new", "changed")]
-    # The page lists every error and the first PREVIEW_CHANGES changes; the rest are counted (a 10,000-row
-    # table took seconds to render and to scroll). The confirm step still applies the whole text sent back.
-    shown = [r for r in result if r["change"] == "error"] if errors else changes[:PREVIEW_CHANGES]
+    # The page lists every error; without errors, every row of a small file, or the first PREVIEW_ROWS changes
+    # of a big one and counts the rest (a 10,000-row table took seconds to render, and nobody reads it).
+    # The confirm step applies the whole text sent back either way.
+    if errors:
+        shown = [r for r in result if r["change"] == "error"]
+    else:
+        shown = result if len(result) <= PREVIEW_ROWS else changes[:PREVIEW_ROWS]
+    listed = sum(1 for r in shown if r["change"] in ("new", "changed"))
     context = {"form": form, "rows": result, "shown": shown, "errors": errors, "changes": len(changes),
-               "hidden_changes": 0 if errors else len(changes) - len(shown), "text": form.cleaned_data["text"],
+               "hidden_changes": 0 if errors else len(changes) - listed, "listed_changes": listed,
+               "hidden_unchanged": 0 if errors or len(result) <= PREVIEW_ROWS else len(result) - len(changes),
+               "text": form.cleaned_data["text"],
                "counts": {k: sum(1 for r in result if r["change"] == k) for k in ("new", "changed", "unchanged")}}
     return render_page(request, "console/budget_import.html", context, project=project, nav="users",
                        status=400 if errors else 200)
