@@ -62,8 +62,12 @@ def budget_row_unchanged(budget: BudgetSettings | None, row: BudgetRow) -> bool:
         row.duration is None or (budget.duration, budget.duration_days) == (row.duration, None))
 
 
-def budget_set_many(*, project: Project, rows: Iterable[BudgetRow], actor: str, skip_unchanged: bool = False) -> int:
+def budget_set_many(*, project: Project, rows: Iterable[tuple[Any, Any, Any]], actor: str,
+                    max_amount: Decimal | None = None, skip_unchanged: bool = False) -> int:
     """Create or replace each row's budget, all or nothing; returns how many were set.
+
+    Each row is (user_id, total_budget, duration) as `budget_row_check` takes them (a BudgetRow, or the
+    values as typed): every row is checked before the first write, and one bad row (InvalidInput) writes nothing.
 
     A row without a duration keeps the user's period (every-N-days included); such a user must
     have a budget already (UnknownUser otherwise, and nobody changes). A user named twice is refused.
@@ -77,7 +81,7 @@ def budget_set_many(*, project: Project, rows: Iterable[BudgetRow], actor: str, 
     returns what the audit's `after` shows), the audit rows in one. On PostgreSQL; elsewhere the
     ORM's bulk operations, in batches.
     """
-    checked = [budget_row_check(*row) for row in rows]  # every row before the first write
+    checked = [budget_row_check(*row, max_amount=max_amount) for row in rows]  # every row before the first write
     seen: set[str] = set()
     for row in checked:
         if row.user_id in seen:

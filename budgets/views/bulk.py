@@ -119,14 +119,17 @@ def budget_import(request: HttpRequest, project_id: int) -> HttpResponse:
                            status=400)
     # Not run_form: an import is two steps (a preview page of every row, then the apply), and both
     # answer the preview page, not a redirect.
+    refused = ""
     if request.POST.get("confirm") == "yes":
         rows: list[ImportRow] = form.cleaned_data["rows"]
-        check_rows(rows)
-        if not any(row.error for row in rows):
+        if not any(row.error for row in rows):  # the file's shape; the service checks every row's values
             # The whole text again, checked again; what is unchanged is decided under the budgets' locks.
-            batch = [BudgetRow(row.user_id, row.total_budget, row.duration) for row in rows]  # type: ignore[arg-type]
+            batch = [(row.user_id, row.raw_amount or None, row.raw_duration) for row in rows]
             try:
-                count = budget_set_many(project=project, rows=batch, actor=actor(request), skip_unchanged=True)
+                count = budget_set_many(project=project, rows=batch, actor=actor(request), max_amount=MAX_AMOUNT,
+                                        skip_unchanged=True)
+            except InvalidInput as exc:
+                refused = exc.message  # a bad row: the preview below names every one
             except BudgetError as exc:
                 messages.error(request, f"Nothing was imported: {exc.message}")
             else:
@@ -135,6 +138,8 @@ def budget_import(request: HttpRequest, project_id: int) -> HttpResponse:
                 return redirect("user_list", project.pk)
     result = preview(project, form.cleaned_data["rows"])
     errors = sum(1 for r in result if r["change"] == "error")
+    if refused and not errors:
+        messages.error(request, f"Nothing was imported: {refused}")
     changes = [r for r in result if r["change"] in ("new", "changed")]
     # The page lists every error; without errors, every row of a small file, or the first PREVIEW_ROWS changes
     # of a big one and counts the rest (a 10,000-row table took seconds to render, and nobody reads it).
