@@ -105,7 +105,7 @@ def budget_set_many(*, project: Project, rows: Iterable[tuple[Any, Any, Any]], a
         created = _create(project, [row for row in checked if row.user_id not in existing], at=at)
         updated = _update(project, [(existing[row.user_id], row) for row in checked if row.user_id in existing],
                           at=at)
-        audits = [(project.pk, pk, user_id, "budget_create", actor, None, after, at)
+        audits: list[tuple[Any, ...]] = [(project.pk, pk, user_id, "budget_create", actor, None, after, at)
                   for user_id, (pk, after) in created.items()]
         audits += [(project.pk, before.id, before.user_id, "budget_update", actor, budget_snapshot(before),
                     budget_snapshot(after), at) for before, after in updated]

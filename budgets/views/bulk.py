@@ -32,7 +32,6 @@ from ..services.bulk_budgets import (
 from ..templatetags.console import format_dollars
 from .common import actor, project_for, render_page, run_form
 
-
 PREVIEW_ROWS = 200  # a file up to this size is listed whole on the preview; a bigger one, its first changes
 
 
