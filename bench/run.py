@@ -15,7 +15,8 @@ Rows:
   5      BudgetManager.update_cost at 1k/10k/100k users (1M with --big) vs litellm's local BudgetManager
   6      projected cost of a 10,000-token conversation vs raw tiktoken and litellm.token_counter
   7      CSV export of 1M events through gunicorn: peak RSS of the worker, rows/s
-  8      manage.py seed_demo --users 10000 --events 1000000
+  8      manage.py seed_demo --users 10000 --events 1000000 (target < 60 s)
+  9      console CSV import of 10,000 budgets (preview, apply) through gunicorn vs the same import of 100 rows
   micro  the older in-process comparisons (price cache, encoder cache, cost given vs priced)
 """
 
@@ -35,8 +36,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-ALL_ROWS = ("8", "1", "1b", "2", "3", "4", "5", "6", "7", "micro")
-HTTP_ROWS = ("1", "1b", "2", "7")
+ALL_ROWS = ("8", "1", "1b", "2", "3", "4", "5", "6", "7", "9", "micro")
+HTTP_ROWS = ("1", "1b", "2", "7", "9")
 PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
 REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/7")
 
@@ -172,7 +173,7 @@ def main() -> None:
     http_env = gunicorn_env(env, args)  # the HTTP rows' gunicorn; every other row runs as before
     runners = {
         "1": rows_http.row_record, "1b": rows_http.row_reads, "2": rows_http.row_hosted, "7": rows_http.row_export,
-        "3": rows_data.row_console, "4": rows_data.row_sweep, "8": rows_data.row_seed,
+        "3": rows_data.row_console, "4": rows_data.row_sweep, "8": rows_data.row_seed, "9": rows_data.row_import,
         "5": rows_inproc.row_manager, "6": rows_inproc.row_projected, "micro": rows_inproc.row_micro,
     }
     done: list[Row] = []

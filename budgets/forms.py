@@ -167,7 +167,7 @@ def parse_budget_csv(text: str) -> list[ImportRow]:
     reader = csv.reader(io.StringIO(text))
     try:
         for number, fields in enumerate(reader, start=1):
-            if not fields or not any(f.strip() for f in fields):
+            if not "".join(fields).strip():  # an empty line, or only blank fields
                 continue
             if number == 1 and [f.strip().lower() for f in fields] == IMPORT_HEADER:
                 continue

@@ -7,8 +7,11 @@ from decimal import Decimal
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from budgets import services
 from budgets.domain.usage import Usage
@@ -276,3 +279,114 @@ def test_the_set_button_carries_the_confirmation_that_names_the_change(client, t
     assert 'data-confirm-keep="Set the budget of {count} to {amount}; each keeps its reset period."' in page
     assert 'data-confirm-period="Set the budget of {count} to {amount}; their reset period becomes: {period}."' in page
     assert '<script src="/static/console/bulk.js"></script>' in page
+
+
+# --- a big import: set-based, listed in part, audited exactly like single edits ---------------------
+
+
+def confirm(client, team, text: str):
+    return client.post(reverse("budget_import", args=[team.pk]), {"text": text, "confirm": "yes"})
+
+
+def import_csv(prefix: str, size: int) -> str:
+    """`size` rows for users `prefix`0..: new, unchanged, changed amount, changed period, in turn."""
+    lines = []
+    for i in range(size):
+        amount, duration = ((10, "monthly"), (10, "monthly"), (12, "monthly"), (10, "weekly"))[i % 4]
+        lines.append(f"{prefix}{i},{amount},{duration}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.postgres
+def test_an_import_makes_as_many_statements_for_200_rows_as_for_10(client, team):
+    """The preview and the apply are set-based: one read, one insert, one update, one audit COPY, whatever N."""
+    counts = {}
+    for size in (10, 200):
+        prefix = f"n{size}-"
+        for i in range(size):  # every row but the first of each four has a budget already
+            if i % 4:
+                services.budget_set(project=team, user_id=f"{prefix}{i}", total_budget=Decimal(10),
+                                    duration="monthly", actor="test")
+        text = import_csv(prefix, size)
+        with CaptureQueriesContext(connection) as previewed:
+            assert upload(client, team, text).status_code == 200
+        with CaptureQueriesContext(connection) as applied:
+            assert confirm(client, team, text).status_code == 302
+        counts[size] = (len(previewed), len(applied))
+        changed = AuditLog.objects.filter(project=team, actor="user:max", user_id__startswith=prefix)
+        assert changed.count() == size - len(range(1, size, 4))  # the unchanged rows are not written
+    assert counts[10] == counts[200], counts
+
+
+def test_the_preview_lists_every_error_and_the_first_changes_and_the_apply_applies_them_all(client, team):
+    text = import_csv("big", 260)  # nobody has a budget yet: 260 new rows
+    preview = upload(client, team, text)
+
+    page = preview.content.decode()
+    assert preview.status_code == 200 and len(preview.context["rows"]) == 260
+    assert page.count('data-change="new"') == 200
+    assert "The first 200 changes are listed; 60 more will be applied too." in page
+    assert confirm(client, team, preview.context["text"]).status_code == 302
+    assert UserBudget.objects.filter(project=team, user_id__startswith="big").count() == 260
+
+    bad = text + "".join(f"bad{i},-1,monthly\n" for i in range(3)) + "big7,5,daily\n"
+    preview = upload(client, team, bad)
+    page = preview.content.decode()
+    assert preview.status_code == 400
+    assert page.count('data-change="error"') == 4 and 'data-change="changed"' not in page
+    assert "4 rows have an error" in page and "import-confirm-form" not in page
+
+
+def test_a_row_for_a_budget_whose_period_ended_is_reset_first_like_a_single_edit(client, manager, team, time_machine):
+    time_machine.move_to(UserBudget.objects.get(project=team, user_id="alice").next_reset_at, tick=False)
+    client.force_login(manager)  # a month later: the session would have expired
+
+    response = confirm(client, team, "alice,30,monthly\n")
+
+    assert response.status_code == 302
+    actions = list(AuditLog.objects.filter(project=team, user_id="alice").order_by("id").values_list("action", "actor"))
+    assert actions[-2:] == [("budget_period_reset", "system:lazy-reset"), ("budget_update", "user:max")]
+    update = AuditLog.objects.filter(project=team, user_id="alice", action="budget_update").latest("id")
+    assert Decimal(update.before["current_spend"]) == Decimal(update.after["current_spend"]) == 0
+
+
+def test_an_import_writes_the_audit_rows_a_budget_set_per_row_writes(manager, time_machine):
+    """New, unchanged, changed amount, changed period (to a calendar one and to none), a period that ended:
+    the import's budgets and audit rows are those of budget_set called row by row, field for field."""
+    time_machine.move_to("2026-03-10 15:30:00+00:00", tick=False)
+    projects = []
+    for name in ("by-import", "one-by-one"):
+        project = services.project_create(name=name, timezone="America/New_York", actor="test")
+        services.member_add(project=project, user=manager, role="manager", actor="test")
+        for user_id, duration in (("same", "monthly"), ("amount", "monthly"), ("period", "monthly"),
+                                  ("never", "weekly"), ("daily", "daily")):
+            services.budget_set(project=project, user_id=user_id, total_budget=Decimal("7.25"), duration=duration,
+                                actor="test")
+            services.cost_record(project=project, user_id=user_id, usage=Usage("gpt-4o-mini", 10000, 1000),
+                                 source="api")
+        projects.append(project)
+    time_machine.move_to("2026-03-12 09:00:00+00:00", tick=False)  # "daily" is due: a lazy reset comes first
+    rows = [("fresh", "3", "monthly"), ("fresh-none", "4.5", "none"), ("same", "7.25", "monthly"),
+            ("amount", "8", "monthly"), ("period", "7.25", "weekly"), ("never", "9", "none"), ("daily", "1", "daily")]
+    client = Client()
+    client.force_login(manager)
+    text = "".join(f"{u},{a},{d}\n" for u, a, d in rows)
+    assert confirm(client, projects[0], text).status_code == 302
+    for user_id, amount, duration in rows:
+        if user_id != "same":  # the import leaves an unchanged row alone
+            services.budget_set(project=projects[1], user_id=user_id, total_budget=Decimal(amount), duration=duration,
+                                actor="user:max")
+
+    def state(project):
+        budgets = {b.user_id: (b.total_budget, b.duration, b.period_start, b.next_reset_at, b.current_spend,
+                               b.updated_at) for b in UserBudget.objects.filter(project=project)}
+        audits = sorted((a.user_id, a.action, a.actor, a.before, a.after)
+                        for a in AuditLog.objects.filter(project=project, created_at__gte=timezone.now()))
+        return budgets, audits
+
+    by_import, one_by_one = state(projects[0]), state(projects[1])
+    assert by_import[0] == one_by_one[0]
+    assert by_import[1] == one_by_one[1]
+    assert [a[:2] for a in by_import[1] if a[2] == "user:max"] == [
+        ("amount", "budget_update"), ("daily", "budget_update"), ("fresh", "budget_create"),
+        ("fresh-none", "budget_create"), ("never", "budget_update"), ("period", "budget_update")]

@@ -33,8 +33,8 @@ def _is_refused(char: str) -> bool:
 
 def has_refused_characters(text: str) -> bool:
     """True if `text` holds a control, format (bidirectional, zero-width) or line-separator character."""
-    if text.isascii() and text.isprintable():  # " " to "~": none is refused (most ids, checked in C)
-        return False
+    if text.isascii():  # the usual id: printable ASCII has none of them, the other ASCII is Cc
+        return not text.isprintable()
     return any(_is_refused(char) for char in text)
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser  # User: AUTH_USER_MODEL
@@ -413,12 +413,40 @@ def budgets_page(project: Project, *, search: str = "", sort: str | None = None,
     return Paginator(budgets, per_page).get_page(page)
 
 
-def budgets_by_user(project: Project, user_ids: list[str]) -> dict[str, UserBudget]:
-    """The project's budgets of these users, by user id (one query per 1,000 ids)."""
-    found: dict[str, UserBudget] = {}
+class BudgetSettings(NamedTuple):
+    """What a bulk change reads of a budget: its settings and period (no spend per model, no hosted baseline)."""
+
+    id: int
+    user_id: str
+    total_budget: Decimal
+    duration: str
+    duration_days: int | None
+    period_start: datetime
+    next_reset_at: datetime | None
+    current_spend: Decimal
+
+
+_BUDGETS_BY_USER = (f"SELECT {', '.join(BudgetSettings._fields)} FROM budgets_userbudget "
+                    "WHERE project_id = %s AND user_id = ANY(%s) ORDER BY id")
+
+
+def budgets_by_user(project: Project, user_ids: list[str], *, lock: bool = False) -> dict[str, BudgetSettings]:
+    """The project's budgets of these users, by user id; with `lock`, locked in id order (inside the caller's
+    transaction: services.bulk_budgets writes them). One statement on PostgreSQL (the ids as one array), so a
+    10,000-row import reads in one round trip; elsewhere one per 1,000 ids (SQLite caps parameters).
+    """
+    if not user_ids:
+        return {}
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_BUDGETS_BY_USER + (" FOR UPDATE" if lock else ""), [project.pk, list(user_ids)])
+            return {row[1]: BudgetSettings(*row) for row in cursor.fetchall()}
+    found: dict[str, BudgetSettings] = {}
     for start in range(0, len(user_ids), 1000):
-        chunk = user_ids[start:start + 1000]
-        found.update((b.user_id, b) for b in UserBudget.objects.filter(project=project, user_id__in=chunk))
+        chunk = UserBudget.objects.filter(project=project, user_id__in=user_ids[start:start + 1000])
+        if lock:
+            chunk = chunk.select_for_update().order_by("id")
+        found.update((row[1], BudgetSettings(*row)) for row in chunk.values_list(*BudgetSettings._fields))
     return found
 
 

@@ -1,8 +1,9 @@
 """Many budgets at once: the users list's bulk action, and a CSV import with a preview.
 
-The import is two steps: the upload shows each row's change (new, changed from → to,
-unchanged) or its error and writes nothing; the confirm step sends the same text back,
-checks it again and applies every change in one transaction — only if no row is bad.
+The import is two steps: the upload counts the rows that are new, changed and unchanged, lists
+every row's error (or, with none, the first changes: new, changed from → to) and writes nothing;
+the confirm step sends the same text back, checks it again and applies every change in one
+transaction — only if no row is bad.
 """
 
 from __future__ import annotations
@@ -21,9 +22,17 @@ from ..base.errors import BudgetError, InvalidInput
 from ..forms import MAX_AMOUNT, BudgetImportForm, BulkBudgetForm, ImportRow
 from ..models import Action, Duration, Project
 from ..selectors import console as selectors
-from ..services.bulk_budgets import BudgetRow, budget_reset_many, budget_row_check, budget_set_many
+from ..services.bulk_budgets import (
+    BudgetRow,
+    budget_reset_many,
+    budget_row_check,
+    budget_row_unchanged,
+    budget_set_many,
+)
 from ..templatetags.console import format_dollars
 from .common import actor, project_for, render_page, run_form
+
+PREVIEW_ROWS = 200  # a file up to this size is listed whole on the preview; a bigger one, its first changes
 
 
 def _set_message(count: int, amount: Decimal, duration: str | None) -> str:
@@ -88,7 +97,7 @@ def preview(project: Project, rows: list[ImportRow]) -> list[dict[str, Any]]:
             change = "error"
         elif budget is None:
             change = "new"
-        elif (budget.total_budget, budget.duration) == (row.total_budget, row.duration):
+        elif budget_row_unchanged(budget, BudgetRow(row.user_id, row.total_budget, row.duration)):  # type: ignore[arg-type]
             change = "unchanged"
         else:
             change = "changed"
@@ -109,20 +118,40 @@ def budget_import(request: HttpRequest, project_id: int) -> HttpResponse:
                            status=400)
     # Not run_form: an import is two steps (a preview page of every row, then the apply), and both
     # answer the preview page, not a redirect.
-    rows = preview(project, form.cleaned_data["rows"])
-    errors = sum(1 for r in rows if r["change"] == "error")
-    changes = [r for r in rows if r["change"] in ("new", "changed")]
-    if request.POST.get("confirm") == "yes" and not errors:
-        batch = [BudgetRow(r["row"].user_id, r["row"].total_budget, r["row"].duration) for r in changes]
-        try:
-            count = budget_set_many(project=project, rows=batch, actor=actor(request))
-        except BudgetError as exc:
-            messages.error(request, f"Nothing was imported: {exc.message}")
-        else:
-            messages.success(request, f"Imported {count} budget change{'s' if count != 1 else ''} "
-                                      f"({len(rows) - count} unchanged).")
-            return redirect("user_list", project.pk)
-    context = {"form": form, "rows": rows, "errors": errors, "changes": len(changes), "text": form.cleaned_data["text"],
-               "counts": {k: sum(1 for r in rows if r["change"] == k) for k in ("new", "changed", "unchanged")}}
+    refused = ""
+    if request.POST.get("confirm") == "yes":
+        rows: list[ImportRow] = form.cleaned_data["rows"]
+        if not any(row.error for row in rows):  # the file's shape; the service checks every row's values
+            # The whole text again, checked again; what is unchanged is decided under the budgets' locks.
+            batch = [(row.user_id, row.raw_amount or None, row.raw_duration) for row in rows]
+            try:
+                count = budget_set_many(project=project, rows=batch, actor=actor(request), max_amount=MAX_AMOUNT,
+                                        skip_unchanged=True)
+            except InvalidInput as exc:
+                refused = exc.message  # a bad row: the preview below names every one
+            except BudgetError as exc:
+                messages.error(request, f"Nothing was imported: {exc.message}")
+            else:
+                messages.success(request, f"Imported {count} budget change{'s' if count != 1 else ''} "
+                                          f"({len(rows) - count} unchanged).")
+                return redirect("user_list", project.pk)
+    result = preview(project, form.cleaned_data["rows"])
+    errors = sum(1 for r in result if r["change"] == "error")
+    if refused and not errors:
+        messages.error(request, f"Nothing was imported: {refused}")
+    changes = [r for r in result if r["change"] in ("new", "changed")]
+    # The page lists every error; without errors, every row of a small file, or the first PREVIEW_ROWS changes
+    # of a big one and counts the rest (a 10,000-row table took seconds to render, and nobody reads it).
+    # The confirm step applies the whole text sent back either way.
+    if errors:
+        shown = [r for r in result if r["change"] == "error"]
+    else:
+        shown = result if len(result) <= PREVIEW_ROWS else changes[:PREVIEW_ROWS]
+    listed = sum(1 for r in shown if r["change"] in ("new", "changed"))
+    context = {"form": form, "rows": result, "shown": shown, "errors": errors, "changes": len(changes),
+               "hidden_changes": 0 if errors else len(changes) - listed, "listed_changes": listed,
+               "hidden_unchanged": 0 if errors or len(result) <= PREVIEW_ROWS else len(result) - len(changes),
+               "text": form.cleaned_data["text"],
+               "counts": {k: sum(1 for r in result if r["change"] == k) for k in ("new", "changed", "unchanged")}}
     return render_page(request, "console/budget_import.html", context, project=project, nav="users",
                        status=400 if errors else 200)
