@@ -6,7 +6,6 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-
 from django.contrib.auth import get_user_model
 from django.test import Client
 
@@ -212,8 +211,8 @@ def test_the_settings_page_shows_and_saves_fallbacks(project, client_as):
     page = owner_client.get(f"/projects/{project.pk}/settings/")
     assert page.status_code == 200 and b'id="fallbacks-form"' in page.content
 
-    saved = owner_client.post(f"/projects/{project.pk}/settings/fallbacks/",
-                              {"fallbacks": "gpt-4o: gpt-4o-mini, gpt-3.5-turbo\n\nclaude-sonnet-4-5 → claude-haiku-4-5"})
+    typed = "gpt-4o: gpt-4o-mini, gpt-3.5-turbo\n\nclaude-sonnet-4-5 → claude-haiku-4-5"
+    saved = owner_client.post(f"/projects/{project.pk}/settings/fallbacks/", {"fallbacks": typed})
 
     assert saved.status_code == 302
     project.refresh_from_db()
@@ -239,7 +238,8 @@ def test_the_settings_page_refuses_bad_fallbacks_beside_the_form(project, client
 
 
 def test_a_viewer_cannot_change_fallbacks(project, client_as):
-    refused = client_as("viewer").post(f"/projects/{project.pk}/settings/fallbacks/", {"fallbacks": "gpt-4o: gpt-4o-mini"})
+    viewer = client_as("viewer")
+    refused = viewer.post(f"/projects/{project.pk}/settings/fallbacks/", {"fallbacks": "gpt-4o: gpt-4o-mini"})
     assert refused.status_code == 403
     project.refresh_from_db()
     assert project.fallbacks == {}
@@ -248,7 +248,7 @@ def test_a_viewer_cannot_change_fallbacks(project, client_as):
 def test_limits_are_unchanged_by_the_advice(project, alice, api):
     set_fallbacks(project, {"gpt-4o": ["gpt-4o-mini"]})
     limit = services.limit_create(project=project, scope="user", subject="alice", model=None, unit="usd",
-                                  window="day", amount=Decimal("1"), mode="hard", actor="test")
+                                  window="day", amount=Decimal(1), mode="hard", actor="test")
     assert_error(reserve(api), 402, "budget_exceeded")
     limit = Limit.objects.get(pk=limit.pk)
     assert (limit.used, limit.held) == (0, 0)
