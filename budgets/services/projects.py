@@ -40,6 +40,7 @@ from ..models import (
 from .alerts import validate_slack_url, validate_webhook_url
 from .audit import actor_for_manager, write_audit
 from .common import validate_duration, validate_timezone
+from .fallbacks import project_fallbacks
 from .keys import api_keys_changed
 from .resets import project_refresh
 from .rollups import rollups_rebuild
@@ -103,8 +104,8 @@ def project_update(
     before = {"name": project.name, "max_budget": str(project.max_budget) if project.max_budget is not None else None,
               "timezone": project.timezone, "duration": project.duration,
               "alert_thresholds": project.alert_thresholds}
-    if fallbacks is not ...:  # audited only when they are changed
-        before["fallbacks"] = project.fallbacks
+    if fallbacks is not ...:  # in the audit row only when given; as stored (`project` may be a key's cached copy)
+        before["fallbacks"] = project_fallbacks(project)
     changes: dict[str, Any] = {}
     if name is not ... and name != project.name:
         validate_project_name(name)
