@@ -22,7 +22,7 @@ from django.contrib.auth import get_user_model, password_validation
 from django.core.exceptions import ValidationError
 
 from .base.errors import InvalidInput
-from .base.validation import parse_alert_thresholds, validate_user_id
+from .base.validation import MAX_FALLBACKS, parse_alert_thresholds, parse_fallbacks, validate_user_id
 from .models import Duration, Limit, Role
 from .selectors.console import DateRange
 
@@ -373,6 +373,26 @@ class AlertSettingsForm(forms.Form):
     def clean_alert_thresholds(self) -> list[int]:
         try:
             return parse_alert_thresholds(self.cleaned_data["alert_thresholds"])
+        except InvalidInput as exc:
+            raise ValidationError(exc.message) from None
+
+
+class FallbacksForm(forms.Form):
+    fallbacks = forms.CharField(
+        label="Fallback models", required=False, max_length=20_000,
+        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false",
+                                     "placeholder": "gpt-4o → gpt-4o-mini\nclaude-sonnet-4-5 → claude-haiku-4-5"}),
+        help_text=f"One model a line, then → and up to {MAX_FALLBACKS} models to suggest in order, separated by "
+                  f"commas. A refused call of the model is told the first one whose worst case still fits.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.helper = _helper("fallbacks")
+
+    def clean_fallbacks(self) -> dict[str, list[str]]:
+        try:
+            return parse_fallbacks(self.cleaned_data["fallbacks"])
         except InvalidInput as exc:
             raise ValidationError(exc.message) from None
 

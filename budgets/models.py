@@ -77,6 +77,10 @@ class Project(Period):
     alert_webhook_url = models.URLField(blank=True, max_length=500)
     alert_email = models.EmailField(blank=True)
     slack_webhook_url = models.URLField(blank=True, max_length=500, help_text="A Slack incoming webhook for alerts.")
+    # Per model, the models to suggest (in order) when a call of it is refused: {"gpt-4o": ["gpt-4o-mini"]}.
+    # Checked by budgets.base.validation.validate_fallbacks; advice only (services.fallbacks).
+    fallbacks = models.JSONField(default=dict, blank=True,
+                                 help_text='Fallback models per model, e.g. {"gpt-4o": ["gpt-4o-mini"]}.')
     webhook_secret = models.CharField(max_length=64, default=new_webhook_secret)
     created_at = models.DateTimeField(default=now)
     # Set when the project is deleted (its keys revoked in the same transaction): it is gone from

@@ -21,7 +21,7 @@ from .views.members import invitation_revoke, member_invite, member_list, member
 from .views.models_page import model_list
 from .views.periods import project_periods
 from .views.project_manage import project_delete, project_new
-from .views.project_settings import alert_settings_save, project_settings, project_settings_save
+from .views.project_settings import alert_settings_save, fallbacks_save, project_settings, project_settings_save
 from .views.projects import project_list, project_overview
 from .views.teams import team_detail, team_list, team_remove
 from .views.users import budget_create, budget_delete, budget_edit, budget_reset, user_detail, user_list
@@ -63,6 +63,7 @@ urlpatterns = [
     path("projects/<int:project_id>/settings/", project_settings, name="project_settings"),
     path("projects/<int:project_id>/settings/project/", project_settings_save, name="project_settings_save"),
     path("projects/<int:project_id>/settings/alerts/", alert_settings_save, name="alert_settings_save"),
+    path("projects/<int:project_id>/settings/fallbacks/", fallbacks_save, name="fallbacks_save"),
     path("projects/<int:project_id>/periods/", project_periods, name="project_periods"),
     path("projects/<int:project_id>/audit/", audit_log, name="audit_log"),
     path("projects/<int:project_id>/alerts/", alert_history, name="alert_history"),

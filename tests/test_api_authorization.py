@@ -57,6 +57,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/api/v1/limits"): {"scope": "team", "subject": B_TEAM, "limit": 1},
     ("PATCH", "/api/v1/limits/{limit_id}"): {"limit": 2},
     ("PUT", "/api/v1/teams/{team}"): {"members": [B_ONLY_USER]},
+    ("PUT", "/api/v1/fallbacks"): {"fallbacks": {"gpt-4o": ["gpt-4o-mini"]}},
 }
 # Operations that create the object when it is missing: with A's key that is A's own new object.
 CREATES = {("PUT", "/api/v1/users/{user}/budget"), ("PUT", "/api/v1/teams/{team}")}
@@ -103,7 +104,8 @@ def b_state(b: Project) -> dict[str, Any]:
 def two_projects(project) -> dict[str, Any]:
     a, b = project, services.project_create(name=B_NAME, timezone="UTC")
     a_key, b_key = new_key(a), new_key(b)
-    Project.objects.filter(pk=b.pk).update(alert_thresholds=[50])  # no channel: kept, never sent
+    # no channel: kept, never sent; B's fallbacks carry B's marker
+    Project.objects.filter(pk=b.pk).update(alert_thresholds=[50], fallbacks={"b-secret-model": ["gpt-4o-mini"]})
     client = Client()
     for owner, users in ((a, ["alice", SHARED_USER]), (b, [B_ONLY_USER, SHARED_USER])):
         for user in users:

@@ -260,7 +260,7 @@ def test_a_check_within_budget_is_allowed(api, make_budget):
     result = body_of(api.post("/api/v1/users/alice/check", {"estimated_cost": 9.5}))
 
     assert result == {"allowed": True, "reason": None, "remaining": 10, "scope": None, "estimated_cost": Decimal("9.5"),
-                      "limit": None}
+                      "limit": None, "fallback": None}
 
 
 def test_a_check_past_the_users_budget_is_not_allowed(api, project, make_budget):

@@ -251,3 +251,88 @@ def test_two_callbacks_for_two_projects_both_record(litellm, live_server, client
         wait_for_calls(budget, witness, 1, 1)
         assert (mirror.recorded, mirror.errors) == (1, 0)
     assert sorted(CostEvent.objects.values_list("project__name", flat=True)) == ["acme", "beta"]
+
+
+# --- fallbacks: refused with a fallback model, the guard retries once with it ----------------------
+
+
+@pytest.fixture
+def fallbacks(client):
+    """gpt-4o falls back to gpt-4-turbo (dearer: never fits), then gpt-4o-mini; carol has $0.01."""
+    client.set_fallbacks({"gpt-4o": ["gpt-4-turbo", "gpt-4o-mini"]})
+    client.set_budget("carol", Decimal("0.01"))
+    return client
+
+
+@pytest.mark.reservations
+def test_the_guard_retries_once_with_the_fallback_and_the_ledger_shows_its_cost(litellm, fallbacks, callbacks,
+                                                                                integration):
+    budget, witness = callbacks
+    guard = integration.BudgetGuard(fallbacks, callback=budget, fallback=True)
+
+    # gpt-4o's worst case (2000 completion tokens ≈ $0.02) has no room in $0.01; gpt-4o-mini's has.
+    response = guard.completion(model="gpt-4o", messages=MESSAGES, max_tokens=2000, mock_response="cheaper",
+                                user="carol")
+
+    assert response.choices[0].message.content == "cheaper" and "gpt-4o-mini" in response.model
+    events = wait_for_calls(budget, witness, 1, 1)
+    assert [(e.user_id, e.model) for e in events] == [("carol", "gpt-4o-mini")]
+    assert events[0].cost == litellm_sum(witness.costs.values()) and witness.provider_calls == 1
+    assert fallbacks.get_user("carol").current_cost == events[0].cost  # settled: the hold is spend now
+    assert fallbacks.get_user("carol").remaining == Decimal("0.01") - events[0].cost
+
+    # async, and without max_tokens (the check's answer names the fallback too)
+    fallbacks.set_budget("dave", Decimal("0.00001"))  # the prompt at gpt-4o's price does not fit; at mini's it does
+
+    async def call() -> object:
+        answer = await guard.acompletion(model="gpt-4o", messages=MESSAGES, mock_response="cheaper too", user="dave")
+        await integration.flush()  # else the loop's end cancels the callback
+        return answer
+
+    response = asyncio.run(call())
+    assert "gpt-4o-mini" in response.model
+    events = wait_for_calls(budget, witness, 2, 2)
+    assert [(e.user_id, e.model) for e in events] == [("carol", "gpt-4o-mini"), ("dave", "gpt-4o-mini")]
+
+
+@pytest.mark.reservations
+def test_without_fallback_the_guard_raises_as_before_naming_the_fallback(litellm, fallbacks, callbacks, integration):
+    budget, witness = callbacks
+    guard = integration.BudgetGuard(fallbacks, callback=budget)
+
+    with pytest.raises(integration.BudgetExceededError) as refused:
+        guard.completion(model="gpt-4o", messages=MESSAGES, max_tokens=2000, mock_response="never", user="carol")
+    with pytest.raises(integration.BudgetExceededError):  # fallback=False per call, on a guard that falls back
+        integration.BudgetGuard(fallbacks, callback=budget, fallback=True).completion(
+            model="gpt-4o", messages=MESSAGES, max_tokens=2000, mock_response="never", user="carol", fallback=False)
+
+    assert refused.value.scope == "user" and refused.value.fallback.model == "gpt-4o-mini"
+    prompt_tokens = fallbacks.projected_cost("carol", "gpt-4o", MESSAGES).prompt_tokens  # the refused call's
+    assert refused.value.fallback.worst_case == fallbacks.cost_quote(
+        "gpt-4o-mini", prompt_tokens=prompt_tokens, completion_tokens=2000).cost
+    assert witness.provider_calls == 0 and not CostEvent.objects.exists()
+    assert fallbacks.get_user("carol").held == 0
+
+
+def test_the_guard_falls_back_only_once(litellm, integration):
+    """A retry refused again is raised: the guard never chains fallbacks."""
+    from budget_client.results import Fallback
+
+    class Refusing:
+        def __init__(self) -> None:
+            self.models: list[str] = []
+
+        def create_reservation(self, user, *, model, **kwargs):
+            self.models.append(model)
+            raise BudgetExceeded("no room", scope="user", body={"fallback": {"model": f"{model}-cheaper",
+                                                                             "worst_case": 1}})
+
+    client = Refusing()
+    guard = integration.BudgetGuard(client, fallback=True)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(integration.BudgetExceededError) as refused:
+            guard.completion(model="gpt-4o", messages=MESSAGES, max_tokens=10, mock_response="never", user="x")
+    finally:
+        guard.uninstall()
+    assert client.models == ["gpt-4o", "gpt-4o-cheaper"]
+    assert refused.value.fallback == Fallback("gpt-4o-cheaper-cheaper", Decimal(1))

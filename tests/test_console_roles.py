@@ -157,6 +157,8 @@ ROUTES = [
           lambda t: {"max_budget": "99", "timezone": "Europe/Berlin"}, 302),
     Route("alert settings", "post", Action.CHANGE, _u("alert_settings_save"),
           lambda t: {"alert_thresholds": "50, 90"}, 302),
+    Route("fallback settings", "post", Action.CHANGE, _u("fallbacks_save"),
+          lambda t: {"fallbacks": "gpt-4o → gpt-4o-mini"}, 302),
     Route("member invite", "post", Action.MANAGE_MEMBERS, _u("member_invite"),
           lambda t: {"invitee": "nonmember@example.com", "role": "viewer"}, 201),
     Route("invitation revoke", "post", Action.MANAGE_MEMBERS, _u("invitation_revoke", INVITATION), ok=302),
@@ -179,7 +181,8 @@ def allowed(role: str, action: str) -> bool:
 def snapshot() -> tuple:
     """Everything a console action could change, in every project."""
     return (
-        list(Project.objects.order_by("pk").values_list("pk", "name", "max_budget", "timezone", "alert_thresholds")),
+        list(Project.objects.order_by("pk").values_list("pk", "name", "max_budget", "timezone", "alert_thresholds",
+                                                           "fallbacks")),
         list(UserBudget.objects.order_by("pk").values_list("pk", "total_budget", "current_spend", "duration")),
         list(ApiKey.objects.order_by("pk").values_list("pk", "revoked_at")),
         list(Membership.objects.order_by("pk").values_list("pk", "role")),

@@ -13,6 +13,7 @@ from ..selectors.budgets import projected_cost as projected_cost_selector
 from ..selectors.limits import CallScope, LimitState
 from ..services.admission import Need
 from ..services.costs import admission_check
+from ..services.fallbacks import fallback_for
 from ..services.ledger import limit_model
 from . import requests
 from .auth import request_project
@@ -28,6 +29,7 @@ from .schemas import (
     QuoteIn,
     QuoteOut,
     UserId,
+    fallback_json,
     limit_out,
 )
 
@@ -52,9 +54,13 @@ def check(request: HttpRequest, user: UserId, payload: CheckIn):
     call = CallScope(project=project, user_id=user, model=limit_model(payload.model or ""), key_name=key.name,
                      tags=payload.tags or ())  # the team is found with the limits (selectors.call_limits)
     verdict = admission_check(budget, project, estimate, call=call, need=Need(usd=estimate, tokens=tokens))
+    fallback = None if verdict.scope is None else fallback_for(
+        project=project, user_id=user, usage=requests.worst_case_usage(payload.model, tokens, payload.max_tokens),
+        key_name=key.name, tags=payload.tags or ())
     body = CheckOut(allowed=verdict.scope is None, reason=verdict.reason, remaining=max(verdict.room, Decimal(0)),
                     scope=verdict.scope, estimated_cost=estimate,  # type: ignore[arg-type]
-                    limit=limit_out(verdict.limit) if verdict.limit is not None else None)
+                    limit=limit_out(verdict.limit) if verdict.limit is not None else None,
+                    fallback=fallback_json(fallback))  # type: ignore[arg-type]
     limits = [LimitState.of_budget(budget), LimitState.of_project(project), *verdict.limits]
     return with_budget_headers(raw_json(dumps(body.model_dump()), 200), limits)
 

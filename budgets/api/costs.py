@@ -5,11 +5,12 @@ from __future__ import annotations
 from django.http import HttpRequest
 from ninja import Header, Query, Router
 
-from ..base.errors import UnknownUser
+from ..base.errors import BudgetExceeded, UnknownUser
 from ..domain.codec import dumps
 from ..models import CostEvent
 from ..selectors.budgets import has_budget_or_costs, ledger_slice
 from ..services.costs import cost_record
+from ..services.fallbacks import fallback_for
 from . import requests
 from .auth import request_project
 from .common import ERROR_STATUSES, MAX_PAGE, aware, raw_json, recorded_limits, with_budget_headers
@@ -41,18 +42,25 @@ def record_cost(
     With `Idempotency-Key`, a retry (same key, same user and body) answers exactly as the
     first request did (201, same body) with `Idempotent-Replayed: true`, recording nothing.
     With `?enforce=true`, a call that any applicable hard limit (the user's budget, the project's cap,
-    the team's, the key's, the tags' and the model's limits) has no room for is refused (402).
+    the team's, the key's, the tags' and the model's limits) has no room for is refused (402; `fallback`
+    names the first of the project's fallback models the call's tokens would fit under).
     `X-Budget-Remaining`/`X-Budget-Reset` say what is left of the tightest dollar limit.
     """
     project = request_project(request)
     usage, cost = requests.usage_and_cost(payload)
     fingerprint = requests.fingerprint(user, payload) if idempotency_key is not None else ""
 
-    recorded = cost_record(
-        project=project, user_id=user, usage=usage, cost=cost, source=CostEvent.Source.API,
-        idempotency_key=idempotency_key, fingerprint=fingerprint, enforce=enforce, tags=payload.tags or (),
-        api_key=request.api_key,  # type: ignore[attr-defined]
-    )
+    api_key = request.api_key  # type: ignore[attr-defined]
+    try:
+        recorded = cost_record(
+            project=project, user_id=user, usage=usage, cost=cost, source=CostEvent.Source.API,
+            idempotency_key=idempotency_key, fingerprint=fingerprint, enforce=enforce, tags=payload.tags or (),
+            api_key=api_key,
+        )
+    except BudgetExceeded as refused:  # advice, after the refusal's transaction: error.fallback
+        refused.fallback = fallback_for(project=project, user_id=user, usage=usage, key_name=api_key.name,
+                                        tags=payload.tags or ())
+        raise
     # A retry's `recorded` holds the figures the first answer was built from: the same bytes again.
     response = raw_json(dumps(cost_out(recorded).model_dump()), 201, replayed=not recorded.created)
     return with_budget_headers(response, recorded_limits(recorded))

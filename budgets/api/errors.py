@@ -25,6 +25,7 @@ from ninja.errors import AuthenticationError, AuthorizationError, HttpError, Val
 
 from ..base.errors import BudgetError, BudgetExceeded, PayloadTooLarge, TooManyRequests
 from ..domain.codec import CONTENT_TYPE, dumps
+from .schemas import fallback_json
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +52,12 @@ def json_response(body: dict[str, Any], status: int = 200) -> HttpResponse:
     return HttpResponse(dumps(body), status=status, content_type=CONTENT_TYPE)
 
 
-def error_response(status: int, type_: str, message: str, **extra: Any) -> HttpResponse:
+def error_response(status: int, type_: str, message: str, *, nullable: dict[str, Any] | None = None,
+                   **extra: Any) -> HttpResponse:
+    """The one error shape; `extra` fields only when not None, `nullable` ones always (null included)."""
     body: dict[str, Any] = {"type": type_, "message": message}
     body.update({key: value for key, value in extra.items() if value is not None})
+    body.update(nullable or {})
     return json_response({"error": body}, status)
 
 
@@ -73,7 +77,9 @@ def too_many_requests_response(exc: TooManyRequests, *, hosted: bool = False) ->
 
 def budget_error_response(exc: BudgetError) -> HttpResponse:
     scope = exc.scope if isinstance(exc, BudgetExceeded) else None
-    response = error_response(exc.status, exc.type, exc.message, scope=scope, **exc.extra())
+    # budget_exceeded always says whether another model would fit (services.fallbacks): null if none.
+    nullable = {"fallback": fallback_json(exc.fallback)} if isinstance(exc, BudgetExceeded) else None
+    response = error_response(exc.status, exc.type, exc.message, scope=scope, nullable=nullable, **exc.extra())
     state = exc.state if isinstance(exc, BudgetExceeded) else None
     if state is not None and state.resets_at is not None:  # the limit without room has room again then
         response["Retry-After"] = str(max(1, math.ceil((state.resets_at - utcnow()).total_seconds())))

@@ -151,6 +151,15 @@ def reservation_amount(body: ReservationIn) -> tuple[Decimal, str | None, int]:
             prompt.prompt_tokens + body.max_tokens)
 
 
+def worst_case_usage(model: str | None, tokens: int, max_tokens: int | None) -> Usage | None:
+    """The usage a check's or a reservation's worst case prices — the prompt plus `max_tokens` completion
+    tokens — from the tokens estimated_cost/reservation_amount returned (prompt + max_tokens), to re-price
+    it for a fallback model; None for an estimated_cost (no model or no tokens to re-price)."""
+    if model is None or not tokens:
+        return None
+    return Usage(model, tokens - (max_tokens or 0), max_tokens or 0)
+
+
 def reservation_fingerprint(user_id: str, body: ReservationIn) -> str:
     canonical = dumps({"user": user_id, "body": body.model_dump(exclude_none=True)}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -5,10 +5,11 @@ from __future__ import annotations
 from django.http import HttpRequest
 from ninja import Header, Router
 
-from ..base.errors import Conflict
+from ..base.errors import BudgetExceeded, Conflict
 from ..domain.codec import dumps
 from ..models import CostEvent, Reservation
 from ..selectors.call_limits import reservation_limits
+from ..services.fallbacks import fallback_for
 from ..services.reservations import (
     DEFAULT_TTL_SECONDS,
     reservation_create,
@@ -43,19 +44,27 @@ def reserve(
     """Hold a call's worst case against every applicable hard limit: its cost on dollar limits (the
     user's budget and the project's cap too), prompt + max_tokens on token limits, one request.
 
-    201 with the open reservation; 402 budget_exceeded naming the limit without room.
+    201 with the open reservation; 402 budget_exceeded naming the limit without room (and, in
+    `fallback`, the first of the project's fallback models whose worst case would fit).
     With `Idempotency-Key`, a retry answers as the first request did (`Idempotent-Replayed: true`).
     """
     project = request_project(request)
     amount, model, tokens = requests.reservation_amount(payload)
     fingerprint = requests.reservation_fingerprint(user, payload) if idempotency_key is not None else ""
 
-    reservation, created = reservation_create(
-        project=project, user_id=user, amount=amount, model=model,
-        ttl_seconds=DEFAULT_TTL_SECONDS if payload.ttl_seconds is None else payload.ttl_seconds,
-        idempotency_key=idempotency_key, fingerprint=fingerprint, tokens=tokens, tags=payload.tags or (),
-        api_key=request.api_key,  # type: ignore[attr-defined]
-    )
+    api_key = request.api_key  # type: ignore[attr-defined]
+    try:
+        reservation, created = reservation_create(
+            project=project, user_id=user, amount=amount, model=model,
+            ttl_seconds=DEFAULT_TTL_SECONDS if payload.ttl_seconds is None else payload.ttl_seconds,
+            idempotency_key=idempotency_key, fingerprint=fingerprint, tokens=tokens, tags=payload.tags or (),
+            api_key=api_key,
+        )
+    except BudgetExceeded as refused:  # advice, after the refusal's transaction: error.fallback
+        refused.fallback = fallback_for(project=project, user_id=user, key_name=api_key.name,
+                                        usage=requests.worst_case_usage(model, tokens, payload.max_tokens),
+                                        tags=payload.tags or ())
+        raise
     response = raw_json(dumps(ReservationOut.model_validate(reservation).model_dump()), 201, replayed=not created)
     # The limits as the hold left them, when the one-statement reservation returned them; else read now.
     held_on = getattr(reservation, "held_on", None)

@@ -40,6 +40,8 @@ from ..base.money import to_money, to_tokens
 from ..base.validation import (
     IDEMPOTENCY_KEY_MAX,
     IDENTIFIER_PATTERN,
+    MAX_FALLBACK_MODELS,
+    MAX_FALLBACKS,
     MAX_TAGS,
     MODEL_NAME_MAX,
     NAME_PATTERN,
@@ -613,6 +615,20 @@ def limit_out(state: LimitState, requested: Decimal | None = None) -> LimitRefus
     return LimitRefusedOut.model_validate(state).model_copy(update={"requested": requested})
 
 
+class FallbackOut(Schema):
+    """A model to retry a refused call with (services.fallbacks.Fallback): the first of the project's
+    fallbacks for the call's model whose worst case, re-priced for it, fits every applicable limit now."""
+
+    model: str
+    worst_case: MoneyOut = Field(description="The call's worst case in dollars at this model's price "
+                                             "(the same token counts).")
+
+
+def fallback_json(fallback: Any) -> dict[str, Any] | None:
+    """`error.fallback` and a check's `fallback`: {"model", "worst_case"}, or None."""
+    return None if fallback is None else FallbackOut.model_validate(fallback).model_dump()
+
+
 class CheckOut(Schema):
     allowed: bool
     reason: str | None
@@ -620,6 +636,8 @@ class CheckOut(Schema):
     scope: LimitScope | None = Field(description="The level of the limit without room (null: allowed).")
     estimated_cost: MoneyOut
     limit: LimitRefusedOut | None = Field(None, description="The first hard limit without room for the call.")
+    fallback: FallbackOut | None = Field(None, description="Not allowed: the first fallback model that fits "
+                                                           "(the project's fallbacks), else null.")
 
 
 class QuoteOut(Schema):
@@ -669,6 +687,9 @@ class ErrorBody(Schema):
     spend: MoneyOut | None = Field(None, description="budget_exceeded: its spend in this period.")
     held: MoneyOut | None = Field(None, description="budget_exceeded: its open reservations.")
     requested: MoneyOut | None = Field(None, description="budget_exceeded: the amount asked for.")
+    fallback: FallbackOut | None = Field(None, description="budget_exceeded: the first of the project's fallback "
+                                                           "models for the call's model whose worst case fits; "
+                                                           "null if none (or the call names no model and tokens).")
     details: list[dict[str, Any]] | None = None
 
 
@@ -816,3 +837,29 @@ class TeamOut(Schema):
     spend_this_month: MoneyOut = Field(description="What the members spent since month_start (ledger rollups).")
     limits: list[LimitOut]
     created_at: datetime
+
+
+# --- fallbacks ----------------------------------------------------------------------------------
+
+
+_MODEL_NAME_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MODEL_NAME_MAX, "pattern": NAME_PATTERN}
+FallbackList = Annotated[list[ModelName], Field(min_length=1, max_length=MAX_FALLBACKS)]
+# Written out whole: pydantic would keep only the keys' pattern (finish_openapi), not their length.
+FallbackMap = Annotated[dict[ModelName, FallbackList], Field(max_length=MAX_FALLBACK_MODELS), WithJsonSchema({
+    "type": "object", "maxProperties": MAX_FALLBACK_MODELS, "propertyNames": _MODEL_NAME_SCHEMA,
+    "additionalProperties": {"type": "array", "minItems": 1, "maxItems": MAX_FALLBACKS, "items": _MODEL_NAME_SCHEMA},
+})]
+
+
+class FallbacksIn(StrictIn):
+    """The project's fallbacks, replacing them all: {model: [fallback model, ...]} ({} for none)."""
+
+    fallbacks: FallbackMap = Field(
+        description=f"Per model (as calls name it, or the price table's name), 1 to {MAX_FALLBACKS} models to "
+                    f"suggest in order when a call of it is refused; not the model itself, none twice.")
+
+
+class FallbacksOut(Schema):
+    """The project's fallbacks (the stored JSON: services.fallbacks.project_fallbacks)."""
+
+    fallbacks: dict[str, list[str]]

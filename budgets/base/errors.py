@@ -72,7 +72,9 @@ class BudgetExceeded(BudgetError):
     """A limit has no room for this call; `scope` names its level (user, project, team, key, tag).
 
     `state` is the limit without room (selectors.limits.LimitState, also for the user budget and
-    the project cap) and `requested` what the call asked in the limit's unit.
+    the project cap) and `requested` what the call asked in the limit's unit. `fallback` is the
+    model the native API suggests retrying with (services.fallbacks.Fallback: `model`, `worst_case`),
+    set after the refusal; None when there is none.
     """
 
     type = "budget_exceeded"
@@ -87,6 +89,7 @@ class BudgetExceeded(BudgetError):
         self.state = state
         self.requested = requested
         self.figures = {"limit": limit, "spend": spend, "held": held, "requested": requested}
+        self.fallback: Any = None
 
     def extra(self) -> dict[str, Any]:
         figures: dict[str, Any] = {key: value for key, value in self.figures.items() if value is not None}

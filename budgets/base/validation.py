@@ -11,7 +11,7 @@ import re
 import unicodedata
 from typing import Any
 
-from .errors import InvalidInput
+from .errors import InvalidInput, Unprocessable
 
 USER_ID_MAX = 255
 MODEL_NAME_MAX = 255
@@ -99,6 +99,71 @@ def validate_model(model: Any) -> str:
         raise InvalidInput("model must not contain control characters (newline, tab, CR, ...) or format "
                            "characters (U+202E, zero-width spaces)")
     return model.strip()
+
+
+MAX_FALLBACKS = 5  # fallback models per model
+MAX_FALLBACK_MODELS = 100  # models with fallbacks in a project
+
+
+def _fallback_name(name: Any, what: str) -> str:
+    try:
+        return validate_model(name)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{what}: {exc.message}") from None
+
+
+def validate_fallbacks(fallbacks: Any) -> dict[str, list[str]]:
+    """A project's fallbacks: {model: [fallback, ...]}, each name a model name (validate_model, so any
+    name: one the price table lacks is skipped when advising), at most MAX_FALLBACKS per model, none
+    twice in a list and none the model itself; at most MAX_FALLBACK_MODELS models. Names are stripped.
+
+    The rules a schema cannot say (a self-reference, a repeat once stripped) are Unprocessable (422).
+    """
+    if not isinstance(fallbacks, dict):
+        raise InvalidInput('fallbacks must be an object: {"model": ["fallback model", ...]}')
+    if len(fallbacks) > MAX_FALLBACK_MODELS:
+        raise InvalidInput(f"fallbacks may name at most {MAX_FALLBACK_MODELS} models")
+    clean: dict[str, list[str]] = {}
+    for raw_model, raw_list in fallbacks.items():
+        model = _fallback_name(raw_model, "a model with fallbacks")
+        if model in clean:
+            raise Unprocessable(f"fallbacks name the model {model!r} twice")
+        if not isinstance(raw_list, list) or not 1 <= len(raw_list) <= MAX_FALLBACKS:
+            raise InvalidInput(f"the fallbacks of {model!r} must be a list of 1 to {MAX_FALLBACKS} model names")
+        names = [_fallback_name(name, f"a fallback of {model!r}") for name in raw_list]
+        if model in names:
+            raise Unprocessable(f"{model!r} cannot be its own fallback")
+        if len(set(names)) != len(names):
+            raise Unprocessable(f"the fallbacks of {model!r} name a model twice")
+        clean[model] = names
+    return clean
+
+
+_FALLBACK_ARROW = re.compile(r"\s*(?:→|->|:\s)\s*")
+
+
+def parse_fallbacks(text: str) -> dict[str, list[str]]:
+    """Fallbacks as a person types them, one model a line: "gpt-4o → gpt-4o-mini, gpt-3.5-turbo" (or "->",
+    or ": " — a colon and a space: model names such as "…-v1:0" hold a bare colon). Only the lines' form:
+    the names and lists are the service's to check (validate_fallbacks)."""
+    fallbacks: dict[str, list[str]] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = _FALLBACK_ARROW.split(line.strip() + " ", maxsplit=1)
+        if len(parts) != 2:
+            raise InvalidInput(f"line {number}: write the model, → and its fallbacks separated by commas, "
+                               f"e.g. “gpt-4o → gpt-4o-mini”")
+        model, rest = parts[0].strip(), [name.strip() for name in parts[1].split(",") if name.strip()]
+        if model in fallbacks:
+            raise InvalidInput(f"line {number}: {model!r} has fallbacks on an earlier line already")
+        fallbacks[model] = rest
+    return fallbacks
+
+
+def fallbacks_text(fallbacks: dict[str, list[str]]) -> str:
+    """The fallbacks as parse_fallbacks reads them: one model a line."""
+    return "\n".join(f"{model} → {', '.join(names)}" for model, names in fallbacks.items())
 
 
 def validate_project_name(name: Any) -> str:

@@ -17,7 +17,7 @@ from django.utils.timezone import now as utcnow
 
 from ..base.errors import InvalidInput
 from ..base.money import to_money
-from ..base.validation import validate_alert_thresholds, validate_project_name
+from ..base.validation import validate_alert_thresholds, validate_fallbacks, validate_project_name
 from ..domain import periods
 from ..domain.slack import mask_url
 from ..models import (
@@ -40,6 +40,7 @@ from ..models import (
 from .alerts import validate_slack_url, validate_webhook_url
 from .audit import actor_for_manager, write_audit
 from .common import validate_duration, validate_timezone
+from .fallbacks import project_fallbacks
 from .keys import api_keys_changed
 from .resets import project_refresh
 from .rollups import rollups_rebuild
@@ -94,7 +95,7 @@ def project_update(
     *, project: Project, actor: str, name: Any = ..., max_budget: Any = ..., timezone: Any = ...,
     duration: Any = ..., duration_days: Any = None,
     alert_thresholds: Any = ..., alert_webhook_url: Any = ..., alert_email: Any = ...,
-    slack_webhook_url: Any = ...,
+    slack_webhook_url: Any = ..., fallbacks: Any = ...,
 ) -> Project:
     """Change a project's settings; only the arguments given change.
 
@@ -103,6 +104,8 @@ def project_update(
     before = {"name": project.name, "max_budget": str(project.max_budget) if project.max_budget is not None else None,
               "timezone": project.timezone, "duration": project.duration,
               "alert_thresholds": project.alert_thresholds}
+    if fallbacks is not ...:  # in the audit row only when given; as stored (`project` may be a key's cached copy)
+        before["fallbacks"] = project_fallbacks(project)
     changes: dict[str, Any] = {}
     if name is not ... and name != project.name:
         validate_project_name(name)
@@ -129,6 +132,8 @@ def project_update(
         changes["alert_email"] = alert_email or ""
     if slack_webhook_url is not ...:
         changes["slack_webhook_url"] = validate_slack_url(slack_webhook_url)
+    if fallbacks is not ...:
+        changes["fallbacks"] = validate_fallbacks(fallbacks)
     with transaction.atomic():
         Project.objects.filter(pk=project.pk).update(**changes)
         transaction.on_commit(api_keys_changed)  # keys cache their project's settings

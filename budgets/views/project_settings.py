@@ -1,4 +1,4 @@
-"""Project settings: the project cap and time zone, and where alerts go (webhook, email, Slack)."""
+"""Project settings: the project cap and time zone, where alerts go (webhook, email, Slack), fallback models."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
+from ..base.validation import fallbacks_text
 from ..domain.slack import mask_url
-from ..forms import AlertSettingsForm, ProjectSettingsForm, plain_amount
+from ..forms import AlertSettingsForm, FallbacksForm, ProjectSettingsForm, plain_amount
 from ..models import Action, Project
 from ..services.projects import project_update
 from .common import actor, current_project, render_page, run_form
@@ -25,8 +26,10 @@ def _initial_alerts(project: Project) -> dict:
 
 
 def _settings_page(request: HttpRequest, project: Project, *, project_form: ProjectSettingsForm | None = None,
-                   alert_form: AlertSettingsForm | None = None, status: int = 200) -> HttpResponse:
+                   alert_form: AlertSettingsForm | None = None, fallbacks_form: FallbacksForm | None = None,
+                   status: int = 200) -> HttpResponse:
     context = {
+        "fallbacks_form": fallbacks_form or FallbacksForm(initial={"fallbacks": fallbacks_text(project.fallbacks)}),
         "project_form": project_form or ProjectSettingsForm(initial=_initial_project(project)),
         "alert_form": alert_form or AlertSettingsForm(initial=_initial_alerts(project),
                                                       slack_mask=mask_url(project.slack_webhook_url)),
@@ -63,3 +66,14 @@ def alert_settings_save(request: HttpRequest, project_id: int) -> HttpResponse:
             alert_webhook_url=data["alert_webhook_url"], alert_email=data["alert_email"], **form.slack_change()),
         message="Saved the alert settings.", done=lambda _: redirect("project_settings", project.pk),
         refused=lambda: _settings_page(request, project, alert_form=form, status=400))
+
+
+@login_required
+@require_POST
+def fallbacks_save(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = current_project(request, project_id, Action.CHANGE)
+    form = FallbacksForm(request.POST)
+    return run_form(
+        request, form, lambda data: project_update(project=project, actor=actor(request), fallbacks=data["fallbacks"]),
+        message="Saved the fallback models.", done=lambda _: redirect("project_settings", project.pk),
+        refused=lambda: _settings_page(request, project, fallbacks_form=form, status=400), error_field="fallbacks")

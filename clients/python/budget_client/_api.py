@@ -214,6 +214,19 @@ def list_alerts(limit: int = 50, offset: int = 0) -> Call[AlertPage]:
     return _json_call("GET", "/alerts", AlertPage.from_json, params={"limit": limit, "offset": offset})
 
 
+def _fallbacks(data: Any) -> dict[str, list[str]]:
+    return {str(model): [str(name) for name in names] for model, names in data["fallbacks"].items()}
+
+
+def get_fallbacks() -> Call[dict[str, list[str]]]:
+    return _json_call("GET", "/fallbacks", _fallbacks)
+
+
+def set_fallbacks(fallbacks: Mapping[str, list[str]]) -> Call[dict[str, list[str]]]:
+    body = {"fallbacks": {model: list(names) for model, names in fallbacks.items()}}
+    return _json_call("PUT", "/fallbacks", _fallbacks, body=body, has_body=True)
+
+
 # --- reservations -------------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -268,6 +268,14 @@ class Client(_Base):
     def list_alerts(self, limit: int = 50, offset: int = 0) -> AlertPage:
         return self.send(_api.list_alerts(limit, offset))
 
+    def get_fallbacks(self) -> dict[str, list[str]]:
+        """The project's fallback models per model."""
+        return self.send(_api.get_fallbacks())
+
+    def set_fallbacks(self, fallbacks: Mapping[str, list[str]]) -> dict[str, list[str]]:
+        """Replace the project's fallbacks ({} removes them): {"gpt-4o": ["gpt-4o-mini"], ...}."""
+        return self.send(_api.set_fallbacks(fallbacks))
+
     # --- reservations ---------------------------------------------------------------------------
 
     def create_reservation(self, user: str, *, model: str | None = None,
@@ -415,6 +423,12 @@ class AsyncClient(_Base):
 
     async def list_alerts(self, limit: int = 50, offset: int = 0) -> AlertPage:
         return await self.send(_api.list_alerts(limit, offset))
+
+    async def get_fallbacks(self) -> dict[str, list[str]]:
+        return await self.send(_api.get_fallbacks())
+
+    async def set_fallbacks(self, fallbacks: Mapping[str, list[str]]) -> dict[str, list[str]]:
+        return await self.send(_api.set_fallbacks(fallbacks))
 
     async def create_reservation(self, user: str, *, model: str | None = None,
                                  messages: list[dict[str, Any]] | None = None, max_tokens: int | None = None,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from .results import Fallback
+
 
 class BudgetClientError(Exception):
     """Base of every error the client raises."""
@@ -53,7 +55,8 @@ class BudgetExceeded(BudgetClientError):
     """402 budget_exceeded: the user's or the project's budget (`scope`) has no room.
 
     `remaining`, `amount` and `limit` carry the figures the error body gives (None when absent);
-    `body` holds the whole error object.
+    `fallback` the model the service suggests instead (`error.fallback`: a `Fallback` with its
+    `model` and `worst_case`, None when there is none); `body` holds the whole error object.
     """
 
     def __init__(self, message: str, *, scope: str | None = None, status: int | None = 402,
@@ -63,6 +66,7 @@ class BudgetExceeded(BudgetClientError):
         self.remaining = _money(self.body.get("remaining"))
         self.amount = _money(self.body.get("amount", self.body.get("estimated_cost")))
         self.limit = _money(self.body.get("limit", self.body.get("total_budget")))
+        self.fallback = Fallback.from_json(self.body.get("fallback"))
 
 
 class ServerError(BudgetClientError):

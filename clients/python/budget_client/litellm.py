@@ -65,7 +65,9 @@ class BudgetExceededError(BudgetExceeded, litellm.BudgetExceededError):
     @classmethod
     def from_check(cls, check: Check) -> BudgetExceededError:
         message = check.reason or f"the {check.scope} budget has no room for ${check.estimated_cost}"
-        return cls(message, scope=check.scope, estimated_cost=check.estimated_cost, remaining=check.remaining)
+        refused = cls(message, scope=check.scope, estimated_cost=check.estimated_cost, remaining=check.remaining)
+        refused.fallback = check.fallback
+        return refused
 
 
 def call_user(kwargs: Mapping[str, Any], default: str | None = None) -> str | None:
@@ -208,7 +210,9 @@ class BudgetGuard:
     With `max_tokens` (or `max_completion_tokens`) the call's worst case is reserved (402 →
     BudgetExceededError, nothing sent) and the callback settles the reservation with the real
     cost; a failed call releases it. Without, the prompt's cost is checked (advisory: two
-    concurrent calls may both pass) and the callback records the cost.
+    concurrent calls may both pass) and the callback records the cost. With `fallback=True` (here
+    or per call), a call refused with a fallback model (the project's fallbacks) is admitted once
+    more with that model and sent to it instead.
 
     LiteLLM's own pre-call hooks cannot do this for SDK calls: `log_pre_api_call` runs inside
     a try/except that logs and swallows the exception, and `async_pre_call_hook` is only
@@ -216,10 +220,11 @@ class BudgetGuard:
     """
 
     def __init__(self, client: Client, *, callback: BudgetCallback | None = None, ttl_seconds: int | None = None,
-                 default_user: str | None = None) -> None:
+                 default_user: str | None = None, fallback: bool = False) -> None:
         self.client = client
         self.callback = callback or BudgetCallback(client, default_user=default_user)
         self.ttl_seconds = ttl_seconds
+        self.fallback = fallback
 
     def install(self) -> BudgetGuard:
         """Add the callback to `litellm.callbacks` (once)."""
@@ -231,23 +236,40 @@ class BudgetGuard:
         """Remove the callback from every LiteLLM list (LiteLLM copies `callbacks` into its success lists)."""
         litellm.logging_callback_manager.remove_callback_from_all_lists(self.callback, require_self=False)
 
-    def completion(self, **kwargs: Any) -> Any:
-        """`litellm.completion(**kwargs)`, refused with BudgetExceededError when the budget has no room."""
-        kwargs, reservation_id = self._admit(kwargs)
+    def completion(self, *, fallback: bool | None = None, **kwargs: Any) -> Any:
+        """`litellm.completion(**kwargs)`, refused with BudgetExceededError when the budget has no room.
+
+        `fallback` (default: the guard's): refused with a fallback model, retry once with it.
+        """
+        kwargs, reservation_id = self._admit_or_fall_back(kwargs, self.fallback if fallback is None else fallback)
         try:
             return litellm.completion(**kwargs)
         except BaseException:
             self._release(reservation_id)
             raise
 
-    async def acompletion(self, **kwargs: Any) -> Any:
-        """`litellm.acompletion(**kwargs)`, refused with BudgetExceededError when the budget has no room."""
-        kwargs, reservation_id = await asyncio.to_thread(self._admit, kwargs)
+    async def acompletion(self, *, fallback: bool | None = None, **kwargs: Any) -> Any:
+        """`litellm.acompletion(**kwargs)`, refused with BudgetExceededError when the budget has no room;
+        `fallback` as for `completion`."""
+        kwargs, reservation_id = await asyncio.to_thread(
+            self._admit_or_fall_back, kwargs, self.fallback if fallback is None else fallback)
         try:
             return await litellm.acompletion(**kwargs)
         except BaseException:
             await asyncio.to_thread(self._release, reservation_id)
             raise
+
+    def _admit_or_fall_back(self, kwargs: dict[str, Any], fallback: bool) -> tuple[dict[str, Any], int | None]:
+        """Admit the call; refused with a fallback model (the service's `error.fallback`) and `fallback`
+        on, admit it once more with that model instead (refused again: that refusal is raised)."""
+        try:
+            return self._admit(kwargs)
+        except BudgetExceededError as refused:
+            if not fallback or refused.fallback is None:
+                raise
+            log.info("budget_client: %s has no room for %s (%s); retrying with the fallback %s", call_user(
+                kwargs, self.callback.default_user), kwargs.get("model"), refused.message, refused.fallback.model)
+            return self._admit({**kwargs, "model": refused.fallback.model})
 
     def _admit(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
         self.install()

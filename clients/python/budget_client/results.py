@@ -162,19 +162,40 @@ class ProjectedCost:
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """The model a refusal suggests (`error.fallback`, a check's `fallback`): the first of the project's
+    fallbacks for the call's model whose worst case (the same tokens at its price) fits every limit."""
+
+    model: str
+    worst_case: Decimal
+
+    @classmethod
+    def from_json(cls, data: Any) -> Fallback | None:
+        """None for null, or for anything that is not the service's {"model", "worst_case"}."""
+        if not isinstance(data, dict) or not isinstance(data.get("model"), str):
+            return None
+        try:
+            return cls(data["model"], money(data.get("worst_case")))
+        except TypeError:
+            return None
+
+
+@dataclass(frozen=True)
 class Check:
-    """May the user spend `estimated_cost` now? `scope` names the budget without room."""
+    """May the user spend `estimated_cost` now? `scope` names the budget without room; `fallback` the
+    model that would fit instead, when the project names one (None otherwise)."""
 
     allowed: bool
     reason: str | None
     remaining: Decimal
     scope: str | None
     estimated_cost: Decimal
+    fallback: Fallback | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Check:
         return cls(data["allowed"], data.get("reason"), money(data["remaining"]), data.get("scope"),
-                   money(data["estimated_cost"]))
+                   money(data["estimated_cost"]), Fallback.from_json(data.get("fallback")))
 
 
 @dataclass(frozen=True)
