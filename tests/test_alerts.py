@@ -192,8 +192,8 @@ def test_the_webhook_is_signed_with_the_project_secret(hooked, make_budget, queu
     assert not alerts.verify_signature(hooked.webhook_secret, request.headers, request.body + b" ")
     body = json.loads(request.body, parse_float=Decimal)
     assert body == {
-        "type": "budget.threshold_crossed", "alert_id": alert.pk, "project": "acme", "scope": "user",
-        "user": "alice", "threshold": 80, "spend": Decimal("8.123456789"), "limit": 10,
+        "type": "budget.threshold_crossed", "alert_id": alert.pk, "project": "acme", "kind": "threshold",
+        "scope": "user", "user": "alice", "threshold": 80, "spend": Decimal("8.123456789"), "limit": 10,
         "period_start": alert.period_start.isoformat().replace("+00:00", "Z"),
         "created_at": alert.created_at.isoformat().replace("+00:00", "Z"),
     }
