@@ -144,8 +144,9 @@ def validate_limit_thresholds(thresholds: Any) -> list[int] | None:
     return values
 
 
-def parse_alert_thresholds(text: str) -> list[int]:
-    """Thresholds as a person types them ("80, 100%" or "80;100") → validate_alert_thresholds."""
+def parse_alert_thresholds(text: str, *, unique: bool = True) -> list[int]:
+    """Thresholds as a person types them ("80, 100%" or "80;100") → validate_alert_thresholds (with
+    `unique=False`: as typed, repeats kept, for a check that refuses them)."""
     values = []
     for part in re.split(r"[,;]", text):
         part = part.strip().rstrip("%").strip()
@@ -156,7 +157,7 @@ def parse_alert_thresholds(text: str) -> list[int]:
         except InvalidInput:
             raise InvalidInput(f"“{part}” is not a whole percentage between {THRESHOLD_MIN} and "
                                f"{THRESHOLD_MAX}.") from None
-    return validate_alert_thresholds(values)
+    return validate_alert_thresholds(values) if unique else values
 
 
 def url_path_is_utf8(path_info: str) -> bool:

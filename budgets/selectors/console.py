@@ -602,8 +602,8 @@ def audit_actions(project: Project) -> list[str]:
 
 
 def alerts_page(project: Project, *, page: Any = 1) -> Page:
-    return Paginator(Alert.objects.filter(project=project).select_related("budget").order_by("-created_at", "-id"),
-                     ALERTS_PER_PAGE).get_page(page)
+    alerts = Alert.objects.filter(project=project).select_related("budget", "source_limit")
+    return Paginator(alerts.order_by("-created_at", "-id"), ALERTS_PER_PAGE).get_page(page)
 
 
 # --- API keys ---------------------------------------------------------------------------------

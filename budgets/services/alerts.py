@@ -458,7 +458,7 @@ def alert_deliver(*, alert_id: int) -> Delivery:
 Money = Annotated[Decimal, WithJsonSchema({"type": "number"})]
 
 # The webhook's `type` per alert kind.
-ALERT_TYPES = {
+ALERT_TYPES: dict[str, str] = {
     Alert.Kind.THRESHOLD: "budget.threshold_crossed",
     Alert.Kind.RESOLVED: "budget.threshold_resolved",
     Alert.Kind.FORECAST: "budget.forecast_over_limit",
@@ -804,12 +804,13 @@ def email_text(alert: Alert, project: Project) -> tuple[str, str]:
     """An alert's email: its subject and body, in the words of its kind."""
     who, figures = _about(alert), alert_payload(alert)
     sign = "$" if figures.get("unit") in (None, "usd") else ""
-    headline = {
+    headlines: dict[str, str] = {
         Alert.Kind.THRESHOLD: f"{who} reached {alert.threshold}% of the budget",
         Alert.Kind.RESOLVED: f"{who} is back under {alert.threshold}% of the budget",
         Alert.Kind.FORECAST: f"{who} is forecast to reach {figures.get('forecast')} by the end of its window",
         Alert.Kind.ANOMALY: f"{who} spent {alert.spend} today, over {figures.get('multiple')}x its daily average",
-    }.get(alert.kind, f"{who}: {alert.kind}")
+    }
+    headline = headlines.get(alert.kind, f"{who}: {alert.kind}")
     lines = [f"Project: {project.name}", f"About: {who}", f"Event: {alert.get_kind_display()}",
              f"Spend this period: {sign}{alert.spend} of {sign}{alert.limit} ({alert.threshold}% threshold)",
              f"Since: {alert.period_start.isoformat()}"]
