@@ -28,27 +28,6 @@ def spend(project: Project, user: str, dollars: str):
                                 cost=Decimal(dollars), source="api")
 
 
-@pytest.fixture
-def queued(monkeypatch) -> list[int]:
-    """Alert ids handed to the broker (nothing is really queued)."""
-    ids: list[int] = []
-
-    def fake_queue(alert_id: int, **options) -> bool:
-        ids.append(alert_id)
-        return True
-
-    monkeypatch.setattr(alerts, "queue_delivery", fake_queue)
-    return ids
-
-
-@pytest.fixture
-def hooked(project) -> Project:
-    """The project, with a webhook (its URL is replaced per test when one is received)."""
-    project.alert_webhook_url = "http://127.0.0.1:9/hook"
-    project.save(update_fields=["alert_webhook_url"])
-    return project
-
-
 def use_receiver(project: Project, receiver: WebhookReceiver) -> None:
     Project.objects.filter(pk=project.pk).update(alert_webhook_url=receiver.url)
     project.refresh_from_db()

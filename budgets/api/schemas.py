@@ -597,7 +597,8 @@ class LimitOut(Schema):
 
     @staticmethod
     def resolve_forecast(state: Any) -> Decimal | None:
-        return state.forecast() if isinstance(state, LimitState) else None
+        forecast = getattr(state, "forecast", None)  # LimitState.forecast (ninja hands the state wrapped)
+        return forecast() if callable(forecast) else forecast
 
     @staticmethod
     def resolve_thresholds(state: Any) -> list[int] | None:
