@@ -338,11 +338,11 @@ class AuditLogAdmin(ReadOnlyAdmin):
 
 @admin.register(Alert)
 class AlertAdmin(MoneyAdmin):
-    list_display = ("created_at", "project", "scope", "user_id", "threshold", "spend", "limit", "delivered_at",
-                    "attempts")
+    list_display = ("created_at", "project", "kind", "scope", "user_id", "subject", "threshold", "spend", "limit",
+                    "delivered_at", "attempts")
     list_select_related = ("project",)
-    search_fields = ("user_id", "project__name")
-    list_filter = ("scope", "threshold", "project")
+    search_fields = ("user_id", "subject", "project__name")
+    list_filter = ("kind", "scope", "threshold", "project")
     date_hierarchy = "created_at"
     readonly_fields = [f.name for f in Alert._meta.fields]
     actions = ["retry_delivery"]

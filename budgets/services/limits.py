@@ -109,6 +109,8 @@ def limit_create(
     window_start, resets_at = window_of(window, project, at)
     key = {"project": project, "scope": scope, "subject": subject, "model": model, "unit": unit, "window": window}
     with transaction.atomic():
+        if own_thresholds is not None:
+            _lock_project(project.pk)  # Project.limit_thresholds changes: one writer at a time
         existing = Limit.objects.filter(**key).values_list("pk", flat=True).first()
         if existing is None:
             try:
@@ -143,6 +145,7 @@ def limit_update(*, limit: Limit, amount: Any = None, mode: Any = None, threshol
     if not fields:
         raise InvalidInput("give the limit's new amount (`limit`), `mode` or `thresholds`")
     with transaction.atomic():
+        project = _lock_project(limit.project_id)  # the lock order: the project, then the limit
         locked = Limit.objects.select_for_update().get(pk=limit.pk)
         before = limit_snapshot(locked)
         Limit.objects.filter(pk=locked.pk).update(**fields, updated_at=at or utcnow())
@@ -153,13 +156,15 @@ def limit_update(*, limit: Limit, amount: Any = None, mode: Any = None, threshol
         if "thresholds" in fields and fields["thresholds"] != before["thresholds"]:
             _thresholds_in_use_sync(locked.project_id)
         if locked.amount != Decimal(before["amount"]):
-            limit_room_changed(Project.objects.get(pk=locked.project_id), [locked.pk], at=at)
+            limit_room_changed(project, [locked.pk], at=at)
     return locked
 
 
 def limit_delete(*, limit: Limit, actor: str) -> None:
     """Delete a limit; its calls stay in the ledger."""
     with transaction.atomic():
+        if limit.thresholds is not None:
+            _lock_project(limit.project_id)
         write_audit(project_id=limit.project_id, action="limit_delete", actor=actor,
                     user_id=limit.subject if limit.scope == Limit.Scope.USER else "", before=limit_snapshot(limit))
         Limit.objects.filter(pk=limit.pk).delete()
@@ -167,9 +172,16 @@ def limit_delete(*, limit: Limit, actor: str) -> None:
             _thresholds_in_use_sync(limit.project_id)
 
 
+def _lock_project(project_id: int) -> Project:
+    """The project's row, locked as writers lock it (FOR NO KEY UPDATE): limits' threshold changes take
+    turns, so each sees the others' lists when it sums them up."""
+    return Project.objects.select_for_update(no_key=True).get(pk=project_id)
+
+
 def _thresholds_in_use_sync(project_id: int) -> None:
     """Keep Project.limit_thresholds the union of the project's limits' own thresholds (what a record
-    checks before it reads a limit's own list); processes that cached the project learn it at once."""
+    checks before it reads a limit's own list); processes that cached the project learn it at once.
+    The caller holds the project's lock."""
     lists = Limit.objects.filter(project_id=project_id, thresholds__isnull=False).values_list("thresholds", flat=True)
     union = sorted({t for own in lists if isinstance(own, list) for t in own if isinstance(t, int)})
     current = Project.objects.filter(pk=project_id).values_list("limit_thresholds", flat=True).first()
