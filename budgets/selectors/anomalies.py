@@ -76,5 +76,5 @@ def top_model(project: Project, day: date, user_ids: list[str]) -> tuple[str, De
     return (row[0], row[1]) if row else None
 
 
-def team_members(project: Project, team: str) -> list[str]:
+def members_of_team(project: Project, team: str) -> list[str]:
     return list(TeamMember.objects.filter(project=project, team__name=team).values_list("user_id", flat=True))

@@ -23,7 +23,7 @@ from django.utils.timezone import now as utcnow
 
 from ..base.money import MONEY_PLACES
 from ..models import Alert, Project
-from ..selectors.anomalies import BASELINE_DAYS, DaySpend, team_members, teams_spending, top_model, users_spending
+from ..selectors.anomalies import BASELINE_DAYS, DaySpend, members_of_team, teams_spending, top_model, users_spending
 from .alerts import alerts_insert
 
 MIN_HISTORY_DAYS = 7
@@ -46,7 +46,7 @@ def anomaly_of(project: Project, figures: DaySpend, day: date) -> Alert | None:
     multiple = project.anomaly_multiple
     if figures.today <= multiple * baseline or figures.today < project.anomaly_floor:
         return None
-    users = [figures.subject] if figures.scope == "user" else team_members(project, figures.subject)
+    users = [figures.subject] if figures.scope == "user" else members_of_team(project, figures.subject)
     top = top_model(project, day, users)
     details = {"baseline": str(baseline), "baseline_days": days, "multiple": str(multiple),
                "top_model": top[0] if top else None, "top_model_spend": str(top[1]) if top else None}
