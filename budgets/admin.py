@@ -151,8 +151,9 @@ class ProjectAdmin(MoneyAdmin):
     list_filter = ("duration", "timezone")
     inlines = [MembershipInline]
     readonly_fields = ("current_spend", "held", "period_start", "next_reset_at", "created_at")
-    # Secrets: the Slack URL is set (and shown masked) on the console's settings page.
-    exclude = ("webhook_secret", "slack_webhook_url")
+    # Secrets: the Slack URL is set (and shown masked) on the console's settings page; the anomaly
+    # settings are set there too (validated by services.projects).
+    exclude = ("webhook_secret", "slack_webhook_url", "anomaly_alerts", "anomaly_multiple", "anomaly_floor")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Project]:
         return super().get_queryset(request).filter(deleting_since__isnull=True)  # their rows go in batches
@@ -338,11 +339,11 @@ class AuditLogAdmin(ReadOnlyAdmin):
 
 @admin.register(Alert)
 class AlertAdmin(MoneyAdmin):
-    list_display = ("created_at", "project", "scope", "user_id", "threshold", "spend", "limit", "delivered_at",
-                    "attempts")
+    list_display = ("created_at", "project", "kind", "scope", "user_id", "subject", "threshold", "spend", "limit",
+                    "delivered_at", "attempts")
     list_select_related = ("project",)
-    search_fields = ("user_id", "project__name")
-    list_filter = ("scope", "threshold", "project")
+    search_fields = ("user_id", "subject", "project__name")
+    list_filter = ("kind", "scope", "threshold", "project")
     date_hierarchy = "created_at"
     readonly_fields = [f.name for f in Alert._meta.fields]
     actions = ["retry_delivery"]

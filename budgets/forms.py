@@ -22,7 +22,13 @@ from django.contrib.auth import get_user_model, password_validation
 from django.core.exceptions import ValidationError
 
 from .base.errors import InvalidInput
-from .base.validation import MAX_FALLBACKS, parse_alert_thresholds, parse_fallbacks, validate_user_id
+from .base.validation import (
+    MAX_FALLBACKS,
+    parse_alert_thresholds,
+    parse_fallbacks,
+    validate_limit_thresholds,
+    validate_user_id,
+)
 from .models import Duration, Limit, Role
 from .selectors.console import DateRange
 
@@ -346,16 +352,34 @@ class AlertSettingsForm(forms.Form):
         help_text="A Slack incoming webhook (https://hooks.slack.com/services/…): each alert is posted to its channel.",
     )
     slack_remove = forms.BooleanField(label="Stop posting alerts to Slack", required=False)
+    anomaly_alerts = forms.BooleanField(
+        label="Spend anomaly alerts", required=False,
+        help_text="Alert once a day when a user's or team's spend today is over the multiple of its trailing "
+                  "14-day daily average (never for users with under 7 days of history).")
+    anomaly_multiple = forms.DecimalField(
+        label="Anomaly multiple (×)", required=False, min_value=Decimal("1.1"), max_value=Decimal(1000), max_digits=6,
+        decimal_places=2, help_text="Times the daily average, e.g. 3.",
+        widget=forms.NumberInput(attrs={"step": "0.01", "inputmode": "decimal"}))
+    anomaly_floor = money_field("Anomaly floor (USD)", required=False,
+                                help_text="Spend today below this is never an anomaly.")
 
     def __init__(self, *args: Any, slack_mask: str = "", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        fields = ["alert_thresholds", "alert_webhook_url", "alert_email", "slack_webhook_url"]
+        fields: list[Any] = ["alert_thresholds", "alert_webhook_url", "alert_email", "slack_webhook_url"]
         if slack_mask:
             self.fields["slack_webhook_url"].widget.attrs["placeholder"] = slack_mask
             self.fields["slack_webhook_url"].help_text = (
                 f"Alerts go to {slack_mask}. Leave this empty to keep it, or paste another URL to replace it.")
             fields.append("slack_remove")
+        fields += ["anomaly_alerts", Row(Column("anomaly_multiple", css_class="col-md-6"),
+                                         Column("anomaly_floor", css_class="col-md-6"))]
         self.helper = _helper(*fields)
+
+    def anomaly_change(self) -> dict[str, Any]:
+        """What to give project_update for the spend-anomaly settings."""
+        data = self.cleaned_data
+        given = {name: data[name] for name in ("anomaly_multiple", "anomaly_floor") if data.get(name) is not None}
+        return {"anomaly_alerts": bool(data.get("anomaly_alerts")), **given}
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
@@ -484,6 +508,10 @@ class LimitForm(forms.Form):
     window = forms.ChoiceField(label="Window", choices=Limit.Window.choices, initial=Limit.Window.MONTH)
     amount = limit_amount_field()
     mode = forms.ChoiceField(label="Mode", choices=Limit.Mode.choices, initial=Limit.Mode.HARD)
+    thresholds = forms.CharField(
+        label="Alert thresholds (%)", required=False, max_length=200,
+        widget=forms.TextInput(attrs={"placeholder": "the project's"}),
+        help_text="This limit's own, e.g. 50, 90, 100 (at most 10); empty: the project's list.")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -491,16 +519,35 @@ class LimitForm(forms.Form):
             Row(Column("scope", css_class="col-md-3"), Column("subject", css_class="col-md-5"),
                 Column("model", css_class="col-md-4")),
             Row(Column("unit", css_class="col-md-3"), Column("window", css_class="col-md-3"),
-                Column("amount", css_class="col-md-3"), Column("mode", css_class="col-md-3")))
+                Column("amount", css_class="col-md-3"), Column("mode", css_class="col-md-3")),
+            "thresholds")
+
+    def clean_thresholds(self) -> list[int] | None:
+        return limit_thresholds(self.cleaned_data["thresholds"])
+
+
+def limit_thresholds(text: str) -> list[int] | None:
+    """A limit's thresholds as typed ("50, 90, 100"); empty: None (the project's list)."""
+    if not text.strip():
+        return None
+    try:
+        return validate_limit_thresholds(parse_alert_thresholds(text, unique=False))
+    except InvalidInput as exc:
+        raise ValidationError(exc.message) from None
 
 
 class LimitEditForm(forms.Form):
     amount = limit_amount_field()
     mode = forms.ChoiceField(label="Mode", choices=Limit.Mode.choices)
+    thresholds = forms.CharField(label="Alert thresholds (%)", required=False, max_length=200)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.helper = _helper(Row(Column("amount", css_class="col-md-6"), Column("mode", css_class="col-md-6")))
+        self.helper = _helper(Row(Column("amount", css_class="col-md-6"), Column("mode", css_class="col-md-6")),
+                              "thresholds")
+
+    def clean_thresholds(self) -> list[int] | None:
+        return limit_thresholds(self.cleaned_data["thresholds"])
 
 
 class TeamForm(forms.Form):

@@ -81,6 +81,16 @@ class Project(Period):
     # Checked by budgets.base.validation.validate_fallbacks; advice only (services.fallbacks).
     fallbacks = models.JSONField(default=dict, blank=True,
                                  help_text='Fallback models per model, e.g. {"gpt-4o": ["gpt-4o-mini"]}.')
+    # Every threshold some limit of the project has as its own list (services.limits keeps it): a
+    # record checks these with the project's list before it reads a limit's own list, so the common
+    # case (nothing crossed) costs no query (services.alerts.limits_counted).
+    limit_thresholds = models.JSONField(default=list, blank=True, editable=False)
+    # Spend anomalies (services.anomalies): today's spend of a user or team over `anomaly_multiple`
+    # times its trailing daily average, and at least `anomaly_floor` dollars.
+    anomaly_alerts = models.BooleanField(default=True, help_text="Alert when a user's or team's daily spend jumps.")
+    anomaly_multiple = models.DecimalField(max_digits=6, decimal_places=2, default=Decimal(3),
+                                           help_text="Times the trailing 14-day daily average.")
+    anomaly_floor = MoneyField(default=Decimal(1), help_text="Dollars a day below which spend is never an anomaly.")
     webhook_secret = models.CharField(max_length=64, default=new_webhook_secret)
     created_at = models.DateTimeField(default=now)
     # Set when the project is deleted (its keys revoked in the same transaction): it is gone from
@@ -585,12 +595,20 @@ class AuditLog(models.Model):
 
 
 class Alert(models.Model):
-    """A crossed spend threshold: a row first (the outbox), delivered by a task second."""
+    """A budget event (a crossed threshold, its resolution, a forecast over a limit, a spend anomaly):
+    a row first (the outbox), delivered by a task second."""
 
     class Scope(models.TextChoices):
         USER = "user", "User budget"
         PROJECT = "project", "Project budget"
         LIMIT = "limit", "Limit"
+        TEAM = "team", "Team"
+
+    class Kind(models.TextChoices):
+        THRESHOLD = "threshold", "Threshold crossed"
+        RESOLVED = "resolved", "Back under a threshold"
+        FORECAST = "forecast", "Forecast over the limit"
+        ANOMALY = "anomaly", "Spend anomaly"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="alerts")
     budget = models.ForeignKey(UserBudget, on_delete=models.SET_NULL, null=True, blank=True, related_name="alerts")
@@ -598,8 +616,16 @@ class Alert(models.Model):
     source_limit = models.ForeignKey("Limit", on_delete=models.CASCADE, null=True, blank=True,
                                      related_name="alerts")
     scope = models.CharField(max_length=10, choices=Scope.choices)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.THRESHOLD)
     user_id = models.CharField(max_length=255, blank=True)
-    threshold = models.PositiveIntegerField(help_text="Percent of the budget.")
+    # An anomaly's subject: the user id or the team's name (once per subject per local day).
+    subject = models.CharField(max_length=255, blank=True, default="")
+    threshold = models.PositiveIntegerField(help_text="Percent of the budget (an anomaly: the multiple, in percent).")
+    # A limit's threshold may fire again in a window after it resolved: the nth firing is cycle n
+    # (its `resolved` event has the same cycle), so each is once under concurrency too.
+    cycle = models.PositiveIntegerField(default=0)
+    # Figures of a forecast or an anomaly (decimal strings): forecast, baseline, top_model, ...
+    details = models.JSONField(default=dict, blank=True)
     period_start = models.DateTimeField()
     spend = MoneyField()
     limit = MoneyField()
@@ -619,13 +645,18 @@ class Alert(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["project", "scope", "user_id", "threshold", "period_start"],
-                condition=Q(source_limit__isnull=True),
+                condition=Q(source_limit__isnull=True, kind="threshold"),
                 name="one_alert_per_threshold_per_period",
             ),
             models.UniqueConstraint(
-                fields=["source_limit", "threshold", "period_start"],
+                fields=["source_limit", "kind", "threshold", "period_start", "cycle"],
                 condition=Q(source_limit__isnull=False),
-                name="one_alert_per_limit_threshold_per_window",
+                name="one_alert_per_limit_event_per_window",
+            ),
+            models.UniqueConstraint(
+                fields=["project", "scope", "subject", "period_start"],
+                condition=Q(kind="anomaly"),
+                name="one_anomaly_per_subject_per_day",
             ),
         ]
         indexes = [
@@ -707,6 +738,8 @@ class Limit(models.Model):
     # Dollars, or a whole number of tokens or requests (one column: the unit says which).
     amount = MoneyField()
     mode = models.CharField(max_length=4, choices=Mode.choices, default=Mode.HARD)
+    # The limit's own alert thresholds (whole percentages, sorted); null: the project's list.
+    thresholds = models.JSONField(null=True, blank=True)
     used = MoneyField(default=ZERO)
     held = MoneyField(default=ZERO)
     window_start = models.DateTimeField(default=now)

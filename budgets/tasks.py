@@ -16,6 +16,8 @@ from django.utils.timezone import now as utcnow
 
 from . import metrics
 from .services.alerts import DELIVER_ALERT_TASK, MAX_ATTEMPTS, alert_deliver, alerts_requeue
+from .services.anomalies import anomalies_detect
+from .services.forecasts import limits_forecast_check
 from .services.limit_windows import limits_reset_due
 from .services.projects import projects_purge
 from .services.reservations import reservations_expire
@@ -59,6 +61,16 @@ def reset_sweep() -> dict[str, int]:
 @shared_task(name="budgets.alert_outbox")
 def alert_outbox() -> int:
     return alerts_requeue()
+
+
+@shared_task(name="budgets.limit_forecasts")
+def limit_forecasts() -> int:
+    return limits_forecast_check()
+
+
+@shared_task(name="budgets.spend_anomalies")
+def spend_anomalies() -> int:
+    return anomalies_detect()
 
 
 @shared_task(bind=True, name=DELIVER_ALERT_TASK, max_retries=MAX_ATTEMPTS)

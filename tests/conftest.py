@@ -110,6 +110,32 @@ def make_budget(project):
     return make
 
 
+# --- alerts -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def queued(monkeypatch) -> list[int]:
+    """Alert ids handed to the broker (nothing is really queued)."""
+    from budgets.services import alerts
+
+    ids: list[int] = []
+
+    def fake_queue(alert_id: int, **options) -> bool:
+        ids.append(alert_id)
+        return True
+
+    monkeypatch.setattr(alerts, "queue_delivery", fake_queue)
+    return ids
+
+
+@pytest.fixture
+def hooked(project) -> Project:
+    """The project, with a webhook (its URL is replaced per test when one is received)."""
+    project.alert_webhook_url = "http://127.0.0.1:9/hook"
+    project.save(update_fields=["alert_webhook_url"])
+    return project
+
+
 # --- a project's API key and a client that sends it ------------------------------------------------
 
 

@@ -28,27 +28,6 @@ def spend(project: Project, user: str, dollars: str):
                                 cost=Decimal(dollars), source="api")
 
 
-@pytest.fixture
-def queued(monkeypatch) -> list[int]:
-    """Alert ids handed to the broker (nothing is really queued)."""
-    ids: list[int] = []
-
-    def fake_queue(alert_id: int, **options) -> bool:
-        ids.append(alert_id)
-        return True
-
-    monkeypatch.setattr(alerts, "queue_delivery", fake_queue)
-    return ids
-
-
-@pytest.fixture
-def hooked(project) -> Project:
-    """The project, with a webhook (its URL is replaced per test when one is received)."""
-    project.alert_webhook_url = "http://127.0.0.1:9/hook"
-    project.save(update_fields=["alert_webhook_url"])
-    return project
-
-
 def use_receiver(project: Project, receiver: WebhookReceiver) -> None:
     Project.objects.filter(pk=project.pk).update(alert_webhook_url=receiver.url)
     project.refresh_from_db()
@@ -192,8 +171,8 @@ def test_the_webhook_is_signed_with_the_project_secret(hooked, make_budget, queu
     assert not alerts.verify_signature(hooked.webhook_secret, request.headers, request.body + b" ")
     body = json.loads(request.body, parse_float=Decimal)
     assert body == {
-        "type": "budget.threshold_crossed", "alert_id": alert.pk, "project": "acme", "scope": "user",
-        "user": "alice", "threshold": 80, "spend": Decimal("8.123456789"), "limit": 10,
+        "type": "budget.threshold_crossed", "alert_id": alert.pk, "project": "acme", "kind": "threshold",
+        "scope": "user", "user": "alice", "threshold": 80, "spend": Decimal("8.123456789"), "limit": 10,
         "period_start": alert.period_start.isoformat().replace("+00:00", "Z"),
         "created_at": alert.created_at.isoformat().replace("+00:00", "Z"),
     }

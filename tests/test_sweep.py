@@ -244,7 +244,7 @@ def test_migrate_writes_the_beat_schedule_for_the_admin():
     for name, entry in beat_schedule.BEAT_SCHEDULE.items():
         assert rows[name].task == entry.task
         assert rows[name].enabled
-        assert rows[name].schedule == schedule(timedelta(minutes=1))
+        assert rows[name].schedule == schedule(timedelta(minutes=entry.every_minutes))
     from budgetsite.celery import app
 
     assert {entry.task for entry in beat_schedule.BEAT_SCHEDULE.values()} <= set(app.tasks)

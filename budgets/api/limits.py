@@ -29,7 +29,7 @@ def create_limit(request: HttpRequest, payload: LimitIn):
     limit = limit_create(
         project=request_project(request), scope=payload.scope, subject=payload.subject, model=payload.model,
         unit=payload.unit, window=payload.window, amount=payload.limit, mode=payload.mode,
-        actor=request_actor(request),
+        thresholds=payload.thresholds, actor=request_actor(request),
     )
     return Status(201, LimitOut.model_validate(LimitState.of_limit(limit)))
 
@@ -53,9 +53,11 @@ def get_limit(request: HttpRequest, limit_id: int):
 
 @router.patch("/limits/{limit_id}", response={200: LimitOut, **ERRORS})
 def update_limit(request: HttpRequest, limit_id: int, payload: LimitPatchIn):
-    """Change a limit's amount (`limit`) or `mode`; another scope, subject, unit or window is a new limit."""
+    """Change a limit's amount (`limit`), `mode` or `thresholds` (null: the project's list); another scope,
+    subject, unit or window is a new limit. A new amount resolves the thresholds the usage is now under."""
+    thresholds = payload.thresholds if "thresholds" in payload.model_fields_set else ...
     limit_update(limit=limit_of(request_project(request), limit_id), amount=payload.limit, mode=payload.mode,
-                 actor=request_actor(request))
+                 thresholds=thresholds, actor=request_actor(request))
     return _out(request, limit_id)
 
 

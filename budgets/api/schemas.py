@@ -599,10 +599,25 @@ class LimitOut(Schema):
     held: MoneyOut = Field(description="Held by open reservations.")
     remaining: MoneyOut = Field(description="limit − used − held, never below 0.")
     resets_at: datetime | None = Field(description="When the window ends; null for lifetime.")
+    forecast: MoneyOut | None = Field(
+        None, description="Usage forecast at the window's end: linear from the window's start at the rate so far "
+                          "(the elapsed time counts as at least an hour); null for a lifetime window.")
+    thresholds: list[int] | None = Field(
+        None, description="The limit's own alert thresholds (percent); null: the project's alert_thresholds.")
 
     @staticmethod
     def resolve_subject(state: Any) -> str | None:
         return state.subject or None
+
+    @staticmethod
+    def resolve_forecast(state: Any) -> Decimal | None:
+        forecast = getattr(state, "forecast", None)  # LimitState.forecast (ninja hands the state wrapped)
+        return forecast() if callable(forecast) else forecast
+
+    @staticmethod
+    def resolve_thresholds(state: Any) -> list[int] | None:
+        thresholds = getattr(state, "thresholds", None)
+        return None if thresholds is None else list(thresholds)
 
 
 class LimitRefusedOut(LimitOut):
@@ -767,7 +782,34 @@ LimitAmount = Annotated[Decimal, BeforeValidator(_money),
                                                        "tokens or requests."})]
 
 
-_LIMIT_OPTIONAL = ("model", "unit", "window", "mode")
+_LIMIT_OPTIONAL = ("model", "unit", "window", "mode", "thresholds")
+
+# A limit's own alert thresholds: whole percentages (the service checks 1..1000, each once, at most 10).
+def _percent(value: Any, info: ValidationInfo) -> int:
+    percent = _tokens(value, info)
+    if not 1 <= percent <= 1000:
+        raise PydanticCustomError("percent", "must be a whole percentage from 1 to 1000")
+    return percent
+
+
+Percent = Annotated[int, BeforeValidator(_percent), WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 1000})]
+LimitThresholds = Annotated[
+    Annotated[list[Percent], Field(max_length=10, json_schema_extra={"uniqueItems": True})] | None,
+    Field(description="The limit's own alert thresholds: up to 10 different whole percentages from 1 to 1000 "
+                      "(e.g. [50, 90, 100]); null or left out: the project's alert_thresholds."),
+]
+
+
+def _thresholds_may_be_null(extra: Callable[[dict[str, Any], Any], None]) -> Callable[[dict[str, Any], Any], None]:
+    """A PATCH may give only `"thresholds": null` (back to the project's list): given, even as null, it counts."""
+
+    def patched(schema: dict[str, Any], cls: Any) -> None:
+        extra(schema, cls)
+        for branch in schema["oneOf"]:
+            branch["anyOf"] = [{"required": ["thresholds"]} if option["required"] == ["thresholds"] else option
+                               for option in branch.get("anyOf", [])]
+
+    return patched
 
 
 class LimitIn(StrictIn):
@@ -788,17 +830,20 @@ class LimitIn(StrictIn):
     window: LimitWindow = "month"
     limit: LimitAmount
     mode: LimitMode = Field("hard", description="hard refuses a call without room; soft only alerts.")
+    thresholds: LimitThresholds = None
 
 
 class LimitPatchIn(StrictIn):
-    """A limit's new amount or mode (another scope, subject, model, unit or window is a new limit)."""
+    """A limit's new amount, mode or thresholds (another scope, subject, model, unit or window is a new
+    limit); `"thresholds": null` gives it the project's list again."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=forms(
-        Form("a new amount or mode", required=(), any_of=("limit", "mode")),
-    ))
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_thresholds_may_be_null(forms(
+        Form("a new amount, mode or thresholds", required=(), any_of=("limit", "mode", "thresholds")),
+    )))
 
     limit: LimitAmount | None = None
     mode: LimitMode | None = None
+    thresholds: LimitThresholds = None
 
 
 class LimitPage(Schema):

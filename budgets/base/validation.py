@@ -193,8 +193,27 @@ def validate_alert_thresholds(thresholds: Any) -> list[int]:
     return sorted(set(thresholds))
 
 
-def parse_alert_thresholds(text: str) -> list[int]:
-    """Thresholds as a person types them ("80, 100%" or "80;100") → validate_alert_thresholds."""
+LIMIT_THRESHOLDS_MAX = 10
+
+
+def validate_limit_thresholds(thresholds: Any) -> list[int] | None:
+    """A limit's own thresholds: None (the project's list), or at most 10 whole percentages from 1
+    to 1000, each once; kept sorted."""
+    if thresholds is None:
+        return None
+    try:
+        values = validate_alert_thresholds(thresholds)
+    except InvalidInput:
+        values = None
+    if values is None or len(values) != len(thresholds) or len(values) > LIMIT_THRESHOLDS_MAX:
+        raise InvalidInput(f"thresholds must be null (the project's) or a list of at most {LIMIT_THRESHOLDS_MAX} "
+                           f"different whole percentages between {THRESHOLD_MIN} and {THRESHOLD_MAX}")
+    return values
+
+
+def parse_alert_thresholds(text: str, *, unique: bool = True) -> list[int]:
+    """Thresholds as a person types them ("80, 100%" or "80;100") → validate_alert_thresholds (with
+    `unique=False`: as typed, repeats kept, for a check that refuses them)."""
     values = []
     for part in re.split(r"[,;]", text):
         part = part.strip().rstrip("%").strip()
@@ -205,7 +224,7 @@ def parse_alert_thresholds(text: str) -> list[int]:
         except InvalidInput:
             raise InvalidInput(f"“{part}” is not a whole percentage between {THRESHOLD_MIN} and "
                                f"{THRESHOLD_MAX}.") from None
-    return validate_alert_thresholds(values)
+    return validate_alert_thresholds(values) if unique else values
 
 
 def url_path_is_utf8(path_info: str) -> bool:

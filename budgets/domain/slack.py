@@ -26,12 +26,15 @@ TEST = "budget.test"
 # Headers per alert type; {who} and {threshold} are filled in (a type without one: GENERIC_TITLE).
 TITLES = {
     THRESHOLD_CROSSED: "{who} reached {threshold}% of {budget}",
+    "budget.threshold_resolved": "{who} is back under {threshold}% of {budget}",
+    "budget.forecast_over_limit": "{who} is forecast to exceed {budget} by the end of its window",
+    "budget.spend_anomaly": "Spend anomaly: {who} spent over {threshold}% of its daily average today",
     TEST: "Test message from Budget Manager",
 }
 GENERIC_TITLE = "Budget alert: {kind}"
 
 # Shown in their own words; every other payload field is listed by name. Never shown: the ids.
-_KNOWN = {"type", "alert_id", "project", "scope", "user", "subject", "threshold", "spend", "limit", "unit",
+_KNOWN = {"type", "kind", "alert_id", "project", "scope", "user", "subject", "threshold", "spend", "limit", "unit",
           "period_start", "window", "created_at", "message"}
 _UNITS = {"usd": "", "tokens": "tokens", "requests": "requests"}
 HEADER_MAX = 150

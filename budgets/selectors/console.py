@@ -34,6 +34,8 @@ from django.utils.timezone import now as utcnow
 from ..base.fields import MoneyField
 from ..base.money import MONEY_PLACES
 from ..domain import pricing
+from ..domain.forecast import elapsed_seconds
+from ..domain.forecast import projected as projected_use
 from ..models import (
     Alert,
     ApiKey,
@@ -336,21 +338,14 @@ class Forecast:
         return None if self.projected is None else cap_use(self.projected, self.cap)
 
 
-def _seconds(delta: timedelta) -> Decimal:
-    return Decimal(delta.days * 86400 + delta.seconds) + Decimal(delta.microseconds).scaleb(-6)
-
-
 def forecast(project: Project, at: datetime | None = None) -> Forecast:
-    """Linear forecast from the spend so far in the project's current period."""
+    """The project's spend at its period's end by the one forecast method (domain.forecast)."""
     at = at or utcnow()
-    elapsed = max(_seconds(at - project.period_start), Decimal(3600))  # no wild rates in the first hour
+    end = project.next_reset_at
+    elapsed = elapsed_seconds(project.period_start, end, at)
     spend = project.current_spend
     per_day = (spend * 86400 / elapsed).quantize(MONEY_PLACES)
-    projected = None
-    end = project.next_reset_at
-    if end is not None:
-        remaining = max(_seconds(end - at), ZERO)
-        projected = (spend * (elapsed + remaining) / elapsed).quantize(MONEY_PLACES)
+    projected = projected_use(spend, project.period_start, end, at)
     reached = None
     cap = project.max_budget
     if cap is not None and ZERO < spend < cap:
@@ -635,8 +630,8 @@ def audit_actions(project: Project) -> list[str]:
 
 
 def alerts_page(project: Project, *, page: Any = 1) -> Page:
-    return Paginator(Alert.objects.filter(project=project).select_related("budget").order_by("-created_at", "-id"),
-                     ALERTS_PER_PAGE).get_page(page)
+    alerts = Alert.objects.filter(project=project).select_related("budget", "source_limit")
+    return Paginator(alerts.order_by("-created_at", "-id"), ALERTS_PER_PAGE).get_page(page)
 
 
 # --- API keys ---------------------------------------------------------------------------------

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from django.db.models import Q, QuerySet, Subquery
+from django.utils.timezone import now as utcnow
 
+from ..domain.forecast import projected
 from ..models import Limit, Project, TeamMember, UserBudget
 
 MAX_TAGS = 10
@@ -94,22 +96,37 @@ class LimitState:
     used: Decimal
     held: Decimal
     resets_at: datetime | None
+    # Known when the state was read from its row (None from the ledger's fast path: no forecast then).
+    window_start: datetime | None = None
+    thresholds: tuple[int, ...] | None = None  # the limit's own alert thresholds; None: the project's
 
     @property
     def remaining(self) -> Decimal:
         return max(self.limit - self.used - self.held, Decimal(0))
 
+    def forecast(self, at: datetime | None = None) -> Decimal | None:
+        """Usage at the window's end at the rate so far (domain.forecast; whole tokens and requests);
+        None for a lifetime window."""
+        if self.window_start is None or self.resets_at is None:
+            return None
+        value = projected(self.used, self.window_start, self.resets_at, at or utcnow())
+        if value is None or self.unit == "usd":
+            return value
+        return value.to_integral_value(ROUND_HALF_UP)
+
     @classmethod
     def of_limit(cls, limit: Limit) -> LimitState:
         return cls(id=limit.pk, scope=limit.scope, subject=limit.subject, model=limit.model or None, unit=limit.unit,
                    window=limit.window, mode=limit.mode, limit=limit.amount, used=limit.used, held=limit.held,
-                   resets_at=limit.resets_at)
+                   resets_at=limit.resets_at, window_start=limit.window_start,
+                   thresholds=tuple(limit.thresholds) if isinstance(limit.thresholds, list) else None)
 
     @classmethod
     def of_budget(cls, budget: UserBudget) -> LimitState:
         return cls(id=None, scope="user", subject=budget.user_id, model=None, unit="usd",
                    window=WINDOW_OF_DURATION[budget.duration], mode="hard", limit=budget.total_budget,
-                   used=budget.current_spend, held=budget.held, resets_at=budget.next_reset_at)
+                   used=budget.current_spend, held=budget.held, resets_at=budget.next_reset_at,
+                   window_start=budget.period_start)
 
     @classmethod
     def of_project(cls, project: Project) -> LimitState | None:
@@ -118,4 +135,5 @@ class LimitState:
             return None
         return cls(id=None, scope="project", subject="", model=None, unit="usd",
                    window=WINDOW_OF_DURATION[project.duration], mode="hard", limit=project.max_budget,
-                   used=project.current_spend, held=project.held, resets_at=project.next_reset_at)
+                   used=project.current_spend, held=project.held, resets_at=project.next_reset_at,
+                   window_start=project.period_start)

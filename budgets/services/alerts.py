@@ -47,9 +47,10 @@ from pydantic import BaseModel, WithJsonSchema, model_validator
 from ..base.errors import InvalidInput
 from ..domain.codec import dumps
 from ..domain.slack import slack_message
-from ..models import Alert, Project, UserBudget
+from ..models import Alert, Limit, Project, UserBudget
 from ..selectors.limits import LimitState
 from .audit import write_audit
+from .limit_windows import limits_current
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +72,15 @@ ALERT_ID_HEADER = "X-Budget-Alert-Id"
 # --- crossing a threshold (inside cost_record's transaction) ---------------------------------
 
 
+def _whole_percentages(raw: Any) -> list[int]:
+    """Positive whole percentages, sorted, each once; junk typed into the admin is ignored."""
+    values = raw if isinstance(raw, list | tuple) else []
+    return sorted({t for t in values if isinstance(t, int) and not isinstance(t, bool) and t > 0})
+
+
 def thresholds_of(project: Project) -> list[int]:
     """The project's thresholds as whole percentages; junk typed into the admin is ignored."""
-    raw = project.alert_thresholds if isinstance(project.alert_thresholds, list) else []
-    return sorted({t for t in raw if isinstance(t, int) and not isinstance(t, bool) and t > 0})
+    return _whole_percentages(project.alert_thresholds)
 
 
 def crossed_thresholds(*, before: Decimal, after: Decimal, limit: Decimal | None, thresholds: list[int]) -> list[int]:
@@ -105,31 +111,119 @@ def spend_recorded(*, project: Project, budget: UserBudget, amount: Decimal) -> 
         for t in crossed_thresholds(before=project.current_spend - amount, after=project.current_spend,
                                     limit=project.max_budget, thresholds=thresholds)
     ]
-    return _insert(project, candidates)
+    return alerts_insert(project, candidates)
+
+
+def limit_alert(project: Project, state: LimitState, *, kind: str, threshold: int, window_start: datetime,
+                cycle: int = 0, details: dict[str, Any] | None = None) -> Alert:
+    """An (unsaved) alert row about a limit, with its figures now."""
+    return Alert(project=project, budget=None, scope=Alert.Scope.LIMIT, kind=kind, source_limit_id=state.id,
+                 user_id=state.subject if state.scope == "user" else "", threshold=threshold,
+                 period_start=window_start, cycle=cycle, spend=state.used, limit=state.limit, details=details or {})
 
 
 def limits_counted(*, project: Project, counted: Sequence[tuple[LimitState, Decimal, datetime]]) -> list[Alert]:
     """Called by services.ledger after Limit rows counted a call or a merge: `counted` holds each
-    limit's state after it, what it added and its window's start. One alert row per threshold a
-    limit's `used` crossed (once per window; hard and soft limits alike).
+    limit's state after it, what it added and its window's start. One alert row per threshold of the
+    limit's own list (else the project's) that its `used` crossed: once per window, and once more
+    after each `resolved` (limit_room_changed); hard and soft limits alike.
 
-    The common case (nothing crossed) costs no query.
+    The common case (nothing crossed) costs no query: the crossing is first checked against every
+    threshold in use in the project (its list and Project.limit_thresholds); only a limit that
+    crossed one has its own list read (when any limit has one) and its window's resolutions counted.
     """
-    thresholds = thresholds_of(project)
-    if not thresholds:
+    in_use = sorted(set(thresholds_of(project)) | set(_whole_percentages(project.limit_thresholds)))
+    if not in_use:
         return []
-    candidates = [
-        Alert(project=project, budget=None, scope=Alert.Scope.LIMIT, source_limit_id=state.id,
-              user_id=state.subject if state.scope == "user" else "", threshold=t, period_start=window_start,
-              spend=state.used, limit=state.limit)
+    crossing = [
+        (state, window_start, crossed)
         for state, added, window_start in counted if added > 0 and state.id is not None
-        for t in crossed_thresholds(before=state.used - added, after=state.used, limit=state.limit,
-                                    thresholds=thresholds)
+        if (crossed := crossed_thresholds(before=state.used - added, after=state.used, limit=state.limit,
+                                          thresholds=in_use))
     ]
-    return _insert(project, candidates)
+    if not crossing:
+        return []
+    own: dict[int, list[int] | None] = {}
+    if project.limit_thresholds:
+        own = {pk: None if raw is None else _whole_percentages(raw) for pk, raw in
+               Limit.objects.filter(pk__in=[state.id for state, _, _ in crossing]).values_list("pk", "thresholds")}
+    project_list = thresholds_of(project)
+
+    def listed(limit_id: int) -> list[int]:
+        mine = own.get(limit_id)
+        return project_list if mine is None else mine
+
+    fired = [(state, window_start, t) for state, window_start, crossed in crossing
+             for t in crossed if t in listed(cast(int, state.id))]
+    if not fired:
+        return []
+    resolved = _resolutions({(cast(int, state.id), window_start) for state, window_start, _ in fired})
+    return alerts_insert(project, [
+        limit_alert(project, state, kind=Alert.Kind.THRESHOLD, threshold=t, window_start=window_start,
+                    cycle=len(resolved.get((cast(int, state.id), window_start, t), ())))
+        for state, window_start, t in fired])
 
 
-def _insert(project: Project, candidates: list[Alert]) -> list[Alert]:
+def _limit_events(windows: set[tuple[int, datetime]],
+                  kinds: Sequence[str]) -> list[tuple[int, datetime, int, str, int]]:
+    """(limit id, window start, threshold, kind, cycle) of the limits' alerts of these kinds in these windows."""
+    if not windows:
+        return []
+    where = Q()
+    for limit_id, window_start in windows:
+        where |= Q(source_limit_id=limit_id, period_start=window_start)
+    return list(Alert.objects.filter(where, kind__in=kinds)
+                .values_list("source_limit_id", "period_start", "threshold", "kind", "cycle"))
+
+
+def _resolutions(windows: set[tuple[int, datetime]]) -> dict[tuple[int, datetime, int], set[int]]:
+    """The cycles each (limit, window, threshold) was resolved in."""
+    found: dict[tuple[int, datetime, int], set[int]] = {}
+    for limit_id, start, threshold, _, cycle in _limit_events(windows, [Alert.Kind.RESOLVED]):
+        found.setdefault((limit_id, start, threshold), set()).add(cycle)
+    return found
+
+
+def limit_room_changed(project: Project, limit_ids: Sequence[int], *, at: datetime | None = None) -> list[Alert]:
+    """Re-check the thresholds of limits whose room changed (a new amount, a temporary raise, a grant,
+    an approval): a threshold that fired in the current window and that usage is now under gets a
+    `resolved` event (after which crossing it fires again); one that usage is now at or over without
+    an open firing (the room shrank) fires. Call it inside the transaction that changed the room.
+
+    Locks the limits by id (services.admission's order after the project) and brings them into
+    their current windows; returns the alerts created.
+    """
+    if not limit_ids:
+        return []
+    with transaction.atomic():
+        rows = list(Limit.objects.select_for_update().filter(project=project, pk__in=limit_ids).order_by("pk"))
+        limits = limits_current(project, rows, at)
+        events = _limit_events({(limit.pk, limit.window_start) for limit in limits},
+                               [Alert.Kind.THRESHOLD, Alert.Kind.RESOLVED])
+        fired: dict[tuple[int, int], set[int]] = {}
+        resolved: dict[tuple[int, int], set[int]] = {}
+        for limit_id, _start, threshold, kind, cycle in events:
+            (fired if kind == Alert.Kind.THRESHOLD else resolved).setdefault((limit_id, threshold), set()).add(cycle)
+        project_list = thresholds_of(project)
+        candidates = []
+        for limit in limits:
+            state = LimitState.of_limit(limit)
+            own = project_list if state.thresholds is None else _whole_percentages(state.thresholds)
+            seen = {t for limit_id, t in fired if limit_id == limit.pk}
+            for t in sorted(seen | set(own)):
+                level = limit.amount * t / 100
+                done = resolved.get((limit.pk, t), set())
+                open_cycles = fired.get((limit.pk, t), set()) - done
+                if open_cycles and limit.used < level:
+                    candidates.append(limit_alert(project, state, kind=Alert.Kind.RESOLVED, threshold=t,
+                                                  window_start=limit.window_start, cycle=max(open_cycles)))
+                elif not open_cycles and t in own and limit.amount > 0 and limit.used >= level:
+                    candidates.append(limit_alert(project, state, kind=Alert.Kind.THRESHOLD, threshold=t,
+                                                  window_start=limit.window_start, cycle=len(done)))
+        return alerts_insert(project, candidates)
+
+
+def alerts_insert(project: Project, candidates: list[Alert]) -> list[Alert]:
     """Insert the alert rows not there yet (each in a savepoint) and queue their delivery at commit."""
     if not candidates:
         return []
@@ -143,7 +237,7 @@ def _insert(project: Project, candidates: list[Alert]) -> list[Alert]:
             with transaction.atomic():  # a savepoint: a duplicate must not break cost_record's transaction
                 alert.save(force_insert=True)
         except IntegrityError:
-            continue  # this threshold already alerted in this period (maybe concurrently)
+            continue  # this event was already raised (maybe concurrently)
         created.append(alert)
         if deliverable:
             transaction.on_commit(partial(queue_delivery, alert.pk), robust=True)
@@ -361,15 +455,27 @@ def alert_deliver(*, alert_id: int) -> Delivery:
     return Delivery("delivered")
 
 
+Money = Annotated[Decimal, WithJsonSchema({"type": "number"})]
+
+# The webhook's `type` per alert kind.
+ALERT_TYPES: dict[str, str] = {
+    Alert.Kind.THRESHOLD: "budget.threshold_crossed",
+    Alert.Kind.RESOLVED: "budget.threshold_resolved",
+    Alert.Kind.FORECAST: "budget.forecast_over_limit",
+    Alert.Kind.ANOMALY: "budget.spend_anomaly",
+}
+
+
 class AlertFields(BaseModel):
     """An alert's one shape: the webhook's body (with its type, id and project) and, with its id and
     delivery, the API's AlertOut. Validated from the Alert row; money as exact JSON numbers."""
 
-    scope: Literal["user", "project", "limit"]
+    kind: Literal["threshold", "resolved", "forecast", "anomaly"] = "threshold"
+    scope: Literal["user", "project", "limit", "team"]
     user: str | None
     threshold: int
-    spend: Annotated[Decimal, WithJsonSchema({"type": "number"})]
-    limit: Annotated[Decimal, WithJsonSchema({"type": "number"})]
+    spend: Money
+    limit: Money
     period_start: datetime
     created_at: datetime
     # Scope "limit": which limit (its id, level, subject, model, unit and window); null otherwise.
@@ -379,6 +485,15 @@ class AlertFields(BaseModel):
     model: str | None = None
     unit: str | None = None
     window: str | None = None
+    # Kind "forecast": usage forecast at the window's end. Kind "anomaly": today's spend (`spend`)
+    # against `multiple` × the trailing daily average (`baseline` over `baseline_days`; `limit` is
+    # the larger of that and the project's floor), and the model that spent most today.
+    forecast: Money | None = None
+    baseline: Money | None = None
+    baseline_days: int | None = None
+    multiple: Money | None = None
+    top_model: str | None = None
+    top_model_spend: Money | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -387,23 +502,32 @@ class AlertFields(BaseModel):
             return row
         # A project-wide alert has no user: "" in the row, null in the answer.
         fields = {name: (row.user_id or None) if name == "user" else getattr(row, name)
-                  for name in cls.model_fields if name not in _LIMIT_FIELDS}
+                  for name in cls.model_fields if name not in _LIMIT_FIELDS and name not in _DETAIL_FIELDS}
         limit = row.source_limit if row.source_limit_id is not None else None
         if limit is not None:
             fields.update(limit_id=limit.pk, limit_scope=limit.scope, subject=limit.subject, model=limit.model or None,
                           unit=limit.unit, window=limit.window)
+        elif row.subject:
+            fields["subject"] = row.subject
+        details = row.details if isinstance(row.details, dict) else {}
+        fields.update({name: details[name] for name in _DETAIL_FIELDS if details.get(name) is not None})
         return fields
 
 
 _LIMIT_FIELDS = ("limit_id", "limit_scope", "subject", "model", "unit", "window")
+_DETAIL_FIELDS = ("forecast", "baseline", "baseline_days", "multiple", "top_model", "top_model_spend")
 
 
 def alert_payload(alert: Alert) -> dict[str, Any]:
-    """The webhook's JSON body."""
+    """The webhook's JSON body: the alert's fields, those of a limit only for a limit's alert and the
+    figures of a forecast or an anomaly only for those kinds."""
     fields = AlertFields.model_validate(alert).model_dump()
     if fields["limit_id"] is None:  # a budget's or the project's alert: the shape it always had
-        fields = {name: value for name, value in fields.items() if name not in _LIMIT_FIELDS}
-    return {"type": "budget.threshold_crossed", "alert_id": alert.pk, "project": alert.project.name, **fields}
+        fields = {name: value for name, value in fields.items()
+                  if name not in _LIMIT_FIELDS or (name == "subject" and value is not None)}
+    fields = {name: value for name, value in fields.items() if name not in _DETAIL_FIELDS or value is not None}
+    return {"type": ALERT_TYPES.get(alert.kind, "budget.alert"), "alert_id": alert.pk, "project": alert.project.name,
+            **fields}
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -667,15 +791,35 @@ def slack_post(url: str, body: bytes) -> WebhookAnswer:
         raise DeliveryFailed(f"Slack failed: {getattr(exc, 'reason', exc)}") from None
 
 
+def _about(alert: Alert) -> str:
+    """Whose alert it is, in words."""
+    if alert.kind == Alert.Kind.ANOMALY:
+        return f"team {alert.subject!r}" if alert.scope == Alert.Scope.TEAM else f"user {alert.user_id!r}"
+    if alert.scope == Alert.Scope.LIMIT and alert.source_limit is not None:
+        return f"the limit {alert.source_limit}"
+    return f"user {alert.user_id!r}" if alert.scope == Alert.Scope.USER else "the project"
+
+
+def email_text(alert: Alert, project: Project) -> tuple[str, str]:
+    """An alert's email: its subject and body, in the words of its kind."""
+    who, figures = _about(alert), alert_payload(alert)
+    sign = "$" if figures.get("unit") in (None, "usd") else ""
+    headlines: dict[str, str] = {
+        Alert.Kind.THRESHOLD: f"{who} reached {alert.threshold}% of the budget",
+        Alert.Kind.RESOLVED: f"{who} is back under {alert.threshold}% of the budget",
+        Alert.Kind.FORECAST: f"{who} is forecast to reach {figures.get('forecast')} by the end of its window",
+        Alert.Kind.ANOMALY: f"{who} spent {alert.spend} today, over {figures.get('multiple')}x its daily average",
+    }
+    headline = headlines.get(alert.kind, f"{who}: {alert.kind}")
+    lines = [f"Project: {project.name}", f"About: {who}", f"Event: {alert.get_kind_display()}",
+             f"Spend this period: {sign}{alert.spend} of {sign}{alert.limit} ({alert.threshold}% threshold)",
+             f"Since: {alert.period_start.isoformat()}"]
+    lines += [f"{name.replace('_', ' ').capitalize()}: {figures[name]}" for name in _DETAIL_FIELDS if name in figures]
+    return f"[Budget Manager] {project.name}: {headline}", "\n".join(lines) + "\n"
+
+
 def email_send(alert: Alert, project: Project) -> None:
-    who = f"user {alert.user_id!r}" if alert.scope == Alert.Scope.USER else "the project"
-    subject = f"[Budget Manager] {project.name}: {who} reached {alert.threshold}% of the budget"
-    body = (
-        f"Project: {project.name}\n"
-        f"Budget: {who}\n"
-        f"Spend this period: ${alert.spend} of ${alert.limit} ({alert.threshold}% threshold)\n"
-        f"Period started: {alert.period_start.isoformat()}\n"
-    )
+    subject, body = email_text(alert, project)
     try:
         send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [project.alert_email])
     except (OSError, ValueError) as exc:  # smtplib's errors are OSErrors; bad headers are ValueErrors

@@ -1,9 +1,14 @@
-"""Limits: create, change (amount and mode), delete; each change audited with its actor."""
+"""Limits: create, change (amount, mode, thresholds), delete; each change audited with its actor.
+
+A change of a limit's amount calls alerts.limit_room_changed, so that the thresholds it fired in
+this window resolve (or fire) against the new amount.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -11,13 +16,15 @@ from django.utils.timezone import now as utcnow
 
 from ..base.errors import Conflict, InvalidInput, UnknownModel, UnknownUser, Unprocessable
 from ..base.money import to_money
-from ..base.validation import validate_model, validate_short_identifier
+from ..base.validation import validate_limit_thresholds, validate_model, validate_short_identifier
 from ..domain import pricing
 from ..models import ApiKey, Limit, Project, Team
 from ..selectors.limits import MAX_TAGS, CallScope, LimitState, applicable_limits, team_of
 from ..selectors.teams import binding_first
+from .alerts import limit_room_changed
 from .audit import write_audit
 from .common import validate_user_id
+from .keys import api_keys_changed
 from .limit_windows import limits_current, window_of
 from .resets import budget_current, project_refresh
 
@@ -26,7 +33,7 @@ def limit_snapshot(limit: Limit) -> dict[str, Any]:
     """A limit as the audit log keeps it."""
     return {
         "id": limit.pk, "scope": limit.scope, "subject": limit.subject, "model": limit.model, "unit": limit.unit,
-        "window": limit.window, "amount": str(limit.amount), "mode": limit.mode,
+        "window": limit.window, "amount": str(limit.amount), "mode": limit.mode, "thresholds": limit.thresholds,
         "resets_at": limit.resets_at.isoformat() if limit.resets_at else None,
     }
 
@@ -85,8 +92,8 @@ def validate_amount(amount: Any, unit: str) -> Any:
 
 def limit_create(
     *, project: Project, scope: Any, subject: Any = None, model: Any = None, unit: Any = Limit.Unit.USD,
-    window: Any = Limit.Window.MONTH, amount: Any, mode: Any = Limit.Mode.HARD, actor: str,
-    at: datetime | None = None,
+    window: Any = Limit.Window.MONTH, amount: Any, mode: Any = Limit.Mode.HARD, thresholds: Any = None,
+    actor: str, at: datetime | None = None,
 ) -> Limit:
     """A new limit in its current window with nothing used; Conflict naming the limit that already has
     the same scope, subject, model, unit and window."""
@@ -95,18 +102,22 @@ def limit_create(
     window = _choice(window, Limit.Window, "window")
     mode = _choice(mode, Limit.Mode, "mode")
     value = validate_amount(amount, unit)
+    own_thresholds = validate_limit_thresholds(thresholds)
     subject = validate_subject(project, scope, subject)
     model = resolve_limit_model(model)
     at = at or utcnow()
     window_start, resets_at = window_of(window, project, at)
     key = {"project": project, "scope": scope, "subject": subject, "model": model, "unit": unit, "window": window}
     with transaction.atomic():
+        if own_thresholds is not None:
+            _lock_project(project.pk)  # Project.limit_thresholds changes: one writer at a time
         existing = Limit.objects.filter(**key).values_list("pk", flat=True).first()
         if existing is None:
             try:
                 with transaction.atomic():
-                    limit = Limit.objects.create(**key, amount=value, mode=mode, window_start=window_start,
-                                                 resets_at=resets_at, created_at=at, updated_at=at)
+                    limit = Limit.objects.create(**key, amount=value, mode=mode, thresholds=own_thresholds,
+                                                 window_start=window_start, resets_at=resets_at, created_at=at,
+                                                 updated_at=at)
             except IntegrityError:  # created concurrently
                 existing = Limit.objects.filter(**key).values_list("pk", flat=True).first()
         if existing is not None:
@@ -114,35 +125,69 @@ def limit_create(
                            f"change it with PATCH /api/v1/limits/{existing}")
         write_audit(project_id=project.pk, action="limit_create", actor=actor,
                     user_id=subject if scope == Limit.Scope.USER else "", after=limit_snapshot(limit))
+        if own_thresholds is not None:
+            _thresholds_in_use_sync(project.pk)
     return limit
 
 
-def limit_update(*, limit: Limit, amount: Any = None, mode: Any = None, actor: str) -> Limit:
-    """Change a limit's amount or mode (another scope, subject, unit or window is another limit)."""
+def limit_update(*, limit: Limit, amount: Any = None, mode: Any = None, thresholds: Any = ...,
+                 actor: str, at: datetime | None = None) -> Limit:
+    """Change a limit's amount, mode or own thresholds (None: the project's again; another scope, subject,
+    unit or window is another limit). A new amount re-checks the thresholds fired in this window
+    (alerts.limit_room_changed: `resolved` when the usage is now under one)."""
     fields: dict[str, Any] = {}
     if amount is not None:
         fields["amount"] = validate_amount(amount, limit.unit)
     if mode is not None:
         fields["mode"] = _choice(mode, Limit.Mode, "mode")
+    if thresholds is not ...:
+        fields["thresholds"] = validate_limit_thresholds(thresholds)
     if not fields:
-        raise InvalidInput("give the limit's new amount (`limit`) or `mode`")
+        raise InvalidInput("give the limit's new amount (`limit`), `mode` or `thresholds`")
     with transaction.atomic():
+        project = _lock_project(limit.project_id)  # the lock order: the project, then the limit
         locked = Limit.objects.select_for_update().get(pk=limit.pk)
         before = limit_snapshot(locked)
-        Limit.objects.filter(pk=locked.pk).update(**fields, updated_at=utcnow())
+        Limit.objects.filter(pk=locked.pk).update(**fields, updated_at=at or utcnow())
         locked.refresh_from_db()
         write_audit(project_id=locked.project_id, action="limit_update", actor=actor,
                     user_id=locked.subject if locked.scope == Limit.Scope.USER else "",
                     before=before, after=limit_snapshot(locked))
+        if "thresholds" in fields and fields["thresholds"] != before["thresholds"]:
+            _thresholds_in_use_sync(locked.project_id)
+        if locked.amount != Decimal(before["amount"]):
+            limit_room_changed(project, [locked.pk], at=at)
     return locked
 
 
 def limit_delete(*, limit: Limit, actor: str) -> None:
     """Delete a limit; its calls stay in the ledger."""
     with transaction.atomic():
+        if limit.thresholds is not None:
+            _lock_project(limit.project_id)
         write_audit(project_id=limit.project_id, action="limit_delete", actor=actor,
                     user_id=limit.subject if limit.scope == Limit.Scope.USER else "", before=limit_snapshot(limit))
         Limit.objects.filter(pk=limit.pk).delete()
+        if limit.thresholds is not None:
+            _thresholds_in_use_sync(limit.project_id)
+
+
+def _lock_project(project_id: int) -> Project:
+    """The project's row, locked as writers lock it (FOR NO KEY UPDATE): limits' threshold changes take
+    turns, so each sees the others' lists when it sums them up."""
+    return Project.objects.select_for_update(no_key=True).get(pk=project_id)
+
+
+def _thresholds_in_use_sync(project_id: int) -> None:
+    """Keep Project.limit_thresholds the union of the project's limits' own thresholds (what a record
+    checks before it reads a limit's own list); processes that cached the project learn it at once.
+    The caller holds the project's lock."""
+    lists = Limit.objects.filter(project_id=project_id, thresholds__isnull=False).values_list("thresholds", flat=True)
+    union = sorted({t for own in lists if isinstance(own, list) for t in own if isinstance(t, int)})
+    current = Project.objects.filter(pk=project_id).values_list("limit_thresholds", flat=True).first()
+    if current != union:
+        Project.objects.filter(pk=project_id).update(limit_thresholds=union)
+        transaction.on_commit(api_keys_changed)  # API keys cache their project's row
 
 
 @dataclass(frozen=True)

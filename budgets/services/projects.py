@@ -95,7 +95,8 @@ def project_update(
     *, project: Project, actor: str, name: Any = ..., max_budget: Any = ..., timezone: Any = ...,
     duration: Any = ..., duration_days: Any = None,
     alert_thresholds: Any = ..., alert_webhook_url: Any = ..., alert_email: Any = ...,
-    slack_webhook_url: Any = ..., fallbacks: Any = ...,
+    slack_webhook_url: Any = ..., fallbacks: Any = ..., anomaly_alerts: Any = ..., anomaly_multiple: Any = ...,
+    anomaly_floor: Any = ...,
 ) -> Project:
     """Change a project's settings; only the arguments given change.
 
@@ -103,7 +104,8 @@ def project_update(
     """
     before = {"name": project.name, "max_budget": str(project.max_budget) if project.max_budget is not None else None,
               "timezone": project.timezone, "duration": project.duration,
-              "alert_thresholds": project.alert_thresholds}
+              "alert_thresholds": project.alert_thresholds, "anomaly_alerts": project.anomaly_alerts,
+              "anomaly_multiple": str(project.anomaly_multiple), "anomaly_floor": str(project.anomaly_floor)}
     if fallbacks is not ...:  # in the audit row only when given; as stored (`project` may be a key's cached copy)
         before["fallbacks"] = project_fallbacks(project)
     changes: dict[str, Any] = {}
@@ -134,6 +136,7 @@ def project_update(
         changes["slack_webhook_url"] = validate_slack_url(slack_webhook_url)
     if fallbacks is not ...:
         changes["fallbacks"] = validate_fallbacks(fallbacks)
+    changes.update(_anomaly_settings(anomaly_alerts, anomaly_multiple, anomaly_floor))
     with transaction.atomic():
         Project.objects.filter(pk=project.pk).update(**changes)
         transaction.on_commit(api_keys_changed)  # keys cache their project's settings
@@ -144,6 +147,28 @@ def project_update(
         write_audit(project_id=project.pk, action="project_update", actor=actor, before=before,
                     after={k: _audited(k, v) for k, v in changes.items()})
     return project
+
+
+ANOMALY_MULTIPLE_MIN, ANOMALY_MULTIPLE_MAX = Decimal("1.1"), Decimal(1000)
+
+
+def _anomaly_settings(enabled: Any, multiple: Any, floor: Any) -> dict[str, Any]:
+    """The spend-anomaly settings given (services.anomalies): on/off, the multiple (1.1 to 1000, two
+    places), the floor in dollars."""
+    changes: dict[str, Any] = {}
+    if enabled is not ...:
+        if not isinstance(enabled, bool):
+            raise InvalidInput("anomaly_alerts must be true or false")
+        changes["anomaly_alerts"] = enabled
+    if multiple is not ...:
+        value = to_money(multiple, "anomaly_multiple")
+        if not ANOMALY_MULTIPLE_MIN <= value <= ANOMALY_MULTIPLE_MAX or value != value.quantize(Decimal("0.01")):
+            raise InvalidInput(f"anomaly_multiple must be a number from {ANOMALY_MULTIPLE_MIN} to "
+                               f"{ANOMALY_MULTIPLE_MAX} with at most two decimal places")
+        changes["anomaly_multiple"] = value
+    if floor is not ...:
+        changes["anomaly_floor"] = to_money(floor, "anomaly_floor")
+    return changes
 
 
 def _audited(name: str, value: Any) -> Any:

@@ -31,6 +31,14 @@ BEAT_SCHEDULE: dict[str, BeatEntry] = {
         task="budgets.alert_outbox", every_minutes=1,
         description="Queues again the alerts not delivered after a minute (e.g. while the broker was down).",
     ),
+    "budgets: limit forecasts": BeatEntry(
+        task="budgets.limit_forecasts", every_minutes=5, expire_seconds=280,
+        description="Alerts once per window when a limit's forecast at its window's end first crosses the limit.",
+    ),
+    "budgets: spend anomalies": BeatEntry(
+        task="budgets.spend_anomalies", every_minutes=15, expire_seconds=880,
+        description="Alerts once a day when a user's or team's spend today jumps over its trailing daily average.",
+    ),
 }
 
 

@@ -28,11 +28,13 @@ def _limits_page(request: HttpRequest, project: Project, form: LimitForm, *, sta
     cap = LimitState.of_project(project) if scope in (None, Limit.Scope.PROJECT) else None
     rows = limit_rows(([cap] if cap else []) + states)
     edit_forms: dict[int | None, LimitEditForm] = {
-        row.pk: LimitEditForm(initial={"amount": plain_amount(row.state.limit), "mode": row.state.mode},
+        row.pk: LimitEditForm(initial={"amount": plain_amount(row.state.limit), "mode": row.state.mode,
+                                       "thresholds": ", ".join(str(t) for t in row.state.thresholds or ())},
                               auto_id=f"id_limit{row.pk}_%s")
         for row in rows if row.pk is not None}
     context = {"form": form, "rows": [(row, edit_forms.get(row.pk)) for row in rows], "scope": scope,
-               "scopes": Limit.Scope.choices}
+               "scopes": Limit.Scope.choices, "show_forecast": True,
+               "project_thresholds": ", ".join(str(t) for t in project.alert_thresholds or [])}
     return render_page(request, "console/limits.html", context, project=project, nav="limits", status=status)
 
 
@@ -51,7 +53,8 @@ def limit_new(request: HttpRequest, project_id: int) -> HttpResponse:
         request, form,
         lambda data: limit_create(project=project, scope=data["scope"], subject=data["subject"],
                                   model=data["model"], unit=data["unit"], window=data["window"],
-                                  amount=data["amount"], mode=data["mode"], actor=actor(request)),
+                                  amount=data["amount"], mode=data["mode"], thresholds=data["thresholds"],
+                                  actor=actor(request)),
         message=lambda limit: f"Created the limit: {limit}.", done=lambda limit: redirect("limit_list", project.pk),
         refused=lambda: _limits_page(request, project, form, status=400))
 
@@ -71,7 +74,8 @@ def limit_edit(request: HttpRequest, project_id: int, limit_id: int) -> HttpResp
     form = LimitEditForm(request.POST)
     return run_form(
         request, form,
-        lambda data: limit_update(limit=limit, amount=data["amount"], mode=data["mode"], actor=actor(request)),
+        lambda data: limit_update(limit=limit, amount=data["amount"], mode=data["mode"],
+                                  thresholds=data["thresholds"], actor=actor(request)),
         message=lambda saved: f"Saved the limit: {saved}.", done=lambda saved: redirect("limit_list", project.pk),
         refused=lambda: _limits_page(request, project, LimitForm(), status=400))
 

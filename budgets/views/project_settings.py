@@ -22,7 +22,9 @@ def _initial_project(project: Project) -> dict:
 
 def _initial_alerts(project: Project) -> dict:
     return {"alert_thresholds": ", ".join(str(t) for t in project.alert_thresholds or []),
-            "alert_webhook_url": project.alert_webhook_url, "alert_email": project.alert_email}
+            "alert_webhook_url": project.alert_webhook_url, "alert_email": project.alert_email,
+            "anomaly_alerts": project.anomaly_alerts, "anomaly_multiple": project.anomaly_multiple.normalize(),
+            "anomaly_floor": plain_amount(project.anomaly_floor)}
 
 
 def _settings_page(request: HttpRequest, project: Project, *, project_form: ProjectSettingsForm | None = None,
@@ -63,7 +65,8 @@ def alert_settings_save(request: HttpRequest, project_id: int) -> HttpResponse:
         request, form,
         lambda data: project_update(
             project=project, actor=actor(request), alert_thresholds=data["alert_thresholds"],
-            alert_webhook_url=data["alert_webhook_url"], alert_email=data["alert_email"], **form.slack_change()),
+            alert_webhook_url=data["alert_webhook_url"], alert_email=data["alert_email"], **form.slack_change(),
+            **form.anomaly_change()),
         message="Saved the alert settings.", done=lambda _: redirect("project_settings", project.pk),
         refused=lambda: _settings_page(request, project, alert_form=form, status=400))
 
