@@ -81,6 +81,8 @@ class LimitState:
 
     `id` is None for the user's budget and the project's cap, which keep their own rows
     (UserBudget, Project) but answer as limits of scope user and project, unit usd.
+    `limit` is the effective limit: a Limit row's amount plus its active raises (`raised`, until
+    `raises_end_at`, the earliest end among them).
     """
 
     id: int | None
@@ -94,16 +96,24 @@ class LimitState:
     used: Decimal
     held: Decimal
     resets_at: datetime | None
+    raised: Decimal = Decimal(0)
+    raises_end_at: datetime | None = None
 
     @property
     def remaining(self) -> Decimal:
         return max(self.limit - self.used - self.held, Decimal(0))
 
+    @property
+    def amount(self) -> Decimal:
+        """The limit without its temporary raises."""
+        return self.limit - self.raised
+
     @classmethod
     def of_limit(cls, limit: Limit) -> LimitState:
         return cls(id=limit.pk, scope=limit.scope, subject=limit.subject, model=limit.model or None, unit=limit.unit,
-                   window=limit.window, mode=limit.mode, limit=limit.amount, used=limit.used, held=limit.held,
-                   resets_at=limit.resets_at)
+                   window=limit.window, mode=limit.mode, limit=limit.amount + limit.raised, used=limit.used,
+                   held=limit.held, resets_at=limit.resets_at, raised=limit.raised,
+                   raises_end_at=limit.raises_end_at)
 
     @classmethod
     def of_budget(cls, budget: UserBudget) -> LimitState:

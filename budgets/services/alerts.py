@@ -47,7 +47,7 @@ from pydantic import BaseModel, WithJsonSchema, model_validator
 from ..base.errors import InvalidInput
 from ..domain.codec import dumps
 from ..domain.slack import slack_message
-from ..models import Alert, Project, UserBudget
+from ..models import Alert, LimitRequest, Project, UserBudget
 from ..selectors.limits import LimitState
 from .audit import write_audit
 
@@ -361,6 +361,49 @@ def alert_deliver(*, alert_id: int) -> Delivery:
     return Delivery("delivered")
 
 
+class LimitRequestFields(BaseModel):
+    """A limit request's one shape: the API's LimitRequestOut and the `request` of its webhook events
+    (validated from the row, or from the snapshot an event keeps); money as exact JSON numbers."""
+
+    id: int
+    status: Literal["pending", "approved", "denied"]
+    user: str
+    limit_id: int
+    amount: Annotated[Decimal, WithJsonSchema({"type": "number"})]
+    reason: str
+    until: datetime | None
+    requested_by: str
+    created_at: datetime
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    decision: Literal["raise", "permanent"] | None = None
+    note: str | None = None
+    increase_id: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_row(cls, row: Any) -> Any:
+        if not isinstance(row, LimitRequest):
+            return row
+        return {"id": row.pk, "status": row.status, "user": row.user_id, "limit_id": row.limit_id,
+                "amount": row.amount, "reason": row.reason, "until": row.until, "requested_by": row.requested_by,
+                "created_at": row.created_at, "decided_by": row.decided_by or None, "decided_at": row.decided_at,
+                "decision": row.decision or None, "note": row.note or None, "increase_id": row.increase_id}
+
+
+def limit_request_event(request: LimitRequest, kind: str) -> Alert | None:
+    """A request's event (Alert.Kind.LIMIT_REQUEST when made, LIMIT_REQUEST_DECIDED when decided) into the
+    outbox, with the request as it is now; once per request and kind. Inside the caller's transaction."""
+    limit = request.limit
+    alert = Alert(project_id=request.project_id, kind=kind, limit_request=request, source_limit=limit,
+                  scope=Alert.Scope.LIMIT, user_id=request.user_id, threshold=0,
+                  period_start=limit.window_start, spend=limit.used, limit=limit.amount + limit.raised,
+                  detail=LimitRequestFields.model_validate(request).model_dump(mode="json"),
+                  created_at=request.decided_at or request.created_at)
+    created = _insert(request.project, [alert])
+    return created[0] if created else None
+
+
 class AlertFields(BaseModel):
     """An alert's one shape: the webhook's body (with its type, id and project) and, with its id and
     delivery, the API's AlertOut. Validated from the Alert row; money as exact JSON numbers."""
@@ -379,6 +422,10 @@ class AlertFields(BaseModel):
     model: str | None = None
     unit: str | None = None
     window: str | None = None
+    # What happened: a threshold crossed, or a limit request made or decided (then `request` is the
+    # request as it was at that moment, and threshold is 0).
+    kind: Literal["threshold", "limit_request", "limit_request_decided"] = "threshold"
+    request: LimitRequestFields | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -387,7 +434,8 @@ class AlertFields(BaseModel):
             return row
         # A project-wide alert has no user: "" in the row, null in the answer.
         fields = {name: (row.user_id or None) if name == "user" else getattr(row, name)
-                  for name in cls.model_fields if name not in _LIMIT_FIELDS}
+                  for name in cls.model_fields if name not in _LIMIT_FIELDS and name != "request"}
+        fields["request"] = row.detail if row.limit_request_id is not None else None
         limit = row.source_limit if row.source_limit_id is not None else None
         if limit is not None:
             fields.update(limit_id=limit.pk, limit_scope=limit.scope, subject=limit.subject, model=limit.model or None,
@@ -401,9 +449,33 @@ _LIMIT_FIELDS = ("limit_id", "limit_scope", "subject", "model", "unit", "window"
 def alert_payload(alert: Alert) -> dict[str, Any]:
     """The webhook's JSON body."""
     fields = AlertFields.model_validate(alert).model_dump()
+    kind = fields.pop("kind")
+    request = fields.pop("request")
+    if kind != Alert.Kind.THRESHOLD:
+        return {"type": f"budget.{kind}", "alert_id": alert.pk, "project": alert.project.name,
+                "message": request_message(kind, request, fields), "scope": "limit", "user": fields["user"],
+                "limit_id": fields["limit_id"], "limit_scope": fields["limit_scope"], "subject": fields["subject"],
+                "model": fields["model"], "unit": fields["unit"], "window": fields["window"],
+                "spend": fields["spend"], "limit": fields["limit"], "created_at": fields["created_at"],
+                "request": request}
     if fields["limit_id"] is None:  # a budget's or the project's alert: the shape it always had
         fields = {name: value for name, value in fields.items() if name not in _LIMIT_FIELDS}
     return {"type": "budget.threshold_crossed", "alert_id": alert.pk, "project": alert.project.name, **fields}
+
+
+def request_message(kind: str, request: dict[str, Any], fields: dict[str, Any]) -> str:
+    """A request's event in words: "key:bm_x asks 5 usd more for user 'alice' on limit 3 (user alice, month)"."""
+    amount = f"{request['amount']} {fields['unit'] or 'usd'}"
+    limit = f"limit {fields['limit_id']} ({fields['limit_scope']} {fields['subject'] or ''}".rstrip() + \
+        f", {fields['window']})"
+    if kind == Alert.Kind.LIMIT_REQUEST:
+        said = f": {request['reason']}" if request["reason"] else ""
+        return f"{request['requested_by']} asks {amount} more for user {request['user']!r} on {limit}{said}"
+    verb = {"approved": "approved", "denied": "denied"}.get(request["status"], request["status"])
+    how = {"raise": " as a temporary raise", "permanent": " as a new amount"}.get(request["decision"] or "", "")
+    note = f": {request['note']}" if request["note"] else ""
+    return f"{request['decided_by']} {verb} request {request['id']} ({amount} for user {request['user']!r} " \
+           f"on {limit}){how}{note}"
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -634,6 +706,8 @@ def validate_slack_url(url: Any) -> str:
 def console_link(alert: Alert) -> str | None:
     """The console page an alert is about (the user's page, else the project's), as an absolute URL;
     None without SITE_URL (a message without a button)."""
+    if alert.limit_request_id is not None:
+        return absolute_url(reverse("limit_requests", args=[alert.project_id]))
     if alert.scope == Alert.Scope.USER and alert.user_id:
         return absolute_url(reverse("user_detail", args=[alert.project_id, alert.user_id]))
     return absolute_url(reverse("project_overview", args=[alert.project_id]))
@@ -668,6 +742,14 @@ def slack_post(url: str, body: bytes) -> WebhookAnswer:
 
 
 def email_send(alert: Alert, project: Project) -> None:
+    if alert.kind != Alert.Kind.THRESHOLD:
+        payload = alert_payload(alert)
+        status = "new" if alert.kind == Alert.Kind.LIMIT_REQUEST else payload["request"]["status"]
+        subject = f"[Budget Manager] {project.name}: limit request {alert.limit_request_id} {status}"
+        link = absolute_url(reverse("limit_requests", args=[project.pk]))
+        body = f"Project: {project.name}\n{payload['message']}\n" + (f"\nRequests: {link}\n" if link else "")
+        _mail(subject, body, project)
+        return
     who = f"user {alert.user_id!r}" if alert.scope == Alert.Scope.USER else "the project"
     subject = f"[Budget Manager] {project.name}: {who} reached {alert.threshold}% of the budget"
     body = (
@@ -676,6 +758,10 @@ def email_send(alert: Alert, project: Project) -> None:
         f"Spend this period: ${alert.spend} of ${alert.limit} ({alert.threshold}% threshold)\n"
         f"Period started: {alert.period_start.isoformat()}\n"
     )
+    _mail(subject, body, project)
+
+
+def _mail(subject: str, body: str, project: Project) -> None:
     try:
         send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [project.alert_email])
     except (OSError, ValueError) as exc:  # smtplib's errors are OSErrors; bad headers are ValueErrors

@@ -51,7 +51,7 @@ from ..selectors.limits import (
 )
 from . import alerts
 from .admission import Need, check_figures, levels_lock, levels_of, limits_check, limits_lock, lock_project
-from .limit_windows import limits_current
+from .limit_windows import limit_due, limits_current
 from .resets import ensure_current_period
 from .rollups import GRAINS, TOKENS, Grain, Key, Totals, local_day, rollups_rebuild
 
@@ -266,7 +266,7 @@ SELECT p.current_spend, p.held, p.max_budget, p.period_start, p.next_reset_at, p
        b.created_at, b.updated_at,
        (SELECT COALESCE(jsonb_object_agg(s.model, s.spend::text), '{}'::jsonb)
         FROM budgets_modelspend s WHERE s.budget_id = b.id),
-       (SELECT COALESCE(jsonb_agg(jsonb_build_array(x.id, x.resets_at <= %(at)s))::text, '[]')
+       (SELECT COALESCE(jsonb_agg(jsonb_build_array(x.id, LEAST(x.resets_at, x.raises_end_at) <= %(at)s))::text, '[]')
         FROM (/*limits*/) x)
 FROM budgets_project p JOIN budgets_userbudget b ON b.project_id = p.id AND b.user_id = %(user)s
 WHERE p.id = %(project)s
@@ -303,7 +303,7 @@ def _compile_limits_query(key: bool, tags: int, model: bool) -> tuple[str, list[
     (a stand-in, replaced per call, or a constant of the query)."""
     stand_in = CallScope(project=Project(pk=_PROJECT), user_id=_USER, model=_MODEL if model else "",
                          key_name=_KEY if key else None, tags=_TAGS[:tags])
-    sql, params = applicable_limits_finding_team(stand_in).values_list("id", "resets_at").query.sql_with_params()
+    sql, params = applicable_limits_finding_team(stand_in).values_list("id", "resets_at", "raises_end_at").query.sql_with_params()
     names = iter(range(len(params)))
     return _POSITIONAL.sub(lambda _: f"%(limit{next(names)})s", sql), list(params)
 
@@ -357,7 +357,8 @@ _LIMITS_CTE = """, l AS (
     UPDATE budgets_limit SET used = used + CASE unit WHEN 'usd' THEN %(amount)s WHEN 'tokens' THEN %(tokens)s
         ELSE 1 END, updated_at = %(at)s
     WHERE id = ANY(%(limits)s) AND EXISTS (SELECT 1 FROM ev)
-    RETURNING id, scope, subject, model, unit, "window", mode, amount, used, held, resets_at, window_start
+    RETURNING id, scope, subject, model, unit, "window", mode, amount + raised AS amount, used, held, resets_at,
+        window_start
 )"""
 _LIMITS_OUT = ("(SELECT jsonb_agg(jsonb_build_array(id, scope, subject, model, unit, \"window\", mode, amount::text, "
                "used::text, held::text, resets_at, window_start) ORDER BY id)::text FROM l)")
@@ -395,7 +396,7 @@ def _record_in_two_statements(call: Call) -> CostRecorded | None:
         if call.enforce:
             project_level, user_level = levels_of(project, budget)
             limits = limits_lock(limit_ids)
-            if any(limit.resets_at is not None and limit.resets_at <= at for limit in limits):
+            if any(limit_due(limit, at) for limit in limits):
                 return None
             _admit(project, [
                 (project_level, project.max_budget, project.current_spend, project.held, project.duration,
