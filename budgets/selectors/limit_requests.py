@@ -18,6 +18,12 @@ def increases_of(limit: Limit, *, active_at: datetime | None = None) -> QuerySet
     return increases.order_by("ends_at", "id")
 
 
+def active_raises(project: Project, at: datetime) -> QuerySet[LimitIncrease]:
+    """The project's raises active at `at`, with their limits, the earliest end first."""
+    return (LimitIncrease.objects.filter(limit__project=project, ended_at__isnull=True, starts_at__lte=at,
+                                         ends_at__gt=at).select_related("limit").order_by("ends_at", "id"))
+
+
 def increase_of(limit: Limit, increase_id: int) -> LimitIncrease:
     """One raise of the limit; NotFound otherwise."""
     increase = LimitIncrease.objects.select_related("limit").filter(limit=limit, pk=increase_id).first()
