@@ -247,8 +247,8 @@ def test_an_expired_raise_cannot_be_ended_again(api, alice, time_machine):
 def test_reservations_are_admitted_up_to_amount_plus_raised_and_refused_beyond(api, alice, time_machine):
     raise_by(api, alice, {"amount": 0.5, "expires_at": END.isoformat()})
 
-    admitted = [api.post("/api/v1/users/alice/reservations", {"model": "gpt-4o", "estimated_cost": 0.5, "ttl_seconds": 86400})
-                for _ in range(3)]
+    hold = {"model": "gpt-4o", "estimated_cost": 0.5, "ttl_seconds": 86400}
+    admitted = [api.post("/api/v1/users/alice/reservations", hold) for _ in range(3)]
     refused = api.post("/api/v1/users/alice/reservations", {"model": "gpt-4o", "estimated_cost": 0.01})
 
     assert [r.status_code for r in admitted] == [201, 201, 201]

@@ -875,7 +875,8 @@ class LimitDetailOut(LimitOut):
 class LimitRequestIn(StrictIn):
     """A request, on a user's behalf, for more room under a limit (the binding one by default)."""
 
-    limit_id: int | None = Field(None, description="A limit that applies to the user; default: the binding one.")
+    limit_id: int | None = Field(None, strict=True,
+                                 description="A limit that applies to the user; default: the binding one.")
     amount: LimitAmount
     reason: Reason | None = None
     until: Timestamp | None = Field(None, description="When the asked raise would end; null: the approver says.")

@@ -303,7 +303,8 @@ def _compile_limits_query(key: bool, tags: int, model: bool) -> tuple[str, list[
     (a stand-in, replaced per call, or a constant of the query)."""
     stand_in = CallScope(project=Project(pk=_PROJECT), user_id=_USER, model=_MODEL if model else "",
                          key_name=_KEY if key else None, tags=_TAGS[:tags])
-    sql, params = applicable_limits_finding_team(stand_in).values_list("id", "resets_at", "raises_end_at").query.sql_with_params()
+    limits = applicable_limits_finding_team(stand_in).values_list("id", "resets_at", "raises_end_at")
+    sql, params = limits.query.sql_with_params()
     names = iter(range(len(params)))
     return _POSITIONAL.sub(lambda _: f"%(limit{next(names)})s", sql), list(params)
 

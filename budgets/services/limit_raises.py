@@ -46,10 +46,11 @@ def raise_end(project: Project, limit: Limit, *, expires_at: Any = None, windows
             raise InvalidInput(f"windows must be a whole number from 1 to {MAX_WINDOWS}")
         if limit.window == Limit.Window.LIFETIME or limit.resets_at is None:
             raise Unprocessable("a lifetime limit has no windows: give `expires_at`")
-        end = limit.resets_at
+        end: datetime | None = limit.resets_at
         for _ in range(windows - 1):
-            _, end = window_of(limit.window, project, end)
             assert end is not None  # a calendar window always ends
+            _, end = window_of(limit.window, project, end)
+        assert end is not None
         return end
     if not isinstance(expires_at, datetime) or expires_at.tzinfo is None:
         raise InvalidInput("expires_at must be a date and time with its UTC offset")

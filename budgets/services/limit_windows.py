@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
-
 from decimal import Decimal
 
 from django.db import transaction
@@ -54,14 +53,15 @@ def limit_due(limit: Limit, at: datetime) -> bool:
     return window_due(limit, at) or raises_due(limit, at)
 
 
-def raises_refresh(limit: Limit, at: datetime, *, only_if_end: datetime | None | bool = False) -> bool:
-    """Set the limit's `raised` and `raises_end_at` from its raises active at `at`; with `only_if_end`
-    (a datetime or None) only if the row's raises_end_at is still that (the conditional end: once).
+def raises_refresh(limit: Limit, at: datetime, *, conditional: bool = False, old_end: datetime | None = None
+                   ) -> bool:
+    """Set the limit's `raised` and `raises_end_at` from its raises active at `at`; `conditional`: only if
+    the row's raises_end_at is still `old_end` (the conditional end: once).
     The caller holds the limit's lock or relies on the condition. True if the row was updated."""
     raised, end = raises_active([limit.pk], at).get(limit.pk, (Decimal(0), None))
     rows = Limit.objects.filter(pk=limit.pk)
-    if only_if_end is not False:
-        rows = rows.filter(raises_end_at=only_if_end)
+    if conditional:
+        rows = rows.filter(raises_end_at=old_end)
     if not rows.update(raised=raised, raises_end_at=end, updated_at=at):
         return False
     limit.raised, limit.raises_end_at, limit.updated_at = raised, end, at
@@ -98,7 +98,7 @@ def limits_current(project: Project, limits: Iterable[Limit], at: datetime | Non
         if raises_due(limit, at):
             old_raised, old_end = limit.raised, limit.raises_end_at
             # Conditional on the old end, as the window below: the raises end once.
-            if raises_refresh(limit, at, only_if_end=old_end):
+            if raises_refresh(limit, at, conditional=True, old_end=old_end):
                 audits.append(_raise_audit(limit, actor, old_raised, old_end))
             else:
                 limit.refresh_from_db()
