@@ -10,7 +10,7 @@ from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
 from ..base.errors import NotFound
-from ..forms import DecideForm, LimitRequestForm, RaiseForm
+from ..forms import DecideForm, LimitRequestForm, RaiseForm, plain_amount
 from ..models import Action, Limit, LimitRequest, Project
 from ..selectors.limit_requests import increase_of, request_of, requests_of
 from ..selectors.teams import limit_of
@@ -39,7 +39,7 @@ def _requests_page(request: HttpRequest, project: Project, *, form: LimitRequest
     for item in requests_of(project):
         decide = refused[1] if refused and refused[0] == item.pk else DecideForm(
             tz=project.timezone, auto_id=f"id_request{item.pk}_%s",
-            initial={"decision": "raise", "amount": item.amount, "until": item.until})
+            initial={"decision": "raise", "amount": plain_amount(item.amount), "until": item.until})
         rows.append((item, decide))
     context = {"rows": rows, "form": form or LimitRequestForm(tz=project.timezone), "me": actor(request),
                "pending": sum(1 for item, _ in rows if item.status == LimitRequest.Status.PENDING)}
