@@ -9,6 +9,7 @@ raise and each early end is audited. Locks: the project row, then the limit's (o
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
@@ -16,7 +17,7 @@ from django.db.models import F
 from django.utils.timezone import now as utcnow
 
 from ..base.errors import Conflict, InvalidInput, Unprocessable
-from ..base.fields import money
+from ..base.fields import money, money_bound
 from ..models import Limit, LimitIncrease, LimitRequest, Project
 from .admission import limits_lock, lock_project
 from .audit import write_audit
@@ -24,6 +25,7 @@ from .limit_windows import limits_current, raises_refresh, window_of
 from .limits import validate_amount
 
 MAX_WINDOWS = 1000
+_LARGEST = Decimal(money_bound().get("maximum", money_bound().get("exclusiveMaximum", 0)))
 MAX_RAISE = timedelta(days=3660)  # ten years: a raise is temporary
 
 
@@ -76,6 +78,8 @@ def limit_raise(*, limit: Limit, amount: Any, expires_at: Any = None, windows: A
             raise Conflict("the limit was deleted meanwhile")
         (current,) = limits_current(project, locked, at)
         end = raise_end(project, current, expires_at=expires_at, windows=windows, at=at)
+        if current.amount + current.raised + value >= _LARGEST:
+            raise Unprocessable("the raised limit would pass the largest amount the database keeps")
         increase = LimitIncrease.objects.create(limit=current, amount=value, starts_at=at, ends_at=end, actor=actor,
                                                 request=request, created_at=at)
         first_end = min(end, current.raises_end_at) if current.raises_end_at else end
