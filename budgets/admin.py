@@ -28,6 +28,8 @@ from .models import (
     BudgetPeriod,
     CostEvent,
     Limit,
+    LimitIncrease,
+    LimitRequest,
     Membership,
     ModelPrice,
     ModelSpend,
@@ -366,11 +368,30 @@ def admin_url_for(obj: Any) -> str:
 class LimitAdmin(ReadOnlyAdmin):
     """Limits are listed here and changed on the console's Limits page or the API (audited)."""
 
-    list_display = ("project", "scope", "subject", "model", "unit", "window", "amount", "used", "held", "mode",
-                    "resets_at")
+    list_display = ("project", "scope", "subject", "model", "unit", "window", "amount", "raised", "used", "held",
+                    "mode", "resets_at", "raises_end_at")
     list_select_related = ("project",)
     list_filter = ("scope", "unit", "window", "mode", "project")
     search_fields = ("subject", "model", "project__name")
+
+
+@admin.register(LimitIncrease)
+class LimitIncreaseAdmin(ReadOnlyAdmin):
+    """Temporary raises: made and ended on the console's Limits page or the API (audited)."""
+
+    list_display = ("limit", "amount", "starts_at", "ends_at", "ended_at", "actor", "request")
+    list_select_related = ("limit", "request")
+    search_fields = ("actor", "limit__subject")
+
+
+@admin.register(LimitRequest)
+class LimitRequestAdmin(ReadOnlyAdmin):
+    """Limit requests: decided on the console's Requests page (audited), never here."""
+
+    list_display = ("created_at", "project", "user_id", "limit", "amount", "status", "requested_by", "decided_by")
+    list_select_related = ("project", "limit")
+    list_filter = ("status", "project")
+    search_fields = ("user_id", "requested_by", "decided_by", "project__name")
 
 
 class TeamMemberInline(admin.TabularInline):

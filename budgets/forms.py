@@ -569,3 +569,89 @@ class TeamForm(forms.Form):
     def clean_members(self) -> list[str]:
         text = self.cleaned_data.get("members") or ""
         return [part.strip() for line in text.splitlines() for part in line.split(",") if part.strip()]
+
+
+# --- temporary raises and limit requests --------------------------------------------------------
+
+
+def _aware(value: Any, tz: str) -> Any:
+    """A date and time typed in the console, read in the project's time zone (the pages show times in it)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=ZoneInfo(tz))
+
+
+def _until_field(label: str, help_text: str) -> forms.DateTimeField:
+    return forms.DateTimeField(label=label, required=False, help_text=help_text,
+                               input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"],
+                               widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"))
+
+
+class RaiseForm(forms.Form):
+    """A temporary raise: how much more, until a date and time (the project's time zone) or for N windows."""
+
+    amount = forms.DecimalField(label="Raise by", min_value=Decimal(0), max_digits=24, decimal_places=12,
+                                widget=forms.NumberInput(attrs={"step": "any", "inputmode": "decimal"}))
+    until = _until_field("Until", "In the project's time zone.")
+    windows = forms.IntegerField(label="Or for windows", required=False, min_value=1, max_value=1000,
+                                 help_text="Until the end of the Nth window (this one is 1).")
+
+    def __init__(self, *args: Any, tz: str = "UTC", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tz = tz
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if self.errors:
+            return data
+        if (data.get("until") is None) == (data.get("windows") is None):
+            raise ValidationError("Give the raise's end: a date and time, or a number of windows (one of them).")
+        data["until"] = _aware(data.get("until"), self.tz)
+        return data
+
+
+class DecideForm(forms.Form):
+    """Approve a request (a temporary raise, the end editable; or a permanent change) or deny it, with a note."""
+
+    DECISIONS = (("raise", "Approve as a temporary raise"), ("permanent", "Approve as a permanent change"),
+                 ("deny", "Deny"))
+
+    decision = forms.ChoiceField(label="Decision", choices=DECISIONS)
+    amount = forms.DecimalField(label="Amount", required=False, min_value=Decimal(0), max_digits=24,
+                                decimal_places=12, widget=forms.NumberInput(attrs={"step": "any"}))
+    until = _until_field("Until", "The raise's end, in the project's time zone.")
+    windows = forms.IntegerField(label="Or for windows", required=False, min_value=1, max_value=1000)
+    note = forms.CharField(label="Note", required=False, max_length=2000)
+
+    def __init__(self, *args: Any, tz: str = "UTC", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tz = tz
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        data["until"] = _aware(data.get("until"), self.tz)
+        return data
+
+
+class LimitRequestForm(forms.Form):
+    """A request made in the console, on a user's behalf (another owner or manager decides it)."""
+
+    user_id = forms.CharField(label="User", max_length=255)
+    limit_id = forms.IntegerField(label="Limit id", required=False, min_value=1,
+                                  help_text="Empty: the user's binding limit.")
+    amount = forms.DecimalField(label="Amount", min_value=Decimal(0), max_digits=24, decimal_places=12,
+                                widget=forms.NumberInput(attrs={"step": "any"}))
+    until = _until_field("Until", "Optional; in the project's time zone.")
+    reason = forms.CharField(label="Reason", required=False, max_length=2000)
+
+    def __init__(self, *args: Any, tz: str = "UTC", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tz = tz
+        self.helper = _helper(Row(Column("user_id", css_class="col-md-3"), Column("limit_id", css_class="col-md-2"),
+                                  Column("amount", css_class="col-md-2"), Column("until", css_class="col-md-3"),
+                                  Column("reason", css_class="col-md-2")))
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        data["until"] = _aware(data.get("until"), self.tz)
+        return data

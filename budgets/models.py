@@ -609,14 +609,20 @@ class Alert(models.Model):
         RESOLVED = "resolved", "Back under a threshold"
         FORECAST = "forecast", "Forecast over the limit"
         ANOMALY = "anomaly", "Spend anomaly"
+        LIMIT_REQUEST = "limit_request", "Limit request"
+        LIMIT_REQUEST_DECIDED = "limit_request_decided", "Limit request decided"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="alerts")
     budget = models.ForeignKey(UserBudget, on_delete=models.SET_NULL, null=True, blank=True, related_name="alerts")
     # Scope "limit": the Limit row whose used crossed the threshold (its window is `period_start`).
     source_limit = models.ForeignKey("Limit", on_delete=models.CASCADE, null=True, blank=True,
                                      related_name="alerts")
+    # Kinds limit_request*: the request; what it was when the event happened is in `details` (the
+    # webhook's `request`).
+    limit_request = models.ForeignKey("LimitRequest", on_delete=models.CASCADE, null=True, blank=True,
+                                      related_name="alerts")
     scope = models.CharField(max_length=10, choices=Scope.choices)
-    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.THRESHOLD)
+    kind = models.CharField(max_length=30, choices=Kind.choices, default=Kind.THRESHOLD)
     user_id = models.CharField(max_length=255, blank=True)
     # An anomaly's subject: the user id or the team's name (once per subject per local day).
     subject = models.CharField(max_length=255, blank=True, default="")
@@ -650,13 +656,17 @@ class Alert(models.Model):
             ),
             models.UniqueConstraint(
                 fields=["source_limit", "kind", "threshold", "period_start", "cycle"],
-                condition=Q(source_limit__isnull=False),
+                condition=Q(source_limit__isnull=False, limit_request__isnull=True),
                 name="one_alert_per_limit_event_per_window",
             ),
             models.UniqueConstraint(
                 fields=["project", "scope", "subject", "period_start"],
                 condition=Q(kind="anomaly"),
                 name="one_anomaly_per_subject_per_day",
+            ),
+            models.UniqueConstraint(
+                fields=["limit_request", "kind"], condition=Q(limit_request__isnull=False),
+                name="one_alert_per_limit_request_event",
             ),
         ]
         indexes = [
@@ -742,6 +752,11 @@ class Limit(models.Model):
     thresholds = models.JSONField(null=True, blank=True)
     used = MoneyField(default=ZERO)
     held = MoneyField(default=ZERO)
+    # The sum of the active temporary raises (LimitIncrease) and the earliest end among them (null:
+    # none): the effective limit is amount + raised; a limit whose raises_end_at has passed has its
+    # ended raises taken off before it is used (services.limit_windows), as a window that ended.
+    raised = MoneyField(default=ZERO)
+    raises_end_at = models.DateTimeField(null=True, blank=True, db_index=True)
     window_start = models.DateTimeField(default=now)
     resets_at = models.DateTimeField(null=True, blank=True, db_index=True)
     created_at = models.DateTimeField(default=now)
@@ -753,10 +768,75 @@ class Limit(models.Model):
             models.UniqueConstraint(fields=["project", "scope", "subject", "model", "unit", "window"],
                                     name="unique_limit"),
             models.CheckConstraint(condition=Q(amount__gte=0), name="limit_amount_non_negative"),
+            models.CheckConstraint(condition=Q(raised__gte=0), name="limit_raised_non_negative"),
         ]
         indexes = [models.Index(fields=["project", "scope", "subject"], name="limit_subject")]
+
+    @property
+    def effective(self) -> Decimal:
+        """The limit as admission applies it: the amount plus the active raises."""
+        return self.amount + self.raised
 
     def __str__(self) -> str:
         subject = f" {self.subject!r}" if self.subject else ""
         model = f" on {self.model}" if self.model else ""
         return f"{self.scope}{subject}{model}: {self.amount} {self.unit} per {self.window}"
+
+
+class LimitRequest(models.Model):
+    """An application's (or a person's) request, on a user's behalf, for more room under a limit;
+    an owner or a manager approves it in the console (a raise or a new amount) or denies it."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        APPROVED = "approved", "Approved"
+        DENIED = "denied", "Denied"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="limit_requests")
+    user_id = models.CharField(max_length=255)
+    limit = models.ForeignKey(Limit, on_delete=models.CASCADE, related_name="requests")
+    amount = MoneyField()
+    reason = models.TextField(blank=True)
+    until = models.DateTimeField(null=True, blank=True, help_text="Asked end of the raise; null: none asked.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    requested_by = models.CharField(max_length=255, help_text="Who asked, as the audit log names actors.")
+    decided_by = models.CharField(max_length=255, blank=True)
+    decision = models.CharField(max_length=10, blank=True, help_text="raise or permanent, for an approval.")
+    note = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=now)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    increase = models.OneToOneField("LimitIncrease", on_delete=models.SET_NULL, null=True, blank=True,
+                                    related_name="+")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="limit_request_amount_positive")]
+        indexes = [models.Index(fields=["project", "status", "created_at"], name="limit_request_status")]
+
+    def __str__(self) -> str:
+        return f"request {self.pk} for {self.user_id} on limit {self.limit_id}: {self.amount} ({self.status})"
+
+
+class LimitIncrease(models.Model):
+    """A temporary raise of a limit by `amount`, from starts_at until ends_at (or ended_at, ended early)."""
+
+    limit = models.ForeignKey(Limit, on_delete=models.CASCADE, related_name="increases")
+    amount = MoneyField()
+    starts_at = models.DateTimeField(default=now)
+    ends_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True, help_text="Ended early (DELETE); null otherwise.")
+    actor = models.CharField(max_length=255, help_text="Who raised it, as the audit log names actors.")
+    request = models.ForeignKey(LimitRequest, on_delete=models.SET_NULL, null=True, blank=True,
+                                related_name="increases")
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["ends_at", "id"]
+        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="limit_increase_amount_positive")]
+        indexes = [models.Index(fields=["limit", "ends_at"], name="limit_increase_end")]
+
+    def active_at(self, at: datetime) -> bool:
+        return self.ended_at is None and self.starts_at <= at < self.ends_at
+
+    def __str__(self) -> str:
+        return f"+{self.amount} on limit {self.limit_id} until {self.ends_at.isoformat()}"

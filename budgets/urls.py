@@ -16,6 +16,7 @@ from .views.export import export_csv
 from .views.history import alert_history, audit_log, slack_test, webhook_test
 from .views.invitations import invitation_accept
 from .views.keys import key_create, key_list, key_revoke
+from .views.limit_requests import limit_raise_new, limit_raise_remove, request_decide, request_list, request_new
 from .views.limits import limit_edit, limit_list, limit_new, limit_remove
 from .views.members import invitation_revoke, member_invite, member_list, member_remove, member_role
 from .views.models_page import model_list
@@ -53,6 +54,12 @@ urlpatterns = [
     path("projects/<int:project_id>/limits/new/", limit_new, name="limit_new"),
     path("projects/<int:project_id>/limits/<int:limit_id>/edit/", limit_edit, name="limit_edit"),
     path("projects/<int:project_id>/limits/<int:limit_id>/delete/", limit_remove, name="limit_remove"),
+    path("projects/<int:project_id>/limits/<int:limit_id>/raise/", limit_raise_new, name="limit_raise_new"),
+    path("projects/<int:project_id>/limits/<int:limit_id>/raises/<int:increase_id>/end/", limit_raise_remove,
+         name="limit_raise_remove"),
+    path("projects/<int:project_id>/requests/", request_list, name="limit_requests"),
+    path("projects/<int:project_id>/requests/new/", request_new, name="limit_request_new"),
+    path("projects/<int:project_id>/requests/<int:request_id>/decide/", request_decide, name="limit_request_decide"),
     path("projects/<int:project_id>/teams/", team_list, name="team_list"),
     path("projects/<int:project_id>/teams/<str:team>/", team_detail, name="team_detail"),
     path("projects/<int:project_id>/teams/<str:team>/delete/", team_remove, name="team_remove"),

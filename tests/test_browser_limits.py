@@ -124,7 +124,7 @@ def test_an_owner_creates_a_team_and_limits_and_edits_and_deletes_one(tab, acme)
 
     row = page.locator(f'tr[data-limit-id="{created.pk}"]')
     row.locator(".limit-edit summary").click()
-    row.locator("input[name=amount]").fill("7.5")
+    row.locator(".limit-edit-form input[name=amount]").fill("7.5")
     row.locator("select[name=mode]").select_option("soft")
     session.screenshot("limits-edit")
     row.locator(".limit-edit-form button").click()

@@ -25,6 +25,8 @@ from budgets.models import (
     CostEvent,
     Invitation,
     Limit,
+    LimitIncrease,
+    LimitRequest,
     Membership,
     Project,
     Role,
@@ -45,6 +47,8 @@ class Team:
     key: ApiKey
     invitation: Invitation  # a pending one, to withdraw
     limit: Limit  # a limit on alice, to edit or delete
+    request: LimitRequest  # a pending request an application made, to decide
+    increase: LimitIncrease  # a raise of that limit, to end early
 
 
 def _project(name: str, people: dict[str, object]) -> Team:
@@ -64,7 +68,9 @@ def _project(name: str, people: dict[str, object]) -> Team:
                                         invited_by=extra_user, actor="test")
     services.team_set(project=project, name="research", members=["alice"], actor="test")
     limit = services.limit_create(project=project, scope="user", subject="alice", amount=5, actor="test")
-    return Team(project, people, extra, key, invitation, limit)
+    request = services.limit_request_create(project=project, user_id="alice", amount=1, requested_by="key:test")
+    increase = services.limit_raise(limit=limit, amount=1, windows=1, actor="test")
+    return Team(project, people, extra, key, invitation, limit, request, increase)
 
 
 @pytest.fixture
@@ -112,6 +118,14 @@ def LIMIT(team: Team) -> int:
     return team.limit.pk
 
 
+def REQUEST(team: Team) -> int:
+    return team.request.pk
+
+
+def INCREASE(team: Team) -> int:
+    return team.increase.pk
+
+
 def RESEARCH(team: Team) -> str:
     return "research"
 
@@ -136,6 +150,14 @@ ROUTES = [
           lambda t: {"scope": "project", "unit": "requests", "window": "day", "amount": "100", "mode": "hard"}, 302),
     Route("limit edit", "post", Action.CHANGE, _u("limit_edit", LIMIT), lambda t: {"amount": "6", "mode": "soft"}, 302),
     Route("limit delete", "post", Action.CHANGE, _u("limit_remove", LIMIT), ok=302),
+    Route("limit raise", "post", Action.CHANGE, _u("limit_raise_new", LIMIT), lambda t: {"amount": "2", "windows": "1"},
+          302),
+    Route("raise end", "post", Action.CHANGE, _u("limit_raise_remove", LIMIT, INCREASE), ok=302),
+    Route("requests", "get", Action.VIEW, _u("limit_requests")),
+    Route("request new", "post", Action.CHANGE, _u("limit_request_new"),
+          lambda t: {"user_id": "alice", "amount": "1", "reason": "a demo"}, 302),
+    Route("request decide", "post", Action.CHANGE, _u("limit_request_decide", REQUEST),
+          lambda t: {"decision": "raise", "amount": "1", "windows": "1", "note": "ok"}, 302),
     Route("test webhook", "post", Action.CHANGE, _u("webhook_test")),
     Route("test slack", "post", Action.CHANGE, _u("slack_test")),
     Route("budget create", "post", Action.CHANGE, _u("budget_create"),

@@ -134,7 +134,8 @@ def test_an_enforced_record_a_team_limit_has_no_room_for_is_a_402_naming_it_and_
     assert error["message"] == "the team 'research' has $0.00 left of $1.00 this month; this call needs $0.05"
     resets_at = error["limit"].pop("resets_at")
     assert error["limit"] == {"id": capped.pk, "scope": "team", "subject": "research", "model": None, "unit": "usd",
-                              "window": "month", "limit": 1, "used": 1, "held": 0, "requested": Decimal("0.05")}
+                              "window": "month", "limit": 1, "used": 1, "held": 0, "raised": 0,
+                              "requested": Decimal("0.05")}
     assert datetime.fromisoformat(resets_at) == capped.resets_at
     assert 0 < int(response["Retry-After"]) <= 31 * 86400
     assert db_state() == before

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -20,6 +20,7 @@ from django.utils.timezone import now as utcnow
 from budgets import services
 from budgets.domain.usage import prompt_usage
 from budgets.models import CostEvent, Limit, Project, Reservation, Team, TeamMember, UserBudget
+from budgets.services.limit_raises import limit_raise
 from budgets.services.limit_windows import window_of
 from tests.api_helpers import new_key
 from tests.server_support import at_once, statuses
@@ -195,6 +196,24 @@ def day_beside_month(project: Project) -> Scenario:
                     new_key(project))
 
 
+def raised_cap(project: Project) -> Scenario:
+    """A $0.50 cap raised twice (stacked): $0.30 until the end of the window and $0.20 for an hour."""
+    budgets_for(project, ["alice"], "100")
+    cap = make_limit(project, "user", "alice", "0.50")
+    limit_raise(limit=cap, amount=Decimal("0.30"), windows=1, actor="test")
+    limit_raise(limit=cap, amount=Decimal("0.20"), expires_at=utcnow() + timedelta(hours=1), actor="test")
+    return Scenario(["alice"] * CALLS, cap, 20, new_key(project))
+
+
+def ended_raise(project: Project) -> Scenario:
+    """A $0.50 cap whose $1 raise ended a minute ago (nothing has ended it yet: the first call does)."""
+    budgets_for(project, ["alice"], "100")
+    cap = make_limit(project, "user", "alice", "0.50")
+    limit_raise(limit=cap, amount=Decimal(1), expires_at=utcnow() - timedelta(minutes=1), actor="test",
+                at=utcnow() - timedelta(hours=1))
+    return Scenario(["alice"] * CALLS, cap, 10, new_key(project))
+
+
 SCENARIOS: dict[str, Callable[[Project], Scenario]] = {
     "a $1 team cap over 50 users of the team": team_cap,
     "a $1 key cap": key_cap,
@@ -203,6 +222,8 @@ SCENARIOS: dict[str, Callable[[Project], Scenario]] = {
     "7 requests a day": requests_a_day,
     "10,000 tokens a day in 1,500-token calls": tokens_a_day,
     "a $0.50 day window beside a $1 month window": day_beside_month,
+    "a $0.50 cap with $0.50 of stacked raises": raised_cap,
+    "a $0.50 cap whose raise has just ended": ended_raise,
 }
 
 

@@ -11,7 +11,8 @@ from ..services.limit_windows import limits_current
 from ..services.limits import limit_create, limit_delete, limit_update
 from .auth import request_actor, request_project
 from .common import ERROR_STATUSES, MAX_OFFSET, MAX_PAGE
-from .schemas import ErrorOut, LimitIn, LimitOut, LimitPage, LimitPatchIn, LimitScope, Text
+from .limit_requests import limit_detail
+from .schemas import ErrorOut, LimitDetailOut, LimitIn, LimitOut, LimitPage, LimitPatchIn, LimitScope, Text
 
 router = Router(tags=["limits"])
 ERRORS = {**dict.fromkeys(ERROR_STATUSES, ErrorOut), 422: ErrorOut}
@@ -45,10 +46,11 @@ def list_limits(request: HttpRequest, scope: LimitScope | None = None, subject: 
                      total=limits.count(), limit=limit, offset=offset)
 
 
-@router.get("/limits/{limit_id}", response={200: LimitOut, **ERRORS})
+@router.get("/limits/{limit_id}", response={200: LimitDetailOut, **ERRORS})
 def get_limit(request: HttpRequest, limit_id: int):
-    """One limit with what is used and held in its current window."""
-    return _out(request, limit_id)
+    """One limit with what is used and held in its current window, its effective limit (`limit`: the amount
+    plus `raised`) and its active temporary raises (`increases`)."""
+    return limit_detail(request, limit_id)
 
 
 @router.patch("/limits/{limit_id}", response={200: LimitOut, **ERRORS})

@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal, NamedTuple, Union
 
+from django.utils.timezone import now as utcnow
 from ninja import Schema
 from pydantic import (
     AfterValidator,
@@ -57,8 +58,10 @@ from ..base.validation import (
 from ..domain import periods
 from ..models import CostEvent, UserBudget
 from ..selectors.limits import LimitState
-from ..services.alerts import AlertFields
+from ..services.alerts import AlertFields, LimitRequestFields
 from ..services.costs import CostRecorded, exceeded_scope
+from ..services.limit_raises import MAX_WINDOWS
+from ..services.limit_requests import MAX_REASON
 from ..services.reservations import MAX_TTL_SECONDS, Settled
 
 PRICE_LIMIT = Decimal(1)  # dollars per token: far above any real price
@@ -604,6 +607,8 @@ class LimitOut(Schema):
                           "(the elapsed time counts as at least an hour); null for a lifetime window.")
     thresholds: list[int] | None = Field(
         None, description="The limit's own alert thresholds (percent); null: the project's alert_thresholds.")
+    raised: MoneyOut = Field(Decimal(0), description="The active temporary raises' sum, included in `limit`.")
+    raises_end_at: datetime | None = Field(None, description="When the first active raise ends; null: none.")
 
     @staticmethod
     def resolve_subject(state: Any) -> str | None:
@@ -908,3 +913,78 @@ class FallbacksOut(Schema):
     """The project's fallbacks (the stored JSON: services.fallbacks.project_fallbacks)."""
 
     fallbacks: dict[str, list[str]]
+
+
+# --- temporary raises, limit requests ---------------------------------------------------------
+
+
+def _windows(value: Any, info: ValidationInfo) -> int:
+    count = _tokens(value, info)
+    if not 1 <= count <= MAX_WINDOWS:
+        raise PydanticCustomError("windows", f"must be a whole number of windows from 1 to {MAX_WINDOWS}")
+    return count
+
+
+Windows = Annotated[int, BeforeValidator(_windows),
+                    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_WINDOWS,
+                                    "description": "Until the end of the Nth window (the current one is 1)."})]
+Reason = Annotated[str, BeforeValidator(_text), StringConstraints(max_length=MAX_REASON),
+                   WithJsonSchema({"type": "string", "maxLength": MAX_REASON, "pattern": "^[^\\u0000]*$"})]
+
+
+class LimitIncreaseIn(StrictIn):
+    """A temporary raise: how much more (in the limit's unit), until an instant or for N windows."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=forms(
+        Form("until an instant", required=("amount", "expires_at")),
+        Form("for N windows", required=("amount", "windows")),
+    ))
+
+    amount: LimitAmount
+    expires_at: Timestamp | None = Field(None, description="When the raise ends (exclusive), with its UTC offset.")
+    windows: Windows | None = None
+
+
+class LimitIncreaseOut(Schema):
+    """A temporary raise of a limit."""
+
+    id: int
+    limit_id: int
+    amount: MoneyOut
+    starts_at: datetime
+    ends_at: datetime
+    ended_at: datetime | None = Field(description="When it was ended early (DELETE); null otherwise.")
+    status: Literal["active", "ended", "expired"] = Field(
+        description="active; ended (early, by DELETE); expired (ends_at has passed).")
+    actor: str = Field(description="Who raised it, as the audit log names it.")
+    request_id: int | None = Field(description="The limit request it approved, if any.")
+
+    @staticmethod
+    def resolve_status(increase: Any) -> str:
+        if increase.ended_at is not None:
+            return "ended"
+        return "active" if increase.ends_at > utcnow() else "expired"
+
+
+class LimitIncreaseList(Schema):
+    items: list[LimitIncreaseOut]
+
+
+class LimitDetailOut(LimitOut):
+    """One limit with its active temporary raises (the earliest end first)."""
+
+    increases: list[LimitIncreaseOut] = Field(default_factory=list)
+
+
+class LimitRequestIn(StrictIn):
+    """A request, on a user's behalf, for more room under a limit (the binding one by default)."""
+
+    limit_id: int | None = Field(None, strict=True,
+                                 description="A limit that applies to the user; default: the binding one.")
+    amount: LimitAmount
+    reason: Reason | None = None
+    until: Timestamp | None = Field(None, description="When the asked raise would end; null: the approver says.")
+
+
+class LimitRequestOut(LimitRequestFields):
+    """A limit request as the API answers it and its webhook events carry it (services.alerts.LimitRequestFields)."""

@@ -98,7 +98,7 @@ class BudgetExceeded(BudgetError):
             figures["limit"] = {
                 "id": state.id, "scope": state.scope, "subject": state.subject, "model": state.model,
                 "unit": state.unit, "window": state.window, "limit": state.limit, "used": state.used,
-                "held": state.held, "requested": self.requested,
+                "held": state.held, "raised": state.raised, "requested": self.requested,
                 "resets_at": state.resets_at.isoformat() if state.resets_at is not None else None,
             }
         return figures

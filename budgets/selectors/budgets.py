@@ -224,13 +224,14 @@ def _generation_read() -> Any:
     backend = caches["default"]
     if not isinstance(backend, RedisCache):
         return backend.get(KEY_GENERATION)
-    pool = backend._cache._get_connection_pool(write=False)
+    redis_client: Any = backend._cache  # Django's RedisCacheClient: its pool, client class and serializer
+    pool = redis_client._get_connection_pool(write=False)
     if not _redis_reader or _redis_reader[0][0] is not pool:
-        _redis_reader[:] = [(pool, backend._cache._client(connection_pool=pool),
+        _redis_reader[:] = [(pool, redis_client._client(connection_pool=pool),
                              backend.make_and_validate_key(KEY_GENERATION))]
     _, client, key = _redis_reader[0]
     raw = client.get(key)
-    return None if raw is None else backend._cache._serializer.loads(raw)
+    return None if raw is None else redis_client._serializer.loads(raw)
 
 
 def forget_api_keys() -> None:

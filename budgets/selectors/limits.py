@@ -83,6 +83,8 @@ class LimitState:
 
     `id` is None for the user's budget and the project's cap, which keep their own rows
     (UserBudget, Project) but answer as limits of scope user and project, unit usd.
+    `limit` is the effective limit: a Limit row's amount plus its active raises (`raised`, until
+    `raises_end_at`, the earliest end among them).
     """
 
     id: int | None
@@ -99,6 +101,8 @@ class LimitState:
     # Known when the state was read from its row (None from the ledger's fast path: no forecast then).
     window_start: datetime | None = None
     thresholds: tuple[int, ...] | None = None  # the limit's own alert thresholds; None: the project's
+    raised: Decimal = Decimal(0)
+    raises_end_at: datetime | None = None
 
     @property
     def remaining(self) -> Decimal:
@@ -114,11 +118,17 @@ class LimitState:
             return value
         return value.to_integral_value(ROUND_HALF_UP)
 
+    @property
+    def amount(self) -> Decimal:
+        """The limit without its temporary raises."""
+        return self.limit - self.raised
+
     @classmethod
     def of_limit(cls, limit: Limit) -> LimitState:
         return cls(id=limit.pk, scope=limit.scope, subject=limit.subject, model=limit.model or None, unit=limit.unit,
-                   window=limit.window, mode=limit.mode, limit=limit.amount, used=limit.used, held=limit.held,
-                   resets_at=limit.resets_at, window_start=limit.window_start,
+                   window=limit.window, mode=limit.mode, limit=limit.amount + limit.raised, used=limit.used,
+                   held=limit.held, resets_at=limit.resets_at, raised=limit.raised, raises_end_at=limit.raises_end_at,
+                   window_start=limit.window_start,
                    thresholds=tuple(limit.thresholds) if isinstance(limit.thresholds, list) else None)
 
     @classmethod

@@ -47,7 +47,7 @@ from pydantic import BaseModel, WithJsonSchema, model_validator
 from ..base.errors import InvalidInput
 from ..domain.codec import dumps
 from ..domain.slack import slack_message
-from ..models import Alert, Limit, Project, UserBudget
+from ..models import Alert, Limit, LimitRequest, Project, UserBudget
 from ..selectors.limits import LimitState
 from .audit import write_audit
 from .limit_windows import limits_current
@@ -211,13 +211,13 @@ def limit_room_changed(project: Project, limit_ids: Sequence[int], *, at: dateti
             own = project_list if state.thresholds is None else _whole_percentages(state.thresholds)
             seen = {t for limit_id, t in fired if limit_id == limit.pk}
             for t in sorted(seen | set(own)):
-                level = limit.amount * t / 100
+                level = state.limit * t / 100  # the effective limit: amount + temporary raises
                 done = resolved.get((limit.pk, t), set())
                 open_cycles = fired.get((limit.pk, t), set()) - done
                 if open_cycles and limit.used < level:
                     candidates.append(limit_alert(project, state, kind=Alert.Kind.RESOLVED, threshold=t,
                                                   window_start=limit.window_start, cycle=max(open_cycles)))
-                elif not open_cycles and t in own and limit.amount > 0 and limit.used >= level:
+                elif not open_cycles and t in own and state.limit > 0 and limit.used >= level:
                     candidates.append(limit_alert(project, state, kind=Alert.Kind.THRESHOLD, threshold=t,
                                                   window_start=limit.window_start, cycle=len(done)))
         return alerts_insert(project, candidates)
@@ -463,14 +463,62 @@ ALERT_TYPES: dict[str, str] = {
     Alert.Kind.RESOLVED: "budget.threshold_resolved",
     Alert.Kind.FORECAST: "budget.forecast_over_limit",
     Alert.Kind.ANOMALY: "budget.spend_anomaly",
+    Alert.Kind.LIMIT_REQUEST: "budget.limit_request",
+    Alert.Kind.LIMIT_REQUEST_DECIDED: "budget.limit_request_decided",
 }
+# A limit request's events (services.limit_requests): their webhook body has the request (`request`).
+REQUEST_KINDS = (Alert.Kind.LIMIT_REQUEST, Alert.Kind.LIMIT_REQUEST_DECIDED)
+
+
+class LimitRequestFields(BaseModel):
+    """A limit request's one shape: the API's LimitRequestOut and the `request` of its webhook events
+    (validated from the row, or from the snapshot an event keeps); money as exact JSON numbers."""
+
+    id: int
+    status: Literal["pending", "approved", "denied"]
+    user: str
+    limit_id: int
+    amount: Money
+    reason: str
+    until: datetime | None
+    requested_by: str
+    created_at: datetime
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    decision: Literal["raise", "permanent"] | None = None
+    note: str | None = None
+    increase_id: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_row(cls, row: Any) -> Any:
+        if not isinstance(row, LimitRequest):
+            return row
+        return {"id": row.pk, "status": row.status, "user": row.user_id, "limit_id": row.limit_id,
+                "amount": row.amount, "reason": row.reason, "until": row.until, "requested_by": row.requested_by,
+                "created_at": row.created_at, "decided_by": row.decided_by or None, "decided_at": row.decided_at,
+                "decision": row.decision or None, "note": row.note or None, "increase_id": row.increase_id}
+
+
+def limit_request_event(request: LimitRequest, kind: str) -> Alert | None:
+    """A request's event (Alert.Kind.LIMIT_REQUEST when made, LIMIT_REQUEST_DECIDED when decided) into the
+    outbox, with the request as it is now; once per request and kind. Inside the caller's transaction."""
+    limit = request.limit
+    alert = Alert(project_id=request.project_id, kind=kind, limit_request=request, source_limit=limit,
+                  scope=Alert.Scope.LIMIT, user_id=request.user_id, threshold=0,
+                  period_start=limit.window_start, spend=limit.used, limit=limit.amount + limit.raised,
+                  details=LimitRequestFields.model_validate(request).model_dump(mode="json"),
+                  created_at=request.decided_at or request.created_at)
+    created = alerts_insert(request.project, [alert])
+    return created[0] if created else None
 
 
 class AlertFields(BaseModel):
     """An alert's one shape: the webhook's body (with its type, id and project) and, with its id and
     delivery, the API's AlertOut. Validated from the Alert row; money as exact JSON numbers."""
 
-    kind: Literal["threshold", "resolved", "forecast", "anomaly"] = "threshold"
+    kind: Literal["threshold", "resolved", "forecast", "anomaly", "limit_request",
+                  "limit_request_decided"] = "threshold"
     scope: Literal["user", "project", "limit", "team"]
     user: str | None
     threshold: int
@@ -494,6 +542,8 @@ class AlertFields(BaseModel):
     multiple: Money | None = None
     top_model: str | None = None
     top_model_spend: Money | None = None
+    # Kinds limit_request*: the request as it was at that moment (threshold is 0).
+    request: LimitRequestFields | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -502,7 +552,9 @@ class AlertFields(BaseModel):
             return row
         # A project-wide alert has no user: "" in the row, null in the answer.
         fields = {name: (row.user_id or None) if name == "user" else getattr(row, name)
-                  for name in cls.model_fields if name not in _LIMIT_FIELDS and name not in _DETAIL_FIELDS}
+                  for name in cls.model_fields if name not in _LIMIT_FIELDS and name not in _DETAIL_FIELDS
+                  and name != "request"}
+        fields["request"] = row.details if row.limit_request_id is not None else None
         limit = row.source_limit if row.source_limit_id is not None else None
         if limit is not None:
             fields.update(limit_id=limit.pk, limit_scope=limit.scope, subject=limit.subject, model=limit.model or None,
@@ -522,12 +574,36 @@ def alert_payload(alert: Alert) -> dict[str, Any]:
     """The webhook's JSON body: the alert's fields, those of a limit only for a limit's alert and the
     figures of a forecast or an anomaly only for those kinds."""
     fields = AlertFields.model_validate(alert).model_dump()
+    request = fields.pop("request")
+    if alert.kind in REQUEST_KINDS:
+        kind = fields.pop("kind")
+        return {"type": ALERT_TYPES[kind], "alert_id": alert.pk, "project": alert.project.name,
+                "message": request_message(kind, request, fields), "scope": "limit", "user": fields["user"],
+                "limit_id": fields["limit_id"], "limit_scope": fields["limit_scope"], "subject": fields["subject"],
+                "model": fields["model"], "unit": fields["unit"], "window": fields["window"],
+                "spend": fields["spend"], "limit": fields["limit"], "created_at": fields["created_at"],
+                "request": request}
     if fields["limit_id"] is None:  # a budget's or the project's alert: the shape it always had
         fields = {name: value for name, value in fields.items()
                   if name not in _LIMIT_FIELDS or (name == "subject" and value is not None)}
     fields = {name: value for name, value in fields.items() if name not in _DETAIL_FIELDS or value is not None}
     return {"type": ALERT_TYPES.get(alert.kind, "budget.alert"), "alert_id": alert.pk, "project": alert.project.name,
             **fields}
+
+
+def request_message(kind: str, request: dict[str, Any], fields: dict[str, Any]) -> str:
+    """A request's event in words: "key:bm_x asks 5 usd more for user 'alice' on limit 3 (user alice, month)"."""
+    amount = f"{request['amount']} {fields['unit'] or 'usd'}"
+    limit = f"limit {fields['limit_id']} ({fields['limit_scope']} {fields['subject'] or ''}".rstrip() + \
+        f", {fields['window']})"
+    if kind == Alert.Kind.LIMIT_REQUEST:
+        said = f": {request['reason']}" if request["reason"] else ""
+        return f"{request['requested_by']} asks {amount} more for user {request['user']!r} on {limit}{said}"
+    verb = {"approved": "approved", "denied": "denied"}.get(request["status"], request["status"])
+    how = {"raise": " as a temporary raise", "permanent": " as a new amount"}.get(request["decision"] or "", "")
+    note = f": {request['note']}" if request["note"] else ""
+    return f"{request['decided_by']} {verb} request {request['id']} ({amount} for user {request['user']!r} " \
+           f"on {limit}){how}{note}"
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -758,6 +834,8 @@ def validate_slack_url(url: Any) -> str:
 def console_link(alert: Alert) -> str | None:
     """The console page an alert is about (the user's page, else the project's), as an absolute URL;
     None without SITE_URL (a message without a button)."""
+    if alert.limit_request_id is not None:
+        return absolute_url(reverse("limit_requests", args=[alert.project_id]))
     if alert.scope == Alert.Scope.USER and alert.user_id:
         return absolute_url(reverse("user_detail", args=[alert.project_id, alert.user_id]))
     return absolute_url(reverse("project_overview", args=[alert.project_id]))
@@ -819,7 +897,19 @@ def email_text(alert: Alert, project: Project) -> tuple[str, str]:
 
 
 def email_send(alert: Alert, project: Project) -> None:
+    if alert.kind in REQUEST_KINDS:
+        payload = alert_payload(alert)
+        status = "new" if alert.kind == Alert.Kind.LIMIT_REQUEST else payload["request"]["status"]
+        subject = f"[Budget Manager] {project.name}: limit request {alert.limit_request_id} {status}"
+        link = absolute_url(reverse("limit_requests", args=[project.pk]))
+        body = f"Project: {project.name}\n{payload['message']}\n" + (f"\nRequests: {link}\n" if link else "")
+        _mail(subject, body, project)
+        return
     subject, body = email_text(alert, project)
+    _mail(subject, body, project)
+
+
+def _mail(subject: str, body: str, project: Project) -> None:
     try:
         send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [project.alert_email])
     except (OSError, ValueError) as exc:  # smtplib's errors are OSErrors; bad headers are ValueErrors

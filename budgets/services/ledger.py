@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, models, transaction
@@ -82,7 +82,7 @@ def prepared_cursor() -> Any:
         raw.prepare_threshold = 2**31 - 1
     with connection.wrap_database_errors:
         cursor = _PREPARING[0](raw)
-    return connection._prepare_cursor(cursor)
+    return cast(Any, connection)._prepare_cursor(cursor)
 
 
 _PREPARING: list[type] = []
@@ -107,13 +107,13 @@ def _preparing_cursor_class() -> type:
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.adapters.register_dumper(int, Int8Dumper)
+            self.adapters.register_dumper(int, Int8Dumper)  # type: ignore[attr-defined]
 
         def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-            return super().execute(query, params, prepare=True, **kwargs)
+            return super().execute(query, params, prepare=True, **kwargs)  # type: ignore[misc]
 
         def _convert_query(self, query: Any, params: Any = None) -> Any:
-            self._query = super()._convert_query(query, params)  # kept, for Django's log of the SQL run
+            self._query = super()._convert_query(query, params)  # type: ignore[misc]  # for Django's SQL log
             return self._query
 
     return Preparing
@@ -329,13 +329,14 @@ WITH pl AS MATERIALIZED (
            b.next_reset_at, b.created_at, b.updated_at
     FROM budgets_userbudget b, pl WHERE b.project_id = %(project)s AND b.user_id = %(user)s/*lock budget*/
 ), ll AS MATERIALIZED (
-    SELECT l.id, l.scope, l.subject, l.model, l.unit, l."window", l.mode, l.amount, l.used, l.held, l.resets_at,
-           l.window_start, CASE l.unit WHEN 'usd' THEN %(amount)s WHEN 'tokens' THEN %(tokens)s ELSE 1 END AS need
+    SELECT l.id, l.scope, l.subject, l.model, l.unit, l."window", l.mode, l.amount + l.raised AS amount, l.used,
+           l.held, l.resets_at, l.window_start, l.raised, l.raises_end_at,
+           CASE l.unit WHEN 'usd' THEN %(amount)s WHEN 'tokens' THEN %(tokens)s ELSE 1 END AS need
     FROM budgets_limit l, bl WHERE l.id IN (SELECT x.id FROM (/*limits*/) x) ORDER BY l.id/*lock limits*/
 ), ok AS MATERIALIZED (
     SELECT bl.id AS budget_id, CASE
         WHEN pl.next_reset_at <= %(at)s OR bl.next_reset_at <= %(at)s
-             OR EXISTS (SELECT 1 FROM ll WHERE ll.resets_at <= %(at)s) THEN 'due'
+             OR EXISTS (SELECT 1 FROM ll WHERE ll.resets_at <= %(at)s OR ll.raises_end_at <= %(at)s) THEN 'due'
         WHEN %(enforce)s AND (
             CASE WHEN %(amount)s = 0 THEN bl.current_spend + bl.held >= bl.total_budget
                  ELSE bl.current_spend + bl.held + %(amount)s > bl.total_budget END
@@ -402,8 +403,8 @@ SELECT ok.verdict, ev.id, p.current_spend, b.current_spend, m.spend,
        (SELECT COALESCE(jsonb_object_agg(s.model, s.spend::text), '{}'::jsonb)::text
         FROM budgets_modelspend s WHERE s.budget_id = bl.id),
        (SELECT jsonb_agg(jsonb_build_array(ll.id, ll.scope, ll.subject, ll.model, ll.unit, ll."window", ll.mode,
-            ll.amount::text, COALESCE(l.used, ll.used)::text, ll.held::text, ll.resets_at, ll.window_start)
-            ORDER BY ll.id)::text FROM ll LEFT JOIN l ON l.id = ll.id)
+            ll.amount::text, COALESCE(l.used, ll.used)::text, ll.held::text, ll.resets_at, ll.window_start,
+            ll.raised::text, ll.raises_end_at) ORDER BY ll.id)::text FROM ll LEFT JOIN l ON l.id = ll.id)
 FROM pl, bl, ok LEFT JOIN ev ON true LEFT JOIN p ON true LEFT JOIN b ON true LEFT JOIN m ON true
 """
 _POSITIONAL = re.compile(r"(?<!%)%s")
@@ -505,17 +506,23 @@ def _record_in_one_statement(call: Call) -> CostRecorded | None:
 
 
 def limit_states(rows_text: str | None) -> tuple[tuple[LimitState, ...], tuple[datetime, ...]]:
-    """The limits as the statement gave them (jsonb text, amounts as exact strings), and their windows' starts."""
+    """The limits as a statement gave them (jsonb text, amounts as exact strings; `amount` the effective
+    limit, with its temporary raises), and their windows' starts."""
     if not rows_text:
         return (), ()
     rows = json.loads(rows_text)
+
+    def instant(text: str | None) -> datetime | None:
+        return datetime.fromisoformat(text) if text else None
+
     states = tuple(
         LimitState(id=pk, scope=scope, subject=subject, model=model or None, unit=unit, window=window, mode=mode,
-                   limit=Decimal(amount), used=Decimal(used), held=Decimal(held),
-                   resets_at=datetime.fromisoformat(resets_at) if resets_at else None)
-        for pk, scope, subject, model, unit, window, mode, amount, used, held, resets_at, _ in rows
+                   limit=Decimal(amount), used=Decimal(used), held=Decimal(held), resets_at=instant(resets_at),
+                   window_start=instant(window_start), raised=Decimal(raised), raises_end_at=instant(raises_end_at))
+        for pk, scope, subject, model, unit, window, mode, amount, used, held, resets_at, window_start, raised,
+        raises_end_at in rows
     )
-    return states, tuple(datetime.fromisoformat(row[-1]) for row in rows)
+    return states, tuple(datetime.fromisoformat(row[11]) for row in rows)
 
 
 # --- a hosted merge: many users at once, set-based ----------------------------------------------

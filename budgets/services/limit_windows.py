@@ -4,6 +4,9 @@ A window is calendar-aligned in the project's time zone (hour, day, week, month,
 `lifetime` (never resets). A limit whose `resets_at` has passed starts its new window lazily,
 by the first writer that locks it (`limits_current`), or by the beat sweep (`limits_reset_due`),
 whichever comes first: both update on the old window_start, so a window starts exactly once.
+Temporary raises (LimitIncrease) end the same way: a limit whose `raises_end_at` has passed gets
+`raised` and `raises_end_at` recomputed from its raises still active (conditional on the old
+raises_end_at), lazily or by the sweep: a call at ends_at - 1 µs sees the raise, one at ends_at not.
 Locks: the project row, then Limit rows by id (services.admission's order).
 """
 
@@ -12,15 +15,22 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
+from decimal import Decimal
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils.timezone import now as utcnow
 
 from ..domain import periods
 from ..models import AuditLog, Limit, Project
+from ..selectors.call_limits import raises_active
 from .audit import SYSTEM_LAZY, SYSTEM_SWEEP, write_audits
 
 RESET_BATCH_SIZE = 500
+
+
+def _DUE(at: datetime) -> Q:  # noqa: N802  # a filter, read like a constant
+    return Q(resets_at__lte=at) | Q(raises_end_at__lte=at)
 
 
 def window_of(limit_window: str, project: Project, at: datetime) -> tuple[datetime, datetime | None]:
@@ -30,8 +40,41 @@ def window_of(limit_window: str, project: Project, at: datetime) -> tuple[dateti
     return start, resets_at
 
 
-def _due(limit: Limit, at: datetime) -> bool:
+def window_due(limit: Limit, at: datetime) -> bool:
     return limit.resets_at is not None and limit.resets_at <= at
+
+
+def raises_due(limit: Limit, at: datetime) -> bool:
+    return limit.raises_end_at is not None and limit.raises_end_at <= at
+
+
+def limit_due(limit: Limit, at: datetime) -> bool:
+    """Must the limit be made current before it is used at `at`: its window ended, or one of its raises."""
+    return window_due(limit, at) or raises_due(limit, at)
+
+
+def raises_refresh(limit: Limit, at: datetime, *, conditional: bool = False, old_end: datetime | None = None
+                   ) -> bool:
+    """Set the limit's `raised` and `raises_end_at` from its raises active at `at`; `conditional`: only if
+    the row's raises_end_at is still `old_end` (the conditional end: once).
+    The caller holds the limit's lock or relies on the condition. True if the row was updated."""
+    raised, end = raises_active([limit.pk], at).get(limit.pk, (Decimal(0), None))
+    rows = Limit.objects.filter(pk=limit.pk)
+    if conditional:
+        rows = rows.filter(raises_end_at=old_end)
+    if not rows.update(raised=raised, raises_end_at=end, updated_at=at):
+        return False
+    limit.raised, limit.raises_end_at, limit.updated_at = raised, end, at
+    return True
+
+
+def _raise_audit(limit: Limit, actor: str, raised: Decimal, ended_at: datetime | None) -> AuditLog:
+    return AuditLog(project_id=limit.project_id, action="limit_raises_end", actor=actor,
+                    user_id=limit.subject if limit.scope == Limit.Scope.USER else "",
+                    before={"limit_id": limit.pk, "raised": str(raised),
+                            "raises_end_at": ended_at.isoformat() if ended_at else None},
+                    after={"raised": str(limit.raised),
+                           "raises_end_at": limit.raises_end_at.isoformat() if limit.raises_end_at else None})
 
 
 def _audit_entry(limit: Limit, actor: str, old_start: datetime, used: object) -> AuditLog:
@@ -52,7 +95,14 @@ def limits_current(project: Project, limits: Iterable[Limit], at: datetime | Non
     current = []
     audits: list[AuditLog] = []
     for limit in limits:
-        if _due(limit, at):
+        if raises_due(limit, at):
+            old_raised, old_end = limit.raised, limit.raises_end_at
+            # Conditional on the old end, as the window below: the raises end once.
+            if raises_refresh(limit, at, conditional=True, old_end=old_end):
+                audits.append(_raise_audit(limit, actor, old_raised, old_end))
+            else:
+                limit.refresh_from_db()
+        if window_due(limit, at):
             old_start, old_resets_at, used = limit.window_start, limit.resets_at, limit.used
             start, resets_at = window_of(limit.window, project, at)
             # Conditional on the old end: once reset, the row's end is in the future and a stale
@@ -70,13 +120,14 @@ def limits_current(project: Project, limits: Iterable[Limit], at: datetime | Non
 
 
 def limits_reset_due(at: datetime | None = None, batch_size: int = RESET_BATCH_SIZE) -> int:
-    """The sweep: every limit whose window ended starts its next one; returns how many were reset.
+    """The sweep: every limit whose window ended starts its next one, and every limit whose raises ended
+    has them taken off; returns how many limits it made current.
 
     One short transaction per project (its row locked first, then its due limits by id), with
     one conditional UPDATE per group of limits that share a window kind and an old window start.
     """
     at = at or utcnow()
-    project_ids = list(Limit.objects.filter(resets_at__lte=at).values_list("project_id", flat=True).distinct())
+    project_ids = list(Limit.objects.filter(_DUE(at)).values_list("project_id", flat=True).distinct())
     total = 0
     for project_id in project_ids:
         while True:
@@ -93,14 +144,24 @@ def _reset_project(project_id: int, at: datetime, batch_size: int) -> tuple[int,
         if project is None:
             return 0, False
         due = list(
-            Limit.objects.select_for_update(no_key=True).filter(project_id=project_id, resets_at__lte=at)
+            Limit.objects.select_for_update(no_key=True).filter(_DUE(at), project_id=project_id)
             .order_by("id")[:batch_size]
         )
+        audits: list[AuditLog] = []
+        ending = [limit for limit in due if raises_due(limit, at)]
+        active = raises_active([limit.pk for limit in ending], at)
+        for limit in ending:  # under the locks: no condition needed
+            old_raised, old_end = limit.raised, limit.raises_end_at
+            limit.raised, limit.raises_end_at = active.get(limit.pk, (Decimal(0), None))
+            Limit.objects.filter(pk=limit.pk).update(raised=limit.raised, raises_end_at=limit.raises_end_at,
+                                                     updated_at=at)
+            audits.append(_raise_audit(limit, SYSTEM_SWEEP, old_raised, old_end))
         groups: dict[tuple[str, datetime], list[Limit]] = defaultdict(list)
         for limit in due:
-            groups[(limit.window, limit.window_start)].append(limit)
-        reset = 0
-        audits: list[AuditLog] = []
+            if window_due(limit, at):
+                groups[(limit.window, limit.window_start)].append(limit)
+        # How many limits it made current: the ones whose raises ended and whose window goes on, then the resets.
+        reset = len([limit for limit in ending if not window_due(limit, at)])
         for (window, old_start), limits in groups.items():
             start, resets_at = window_of(window, project, at)
             reset += Limit.objects.filter(pk__in=[limit.pk for limit in limits], window_start=old_start).update(

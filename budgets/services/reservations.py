@@ -176,13 +176,14 @@ WITH pl AS MATERIALIZED (
            b.next_reset_at, b.created_at, b.updated_at
     FROM budgets_userbudget b, pl WHERE b.project_id = %(project)s AND b.user_id = %(user)s FOR NO KEY UPDATE OF b
 ), ll AS MATERIALIZED (
-    SELECT l.id, l.scope, l.subject, l.model, l.unit, l."window", l.mode, l.amount, l.used, l.held, l.resets_at,
-           l.window_start, CASE l.unit WHEN 'usd' THEN %(amount)s WHEN 'tokens' THEN %(tokens)s ELSE 1 END AS need
+    SELECT l.id, l.scope, l.subject, l.model, l.unit, l."window", l.mode, l.amount + l.raised AS amount, l.used,
+           l.held, l.resets_at, l.window_start, l.raised, l.raises_end_at,
+           CASE l.unit WHEN 'usd' THEN %(amount)s WHEN 'tokens' THEN %(tokens)s ELSE 1 END AS need
     FROM budgets_limit l, bl WHERE l.id IN (SELECT x.id FROM (/*limits*/) x) ORDER BY l.id FOR NO KEY UPDATE OF l
 ), ok AS MATERIALIZED (
     SELECT bl.id AS budget_id, CASE
         WHEN pl.next_reset_at <= %(at)s OR bl.next_reset_at <= %(at)s
-             OR EXISTS (SELECT 1 FROM ll WHERE ll.resets_at <= %(at)s)
+             OR EXISTS (SELECT 1 FROM ll WHERE ll.resets_at <= %(at)s OR ll.raises_end_at <= %(at)s)
              OR EXISTS (SELECT 1 FROM budgets_reservation r WHERE r.project_id = %(project)s
                         AND r.user_id = %(user)s AND r.status = 'open' AND r.expires_at <= %(at)s) THEN 'due'
         WHEN bl.current_spend + bl.held + %(amount)s > bl.total_budget
@@ -215,8 +216,8 @@ SELECT ok.verdict, rv.id, p.held, b.held,
        bl.id, bl.total_budget, bl.current_spend, bl.held, bl.duration, bl.duration_days, bl.period_start,
        bl.next_reset_at, bl.created_at, bl.updated_at,
        (SELECT jsonb_agg(jsonb_build_array(ll.id, ll.scope, ll.subject, ll.model, ll.unit, ll."window", ll.mode,
-            ll.amount::text, ll.used::text, COALESCE(l.held, ll.held)::text, ll.resets_at, ll.window_start)
-            ORDER BY ll.id)::text FROM ll LEFT JOIN l ON l.id = ll.id)
+            ll.amount::text, ll.used::text, COALESCE(l.held, ll.held)::text, ll.resets_at, ll.window_start,
+            ll.raised::text, ll.raises_end_at) ORDER BY ll.id)::text FROM ll LEFT JOIN l ON l.id = ll.id)
 FROM pl, bl, ok LEFT JOIN rv ON true LEFT JOIN p ON true LEFT JOIN b ON true
 """
 

@@ -15,6 +15,7 @@ from django.shortcuts import get_object_or_404, render
 from ..base.errors import BudgetError, UnknownUser
 from ..models import Action, Project, UserBudget, role_allows
 from ..selectors.console import role_in, visible_projects
+from ..selectors.limit_requests import pending_count
 from ..services.audit import actor_for_user
 from ..services.resets import ensure_current_period
 
@@ -89,8 +90,11 @@ def actor(request: HttpRequest) -> str:
 def render_page(request: HttpRequest, template: str, context: dict[str, Any], *, project: Project | None = None,
                 nav: str = "", status: int = 200) -> HttpResponse:
     """Render a console page; times on a project's pages are shown in the project's time zone."""
-    context = {"project": project, "nav": nav, "tz": project.timezone if project else None,
-               "access": getattr(request, "project_access", None) if project else None, **context}
+    access = getattr(request, "project_access", None) if project else None
+    context = {"project": project, "nav": nav, "tz": project.timezone if project else None, "access": access,
+               # The navigation's badge: requests waiting for someone who may decide them.
+               "pending_requests": pending_count(project) if project and access and access.change else 0,
+               **context}
     return render(request, template, context, status=status)
 
 

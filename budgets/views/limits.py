@@ -5,11 +5,13 @@ from __future__ import annotations
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
+from django.utils.timezone import now as utcnow
 from django.views.decorators.http import require_POST
 
 from ..base.errors import NotFound
 from ..forms import LimitEditForm, LimitForm, plain_amount
 from ..models import Action, Limit, Project
+from ..selectors.limit_requests import active_raises
 from ..selectors.limits import LimitState
 from ..selectors.teams import limit_of, limit_rows, limits_of
 from ..services.limit_windows import limits_current
@@ -28,12 +30,12 @@ def _limits_page(request: HttpRequest, project: Project, form: LimitForm, *, sta
     cap = LimitState.of_project(project) if scope in (None, Limit.Scope.PROJECT) else None
     rows = limit_rows(([cap] if cap else []) + states)
     edit_forms: dict[int | None, LimitEditForm] = {
-        row.pk: LimitEditForm(initial={"amount": plain_amount(row.state.limit), "mode": row.state.mode,
+        row.pk: LimitEditForm(initial={"amount": plain_amount(row.state.amount), "mode": row.state.mode,
                                        "thresholds": ", ".join(str(t) for t in row.state.thresholds or ())},
                               auto_id=f"id_limit{row.pk}_%s")
         for row in rows if row.pk is not None}
     context = {"form": form, "rows": [(row, edit_forms.get(row.pk)) for row in rows], "scope": scope,
-               "scopes": Limit.Scope.choices, "show_forecast": True,
+               "scopes": Limit.Scope.choices, "show_forecast": True, "raises": active_raises(project, utcnow()),
                "project_thresholds": ", ".join(str(t) for t in project.alert_thresholds or [])}
     return render_page(request, "console/limits.html", context, project=project, nav="limits", status=status)
 
