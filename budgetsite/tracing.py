@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 SERVICE_NAME = "budget-manager"
@@ -62,7 +62,13 @@ class Instrumented:
 
     instrumentors: list[Any]
 
+    wrappers: list[Any] = field(default_factory=list)
+
     def uninstrument(self) -> None:
+        from budgets.base.cursors import PREPARED_CURSOR_WRAPPERS
+
+        for wrapper in self.wrappers:
+            PREPARED_CURSOR_WRAPPERS.remove(wrapper)
         for instrumentor in reversed(self.instrumentors):
             instrumentor.uninstrument()
 
@@ -74,15 +80,25 @@ def instrument(tracer_provider: Any) -> Instrumented:
     """
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
     from opentelemetry.instrumentation.django import DjangoInstrumentor
-    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor, _new_cursor_factory
     from opentelemetry.instrumentation.sqlite3 import SQLite3Instrumentor
 
-    done = []
+    from budgets.base.cursors import PREPARED_CURSOR_WRAPPERS
+
+    done, wrappers = [], []
     for instrumentor in (DjangoInstrumentor(), PsycopgInstrumentor(), SQLite3Instrumentor(), CeleryInstrumentor()):
         if not instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.instrument(tracer_provider=tracer_provider)
             done.append(instrumentor)
-    return Instrumented(done)
+            if isinstance(instrumentor, PsycopgInstrumentor):
+                # The hot path's prepared statements run on a cursor class of their own (services.ledger):
+                # traced the way the instrumentation traces the connection's cursor factory.
+                def traced(base: type) -> type:
+                    return _new_cursor_factory(base_factory=base, tracer_provider=tracer_provider)
+
+                PREPARED_CURSOR_WRAPPERS.append(traced)
+                wrappers.append(traced)
+    return Instrumented(done, wrappers)
 
 
 def _exporter(name: str, environ: Mapping[str, str]) -> Any:

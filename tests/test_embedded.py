@@ -189,7 +189,7 @@ def test_run_embedded_serves_the_site_resets_budgets_with_its_worker_and_stops_o
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT current_spend FROM budgets_userbudget WHERE user_id = 'alice'").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM django_celery_beat_periodictask WHERE name LIKE 'budgets:%'"
-                            ).fetchone() == (2,)
+                            ).fetchone() == (4,)  # the sweep, the alert outbox, forecasts, anomalies
     children = embedded.children()
     assert set(children) == {"web", "worker", "beat"}
     assert wait_until(lambda: "beat: Starting..." in embedded.output), embedded.output

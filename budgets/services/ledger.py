@@ -33,6 +33,7 @@ from django.db.models.functions import Coalesce, Greatest
 from django.utils.timezone import now as utcnow
 
 from .. import metrics
+from ..base.cursors import PREPARED_CURSOR_WRAPPERS
 from ..base.errors import BudgetExceeded, IdempotencyConflict, UnknownUser
 from ..base.fields import MoneyField, money
 from ..domain.pricing import find_price
@@ -71,8 +72,12 @@ def prepared_cursor() -> Any:
     per connection and bound on the server. For the hot path's few big statements: planning them took
     more of the database's time than running them. Every Python int goes as bigint, so one statement
     keeps one prepared plan whatever the numbers' sizes."""
-    if not _PREPARING:
-        _PREPARING.append(_preparing_cursor_class())
+    wrappers = tuple(PREPARED_CURSOR_WRAPPERS)
+    if not _PREPARING or _PREPARING[0][0] != wrappers:
+        cursor_class = _preparing_cursor_class()
+        for wrap in wrappers:
+            cursor_class = wrap(cursor_class)
+        _PREPARING[:] = [(wrappers, cursor_class)]
     connection.close_if_health_check_failed()
     connection.ensure_connection()
     raw = connection.connection
@@ -81,11 +86,11 @@ def prepared_cursor() -> Any:
         # prepare=True: the ORM's would need this many executions first.
         raw.prepare_threshold = 2**31 - 1
     with connection.wrap_database_errors:
-        cursor = _PREPARING[0](raw)
+        cursor = _PREPARING[0][1](raw)
     return cast(Any, connection)._prepare_cursor(cursor)
 
 
-_PREPARING: list[type] = []
+_PREPARING: list[tuple[tuple[Any, ...], type]] = []  # (the wrappers it was built with, the cursor class)
 
 
 def _preparing_cursor_class() -> type:
