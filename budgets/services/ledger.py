@@ -325,7 +325,11 @@ def _replay(project: Project, key: str, fingerprint: str, budget: UserBudget) ->
 # increments, the four daily rollups (services.rollups) and the limits' `used`. Only a "go" inserts
 # the ledger row, and every write is conditional on that row: a refusal, a due period or a repeated
 # Idempotency-Key writes nothing.
-_RECORD = """
+# How every statement of the hot path begins (a record here, a reservation in services.reservations):
+# the project row locked (`pl`), the user's budget (`bl`), the applicable limits (`ll`: /*limits*/, the
+# effective amount with the temporary raises, and what the call needs of each, `need`), in the one lock
+# order; the budget's and the limits' rows are locked too where /*lock budget*/ and /*lock limits*/ say.
+LOCKED_CALL = """
 WITH pl AS MATERIALIZED (
     SELECT current_spend, held, max_budget, period_start, next_reset_at, duration
     FROM budgets_project WHERE id = %(project)s FOR NO KEY UPDATE
@@ -338,7 +342,62 @@ WITH pl AS MATERIALIZED (
            l.held, l.resets_at, l.window_start, l.raised, l.raises_end_at,
            CASE l.unit WHEN 'usd' THEN %(amount)s WHEN 'tokens' THEN %(tokens)s ELSE 1 END AS need
     FROM budgets_limit l, bl WHERE l.id IN (SELECT x.id FROM (/*limits*/) x) ORDER BY l.id/*lock limits*/
-), ok AS MATERIALIZED (
+)"""
+# Its figures in a statement's answer: the project's, the budget's (both as read under the locks).
+LOCKED_FIGURES = """pl.current_spend, pl.held, pl.max_budget, pl.period_start, pl.next_reset_at, pl.duration,
+       bl.id, bl.total_budget, bl.current_spend, bl.held, bl.duration, bl.duration_days, bl.period_start,
+       bl.next_reset_at, bl.created_at, bl.updated_at"""
+
+
+def limits_json(value: str) -> str:
+    """The limits (`ll`) as one jsonb text, in id order, for limit_states; `value` is what a column is
+    after the statement's write (e.g. `COALESCE(l.used, ll.used)`), the others as read."""
+    columns = {"used": "ll.used", "held": "ll.held"}
+    columns.update(dict([value.split("=", 1)]))
+    return ("(SELECT jsonb_agg(jsonb_build_array(ll.id, ll.scope, ll.subject, ll.model, ll.unit, ll.\"window\", "
+            f"ll.mode, ll.amount::text, ({columns['used']})::text, ({columns['held']})::text, ll.resets_at, "
+            "ll.window_start, ll.raised::text, ll.raises_end_at) ORDER BY ll.id)::text "
+            "FROM ll LEFT JOIN l ON l.id = ll.id)")
+
+
+def locked_call(limits_sql: str, *, lock: bool) -> str:
+    """LOCKED_CALL for a shape of the limits' query, the budget's and the limits' rows locked or not."""
+    return (LOCKED_CALL.replace("/*limits*/", limits_sql)
+            .replace("/*lock budget*/", " FOR NO KEY UPDATE OF b" if lock else "")
+            .replace("/*lock limits*/", " FOR NO KEY UPDATE OF l" if lock else ""))
+
+
+def locked_budget(project: Project, user_id: str, row: Sequence[Any]) -> UserBudget:
+    """The project's (set on `project`) and the budget's figures of LOCKED_FIGURES in a row."""
+    (project.current_spend, project.held, project.max_budget, project.period_start, project.next_reset_at,
+     project.duration, budget_id, total, spend, held, duration, days, period_start, next_reset_at, created_at,
+     updated_at) = row
+    return UserBudget(pk=budget_id, project=project, user_id=user_id, total_budget=total, current_spend=spend,
+                      held=held, duration=duration, duration_days=days, period_start=period_start,
+                      next_reset_at=next_reset_at, created_at=created_at, updated_at=updated_at)
+
+
+def refuse(budget: UserBudget, amount: Decimal, states: Sequence[LimitState], need: Need) -> None:
+    """BudgetExceeded for a call a statement refused, from the figures it read under the locks (the
+    budget and its project first, then the limits); AssertionError if they admit it after all."""
+    project = budget.project
+    project_level, user_level = levels_of(project, budget)
+    _admit(project, [
+        (project_level, project.max_budget, project.current_spend, project.held, project.duration,
+         project.next_reset_at),
+        (user_level, budget.total_budget, budget.current_spend, budget.held, budget.duration, budget.next_reset_at),
+    ], amount, list(states), need)
+    raise AssertionError("the statement refused a call that every level admits")
+
+
+# PostgreSQL: a record is one statement. Outside a transaction it runs in autocommit: one round trip,
+# and the rows' locks are held only while the server runs it and commits, never across a round trip.
+# Its CTEs: LOCKED_CALL (the budget and the limits locked too with `enforce`), the verdict (`ok`: "due"
+# when a period or a window must start first, "refused" when an enforced call does not fit, else "go"),
+# then the ledger row and everything derived from it: the three spend increments, the four daily
+# rollups (services.rollups) and the limits' `used`. Only a "go" inserts the ledger row, and every write
+# is conditional on that row: a refusal, a due period or a repeated Idempotency-Key writes nothing.
+_RECORD = """, ok AS MATERIALIZED (
     SELECT bl.id AS budget_id, CASE
         WHEN pl.next_reset_at <= %(at)s OR bl.next_reset_at <= %(at)s
              OR EXISTS (SELECT 1 FROM ll WHERE ll.resets_at <= %(at)s OR ll.raises_end_at <= %(at)s) THEN 'due'
@@ -401,15 +460,10 @@ _RECORD += "".join(_rollup_cte(f"r{index}", grain) for index, grain in enumerate
 # One row: the verdict, what the write returned, the figures read under the locks (for a refusal and the
 # answer) and the user's spend per model before this call; the limits after it (or as read, without a write).
 _RECORD += """
-SELECT ok.verdict, ev.id, p.current_spend, b.current_spend, m.spend,
-       pl.current_spend, pl.held, pl.max_budget, pl.period_start, pl.next_reset_at, pl.duration,
-       bl.id, bl.total_budget, bl.current_spend, bl.held, bl.duration, bl.duration_days, bl.period_start,
-       bl.next_reset_at, bl.created_at, bl.updated_at,
+SELECT ok.verdict, ev.id, p.current_spend, b.current_spend, m.spend, """ + LOCKED_FIGURES + """,
        (SELECT COALESCE(jsonb_object_agg(s.model, s.spend::text), '{}'::jsonb)::text
         FROM budgets_modelspend s WHERE s.budget_id = bl.id),
-       (SELECT jsonb_agg(jsonb_build_array(ll.id, ll.scope, ll.subject, ll.model, ll.unit, ll."window", ll.mode,
-            ll.amount::text, COALESCE(l.used, ll.used)::text, ll.held::text, ll.resets_at, ll.window_start,
-            ll.raised::text, ll.raises_end_at) ORDER BY ll.id)::text FROM ll LEFT JOIN l ON l.id = ll.id)
+       """ + limits_json("used=COALESCE(l.used, ll.used)") + """
 FROM pl, bl, ok LEFT JOIN ev ON true LEFT JOIN p ON true LEFT JOIN b ON true LEFT JOIN m ON true
 """
 _POSITIONAL = re.compile(r"(?<!%)%s")
@@ -453,9 +507,7 @@ def _compile_limits_query(key: bool, tags: int, model: bool, hard_only: bool) ->
 def _record_sql(limits_sql: str, enforce: bool) -> str:
     """_RECORD for a shape of the limits' query; with `enforce` the budget's and the limits' rows are
     locked too (in that order, after the project's): admission reads figures no one may change meanwhile."""
-    lock = " FOR NO KEY UPDATE OF b" if enforce else ""
-    return (_RECORD.replace("/*limits*/", limits_sql).replace("/*lock budget*/", lock)
-            .replace("/*lock limits*/", " FOR NO KEY UPDATE OF l" if enforce else ""))
+    return locked_call(limits_sql, lock=enforce) + _RECORD
 
 
 def _record_in_one_statement(call: Call) -> CostRecorded | None:
@@ -477,33 +529,20 @@ def _record_in_one_statement(call: Call) -> CostRecorded | None:
         row = cursor.fetchone()
     if row is None:
         raise UnknownUser(f"user {user_id!r} has no budget in project {project.name!r}")
-    (verdict, event_id, project_spend, budget_spend, model_spend,
-     project.current_spend, project.held, project.max_budget, project.period_start, project.next_reset_at,
-     project.duration, budget_id, total, spend, held, duration, days, period_start, next_reset_at, created_at,
-     updated_at, costs, limits) = row
-    budget = UserBudget(
-        pk=budget_id, project=project, user_id=user_id, total_budget=total, current_spend=spend, held=held,
-        duration=duration, duration_days=days, period_start=period_start, next_reset_at=next_reset_at,
-        created_at=created_at, updated_at=updated_at,
-    )
+    verdict, event_id, project_spend, budget_spend, model_spend, *figures, costs, limits = row
+    budget = locked_budget(project, user_id, figures)
     if verdict == "due":
         return None  # the portable path starts the new period first (rare: the sweep usually has)
     states, starts = limit_states(limits)
     if verdict == "refused":
-        project_level, user_level = levels_of(project, budget)
-        _admit(project, [
-            (project_level, project.max_budget, project.current_spend, project.held, project.duration,
-             project.next_reset_at),
-            (user_level, total, spend, held, duration, next_reset_at),
-        ], amount, list(states), call.need)
-        raise AssertionError("the statement refused a call that every level admits")
+        refuse(budget, amount, states, call.need)
     if event_id is None:  # the Idempotency-Key was used before: answer as the first time
         replay = _replay(project, call.idempotency_key or "", call.fingerprint, budget)
         if replay is None:
             raise IdempotencyConflict("this Idempotency-Key is being used by a request in flight; retry")
         return replay
     project.current_spend, budget.current_spend, budget.updated_at = project_spend, budget_spend, at
-    event = _event(call, budget_id, pk=event_id, created_at=at)
+    event = _event(call, budget.pk, pk=event_id, created_at=at)
     # The spend per model before this call (jsonb as text, amounts as exact strings), then this call's.
     model_costs = {name: Decimal(value) for name, value in json.loads(costs).items()} | {call.model: model_spend}
     return CostRecorded(event=event, budget=budget, created=True, exceeded=exceeded_scope(budget, project),

@@ -43,7 +43,18 @@ from .admission import (
     retry_on_conflict,
 )
 from .costs import CostRecorded, cost_record, recorded_again, recorded_state
-from .ledger import exceeded_scope, limit_model, limit_states, limits_query, prepared_cursor
+from .ledger import (
+    LOCKED_FIGURES,
+    exceeded_scope,
+    limit_model,
+    limit_states,
+    limits_json,
+    limits_query,
+    locked_budget,
+    locked_call,
+    prepared_cursor,
+    refuse,
+)
 from .limit_windows import limits_current
 from .resets import budget_current, ensure_current_period
 
@@ -167,20 +178,7 @@ def reservation_create(
 # ("due" when a period or a window must start first or the user has a stale hold to give back: the
 # portable path does those; "refused"; "go"), then the reservation and its holds, written only on "go".
 # A repeated Idempotency-Key inserts nothing: the portable path answers it.
-_RESERVE = """
-WITH pl AS MATERIALIZED (
-    SELECT current_spend, held, max_budget, period_start, next_reset_at, duration
-    FROM budgets_project WHERE id = %(project)s FOR NO KEY UPDATE
-), bl AS MATERIALIZED (
-    SELECT b.id, b.total_budget, b.current_spend, b.held, b.duration, b.duration_days, b.period_start,
-           b.next_reset_at, b.created_at, b.updated_at
-    FROM budgets_userbudget b, pl WHERE b.project_id = %(project)s AND b.user_id = %(user)s FOR NO KEY UPDATE OF b
-), ll AS MATERIALIZED (
-    SELECT l.id, l.scope, l.subject, l.model, l.unit, l."window", l.mode, l.amount + l.raised AS amount, l.used,
-           l.held, l.resets_at, l.window_start, l.raised, l.raises_end_at,
-           CASE l.unit WHEN 'usd' THEN %(amount)s WHEN 'tokens' THEN %(tokens)s ELSE 1 END AS need
-    FROM budgets_limit l, bl WHERE l.id IN (SELECT x.id FROM (/*limits*/) x) ORDER BY l.id FOR NO KEY UPDATE OF l
-), ok AS MATERIALIZED (
+_RESERVE = """, ok AS MATERIALIZED (
     SELECT bl.id AS budget_id, CASE
         WHEN pl.next_reset_at <= %(at)s OR bl.next_reset_at <= %(at)s
              OR EXISTS (SELECT 1 FROM ll WHERE ll.resets_at <= %(at)s OR ll.raises_end_at <= %(at)s)
@@ -211,13 +209,8 @@ WITH pl AS MATERIALIZED (
     UPDATE budgets_limit t SET held = t.held + ll.need FROM ll
     WHERE t.id = ll.id AND ll.need <> 0 AND EXISTS (SELECT 1 FROM rv) RETURNING t.id, t.held
 )
-SELECT ok.verdict, rv.id, p.held, b.held,
-       pl.current_spend, pl.held, pl.max_budget, pl.period_start, pl.next_reset_at, pl.duration,
-       bl.id, bl.total_budget, bl.current_spend, bl.held, bl.duration, bl.duration_days, bl.period_start,
-       bl.next_reset_at, bl.created_at, bl.updated_at,
-       (SELECT jsonb_agg(jsonb_build_array(ll.id, ll.scope, ll.subject, ll.model, ll.unit, ll."window", ll.mode,
-            ll.amount::text, ll.used::text, COALESCE(l.held, ll.held)::text, ll.resets_at, ll.window_start,
-            ll.raised::text, ll.raises_end_at) ORDER BY ll.id)::text FROM ll LEFT JOIN l ON l.id = ll.id)
+SELECT ok.verdict, rv.id, p.held, b.held, """ + LOCKED_FIGURES + """,
+       """ + limits_json("held=COALESCE(l.held, ll.held)") + """
 FROM pl, bl, ok LEFT JOIN rv ON true LEFT JOIN p ON true LEFT JOIN b ON true
 """
 
@@ -235,33 +228,17 @@ def _reserve_in_one_statement(scope: CallScope, amount: Decimal, model: str | No
         "tags": tags_text(scope.tags), "api_key": api_key.pk if api_key is not None else None, **limits_params,
     }
     with prepared_cursor() as cursor:
-        cursor.execute(_RESERVE.replace("/*limits*/", limits_sql), params)
+        cursor.execute(locked_call(limits_sql, lock=True) + _RESERVE, params)
         row = cursor.fetchone()
     if row is None:
         return None  # no budget: the portable path says so
-    (verdict, reservation_id, project_held, budget_held,
-     project.current_spend, project.held, project.max_budget, project.period_start, project.next_reset_at,
-     project.duration, budget_id, total, spend, held, duration, days, period_start, next_reset_at, created_at,
-     updated_at, limits) = row
-    budget = UserBudget(pk=budget_id, project=project, user_id=scope.user_id, total_budget=total, current_spend=spend,
-                        held=held, duration=duration, duration_days=days, period_start=period_start,
-                        next_reset_at=next_reset_at, created_at=created_at, updated_at=updated_at)
+    verdict, reservation_id, project_held, budget_held, *figures, limits = row
+    budget = locked_budget(project, scope.user_id, figures)
     states, _ = limit_states(limits)
     if verdict == "due":
         return None
     if verdict == "refused":
-        project_level, user_level = levels_of(project, budget)
-        try:
-            check_figures([
-                (project_level, project.max_budget, project.current_spend, project.held, project.duration,
-                 project.next_reset_at),
-                (user_level, total, spend, held, duration, next_reset_at),
-            ], amount)
-            limits_check(states, Need(usd=amount, tokens=tokens))
-        except BudgetExceeded as exc:
-            metrics.budget_exceeded(project.name, exc.scope)
-            raise
-        raise AssertionError("the statement refused a reservation that every level admits")
+        refuse(budget, amount, states, Need(usd=amount, tokens=tokens))
     if reservation_id is None:
         return None  # the Idempotency-Key was used before: the portable path answers as the first time
     project.held, budget.held = project_held, budget_held
