@@ -9,8 +9,9 @@ import pytest
 
 from budgets.models import AuditLog, CostEvent, Limit, LimitIncrease, Reservation
 from budgets.services.limit_raises import limit_raise
-from budgets.services.limit_windows import limits_reset_due, window_of
+from budgets.services.limit_windows import limits_reset_due
 from tests.api_helpers import ApiClient, assert_error, body_of, new_key
+from tests.test_limits import limit
 
 pytestmark = pytest.mark.django_db
 
@@ -19,10 +20,9 @@ END = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)  # the raise's end
 MICRO = timedelta(microseconds=1)
 
 
-def make_limit(project, *, amount="1", window="month", unit="usd", subject="alice", at=START) -> Limit:
-    start, resets_at = window_of(window, project, at)
-    return Limit.objects.create(project=project, scope="user", subject=subject, unit=unit, window=window,
-                                amount=Decimal(amount), window_start=start, resets_at=resets_at)
+def make_limit(project, *, amount="1", window="month", unit="usd", subject="alice", model="", at=START) -> Limit:
+    """A user limit in its window at START (tests.test_limits.limit)."""
+    return limit(project, "user", subject, amount=amount, unit=unit, window=window, model=model, at=at)
 
 
 @pytest.fixture

@@ -18,28 +18,15 @@ from budgets.base.errors import Conflict, Forbidden
 from budgets.models import Alert, AuditLog, Limit, LimitIncrease, LimitRequest, Project, Role
 from budgets.services import alerts
 from budgets.services.limit_requests import limit_request_create, limit_request_decide
-from budgets.services.limit_windows import window_of
 from tests.api_helpers import assert_error, body_of
 from tests.celery_support import WebhookReceiver
+from tests.test_limit_raises import make_limit
 
 pytestmark = pytest.mark.django_db
 
 START = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 UNTIL = datetime(2026, 3, 12, 0, 0, tzinfo=UTC)
 User = get_user_model()
-
-
-def make_limit(project, subject="alice", amount="1", window="month", model="") -> Limit:
-    start, resets_at = window_of(window, project, START)
-    return Limit.objects.create(project=project, scope="user", subject=subject, window=window, model=model,
-                                amount=Decimal(amount), window_start=start, resets_at=resets_at)
-
-
-@pytest.fixture
-def alice(project, make_budget, time_machine) -> Limit:
-    time_machine.move_to(START, tick=False)
-    make_budget("alice", total_budget="100")
-    return make_limit(project)
 
 
 @pytest.fixture
@@ -62,6 +49,13 @@ def ask(api, body: dict, user: str = "alice"):
 
 
 # --- asking ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def alice(project, make_budget, time_machine) -> Limit:
+    time_machine.move_to(START, tick=False)
+    make_budget("alice", total_budget="100")
+    return make_limit(project)
 
 
 def test_an_application_asks_for_the_binding_limit_by_default_and_polls(api, project, alice):
