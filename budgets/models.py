@@ -9,7 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.urls import reverse
 from django.utils.timezone import now
 
@@ -208,6 +208,9 @@ class UserBudget(Period):
     hosted_model_cost = models.JSONField(default=dict, blank=True)
     # The server period that baseline belongs to: a sweep since then already did the client's reset.
     hosted_period_start = models.DateTimeField(null=True, blank=True)
+    # The part of this period's spend that the user's grants paid (services.grants): the periodic budget
+    # paid current_spend - granted; zero again at each reset.
+    granted = MoneyField(default=ZERO)
     created_at = models.DateTimeField(default=now)
     updated_at = models.DateTimeField(default=now)
     # Indexed with the id below: the sweep takes due budgets in (next_reset_at, id) order.
@@ -757,6 +760,13 @@ class Limit(models.Model):
     # ended raises taken off before it is used (services.limit_windows), as a window that ended.
     raised = MoneyField(default=ZERO)
     raises_end_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    # The part of this window's `used` that the subject's grants paid (services.grants; dollar limits of a
+    # user or a team on every model only), zero again at each reset.
+    granted = MoneyField(default=ZERO)
+    # A hard limit refuses only past amount × (1 + grace_percent / 100); alerts still fire at 100 %.
+    grace_percent = models.PositiveSmallIntegerField(null=True, blank=True)
+    # At each reset the unused part, up to this, becomes a grant until the next window's end (null: none).
+    rollover_max = MoneyField(null=True, blank=True)
     window_start = models.DateTimeField(default=now)
     resets_at = models.DateTimeField(null=True, blank=True, db_index=True)
     created_at = models.DateTimeField(default=now)
@@ -815,6 +825,69 @@ class LimitRequest(models.Model):
 
     def __str__(self) -> str:
         return f"request {self.pk} for {self.user_id} on limit {self.limit_id}: {self.amount} ({self.status})"
+
+
+class Grant(models.Model):
+    """Prepaid dollars (a credit) for a user or a team, used after the periodic limits are: the ledger
+    records which grant paid each part of a call (GrantUse). Used by priority (lower first), then the
+    earliest expiry; an expired grant's rest is void."""
+
+    class Scope(models.TextChoices):
+        USER = "user", "User"
+        TEAM = "team", "Team"
+
+    class Source(models.TextChoices):
+        MANUAL = "manual", "Granted"
+        ROLLOVER = "rollover", "Rollover"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="grants")
+    scope = models.CharField(max_length=4, choices=Scope.choices)
+    subject = models.CharField(max_length=255, help_text="The user's id or the team's name.")
+    amount = MoneyField()
+    used = MoneyField(default=ZERO)
+    priority = models.PositiveIntegerField(default=1, help_text="Lower is used first.")
+    expires_at = models.DateTimeField(null=True, blank=True)
+    note = models.CharField(max_length=500, blank=True)
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.MANUAL)
+    # A rollover's limit and the window it rolled over from: one grant per window.
+    limit = models.ForeignKey(Limit, on_delete=models.SET_NULL, null=True, blank=True, related_name="rollovers")
+    window_start = models.DateTimeField(null=True, blank=True)
+    voided = MoneyField(null=True, blank=True, help_text="The rest made void at expiry (or when revoked).")
+    voided_at = models.DateTimeField(null=True, blank=True)
+    actor = models.CharField(max_length=255)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["priority", "expires_at", "id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="grant_amount_positive"),
+            models.CheckConstraint(condition=Q(used__gte=0) & Q(used__lte=F("amount")), name="grant_used_within"),
+            models.UniqueConstraint(fields=["limit", "window_start"], condition=Q(source="rollover"),
+                                    name="one_rollover_per_window"),
+        ]
+        indexes = [models.Index(fields=["project", "scope", "subject"], name="grant_subject")]
+
+    @property
+    def remaining(self) -> Decimal:
+        return ZERO if self.voided_at is not None else self.amount - self.used
+
+    def active_at(self, at: datetime) -> bool:
+        return self.voided_at is None and (self.expires_at is None or at < self.expires_at)
+
+    def __str__(self) -> str:
+        return f"${self.amount} for {self.scope} {self.subject!r}"
+
+
+class GrantUse(models.Model):
+    """What one grant paid of one ledger row."""
+
+    event = models.ForeignKey("CostEvent", on_delete=models.CASCADE, related_name="grant_uses")
+    grant = models.ForeignKey(Grant, on_delete=models.CASCADE, related_name="uses")
+    amount = MoneyField()
+
+    class Meta:
+        ordering = ["event", "grant"]
+        constraints = [models.UniqueConstraint(fields=["event", "grant"], name="one_use_per_grant_and_event")]
 
 
 class LimitIncrease(models.Model):

@@ -18,6 +18,7 @@ from . import metrics
 from .services.alerts import DELIVER_ALERT_TASK, MAX_ATTEMPTS, alert_deliver, alerts_requeue
 from .services.anomalies import anomalies_detect
 from .services.forecasts import limits_forecast_check
+from .services.grants import grants_expire
 from .services.limit_windows import limits_reset_due
 from .services.projects import projects_purge
 from .services.reservations import reservations_expire
@@ -33,22 +34,24 @@ class SweepResult:
     reservations: int = 0
     deleted_rows: int = 0  # rows of deleted projects removed (services.projects_purge)
     limits: int = 0  # limits whose window ended and started anew (services.limit_windows)
+    grants: int = 0  # grants whose expiry passed, their rest written down as void (services.grants)
 
     def as_dict(self) -> dict[str, int]:
         return {"budgets": self.budgets, "projects": self.projects, "reservations": self.reservations,
-                "deleted_rows": self.deleted_rows, "limits": self.limits}
+                "deleted_rows": self.deleted_rows, "limits": self.limits, "grants": self.grants}
 
 
 def run_reset_sweep(*, at: datetime | None = None) -> SweepResult:
-    """One reset sweep: projects' and budgets' periods and limits' windows that have ended start anew;
-    expired holds are released; deleted projects' rows go on being removed."""
+    """One reset sweep: projects' and budgets' periods and limits' windows that have ended start anew (a
+    limit's rollover becomes a grant); expired holds are released; expired grants' rests are written down
+    as void; deleted projects' rows go on being removed."""
     at = at or utcnow()
     projects = reset_due_projects(at=at)
     budgets = reset_due_budgets(at=at)
     limits = limits_reset_due(at=at)
     purged = projects_purge(at=at, seconds=PURGE_SECONDS)
     result = SweepResult(budgets=budgets, projects=projects, reservations=reservations_expire(at=at),
-                         deleted_rows=purged.rows, limits=limits)
+                         deleted_rows=purged.rows, limits=limits, grants=grants_expire(at=at))
     metrics.sweep_ran(budgets=budgets, projects=projects)
     return result
 

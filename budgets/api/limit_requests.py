@@ -12,6 +12,7 @@ from django.utils.timezone import now as utcnow
 from ninja import Router, Status
 
 from ..base.errors import Forbidden
+from ..selectors.grants import states_with_rooms
 from ..selectors.limit_requests import increase_of, increases_of, request_of
 from ..selectors.limits import LimitState
 from ..selectors.teams import limit_of
@@ -41,7 +42,8 @@ def limit_detail(request: HttpRequest, limit_id: int) -> LimitDetailOut:
     """A limit in its current window (its ended raises taken off) with its active raises."""
     project = request_project(request)
     (limit,) = limits_current(project, [limit_of(project, limit_id)])
-    detail = LimitDetailOut.model_validate(LimitState.of_limit(limit))
+    (state,) = states_with_rooms(project.pk, [LimitState.of_limit(limit)], utcnow())
+    detail = LimitDetailOut.model_validate(state)
     active = [LimitIncreaseOut.model_validate(increase) for increase in increases_of(limit, active_at=utcnow())]
     return detail.model_copy(update={"increases": active})
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from django.http import HttpRequest
+from django.utils.timezone import now as utcnow
 from ninja import Query, Router, Status
 
+from ..models import Limit
+from ..selectors.grants import states_with_rooms
 from ..selectors.limits import LimitState
 from ..selectors.teams import limit_of, limits_of
 from ..services.limit_windows import limits_current
@@ -18,10 +21,16 @@ router = Router(tags=["limits"])
 ERRORS = {**dict.fromkeys(ERROR_STATUSES, ErrorOut), 422: ErrorOut}
 
 
+def _with_room(limit: Limit) -> LimitState:
+    """The limit's state with what its subject's grants have left."""
+    (state,) = states_with_rooms(limit.project_id, [LimitState.of_limit(limit)], utcnow())
+    return state
+
+
 def _out(request: HttpRequest, limit_id: int) -> LimitOut:
     project = request_project(request)
     (limit,) = limits_current(project, [limit_of(project, limit_id)])
-    return LimitOut.model_validate(LimitState.of_limit(limit))
+    return LimitOut.model_validate(_with_room(limit))
 
 
 @router.post("/limits", response={201: LimitOut, 409: ErrorOut, **ERRORS})
@@ -30,9 +39,10 @@ def create_limit(request: HttpRequest, payload: LimitIn):
     limit = limit_create(
         project=request_project(request), scope=payload.scope, subject=payload.subject, model=payload.model,
         unit=payload.unit, window=payload.window, amount=payload.limit, mode=payload.mode,
-        thresholds=payload.thresholds, actor=request_actor(request),
+        thresholds=payload.thresholds, grace_percent=payload.grace_percent,
+        rollover=payload.rollover.model_dump() if payload.rollover is not None else None, actor=request_actor(request),
     )
-    return Status(201, LimitOut.model_validate(LimitState.of_limit(limit)))
+    return Status(201, LimitOut.model_validate(_with_room(limit)))
 
 
 @router.get("/limits", response={200: LimitPage, **ERRORS})
@@ -42,7 +52,8 @@ def list_limits(request: HttpRequest, scope: LimitScope | None = None, subject: 
     project = request_project(request)
     limits = limits_of(project, scope=scope, subject=subject)
     page = limits_current(project, limits[offset: offset + limit])
-    return LimitPage(items=[LimitOut.model_validate(LimitState.of_limit(item)) for item in page],
+    states = states_with_rooms(project.pk, [LimitState.of_limit(item) for item in page], utcnow())
+    return LimitPage(items=[LimitOut.model_validate(state) for state in states],
                      total=limits.count(), limit=limit, offset=offset)
 
 
@@ -57,9 +68,12 @@ def get_limit(request: HttpRequest, limit_id: int):
 def update_limit(request: HttpRequest, limit_id: int, payload: LimitPatchIn):
     """Change a limit's amount (`limit`), `mode` or `thresholds` (null: the project's list); another scope,
     subject, unit or window is a new limit. A new amount resolves the thresholds the usage is now under."""
-    thresholds = payload.thresholds if "thresholds" in payload.model_fields_set else ...
+    given = payload.model_fields_set
+    rollover = payload.rollover.model_dump() if payload.rollover is not None else None
     limit_update(limit=limit_of(request_project(request), limit_id), amount=payload.limit, mode=payload.mode,
-                 thresholds=thresholds, actor=request_actor(request))
+                 thresholds=payload.thresholds if "thresholds" in given else ...,
+                 grace_percent=payload.grace_percent if "grace_percent" in given else ...,
+                 rollover=rollover if "rollover" in given else ..., actor=request_actor(request))
     return _out(request, limit_id)
 
 

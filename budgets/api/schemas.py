@@ -586,6 +586,10 @@ class ProjectedCostOut(Schema):
     projected_cost: MoneyOut
 
 
+class RolloverOut(Schema):
+    max: MoneyOut = Field(description="The most of a window's unused part that becomes a grant.")
+
+
 class LimitOut(Schema):
     """A limit with its figures, validated from a selectors.limits.LimitState (the user budget and the
     project cap too: their `id` is null)."""
@@ -600,7 +604,7 @@ class LimitOut(Schema):
     limit: MoneyOut
     used: MoneyOut = Field(description="Used in this window: dollars, tokens or requests.")
     held: MoneyOut = Field(description="Held by open reservations.")
-    remaining: MoneyOut = Field(description="limit − used − held, never below 0.")
+    remaining: MoneyOut = Field(description="limit + granted + grants − used − held, never below 0.")
     resets_at: datetime | None = Field(description="When the window ends; null for lifetime.")
     forecast: MoneyOut | None = Field(
         None, description="Usage forecast at the window's end: linear from the window's start at the rate so far "
@@ -609,6 +613,19 @@ class LimitOut(Schema):
         None, description="The limit's own alert thresholds (percent); null: the project's alert_thresholds.")
     raised: MoneyOut = Field(Decimal(0), description="The active temporary raises' sum, included in `limit`.")
     raises_end_at: datetime | None = Field(None, description="When the first active raise ends; null: none.")
+    granted: MoneyOut = Field(Decimal(0), description="What grants paid of `used` in this window (a user's or a "
+                                                      "team's dollar limits on every model).")
+    grants: MoneyOut = Field(Decimal(0), description="What the subject's active grants have left, room beyond "
+                                                     "`limit` (0 for a limit grants do not extend).",
+                             validation_alias="grant_room")
+    grace_percent: int | None = Field(None, description="A hard limit refuses only past limit × (1 + grace/100).")
+    rollover: RolloverOut | None = Field(None, description="At each reset the unused part, up to max, becomes a "
+                                                           "grant until the next window's end.")
+
+    @staticmethod
+    def resolve_rollover(state: Any) -> dict[str, Decimal] | None:
+        value = getattr(state, "rollover_max", None)
+        return None if value is None else {"max": value}
 
     @staticmethod
     def resolve_subject(state: Any) -> str | None:
@@ -787,7 +804,7 @@ LimitAmount = Annotated[Decimal, BeforeValidator(_money),
                                                        "tokens or requests."})]
 
 
-_LIMIT_OPTIONAL = ("model", "unit", "window", "mode", "thresholds")
+_LIMIT_OPTIONAL = ("model", "unit", "window", "mode", "thresholds", "grace_percent", "rollover")
 
 # A limit's own alert thresholds: whole percentages (the service checks 1..1000, each once, at most 10).
 def _percent(value: Any, info: ValidationInfo) -> int:
@@ -805,16 +822,31 @@ LimitThresholds = Annotated[
 ]
 
 
+_NULL_MEANS_NONE = ("thresholds", "grace_percent", "rollover")
+
+
 def _thresholds_may_be_null(extra: Callable[[dict[str, Any], Any], None]) -> Callable[[dict[str, Any], Any], None]:
-    """A PATCH may give only `"thresholds": null` (back to the project's list): given, even as null, it counts."""
+    """A PATCH may give only `"thresholds": null` (back to the project's list), `"grace_percent": null` or
+    `"rollover": null` (none): given, even as null, each counts."""
 
     def patched(schema: dict[str, Any], cls: Any) -> None:
         extra(schema, cls)
         for branch in schema["oneOf"]:
-            branch["anyOf"] = [{"required": ["thresholds"]} if option["required"] == ["thresholds"] else option
-                               for option in branch.get("anyOf", [])]
+            branch["anyOf"] = [{"required": option["required"]} if option["required"][0] in _NULL_MEANS_NONE
+                               else option for option in branch.get("anyOf", [])]
 
     return patched
+
+
+Grace = Annotated[int | None, Field(None, ge=0, le=100, description=(
+    "Whole percent (0–100): a hard limit refuses only past limit × (1 + grace/100); alerts still fire at "
+    "100 %. null or 0: none."))]
+
+
+class RolloverIn(StrictIn):
+    """A limit's rollover: at each reset the unused part, up to `max` dollars, becomes a grant."""
+
+    max: LimitAmount
 
 
 class LimitIn(StrictIn):
@@ -836,6 +868,9 @@ class LimitIn(StrictIn):
     limit: LimitAmount
     mode: LimitMode = Field("hard", description="hard refuses a call without room; soft only alerts.")
     thresholds: LimitThresholds = None
+    grace_percent: Grace = None
+    rollover: RolloverIn | None = Field(None, description="Only a dollar limit of a user or a team on every model, "
+                                                          "with a window.")
 
 
 class LimitPatchIn(StrictIn):
@@ -843,12 +878,15 @@ class LimitPatchIn(StrictIn):
     limit); `"thresholds": null` gives it the project's list again."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_thresholds_may_be_null(forms(
-        Form("a new amount, mode or thresholds", required=(), any_of=("limit", "mode", "thresholds")),
+        Form("a new amount, mode, thresholds, grace or rollover", required=(),
+             any_of=("limit", "mode", "thresholds", "grace_percent", "rollover")),
     )))
 
     limit: LimitAmount | None = None
     mode: LimitMode | None = None
     thresholds: LimitThresholds = None
+    grace_percent: Grace = None
+    rollover: RolloverIn | None = Field(None, description="null: no rollover.")
 
 
 class LimitPage(Schema):
@@ -988,3 +1026,81 @@ class LimitRequestIn(StrictIn):
 
 class LimitRequestOut(LimitRequestFields):
     """A limit request as the API answers it and its webhook events carry it (services.alerts.LimitRequestFields)."""
+
+
+# --- grants ------------------------------------------------------------------------------------
+
+
+class GrantIn(StrictIn):
+    """Prepaid dollars for a user or a team, used after the periodic limits are."""
+
+    amount: LimitAmount
+    expires_at: Timestamp | None = Field(None, description="When its rest becomes void; null: never.")
+    priority: int | None = Field(None, strict=True, ge=0, le=1_000_000,
+                                 description="Grants are used by priority (lower first), then the earliest expiry. "
+                                             "Default 1.")
+    note: Reason | None = None
+
+
+class GrantOut(Schema):
+    """A grant with what it paid and what it has left."""
+
+    id: int
+    scope: Literal["user", "team"]
+    subject: str = Field(description="The user's id or the team's name.")
+    amount: MoneyOut
+    used: MoneyOut = Field(description="What it paid (the ledger's GrantUse rows add up to it).")
+    remaining: MoneyOut = Field(description="amount − used; 0 once expired or void.")
+    priority: int
+    expires_at: datetime | None
+    status: Literal["active", "used", "expired", "void"] = Field(
+        description="active; used (nothing left); expired (its expires_at passed: the rest is void); void (revoked).")
+    voided: MoneyOut | None = Field(description="The rest made void at expiry or revocation.")
+    source: Literal["manual", "rollover"] = Field(description="manual, or a limit's rollover.")
+    limit_id: int | None = Field(description="The limit it rolled over from (source rollover).")
+    note: str
+    actor: str
+    created_at: datetime
+
+    @staticmethod
+    def resolve_status(grant: Any) -> str:
+        if grant.voided_at is not None and not (grant.expires_at and grant.voided_at >= grant.expires_at):
+            return "void"
+        if grant.expires_at is not None and grant.expires_at <= utcnow():
+            return "expired"
+        return "used" if grant.used >= grant.amount else "active"
+
+    @staticmethod
+    def resolve_remaining(grant: Any) -> Decimal:
+        return grant.remaining if grant.active_at(utcnow()) else Decimal(0)
+
+
+class GrantList(Schema):
+    items: list[GrantOut]
+    remaining: MoneyOut = Field(description="What the active grants have left together.")
+
+
+class GrantUseOut(Schema):
+    event_id: int
+    amount: MoneyOut
+    created_at: datetime
+    user_id: str
+    model: str
+
+    @staticmethod
+    def resolve_created_at(use: Any) -> datetime:
+        return use.event.created_at
+
+    @staticmethod
+    def resolve_user_id(use: Any) -> str:
+        return use.event.user_id
+
+    @staticmethod
+    def resolve_model(use: Any) -> str:
+        return use.event.model
+
+
+class GrantDetailOut(GrantOut):
+    """A grant and the ledger rows it paid (newest first, at most 100)."""
+
+    uses: list[GrantUseOut] = Field(default_factory=list)

@@ -12,7 +12,7 @@ from typing import Any
 from ninja import NinjaAPI
 
 from ..domain.codec import ExactJSONRenderer, StrictJSONParser
-from . import alerts, checks, costs, fallbacks, limit_requests, limits, reservations, schemas, teams, users
+from . import alerts, checks, costs, fallbacks, grants, limit_requests, limits, reservations, schemas, teams, users
 from .auth import api_key_auth
 from .errors import install_exception_handlers
 
@@ -43,4 +43,5 @@ api.add_router("", limits.router)
 api.add_router("", teams.router)
 api.add_router("", fallbacks.router)
 api.add_router("", limit_requests.router)
+api.add_router("", grants.router)
 api.add_router("", users.bare_router)

@@ -103,10 +103,29 @@ class LimitState:
     thresholds: tuple[int, ...] | None = None  # the limit's own alert thresholds; None: the project's
     raised: Decimal = Decimal(0)
     raises_end_at: datetime | None = None
+    # Grants (services.grants): what they paid of `used` in this window, and what the subject's active
+    # grants have left (known where admission read them; 0 elsewhere). Both are room beyond `limit`.
+    granted: Decimal = Decimal(0)
+    grant_room: Decimal = Decimal(0)
+    grace_percent: int | None = None
+    rollover_max: Decimal | None = None
 
     @property
     def remaining(self) -> Decimal:
-        return max(self.limit - self.used - self.held, Decimal(0))
+        """Room before the limit and the grants are used up (the grace is not counted: it is not a budget)."""
+        return max(self.limit + self.granted + self.grant_room - self.used - self.held, Decimal(0))
+
+    @property
+    def capacity(self) -> Decimal:
+        """What the thresholds measure `used` against: the limit and the grants (what they paid this window
+        and what they have left: a grant's use does not change it)."""
+        return self.limit + self.granted + self.grant_room
+
+    @property
+    def ceiling(self) -> Decimal:
+        """What a hard limit admits up to: the limit with its grace, plus the grants."""
+        grace = self.limit * self.grace_percent / 100 if self.grace_percent else Decimal(0)
+        return self.limit + grace + self.granted + self.grant_room
 
     def forecast(self, at: datetime | None = None) -> Decimal | None:
         """Usage at the window's end at the rate so far (domain.forecast; whole tokens and requests);
@@ -128,7 +147,8 @@ class LimitState:
         return cls(id=limit.pk, scope=limit.scope, subject=limit.subject, model=limit.model or None, unit=limit.unit,
                    window=limit.window, mode=limit.mode, limit=limit.amount + limit.raised, used=limit.used,
                    held=limit.held, resets_at=limit.resets_at, raised=limit.raised, raises_end_at=limit.raises_end_at,
-                   window_start=limit.window_start,
+                   window_start=limit.window_start, granted=limit.granted, grace_percent=limit.grace_percent,
+                   rollover_max=limit.rollover_max,
                    thresholds=tuple(limit.thresholds) if isinstance(limit.thresholds, list) else None)
 
     @classmethod
@@ -136,7 +156,8 @@ class LimitState:
         return cls(id=None, scope="user", subject=budget.user_id, model=None, unit="usd",
                    window=WINDOW_OF_DURATION[budget.duration], mode="hard", limit=budget.total_budget,
                    used=budget.current_spend, held=budget.held, resets_at=budget.next_reset_at,
-                   window_start=budget.period_start)
+                   window_start=budget.period_start, granted=budget.granted,
+                   grant_room=getattr(budget, "grant_room", Decimal(0)))
 
     @classmethod
     def of_project(cls, project: Project) -> LimitState | None:

@@ -94,7 +94,7 @@ def limits_check(states: Sequence[LimitState], need: Need) -> None:
     """
     for state in states:
         requested = need.of(state.unit)
-        if state.mode == Limit.Mode.HARD and requested > 0 and state.used + state.held + requested > state.limit:
+        if state.mode == Limit.Mode.HARD and requested > 0 and state.used + state.held + requested > state.ceiling:
             raise refusal(state, requested)
 
 

@@ -48,6 +48,7 @@ from ..base.errors import InvalidInput
 from ..domain.codec import dumps
 from ..domain.slack import slack_message
 from ..models import Alert, Limit, LimitRequest, Project, UserBudget
+from ..selectors.grants import states_with_rooms
 from ..selectors.limits import LimitState
 from .audit import write_audit
 from .limit_windows import limits_current
@@ -138,7 +139,7 @@ def limits_counted(*, project: Project, counted: Sequence[tuple[LimitState, Deci
     crossing = [
         (state, window_start, crossed)
         for state, added, window_start in counted if added > 0 and state.id is not None
-        if (crossed := crossed_thresholds(before=state.used - added, after=state.used, limit=state.limit,
+        if (crossed := crossed_thresholds(before=state.used - added, after=state.used, limit=state.capacity,
                                           thresholds=in_use))
     ]
     if not crossing:
@@ -206,18 +207,18 @@ def limit_room_changed(project: Project, limit_ids: Sequence[int], *, at: dateti
             (fired if kind == Alert.Kind.THRESHOLD else resolved).setdefault((limit_id, threshold), set()).add(cycle)
         project_list = thresholds_of(project)
         candidates = []
-        for limit in limits:
-            state = LimitState.of_limit(limit)
+        states = states_with_rooms(project.pk, [LimitState.of_limit(limit) for limit in limits], at or utcnow())
+        for limit, state in zip(limits, states, strict=True):
             own = project_list if state.thresholds is None else _whole_percentages(state.thresholds)
             seen = {t for limit_id, t in fired if limit_id == limit.pk}
             for t in sorted(seen | set(own)):
-                level = state.limit * t / 100  # the effective limit: amount + temporary raises
+                level = state.capacity * t / 100  # the effective limit (amount + temporary raises) and grants
                 done = resolved.get((limit.pk, t), set())
                 open_cycles = fired.get((limit.pk, t), set()) - done
                 if open_cycles and limit.used < level:
                     candidates.append(limit_alert(project, state, kind=Alert.Kind.RESOLVED, threshold=t,
                                                   window_start=limit.window_start, cycle=max(open_cycles)))
-                elif not open_cycles and t in own and state.limit > 0 and limit.used >= level:
+                elif not open_cycles and t in own and state.capacity > 0 and limit.used >= level:
                     candidates.append(limit_alert(project, state, kind=Alert.Kind.THRESHOLD, threshold=t,
                                                   window_start=limit.window_start, cycle=len(done)))
         return alerts_insert(project, candidates)

@@ -38,9 +38,10 @@ from ..base.errors import BudgetExceeded, IdempotencyConflict, UnknownUser
 from ..base.fields import MoneyField, money
 from ..domain.pricing import find_price
 from ..domain.usage import Usage
-from ..models import CostEvent, Limit, ModelSpend, Project, TeamMember, UserBudget
+from ..models import CostEvent, Grant, Limit, ModelSpend, Project, TeamMember, UserBudget
 from ..selectors.budgets import model_costs
 from ..selectors.console import MoneySum
+from ..selectors.grants import EXTENDED_SQL
 from ..selectors.limits import (
     MAX_TAGS,
     CallScope,
@@ -51,7 +52,17 @@ from ..selectors.limits import (
     team_of,
 )
 from . import alerts
-from .admission import Need, check_figures, levels_lock, levels_of, limits_check, limits_lock, lock_project
+from .admission import (
+    Figures,
+    Need,
+    check_figures,
+    levels_lock,
+    levels_of,
+    limits_check,
+    limits_lock,
+    lock_project,
+)
+from .grants import grants_lock, grants_pay
 from .limit_windows import limits_current
 from .resets import ensure_current_period
 from .rollups import GRAINS, TOKENS, Grain, Key, Totals, local_day, rollups_rebuild
@@ -147,12 +158,18 @@ def _no_room(spend: Decimal, held: Decimal, cap: Decimal, extra: Decimal) -> boo
     return spend >= cap if extra == 0 else spend + held + extra > cap
 
 
+def budget_ceiling(budget: UserBudget) -> Decimal:
+    """What the user's budget admits up to: its total, and its grants (what they paid this period and, where
+    the caller read it, `grant_room`: what they have left)."""
+    return budget.total_budget + budget.granted + getattr(budget, "grant_room", ZERO)
+
+
 def exceeded_scope(budget: UserBudget, project: Project, extra: Decimal = ZERO) -> str | None:
     """Which budget, if any, has no room left for `extra` more spend ("user" is named first).
 
     With `extra` 0: which budget's spend reached its cap. Otherwise open holds count too.
     """
-    if _no_room(budget.current_spend, budget.held, budget.total_budget, extra):
+    if _no_room(budget.current_spend, budget.held, budget_ceiling(budget), extra):
         return "user"
     if project.max_budget is not None and _no_room(project.current_spend, project.held, project.max_budget, extra):
         return "project"
@@ -238,8 +255,11 @@ def _record_with_the_orm(call: Call) -> CostRecorded:
     figures = levels_lock(levels_of(project, budget))  # the budget's row, before any Limit row
     scope = call.scope(team_of(project, call.user_id))
     limits = limits_current(project, limits_lock(applicable_limits(scope).values_list("id", flat=True)))
+    grants = grants_lock(project, call.user_id, limits, utcnow())  # after the limits: the lock order
+    budget.grant_room = grants.room(Grant.Scope.USER, call.user_id)  # type: ignore[attr-defined]
     if call.enforce:
-        _admit(project, figures, call.amount, [LimitState.of_limit(limit) for limit in limits], call.need)
+        _admit(project, with_budget_ceiling(figures, budget), call.amount,
+               [grants.state(LimitState.of_limit(limit)) for limit in limits], call.need)
     try:
         with transaction.atomic():
             event = _event(call, budget.pk)
@@ -249,18 +269,27 @@ def _record_with_the_orm(call: Call) -> CostRecorded:
         if replay is None:
             raise
         return replay
+    grants_pay(event=event, budget=budget, limits=limits, grants=grants)
     _add_spend(project=project, budget=budget, model=call.model, amount=call.amount, usage=call.usage)
     rollups_add_events(project, [event])
     limits_count({limit.pk: limit.unit for limit in limits}, call.need, at=event.created_at)
     budget.refresh_from_db()
+    budget.grant_room = grants.room(Grant.Scope.USER, call.user_id)  # type: ignore[attr-defined]
     # period_start too: alerts are once per period, and a sweep may have just started a new one.
     project.refresh_from_db(fields=["current_spend", "held", "period_start"])
     budget.project = project
-    counted = tuple(replace(LimitState.of_limit(limit), used=limit.used + call.need.of(limit.unit))
+    counted = tuple(replace(grants.state(LimitState.of_limit(limit)), used=limit.used + call.need.of(limit.unit))
                     for limit in limits)
     return CostRecorded(event=event, budget=budget, created=True, exceeded=exceeded_scope(budget, project),
                         model_costs=model_costs(budget), limits=counted,
                         limit_starts=tuple(limit.window_start for limit in limits))
+
+
+def with_budget_ceiling(figures: list[Figures], budget: UserBudget) -> list[Figures]:
+    """Levels' figures with the user's cap as its ceiling (budget_ceiling: with its grants)."""
+    return [(level, budget_ceiling(budget), spend, held, duration, resets_at) if level.scope == "user"
+            else (level, cap, spend, held, duration, resets_at)
+            for level, cap, spend, held, duration, resets_at in figures]
 
 
 def _admit(project: Project, figures: Any, amount: Decimal, limits: list[LimitState], need: Need) -> None:
@@ -335,29 +364,59 @@ WITH pl AS MATERIALIZED (
     FROM budgets_project WHERE id = %(project)s FOR NO KEY UPDATE
 ), bl AS MATERIALIZED (
     SELECT b.id, b.total_budget, b.current_spend, b.held, b.duration, b.duration_days, b.period_start,
-           b.next_reset_at, b.created_at, b.updated_at
+           b.next_reset_at, b.created_at, b.updated_at, b.granted
     FROM budgets_userbudget b, pl WHERE b.project_id = %(project)s AND b.user_id = %(user)s/*lock budget*/
 ), ll AS MATERIALIZED (
     SELECT l.id, l.scope, l.subject, l.model, l.unit, l."window", l.mode, l.amount + l.raised AS amount, l.used,
-           l.held, l.resets_at, l.window_start, l.raised, l.raises_end_at,
+           l.held, l.resets_at, l.window_start, l.raised, l.raises_end_at, l.granted, l.grace_percent,
            CASE l.unit WHEN 'usd' THEN %(amount)s WHEN 'tokens' THEN %(tokens)s ELSE 1 END AS need
     FROM budgets_limit l, bl WHERE l.id IN (SELECT x.id FROM (/*limits*/) x) ORDER BY l.id/*lock limits*/
+)
+-- Then the grants (services.grants) of the user and of the team whose limits apply, locked after the
+-- limits (the join with `ll` makes them wait for it), what each has left, and each scope's pool.
+, gl AS MATERIALIZED (
+    SELECT g.id, g.scope, g.amount - g.used AS rest, g.priority, g.expires_at
+    FROM budgets_grant g, (SELECT count(*) FROM ll) n
+    WHERE g.project_id = %(project)s AND g.voided_at IS NULL AND g.used < g.amount
+      AND (g.expires_at IS NULL OR g.expires_at > %(at)s)
+      AND ((g.scope = 'user' AND g.subject = %(user)s)
+           OR (g.scope = 'team' AND g.subject IN (SELECT x.subject FROM ll x WHERE x.scope = 'team')))
+    ORDER BY g.id FOR NO KEY UPDATE OF g
+), pool AS MATERIALIZED (
+    SELECT COALESCE(SUM(rest) FILTER (WHERE scope = 'user'), 0) AS u,
+           COALESCE(SUM(rest) FILTER (WHERE scope = 'team'), 0) AS t FROM gl
 )"""
-# Its figures in a statement's answer: the project's, the budget's (both as read under the locks).
+# Its figures in a statement's answer: the project's, the budget's (both as read under the locks) and
+# what the user's grants have left (before the call).
 LOCKED_FIGURES = """pl.current_spend, pl.held, pl.max_budget, pl.period_start, pl.next_reset_at, pl.duration,
        bl.id, bl.total_budget, bl.current_spend, bl.held, bl.duration, bl.duration_days, bl.period_start,
-       bl.next_reset_at, bl.created_at, bl.updated_at"""
+       bl.next_reset_at, bl.created_at, bl.updated_at, bl.granted, (SELECT u FROM pool)"""
 
 
-def limits_json(value: str) -> str:
-    """The limits (`ll`) as one jsonb text, in id order, for limit_states; `value` is what a column is
-    after the statement's write (e.g. `COALESCE(l.used, ll.used)`), the others as read."""
-    columns = {"used": "ll.used", "held": "ll.held"}
-    columns.update(dict([value.split("=", 1)]))
+def grant_room(row: str, pool: str = "pool") -> str:
+    """SQL: what the grants of a limit row's subject have left, when they extend it (selectors.grants)."""
+    return (f"CASE WHEN {EXTENDED_SQL.replace('x.', row + '.')} THEN CASE {row}.scope WHEN 'user' THEN {pool}.u "
+            f"ELSE {pool}.t END ELSE 0 END")
+
+
+# SQL: what a hard limit row of `ll` admits up to (LimitState.ceiling): its effective amount, its grace and
+# the grants (what they paid this window and what they have left).
+CEILING = ("(ll.amount + COALESCE(ll.amount * ll.grace_percent / 100, 0) + ll.granted + "
+           + grant_room("ll") + ")")
+# SQL: the user's budget has no room for the call (with its grants; an amount of 0 once it is used up).
+BUDGET_FULL = """CASE WHEN %(amount)s = 0 THEN bl.current_spend + bl.held >= bl.total_budget + bl.granted + pool.u
+                 ELSE bl.current_spend + bl.held + %(amount)s > bl.total_budget + bl.granted + pool.u END"""
+
+
+def limits_json(*values: str) -> str:
+    """The limits (`ll`) as one jsonb text, in id order, for limit_states; each of `values` is what a column
+    is after the statement's write (e.g. `used=COALESCE(l.used, ll.used)`), the others as read."""
+    columns = {"used": "ll.used", "held": "ll.held", "granted": "ll.granted", "room": grant_room("ll")}
+    columns.update(dict(value.split("=", 1) for value in values))
     return ("(SELECT jsonb_agg(jsonb_build_array(ll.id, ll.scope, ll.subject, ll.model, ll.unit, ll.\"window\", "
             f"ll.mode, ll.amount::text, ({columns['used']})::text, ({columns['held']})::text, ll.resets_at, "
-            "ll.window_start, ll.raised::text, ll.raises_end_at) ORDER BY ll.id)::text "
-            "FROM ll LEFT JOIN l ON l.id = ll.id)")
+            f"ll.window_start, ll.raised::text, ll.raises_end_at, ({columns['granted']})::text, ll.grace_percent, "
+            f"({columns['room']})::text) ORDER BY ll.id)::text FROM pool, ll LEFT JOIN l ON l.id = ll.id)")
 
 
 def locked_call(limits_sql: str, *, lock: bool) -> str:
@@ -368,13 +427,16 @@ def locked_call(limits_sql: str, *, lock: bool) -> str:
 
 
 def locked_budget(project: Project, user_id: str, row: Sequence[Any]) -> UserBudget:
-    """The project's (set on `project`) and the budget's figures of LOCKED_FIGURES in a row."""
+    """The project's (set on `project`) and the budget's figures of LOCKED_FIGURES in a row; the budget
+    carries `grant_room`, what the user's grants have left."""
     (project.current_spend, project.held, project.max_budget, project.period_start, project.next_reset_at,
      project.duration, budget_id, total, spend, held, duration, days, period_start, next_reset_at, created_at,
-     updated_at) = row
-    return UserBudget(pk=budget_id, project=project, user_id=user_id, total_budget=total, current_spend=spend,
-                      held=held, duration=duration, duration_days=days, period_start=period_start,
-                      next_reset_at=next_reset_at, created_at=created_at, updated_at=updated_at)
+     updated_at, granted, room) = row
+    budget = UserBudget(pk=budget_id, project=project, user_id=user_id, total_budget=total, current_spend=spend,
+                        held=held, duration=duration, duration_days=days, period_start=period_start,
+                        next_reset_at=next_reset_at, created_at=created_at, updated_at=updated_at, granted=granted)
+    budget.grant_room = room  # type: ignore[attr-defined]
+    return budget
 
 
 def refuse(budget: UserBudget, amount: Decimal, states: Sequence[LimitState], need: Need) -> None:
@@ -385,7 +447,8 @@ def refuse(budget: UserBudget, amount: Decimal, states: Sequence[LimitState], ne
     _admit(project, [
         (project_level, project.max_budget, project.current_spend, project.held, project.duration,
          project.next_reset_at),
-        (user_level, budget.total_budget, budget.current_spend, budget.held, budget.duration, budget.next_reset_at),
+        (user_level, budget_ceiling(budget), budget.current_spend, budget.held, budget.duration,
+         budget.next_reset_at),
     ], amount, list(states), need)
     raise AssertionError("the statement refused a call that every level admits")
 
@@ -401,15 +464,29 @@ _RECORD = """, ok AS MATERIALIZED (
     SELECT bl.id AS budget_id, CASE
         WHEN pl.next_reset_at <= %(at)s OR bl.next_reset_at <= %(at)s
              OR EXISTS (SELECT 1 FROM ll WHERE ll.resets_at <= %(at)s OR ll.raises_end_at <= %(at)s) THEN 'due'
-        WHEN %(enforce)s AND (
-            CASE WHEN %(amount)s = 0 THEN bl.current_spend + bl.held >= bl.total_budget
-                 ELSE bl.current_spend + bl.held + %(amount)s > bl.total_budget END
+        WHEN %(enforce)s AND (""" + BUDGET_FULL + """
             OR CASE WHEN %(amount)s = 0 THEN pl.current_spend + pl.held >= pl.max_budget
                     ELSE pl.current_spend + pl.held + %(amount)s > pl.max_budget END
             OR EXISTS (SELECT 1 FROM ll WHERE ll.mode = 'hard' AND ll.need > 0
-                       AND ll.used + ll.held + ll.need > ll.amount)) THEN 'refused'
+                       AND ll.used + ll.held + ll.need > """ + CEILING + """)) THEN 'refused'
         ELSE 'go' END AS verdict
-    FROM pl, bl
+    FROM pl, bl, pool
+), pay AS MATERIALIZED (
+    -- What the grants pay of the call: per scope, its overflow of the extended limits (the most of any),
+    -- at most what they have left; then per grant, in the order they are used (gw: what those before had).
+    SELECT LEAST(pool.u, GREATEST(0, LEAST(%(amount)s, GREATEST(
+               bl.current_spend - bl.granted + %(amount)s - bl.total_budget,
+               (SELECT MAX(x.used - x.granted + %(amount)s - x.amount) FROM ll x
+                WHERE x.scope = 'user' AND """ + EXTENDED_SQL + """))))) AS u,
+           LEAST(pool.t, GREATEST(0, LEAST(%(amount)s, COALESCE(
+               (SELECT MAX(x.used - x.granted + %(amount)s - x.amount) FROM ll x
+                WHERE x.scope = 'team' AND """ + EXTENDED_SQL + """), 0)))) AS t
+    FROM bl, pool
+), gw AS (
+    SELECT gl.id, LEAST(gl.rest, GREATEST(0, CASE gl.scope WHEN 'user' THEN pay.u ELSE pay.t END
+               - (SUM(gl.rest) OVER (PARTITION BY gl.scope ORDER BY gl.priority, gl.expires_at NULLS LAST, gl.id)
+                  - gl.rest))) AS take
+    FROM gl, pay
 ), ev AS (
     INSERT INTO budgets_costevent (project_id, budget_id, user_id, model, prompt_tokens, completion_tokens,
         cached_tokens, cache_creation_tokens, cost, source, idempotency_key, request_fingerprint, created_at, tags,
@@ -423,8 +500,14 @@ _RECORD = """, ok AS MATERIALIZED (
     UPDATE budgets_project SET current_spend = current_spend + %(amount)s
     WHERE id = %(project)s AND EXISTS (SELECT 1 FROM ev) RETURNING current_spend
 ), b AS (
-    UPDATE budgets_userbudget SET current_spend = current_spend + %(amount)s, updated_at = %(at)s
-    WHERE id = (SELECT budget_id FROM ok) AND EXISTS (SELECT 1 FROM ev) RETURNING current_spend
+    UPDATE budgets_userbudget SET current_spend = current_spend + %(amount)s, granted = granted + pay.u,
+        updated_at = %(at)s
+    FROM pay WHERE id = (SELECT budget_id FROM ok) AND EXISTS (SELECT 1 FROM ev) RETURNING current_spend
+), gp AS (
+    UPDATE budgets_grant t SET used = t.used + gw.take FROM gw
+    WHERE t.id = gw.id AND gw.take > 0 AND EXISTS (SELECT 1 FROM ev) RETURNING t.id, gw.take
+), gu AS (
+    INSERT INTO budgets_grantuse (event_id, grant_id, amount) SELECT ev.id, gp.id, gp.take FROM ev, gp RETURNING 1
 ), m AS (
     INSERT INTO budgets_modelspend AS s (budget_id, model, spend, prompt_tokens, completion_tokens)
     SELECT ok.budget_id, %(model)s, %(amount)s, %(prompt)s, %(completion)s FROM ok WHERE EXISTS (SELECT 1 FROM ev)
@@ -434,9 +517,9 @@ _RECORD = """, ok AS MATERIALIZED (
     RETURNING spend
 ), l AS (
     UPDATE budgets_limit t SET used = t.used + CASE t.unit WHEN 'usd' THEN %(amount)s WHEN 'tokens' THEN %(tokens)s
-        ELSE 1 END, updated_at = %(at)s
-    WHERE t.id = ANY(ARRAY(SELECT ll.id FROM ll)) AND EXISTS (SELECT 1 FROM ev)
-    RETURNING t.id, t.used
+        ELSE 1 END, granted = t.granted + """ + grant_room("t", "pay") + """, updated_at = %(at)s
+    FROM pay WHERE t.id = ANY(ARRAY(SELECT ll.id FROM ll)) AND EXISTS (SELECT 1 FROM ev)
+    RETURNING t.id, t.used, t.granted
 )"""
 # The rollups' upserts, one per grain of services.rollups (a new grain or column is added there only).
 _ROLLUP_VALUES = {"day": "%(day)s", "month": "%(month)s", "user_id": "%(user)s", "model": "%(model)s",
@@ -460,11 +543,14 @@ _RECORD += "".join(_rollup_cte(f"r{index}", grain) for index, grain in enumerate
 # One row: the verdict, what the write returned, the figures read under the locks (for a refusal and the
 # answer) and the user's spend per model before this call; the limits after it (or as read, without a write).
 _RECORD += """
-SELECT ok.verdict, ev.id, p.current_spend, b.current_spend, m.spend, """ + LOCKED_FIGURES + """,
+SELECT ok.verdict, ev.id, p.current_spend, b.current_spend, m.spend, CASE WHEN ev.id IS NULL THEN 0 ELSE pay.u END,
+       """ + LOCKED_FIGURES + """,
        (SELECT COALESCE(jsonb_object_agg(s.model, s.spend::text), '{}'::jsonb)::text
         FROM budgets_modelspend s WHERE s.budget_id = bl.id),
-       """ + limits_json("used=COALESCE(l.used, ll.used)") + """
-FROM pl, bl, ok LEFT JOIN ev ON true LEFT JOIN p ON true LEFT JOIN b ON true LEFT JOIN m ON true
+       """ + limits_json("used=COALESCE(l.used, ll.used)", "granted=COALESCE(l.granted, ll.granted)",
+                         "room=" + grant_room("ll") + " - CASE WHEN l.id IS NULL THEN 0 ELSE "
+                         + grant_room("ll", "pay") + " END") + """
+FROM pl, bl, pay, ok LEFT JOIN ev ON true LEFT JOIN p ON true LEFT JOIN b ON true LEFT JOIN m ON true
 """
 _POSITIONAL = re.compile(r"(?<!%)%s")
 
@@ -504,10 +590,11 @@ def _compile_limits_query(key: bool, tags: int, model: bool, hard_only: bool) ->
     return _POSITIONAL.sub(lambda _: f"%(limit{next(names)})s", sql), list(params)
 
 
-def _record_sql(limits_sql: str, enforce: bool) -> str:
-    """_RECORD for a shape of the limits' query; with `enforce` the budget's and the limits' rows are
-    locked too (in that order, after the project's): admission reads figures no one may change meanwhile."""
-    return locked_call(limits_sql, lock=enforce) + _RECORD
+def _record_sql(limits_sql: str) -> str:
+    """_RECORD for a shape of the limits' query; the budget's, the limits' and the grants' rows are locked
+    too (in that order, after the project's): admission, and what the grants pay, read figures no one may
+    change meanwhile."""
+    return locked_call(limits_sql, lock=True) + _RECORD
 
 
 def _record_in_one_statement(call: Call) -> CostRecorded | None:
@@ -525,11 +612,11 @@ def _record_in_one_statement(call: Call) -> CostRecorded | None:
         "tokens": call.need.tokens, "enforce": call.enforce, **limits_params,
     }
     with prepared_cursor() as cursor:
-        cursor.execute(_record_sql(limits_sql, call.enforce), params)
+        cursor.execute(_record_sql(limits_sql), params)
         row = cursor.fetchone()
     if row is None:
         raise UnknownUser(f"user {user_id!r} has no budget in project {project.name!r}")
-    verdict, event_id, project_spend, budget_spend, model_spend, *figures, costs, limits = row
+    verdict, event_id, project_spend, budget_spend, model_spend, paid, *figures, costs, limits = row
     budget = locked_budget(project, user_id, figures)
     if verdict == "due":
         return None  # the portable path starts the new period first (rare: the sweep usually has)
@@ -542,6 +629,8 @@ def _record_in_one_statement(call: Call) -> CostRecorded | None:
             raise IdempotencyConflict("this Idempotency-Key is being used by a request in flight; retry")
         return replay
     project.current_spend, budget.current_spend, budget.updated_at = project_spend, budget_spend, at
+    budget.granted += paid
+    budget.grant_room -= paid  # type: ignore[attr-defined]
     event = _event(call, budget.pk, pk=event_id, created_at=at)
     # The spend per model before this call (jsonb as text, amounts as exact strings), then this call's.
     model_costs = {name: Decimal(value) for name, value in json.loads(costs).items()} | {call.model: model_spend}
@@ -562,9 +651,10 @@ def limit_states(rows_text: str | None) -> tuple[tuple[LimitState, ...], tuple[d
     states = tuple(
         LimitState(id=pk, scope=scope, subject=subject, model=model or None, unit=unit, window=window, mode=mode,
                    limit=Decimal(amount), used=Decimal(used), held=Decimal(held), resets_at=instant(resets_at),
-                   window_start=instant(window_start), raised=Decimal(raised), raises_end_at=instant(raises_end_at))
+                   window_start=instant(window_start), raised=Decimal(raised), raises_end_at=instant(raises_end_at),
+                   granted=Decimal(granted), grace_percent=grace, grant_room=Decimal(room))
         for pk, scope, subject, model, unit, window, mode, amount, used, held, resets_at, window_start, raised,
-        raises_end_at in rows
+        raises_end_at, granted, grace, room in rows
     )
     return states, tuple(datetime.fromisoformat(row[11]) for row in rows)
 

@@ -17,16 +17,17 @@ from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils.timezone import now as utcnow
 
 from ..domain import periods
-from ..models import AuditLog, Limit, Project
+from ..models import AuditLog, Grant, Limit, Project
 from ..selectors.call_limits import raises_active
 from .audit import SYSTEM_LAZY, SYSTEM_SWEEP, write_audits
 
 RESET_BATCH_SIZE = 500
+ZERO = Decimal(0)
 
 
 def _DUE(at: datetime) -> Q:  # noqa: N802  # a filter, read like a constant
@@ -104,13 +105,16 @@ def limits_current(project: Project, limits: Iterable[Limit], at: datetime | Non
                 limit.refresh_from_db()
         if window_due(limit, at):
             old_start, old_resets_at, used = limit.window_start, limit.resets_at, limit.used
+            unused = rollover_amount(limit)
             start, resets_at = window_of(limit.window, project, at)
             # Conditional on the old end: once reset, the row's end is in the future and a stale
             # reader's update matches nothing (it reads the row as the winner left it).
             if Limit.objects.filter(pk=limit.pk, resets_at=old_resets_at).update(
-                    used=0, window_start=start, resets_at=resets_at, updated_at=at):
-                limit.used, limit.window_start, limit.resets_at, limit.updated_at = 0, start, resets_at, at
+                    used=0, granted=0, window_start=start, resets_at=resets_at, updated_at=at):
+                limit.used, limit.granted, limit.window_start, limit.resets_at, limit.updated_at = (
+                    0, 0, start, resets_at, at)
                 audits.append(_audit_entry(limit, actor, old_start, used))
+                rollover_grant(limit, old_start=old_start, unused=unused, expires_at=resets_at, actor=actor, at=at)
             else:
                 limit.refresh_from_db()
         current.append(limit)
@@ -165,11 +169,46 @@ def _reset_project(project_id: int, at: datetime, batch_size: int) -> tuple[int,
         for (window, old_start), limits in groups.items():
             start, resets_at = window_of(window, project, at)
             reset += Limit.objects.filter(pk__in=[limit.pk for limit in limits], window_start=old_start).update(
-                used=0, window_start=start, resets_at=resets_at, updated_at=at)
-            for limit in limits:
-                used = limit.used
+                used=0, granted=0, window_start=start, resets_at=resets_at, updated_at=at)
+            for limit in limits:  # under the locks: each reset once
+                used, unused = limit.used, rollover_amount(limit)
                 limit.window_start = start
                 audits.append(_audit_entry(limit, SYSTEM_SWEEP, old_start, used))
+                rollover_grant(limit, old_start=old_start, unused=unused, expires_at=resets_at, actor=SYSTEM_SWEEP,
+                               at=at)
         if audits:
             write_audits(audits)
         return reset, len(due) == batch_size
+
+
+# --- rollover -------------------------------------------------------------------------------------------
+
+
+def rollover_amount(limit: Limit) -> Decimal:
+    """What a limit's ending window leaves unused, up to its rollover's max: its amount (without temporary
+    raises) less what the window's periodic limit paid (its used less what grants paid)."""
+    if limit.rollover_max is None:
+        return ZERO
+    return min(limit.rollover_max, max(ZERO, limit.amount - (limit.used - limit.granted)))
+
+
+def rollover_grant(limit: Limit, *, old_start: datetime, unused: Decimal, expires_at: datetime | None,
+                   actor: str, at: datetime) -> Grant | None:
+    """The grant a reset rolls over (once per window: a second try for the same window writes nothing)."""
+    if unused <= 0 or limit.scope not in (Limit.Scope.USER, Limit.Scope.TEAM):
+        return None
+    try:
+        with transaction.atomic():
+            grant = Grant.objects.create(
+                project_id=limit.project_id, scope=limit.scope, subject=limit.subject, amount=unused,
+                expires_at=expires_at, source=Grant.Source.ROLLOVER, limit=limit, window_start=old_start,
+                note=f"rolled over from the {limit.window} window of {old_start.date().isoformat()}",
+                actor=actor, created_at=at)
+    except IntegrityError:
+        return None  # this window rolled over already
+    write_audits([AuditLog(project_id=limit.project_id, action="grant_rollover", actor=actor,
+                           user_id=limit.subject if limit.scope == Grant.Scope.USER else "",
+                           after={"id": grant.pk, "limit_id": limit.pk, "amount": str(unused),
+                                  "window_start": old_start.isoformat(),
+                                  "expires_at": expires_at.isoformat() if expires_at else None})])
+    return grant

@@ -19,6 +19,7 @@ from ..base.money import to_money
 from ..base.validation import validate_limit_thresholds, validate_model, validate_short_identifier
 from ..domain import pricing
 from ..models import ApiKey, Limit, Project, Team
+from ..selectors.grants import states_with_rooms
 from ..selectors.limits import MAX_TAGS, CallScope, LimitState, applicable_limits, team_of
 from ..selectors.teams import binding_first
 from .alerts import limit_room_changed
@@ -34,8 +35,38 @@ def limit_snapshot(limit: Limit) -> dict[str, Any]:
     return {
         "id": limit.pk, "scope": limit.scope, "subject": limit.subject, "model": limit.model, "unit": limit.unit,
         "window": limit.window, "amount": str(limit.amount), "mode": limit.mode, "thresholds": limit.thresholds,
-        "resets_at": limit.resets_at.isoformat() if limit.resets_at else None,
+        "resets_at": limit.resets_at.isoformat() if limit.resets_at else None, "grace_percent": limit.grace_percent,
+        "rollover_max": str(limit.rollover_max) if limit.rollover_max is not None else None,
     }
+
+
+MAX_GRACE = 100
+
+
+def validate_grace(value: Any) -> int | None:
+    """A limit's grace: a whole percentage from 0 to 100 (None: none)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_GRACE:
+        raise InvalidInput(f"grace_percent must be a whole percentage from 0 to {MAX_GRACE}")
+    return value or None
+
+
+def validate_rollover(value: Any, *, scope: str, unit: str, model: str, window: str) -> Decimal | None:
+    """A limit's rollover ({"max": dollars} or None): only a dollar limit of a user or a team on every model,
+    with a window (its unused part becomes the subject's grant)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"max"}:
+        raise InvalidInput('rollover must be {"max": dollars} (or null: none)')
+    amount = validate_amount(value["max"], Limit.Unit.USD)
+    if amount <= 0:
+        raise InvalidInput("rollover's max must be more than $0")
+    if scope not in (Limit.Scope.USER, Limit.Scope.TEAM) or unit != Limit.Unit.USD or model:
+        raise Unprocessable("only a dollar limit of a user or a team on every model rolls over (into a grant)")
+    if window == Limit.Window.LIFETIME:
+        raise Unprocessable("a lifetime limit never resets: it has nothing to roll over")
+    return amount
 
 
 def _choice(value: Any, choices: type[Limit.Scope | Limit.Unit | Limit.Window | Limit.Mode], field: str) -> str:
@@ -93,7 +124,7 @@ def validate_amount(amount: Any, unit: str) -> Any:
 def limit_create(
     *, project: Project, scope: Any, subject: Any = None, model: Any = None, unit: Any = Limit.Unit.USD,
     window: Any = Limit.Window.MONTH, amount: Any, mode: Any = Limit.Mode.HARD, thresholds: Any = None,
-    actor: str, at: datetime | None = None,
+    grace_percent: Any = None, rollover: Any = None, actor: str, at: datetime | None = None,
 ) -> Limit:
     """A new limit in its current window with nothing used; Conflict naming the limit that already has
     the same scope, subject, model, unit and window."""
@@ -105,6 +136,8 @@ def limit_create(
     own_thresholds = validate_limit_thresholds(thresholds)
     subject = validate_subject(project, scope, subject)
     model = resolve_limit_model(model)
+    grace = validate_grace(grace_percent)
+    rollover_max = validate_rollover(rollover, scope=scope, unit=unit, model=model, window=window)
     at = at or utcnow()
     window_start, resets_at = window_of(window, project, at)
     key = {"project": project, "scope": scope, "subject": subject, "model": model, "unit": unit, "window": window}
@@ -116,6 +149,7 @@ def limit_create(
             try:
                 with transaction.atomic():
                     limit = Limit.objects.create(**key, amount=value, mode=mode, thresholds=own_thresholds,
+                                                 grace_percent=grace, rollover_max=rollover_max,
                                                  window_start=window_start, resets_at=resets_at, created_at=at,
                                                  updated_at=at)
             except IntegrityError:  # created concurrently
@@ -131,7 +165,7 @@ def limit_create(
 
 
 def limit_update(*, limit: Limit, amount: Any = None, mode: Any = None, thresholds: Any = ...,
-                 actor: str, at: datetime | None = None) -> Limit:
+                 grace_percent: Any = ..., rollover: Any = ..., actor: str, at: datetime | None = None) -> Limit:
     """Change a limit's amount, mode or own thresholds (None: the project's again; another scope, subject,
     unit or window is another limit). A new amount re-checks the thresholds fired in this window
     (alerts.limit_room_changed: `resolved` when the usage is now under one)."""
@@ -142,8 +176,14 @@ def limit_update(*, limit: Limit, amount: Any = None, mode: Any = None, threshol
         fields["mode"] = _choice(mode, Limit.Mode, "mode")
     if thresholds is not ...:
         fields["thresholds"] = validate_limit_thresholds(thresholds)
+    if grace_percent is not ...:
+        fields["grace_percent"] = validate_grace(grace_percent)
+    if rollover is not ...:
+        fields["rollover_max"] = validate_rollover(rollover, scope=limit.scope, unit=limit.unit, model=limit.model,
+                                                   window=limit.window)
     if not fields:
-        raise InvalidInput("give the limit's new amount (`limit`), `mode` or `thresholds`")
+        raise InvalidInput("give the limit's new amount (`limit`), `mode`, `thresholds`, `grace_percent` or "
+                           "`rollover`")
     with transaction.atomic():
         project = _lock_project(limit.project_id)  # the lock order: the project, then the limit
         locked = Limit.objects.select_for_update().get(pk=limit.pk)
@@ -226,4 +266,5 @@ def limits_for_user(
     team = team_of(project, user_id)
     call = CallScope(project=project, user_id=user_id, model=resolved, key_name=key_name, tags=tags, team=team)
     states += [LimitState.of_limit(limit) for limit in limits_current(project, applicable_limits(call), at)]
+    states = states_with_rooms(project.pk, states, at or utcnow())
     return UserLimits(user_id=user_id, team=team, items=binding_first(states))

@@ -25,7 +25,7 @@ from ..base.errors import BudgetExceeded, Conflict, IdempotencyConflict, Invalid
 from ..base.fields import MoneyField, money
 from ..base.money import stored
 from ..domain.usage import Usage
-from ..models import ApiKey, Limit, Project, Reservation, UserBudget
+from ..models import ApiKey, Grant, Limit, Project, Reservation, UserBudget
 from ..selectors.limits import CallScope, LimitState, applicable_limits, tags_text, team_of
 from .admission import (
     Level,
@@ -43,7 +43,10 @@ from .admission import (
     retry_on_conflict,
 )
 from .costs import CostRecorded, cost_record, recorded_again, recorded_state
+from .grants import grants_lock
 from .ledger import (
+    BUDGET_FULL,
+    CEILING,
     LOCKED_FIGURES,
     exceeded_scope,
     limit_model,
@@ -54,6 +57,7 @@ from .ledger import (
     locked_call,
     prepared_cursor,
     refuse,
+    with_budget_ceiling,
 )
 from .limit_windows import limits_current
 from .resets import budget_current, ensure_current_period
@@ -184,12 +188,12 @@ _RESERVE = """, ok AS MATERIALIZED (
              OR EXISTS (SELECT 1 FROM ll WHERE ll.resets_at <= %(at)s OR ll.raises_end_at <= %(at)s)
              OR EXISTS (SELECT 1 FROM budgets_reservation r WHERE r.project_id = %(project)s
                         AND r.user_id = %(user)s AND r.status = 'open' AND r.expires_at <= %(at)s) THEN 'due'
-        WHEN bl.current_spend + bl.held + %(amount)s > bl.total_budget
+        WHEN """ + BUDGET_FULL + """
              OR pl.current_spend + pl.held + %(amount)s > pl.max_budget
              OR EXISTS (SELECT 1 FROM ll WHERE ll.mode = 'hard' AND ll.need > 0
-                        AND ll.used + ll.held + ll.need > ll.amount) THEN 'refused'
+                        AND ll.used + ll.held + ll.need > """ + CEILING + """) THEN 'refused'
         ELSE 'go' END AS verdict
-    FROM pl, bl
+    FROM pl, bl, pool
 ), rv AS (
     INSERT INTO budgets_reservation (project_id, budget_id, user_id, model, amount, status, expires_at, created_at,
         idempotency_key, request_fingerprint, tags, api_key_id, tokens, limit_ids)
@@ -275,10 +279,12 @@ def _reserve_with_the_orm(
                       team=team_of(project, user_id))
     limits = limits_current(project, limits_lock(applicable_limits(scope, hard_only=True)
                                                  .values_list("id", flat=True)), at)
+    grants = grants_lock(project, user_id, limits, at)  # after the limits: the lock order
+    budget.grant_room = grants.room(Grant.Scope.USER, user_id)  # type: ignore[attr-defined]
     need = Need(usd=amount, tokens=tokens)
     try:
-        check_figures(figures, amount)
-        limits_check([LimitState.of_limit(limit) for limit in limits], need)
+        check_figures(with_budget_ceiling(figures, budget), amount)
+        limits_check([grants.state(LimitState.of_limit(limit)) for limit in limits], need)
     except BudgetExceeded as exc:
         metrics.budget_exceeded(project.name, exc.scope)
         raise

@@ -153,7 +153,7 @@ def _reset_groups(groups: Iterable[_Group], *, at: datetime, actor: str) -> int:
             continue
         _close_periods_in_python(group.rows, period=period, actor=actor, reason=reason)
         changed = UserBudget.objects.filter(pk__in=ids, period_start=old_start).update(
-            period_start=period.start, next_reset_at=period.next_reset, current_spend=0, updated_at=at
+            period_start=period.start, next_reset_at=period.next_reset, current_spend=0, granted=0, updated_at=at
         )
         if changed:
             ModelSpend.objects.filter(budget_id__in=ids).delete()
@@ -190,7 +190,7 @@ FROM budgets_userbudget b WHERE b.id = ANY(%(ids)s) AND b.period_start = %(old_s
 
 _START_PERIOD_SQL = """
 UPDATE budgets_userbudget SET period_start = %(new_start)s, next_reset_at = %(next_reset)s, current_spend = 0,
-       updated_at = %(at)s
+       granted = 0, updated_at = %(at)s
 WHERE id = ANY(%(ids)s) AND period_start = %(old_start)s
 """
 

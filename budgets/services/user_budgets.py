@@ -104,7 +104,7 @@ def budget_reset(*, budget: UserBudget, actor: str, reason: str = "manual") -> U
         locked = UserBudget.objects.select_for_update().get(pk=budget.pk)
         before = budget_snapshot(locked)
         at = utcnow()
-        UserBudget.objects.filter(pk=locked.pk).update(current_spend=0, updated_at=at)
+        UserBudget.objects.filter(pk=locked.pk).update(current_spend=0, granted=0, updated_at=at)
         ModelSpend.objects.filter(budget_id=locked.pk).delete()
         locked.refresh_from_db()
         write_audit(project_id=locked.project_id, budget=locked, action=f"budget_reset_{reason}", actor=actor,
