@@ -14,11 +14,16 @@ from django.db.models import Sum
 from django.utils.timezone import now as utcnow
 
 from budgets import services
+from budgets.base.errors import BudgetExceeded
+from budgets.domain.usage import Usage
 from budgets.models import CostEvent, Grant, GrantUse, Limit, UserBudget
+from budgets.services.costs import cost_record
 from budgets.services.grants import grant_create
 from budgets.services.limit_windows import limits_current, limits_reset_due, window_of
+from budgets.services.reservations import reservation_create
 from tests.api_helpers import new_key
 from tests.server_support import at_once, statuses
+from tests.test_hot_path import while_one_is_in_flight
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -74,6 +79,43 @@ def test_fifty_enforced_records_on_a_budget_and_a_grant_admit_exactly_twenty(ser
     assert statuses(answers) == {201: 20, 402: 30}
     assert_the_ledger_adds_up(grant)
     assert grant.used == Decimal("0.5")
+
+
+def test_an_enforced_record_sees_the_grant_use_of_one_in_flight_and_is_refused(project):
+    """$0.50 spent of a $0.50 budget, $0.06 of grant left, two $0.05 calls, the second sent while the first
+    holds its locks: it waits, reads the grant's rest after the first and is refused. (Read from its
+    snapshot instead, it would be admitted and spend the grant twice.)"""
+    services.budget_set(project=project, user_id="alice", total_budget=Decimal("0.5"), actor="test")
+    grant = grant_create(project=project, scope="user", subject="alice", amount=Decimal("0.06"), actor="test")
+    cost_record(project=project, user_id="alice", usage=Usage("x", 1, 1), cost="0.5", source="api")
+
+    def call():
+        return cost_record(project=project, user_id="alice", usage=Usage("x", 1, 1), cost="0.05",
+                                    source="api", enforce=True)
+
+    first, second = while_one_is_in_flight(call, call)
+
+    assert not isinstance(first, Exception) and first.created, first
+    assert isinstance(second, BudgetExceeded) and second.scope == "user", second
+    grant.refresh_from_db()
+    assert grant.used == Decimal("0.05") == GrantUse.objects.get().amount
+
+
+def test_a_reservation_sees_the_hold_of_one_in_flight_on_a_grant(project):
+    """A $0.50 budget and a $0.10 grant: $0.55 held, then two $0.05 reservations, the second while the
+    first holds its locks: the second is refused (0.55 + 0.05 + 0.05 > 0.60)."""
+    services.budget_set(project=project, user_id="alice", total_budget=Decimal("0.5"), actor="test")
+    grant_create(project=project, scope="user", subject="alice", amount=Decimal("0.1"), actor="test")
+    reservation_create(project=project, user_id="alice", amount=Decimal("0.55"))
+
+    def reserve():
+        return reservation_create(project=project, user_id="alice", amount=Decimal("0.05"))
+
+    first, second = while_one_is_in_flight(reserve, reserve)
+
+    assert not isinstance(first, Exception), first
+    assert isinstance(second, BudgetExceeded) and second.scope == "user", second
+    assert UserBudget.objects.get(user_id="alice").held == Decimal("0.6")
 
 
 def test_a_rollover_happens_once_when_a_call_and_the_sweep_reset_the_window_together(project):
