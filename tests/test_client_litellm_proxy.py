@@ -36,6 +36,9 @@ LITELLM = ROOT / ".venv-proxy" / "bin" / "litellm"
 MASTER_KEY = "sk-proxy-test-master"
 MODEL = "mock-expensive"
 FAILING_MODEL = "mock-failing"
+CHEAP_MODEL = "mock-cheap"  # a fallback the proxy routes (tests of BUDGET_MANAGER_FALLBACK)
+CHEAP_OUTPUT_PRICE = Decimal("0.0001")
+CHEAP_ANSWER = "Hello from the cheap mock."
 OUTPUT_PRICE = Decimal("0.0015")
 MOCK_COMPLETION_TOKENS = 20  # LiteLLM's DEFAULT_MOCK_RESPONSE_COMPLETION_TOKEN_COUNT
 CALL_COST = OUTPUT_PRICE * MOCK_COMPLETION_TOKENS  # $0.03
@@ -54,6 +57,13 @@ model_list:
       mock_response: "Hello from the mock."
       input_cost_per_token: 0
       output_cost_per_token: {OUTPUT_PRICE}
+  - model_name: {CHEAP_MODEL}
+    litellm_params:
+      model: openai/{CHEAP_MODEL}
+      api_key: sk-not-used
+      mock_response: "{CHEAP_ANSWER}"
+      input_cost_per_token: 0
+      output_cost_per_token: {CHEAP_OUTPUT_PRICE}
   - model_name: {FAILING_MODEL}
     litellm_params:
       model: openai/{MODEL}
@@ -267,3 +277,65 @@ def test_the_user_may_come_from_the_proxys_end_user_header(proxy):
     wait_until(lambda: CostEvent.objects.count() == 1 and alice_figures()[1] == 0, alice_figures)
     assert CostEvent.objects.get().user_id == "alice" and alice_figures() == (CALL_COST, 0)
 
+
+
+# --- BUDGET_MANAGER_FALLBACK: a refused call goes to the project's fallback, if the proxy routes it ----
+
+
+@pytest.fixture
+def alice_with_fallbacks(live_server, alice):
+    """alice has $0.01: the expensive mock's $0.03 has no room, the cheap mock's 20 × $0.0001 has;
+    the project's fallbacks send the expensive mock to the cheap one."""
+    from budget_client import Client
+
+    ModelPrice.objects.create(model=CHEAP_MODEL, input_cost_per_token=0, output_cost_per_token=CHEAP_OUTPUT_PRICE,
+                              source="admin")
+    clear_price_cache()
+    with Client(live_server.url, alice[1], backoff=0.01) as client:
+        client.set_budget("alice", Decimal("0.01"))
+        client.set_fallbacks({MODEL: [CHEAP_MODEL]})
+        yield client
+
+
+@pytest.mark.parametrize("proxy_env", [{"BUDGET_MANAGER_FALLBACK": "1"}])
+def test_with_fallback_on_a_refused_call_goes_to_the_fallback_model_and_holds_its_worst_case(alice_with_fallbacks,
+                                                                                               proxy):
+    response = proxy.chat(user="alice")
+
+    assert response.status_code == 200, (response.text, proxy.log_tail())
+    assert response.json()["choices"][0]["message"]["content"] == CHEAP_ANSWER
+    cheap_cost = CHEAP_OUTPUT_PRICE * MOCK_COMPLETION_TOKENS
+    wait_until(lambda: CostEvent.objects.count() == 1 and alice_figures()[1] == 0,
+               lambda: (alice_figures(), proxy.events("success"), proxy.log_tail()))
+    event = CostEvent.objects.get()
+    assert (event.user_id, event.model, event.cost) == ("alice", CHEAP_MODEL, cheap_cost)
+    assert alice_figures() == (cheap_cost, 0)
+    # One hold, for the fallback (the refused one wrote nothing), under the call's fallback key.
+    [success] = proxy.events("success")
+    reservation = Reservation.objects.get()
+    assert (reservation.status, reservation.event_id) == (Reservation.Status.SETTLED, event.id)
+    assert reservation.model == CHEAP_MODEL and reservation.amount == cheap_cost
+    assert reservation.idempotency_key == f"litellm-proxy-reserve:{success['call_id']}:fallback"
+    [sent] = proxy.events("model_call")
+    assert CHEAP_MODEL in sent["model"] and MODEL not in sent["model"]
+    assert Decimal(success["response_cost"]) == cheap_cost
+
+    # A fallback the proxy does not route (gpt-4o-mini is in the service's price table, not in the
+    # proxy's model list): refused as without the setting; nothing held, nothing sent.
+    alice_with_fallbacks.set_fallbacks({MODEL: ["gpt-4o-mini"]})
+    refused = proxy.chat(user="alice")
+    assert refused.status_code == PROXY_BUDGET_STATUS, refused.text
+    assert refused.json()["error"]["type"] == "budget_exceeded"
+    assert Reservation.objects.count() == 1 and CostEvent.objects.count() == 1
+    assert alice_figures() == (cheap_cost, 0)
+    assert len(proxy.events("model_call")) == 1
+
+
+def test_without_the_setting_a_call_with_a_fallback_is_refused_as_before(alice_with_fallbacks, proxy):
+    response = proxy.chat(user="alice")
+
+    assert response.status_code == PROXY_BUDGET_STATUS, response.text
+    assert response.json()["error"]["type"] == "budget_exceeded"
+    wait_until(lambda: len(proxy.events("refused_at_gate")) == 1, lambda: proxy.events("refused_at_gate"))
+    assert not proxy.events("model_call")
+    assert not Reservation.objects.exists() and not CostEvent.objects.exists() and alice_figures() == (0, 0)

@@ -7,6 +7,8 @@ whichever comes first: both update on the old window_start, so a window starts e
 Temporary raises (LimitIncrease) end the same way: a limit whose `raises_end_at` has passed gets
 `raised` and `raises_end_at` recomputed from its raises still active (conditional on the old
 raises_end_at), lazily or by the sweep: a call at ends_at - 1 µs sees the raise, one at ends_at not.
+A raise that ends re-checks the limit's thresholds as an early end does (alerts.limit_room_changed):
+less room, so a threshold usage is now at or over fires, once per window, whichever path ended it.
 Locks: the project row, then Limit rows by id (services.admission's order).
 """
 
@@ -69,6 +71,16 @@ def raises_refresh(limit: Limit, at: datetime, *, conditional: bool = False, old
     return True
 
 
+def _room_shrank(project: Project, limit_ids: list[int], at: datetime) -> None:
+    """Re-check the thresholds of limits whose raises ended, in the caller's transaction."""
+    if not limit_ids:
+        return
+    # alerts reads limits through limits_current: imported here, not at the top, against the cycle.
+    from . import alerts
+
+    alerts.limit_room_changed(project, limit_ids, at=at)
+
+
 def _raise_audit(limit: Limit, actor: str, raised: Decimal, ended_at: datetime | None) -> AuditLog:
     return AuditLog(project_id=limit.project_id, action="limit_raises_end", actor=actor,
                     user_id=limit.subject if limit.scope == Limit.Scope.USER else "",
@@ -95,12 +107,15 @@ def limits_current(project: Project, limits: Iterable[Limit], at: datetime | Non
     at = at or utcnow()
     current = []
     audits: list[AuditLog] = []
+    shrank: list[int] = []
     for limit in limits:
         if raises_due(limit, at):
             old_raised, old_end = limit.raised, limit.raises_end_at
             # Conditional on the old end, as the window below: the raises end once.
             if raises_refresh(limit, at, conditional=True, old_end=old_end):
                 audits.append(_raise_audit(limit, actor, old_raised, old_end))
+                if limit.raised < old_raised:
+                    shrank.append(limit.pk)
             else:
                 limit.refresh_from_db()
         if window_due(limit, at):
@@ -120,6 +135,7 @@ def limits_current(project: Project, limits: Iterable[Limit], at: datetime | Non
         current.append(limit)
     if audits:
         write_audits(audits)
+    _room_shrank(project, shrank, at)  # the writer that ended the raises (the condition above): once
     return current
 
 
@@ -154,12 +170,15 @@ def _reset_project(project_id: int, at: datetime, batch_size: int) -> tuple[int,
         audits: list[AuditLog] = []
         ending = [limit for limit in due if raises_due(limit, at)]
         active = raises_active([limit.pk for limit in ending], at)
+        shrank: list[int] = []
         for limit in ending:  # under the locks: no condition needed
             old_raised, old_end = limit.raised, limit.raises_end_at
             limit.raised, limit.raises_end_at = active.get(limit.pk, (Decimal(0), None))
             Limit.objects.filter(pk=limit.pk).update(raised=limit.raised, raises_end_at=limit.raises_end_at,
                                                      updated_at=at)
             audits.append(_raise_audit(limit, SYSTEM_SWEEP, old_raised, old_end))
+            if limit.raised < old_raised:
+                shrank.append(limit.pk)
         groups: dict[tuple[str, datetime], list[Limit]] = defaultdict(list)
         for limit in due:
             if window_due(limit, at):
@@ -178,6 +197,7 @@ def _reset_project(project_id: int, at: datetime, batch_size: int) -> tuple[int,
                                at=at)
         if audits:
             write_audits(audits)
+        _room_shrank(project, shrank, at)  # after the resets: the thresholds of the window now current
         return reset, len(due) == batch_size
 
 

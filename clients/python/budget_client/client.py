@@ -304,13 +304,15 @@ class Client(_Base):
 
     def reserve(self, user: str, *, model: str | None = None, messages: list[dict[str, Any]] | None = None,
                 max_tokens: int | None = None, estimated_cost: Any = None,
-                ttl_seconds: int | None = None, tags: list[str] | None = None) -> Hold:
-        """`with client.reserve(...) as hold: response = call(); hold.settle(response)`.
+                ttl_seconds: int | None = None, tags: list[str] | None = None, fallback: bool = False) -> Hold:
+        """`with client.reserve(...) as hold: response = call(hold.model); hold.settle(response)`.
 
-        The hold is created on entering the block and released on leaving it unsettled.
+        The hold is created on entering the block and released on leaving it unsettled. With
+        `fallback=True`, refused with a fallback model (`error.fallback`), it holds once more for
+        that model: `hold.model` is then the fallback (`hold.fallback` the refusal's suggestion).
         """
         return Hold(self, user, model=model, messages=messages, max_tokens=max_tokens,
-                    estimated_cost=estimated_cost, ttl_seconds=ttl_seconds, tags=tags)
+                    estimated_cost=estimated_cost, ttl_seconds=ttl_seconds, tags=tags, fallback=fallback)
 
 
 class AsyncClient(_Base):
@@ -451,7 +453,8 @@ class AsyncClient(_Base):
 
     def reserve(self, user: str, *, model: str | None = None, messages: list[dict[str, Any]] | None = None,
                 max_tokens: int | None = None, estimated_cost: Any = None,
-                ttl_seconds: int | None = None, tags: list[str] | None = None) -> AsyncHold:
-        """`async with client.reserve(...) as hold: response = await call(); await hold.settle(response)`."""
+                ttl_seconds: int | None = None, tags: list[str] | None = None, fallback: bool = False) -> AsyncHold:
+        """`async with client.reserve(...) as hold: response = await call(hold.model); await hold.settle(response)`;
+        `fallback` as for `Client.reserve`."""
         return AsyncHold(self, user, model=model, messages=messages, max_tokens=max_tokens,
-                         estimated_cost=estimated_cost, ttl_seconds=ttl_seconds, tags=tags)
+                         estimated_cost=estimated_cost, ttl_seconds=ttl_seconds, tags=tags, fallback=fallback)

@@ -10,6 +10,10 @@ call's user; no room → the proxy's budget error (type "budget_exceeded", the s
 `litellm.budget_exceeded_status_code`) with the service's message, and the call never reaches the
 model. `async_log_success_event` settles with LiteLLM's `response_cost` (once per `litellm_call_id`,
 streams when they end); a failed call releases its hold. Settings: see `ProxyHookSettings`.
+
+With BUDGET_MANAGER_FALLBACK=1, a call refused with a fallback model (the project's fallbacks,
+`error.fallback`) that this proxy routes and the caller's key may call is sent to that model:
+the hook rewrites `data["model"]` and holds the fallback's worst case instead of refusing.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ log = logging.getLogger("budget_client.litellm_proxy")
 # Keys this hook writes into the request's metadata, read back by the success and failure events.
 RESERVATION_KEY = "budget_reservation_id"
 USER_KEY = "budget_user"
+FALLBACK_FROM_KEY = "budget_fallback_from"  # the model a call asked for, when it was sent to a fallback
 
 # Where a call's user comes from, tried in the configured order:
 #   user      the request body's `user` field
@@ -108,6 +113,9 @@ class ProxyHookSettings:
     timeout: float = 10.0
     # BUDGET_MANAGER_MAX_CONNECTIONS: open connections to the service per proxy worker (a burst waits for one).
     max_connections: int = 20
+    # BUDGET_MANAGER_FALLBACK: a call refused with a fallback model goes to that model instead (once),
+    # when the proxy routes it and the key may call it; default: refused as ever.
+    fallback: bool = False
 
     def __post_init__(self) -> None:
         unknown = [source for source in self.user_from if source not in USER_SOURCES]
@@ -127,6 +135,7 @@ class ProxyHookSettings:
             fail_open=_env_bool("BUDGET_MANAGER_FAIL_OPEN", False),
             timeout=float(timeout) if timeout else cls.timeout,
             max_connections=_env_int("BUDGET_MANAGER_MAX_CONNECTIONS", cls.max_connections) or 20,
+            fallback=_env_bool("BUDGET_MANAGER_FALLBACK", False),
         )
 
 
@@ -219,6 +228,49 @@ def _budget_error(message: str) -> Exception:
                           code=litellm.budget_exceeded_status_code)
 
 
+def _proxy_router() -> Any:
+    """The running proxy's router (None outside a proxy, or before it loaded its config)."""
+    try:
+        from litellm.proxy import proxy_server
+    except Exception:
+        return None
+    return getattr(proxy_server, "llm_router", None)
+
+
+async def proxy_may_call(model: str, key: Any, router: Any = None) -> bool | None:
+    """Would this proxy route `model` for the caller's key? None when it cannot tell (no router, an
+    unknown LiteLLM): the project's fallbacks must then be names of the proxy's models."""
+    router = router if router is not None else _proxy_router()
+    if router is None:
+        return None
+    team_id = _attr(key, "team_id")
+    try:
+        registry = router.registry()
+        if not registry.names(model, kind="route_candidates", team_id=team_id):
+            return False
+        model_list = registry.all()
+    except AttributeError:  # a LiteLLM before registry(): its model names
+        try:
+            if model not in router.get_model_names():
+                return False
+            model_list = router.model_list
+        except Exception:
+            return None
+    try:  # the proxy checked the key against the model asked for; the fallback needs the same check
+        from litellm.proxy._types import ProxyException, UserAPIKeyAuth
+        from litellm.proxy.auth.auth_checks import can_key_call_resolved_model
+    except ImportError:
+        return True
+    if not isinstance(key, UserAPIKeyAuth):
+        return True
+    try:
+        await can_key_call_resolved_model(model=model, llm_model_list=model_list, valid_token=key,
+                                          llm_router=router)
+    except ProxyException:
+        return False
+    return True
+
+
 def _unavailable_error(message: str, code: int = 503) -> Exception:
     from litellm.proxy._types import ProxyException
 
@@ -249,6 +301,7 @@ class BudgetProxyHook(CustomLogger):
         self.hook_id = uuid.uuid4().hex
         self._reserved = 0
         self._refused = 0
+        self._fell_back = 0
         self._settled = 0
         self._released = 0
         self._errors = 0
@@ -262,6 +315,11 @@ class BudgetProxyHook(CustomLogger):
     @property
     def refused(self) -> int:
         return self._refused
+
+    @property
+    def fell_back(self) -> int:
+        """Calls sent to a fallback model (also counted in `reserved`)."""
+        return self._fell_back
 
     @property
     def settled(self) -> int:
@@ -304,7 +362,19 @@ class BudgetProxyHook(CustomLogger):
         call_id = data.get("litellm_call_id") or str(uuid.uuid4())
         data["litellm_call_id"] = call_id
         try:
-            reservation = await self._reserve(user, data, call_id)
+            try:
+                reservation = await self._reserve(user, data, call_id)
+            except BudgetExceeded as refused:
+                fallback = await self._routable_fallback(refused, user_api_key_dict)
+                if fallback is None:
+                    raise
+                log.info("budget_client: %r has no room for %s (%s); proxy call %s goes to the fallback %s",
+                         user, data.get("model"), refused.message, call_id, fallback)
+                # Another request than the refused one (another model): its own key.
+                reservation = await self._reserve(user, {**data, "model": fallback}, call_id + ":fallback")
+                metadata[FALLBACK_FROM_KEY] = data.get("model")
+                data["model"] = fallback
+                self._fell_back += 1
         except BudgetExceeded as refused:
             self._refused += 1
             raise _budget_error(refused.message) from refused
@@ -321,6 +391,18 @@ class BudgetProxyHook(CustomLogger):
             self._reserved += 1
             metadata[RESERVATION_KEY] = reservation
         return data
+
+    async def _routable_fallback(self, refused: BudgetExceeded, key: Any) -> str | None:
+        """The refusal's fallback model, if the setting is on and the proxy would route it for this key."""
+        if not self.settings.fallback or refused.fallback is None:
+            return None
+        model = refused.fallback.model
+        routable = await proxy_may_call(model, key)
+        if routable is False:
+            log.warning("budget_client: the fallback %s is not a model this proxy routes for the key; refused",
+                        model)
+            return None
+        return model
 
     async def _reserve(self, user: str, data: Mapping[str, Any], call_id: str) -> int | None:
         client = self.client()
