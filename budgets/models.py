@@ -238,8 +238,10 @@ class UserBudget(Period):
 
     @property
     def remaining(self) -> Decimal:
-        """Budget left for new calls: budget − spend − open holds (may be negative)."""
-        return self.total_budget - self.current_spend - self.held
+        """Budget left for new calls: budget − (spend − what grants paid) − open holds, plus what the user's
+        grants have left where the reader read it (`grant_room`); may be negative."""
+        return (self.total_budget + self.granted + getattr(self, "grant_room", ZERO) - self.current_spend
+                - self.held)
 
     @property
     def utilisation(self) -> Decimal | None:

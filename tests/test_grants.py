@@ -290,3 +290,18 @@ def test_a_bad_rollover_or_grace_is_a_4xx_and_writes_nothing(api, alice, body, s
     response = api.post("/api/v1/limits", body)
     assert response.status_code == status, response.content
     assert not Limit.objects.exists()
+
+
+def test_a_check_counts_the_grants_of_the_budget_and_of_a_limit(api, alice):
+    assert body_of(api.post("/api/v1/users/alice/check", {"estimated_cost": 0.6}))["allowed"] is False
+    give(api, {"amount": 0.5})
+    day = limit(alice.project, "user", "alice", amount="0.2", window="day", at=START)
+
+    allowed = body_of(api.post("/api/v1/users/alice/check", {"estimated_cost": 0.6}))
+
+    assert (allowed["allowed"], allowed["remaining"]) == (True, Decimal("1.0"))
+    assert body_of(api.post("/api/v1/users/alice/check", {"estimated_cost": 1.01}))["allowed"] is False
+    assert spend(api, "0.6").status_code == 201  # over the day's $0.20 too: the grant pays $0.40 of it
+    day.refresh_from_db()
+    assert (day.used, day.granted, UserBudget.objects.get(pk=alice.pk).granted) == (
+        Decimal("0.6"), Decimal("0.4"), Decimal("0.4"))

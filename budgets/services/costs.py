@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
+from django.utils.timezone import now as utcnow
 
 from .. import metrics
 from ..base.money import stored, to_money
@@ -16,6 +17,7 @@ from ..domain.codec import decimal_text
 from ..domain.usage import Usage
 from ..models import ApiKey, CostEvent, Project, UserBudget
 from ..selectors.call_limits import limits_now
+from ..selectors.grants import grant_rooms, states_with_rooms
 from ..selectors.limits import CallScope, LimitState
 from . import ledger
 from .admission import Need, refusal, retry_on_conflict
@@ -46,6 +48,9 @@ def admission_check(budget: UserBudget, project: Project, estimate: Decimal, *, 
                     need: Need | None = None) -> Verdict:
     """May this user spend about `estimate` now? The user's budget, the project's cap and, for `call`,
     every applicable hard limit in its unit (`need`: the tokens and the request), read without locks."""
+    at = utcnow()
+    budget.grant_room = grant_rooms(project.pk, [("user", budget.user_id)], at).get(  # type: ignore[attr-defined]
+        ("user", budget.user_id), Decimal(0))
     scope = exceeded_scope(budget, project, estimate)
     room = budget.remaining
     if project.max_budget is not None:
@@ -59,11 +64,11 @@ def admission_check(budget: UserBudget, project: Project, estimate: Decimal, *, 
         left = decimal_text(max(project.max_budget - project.current_spend - project.held, Decimal(0)))
         reason = f"project {project.name!r} has ${left} left of its max_budget ${decimal_text(project.max_budget)}"
         return Verdict(scope=scope, reason=reason, room=room, limit=LimitState.of_project(project))
-    states = tuple(limits_now(call, hard_only=True)) if call is not None else ()
+    states = tuple(states_with_rooms(project.pk, limits_now(call, hard_only=True), at)) if call is not None else ()
     need = need or Need(usd=estimate)
     for state in states:
         requested = need.of(state.unit)
-        if requested > 0 and state.used + state.held + requested > state.limit:
+        if requested > 0 and state.used + state.held + requested > state.ceiling:
             return Verdict(scope=state.scope, reason=refusal(state, requested).message, room=room, limit=state,
                            limits=states)
     return Verdict(scope=None, reason=None, room=room, limits=states)
