@@ -849,7 +849,7 @@ class Grant(models.Model):
     used = MoneyField(default=ZERO)
     priority = models.PositiveIntegerField(default=1, help_text="Lower is used first.")
     expires_at = models.DateTimeField(null=True, blank=True)
-    note = models.CharField(max_length=500, blank=True)
+    note = models.CharField(max_length=2000, blank=True)
     source = models.CharField(max_length=8, choices=Source.choices, default=Source.MANUAL)
     # A rollover's limit and the window it rolled over from: one grant per window.
     limit = models.ForeignKey(Limit, on_delete=models.SET_NULL, null=True, blank=True, related_name="rollovers")

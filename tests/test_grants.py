@@ -282,7 +282,7 @@ def test_rollover_keeps_at_most_its_max_and_nothing_when_all_was_used(api, alice
     ({"scope": "key", "subject": "test key", "limit": 1, "rollover": {"max": 1}}, 422),
     ({"scope": "user", "subject": "alice", "limit": 1, "unit": "tokens", "rollover": {"max": 1}}, 422),
     ({"scope": "user", "subject": "alice", "limit": 1, "window": "lifetime", "rollover": {"max": 1}}, 422),
-    ({"scope": "user", "subject": "alice", "limit": 1, "rollover": {"max": 0}}, 400),
+    ({"scope": "user", "subject": "alice", "limit": 1, "rollover": {"max": 0}}, 400),  # the schema says > 0
     ({"scope": "user", "subject": "alice", "limit": 1, "rollover": {"most": 1}}, 400),
     ({"scope": "user", "subject": "alice", "limit": 1, "grace_percent": -1}, 400),
 ])

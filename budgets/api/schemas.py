@@ -60,6 +60,7 @@ from ..models import CostEvent, UserBudget
 from ..selectors.limits import LimitState
 from ..services.alerts import AlertFields, LimitRequestFields
 from ..services.costs import CostRecorded, exceeded_scope
+from ..services.grants import MAX_PRIORITY
 from ..services.limit_raises import MAX_WINDOWS
 from ..services.limit_requests import MAX_REASON
 from ..services.reservations import MAX_TTL_SECONDS, Settled
@@ -843,10 +844,17 @@ Grace = Annotated[int | None, Field(None, ge=0, le=100, description=(
     "100 %. null or 0: none."))]
 
 
+# Dollars more than 0 (a grant's amount, a rollover's max), 12 places at most.
+PositiveAmount = Annotated[Decimal, BeforeValidator(_money),
+                           WithJsonSchema({"type": "number", "exclusiveMinimum": 0, **money_bound(),
+                                           "multipleOf": 1e-12, "description": "Dollars (12 places at most), more "
+                                                                                "than 0."})]
+
+
 class RolloverIn(StrictIn):
     """A limit's rollover: at each reset the unused part, up to `max` dollars, becomes a grant."""
 
-    max: LimitAmount
+    max: PositiveAmount
 
 
 class LimitIn(StrictIn):
@@ -1031,14 +1039,24 @@ class LimitRequestOut(LimitRequestFields):
 # --- grants ------------------------------------------------------------------------------------
 
 
+def _priority(value: Any, info: ValidationInfo) -> int:
+    priority = _tokens(value, info)
+    if priority > MAX_PRIORITY:
+        raise PydanticCustomError("priority", f"must be a whole number from 0 to {MAX_PRIORITY}")
+    return priority
+
+
+Priority = Annotated[int, BeforeValidator(_priority),
+                     WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_PRIORITY})]
+
+
 class GrantIn(StrictIn):
     """Prepaid dollars for a user or a team, used after the periodic limits are."""
 
-    amount: LimitAmount
+    amount: PositiveAmount
     expires_at: Timestamp | None = Field(None, description="When its rest becomes void; null: never.")
-    priority: int | None = Field(None, strict=True, ge=0, le=1_000_000,
-                                 description="Grants are used by priority (lower first), then the earliest expiry. "
-                                             "Default 1.")
+    priority: Priority | None = Field(None, description="Grants are used by priority (lower first), then the "
+                                                         "earliest expiry. Default 1.")
     note: Reason | None = None
 
 

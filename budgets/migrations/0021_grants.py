@@ -44,7 +44,7 @@ class Migration(migrations.Migration):
                 ('used', budgets.base.fields.MoneyField(decimal_places=12, default=Decimal('0'), max_digits=24)),
                 ('priority', models.PositiveIntegerField(default=1, help_text='Lower is used first.')),
                 ('expires_at', models.DateTimeField(blank=True, null=True)),
-                ('note', models.CharField(blank=True, max_length=500)),
+                ('note', models.CharField(blank=True, max_length=2000)),
                 ('source', models.CharField(choices=[('manual', 'Granted'), ('rollover', 'Rollover')], default='manual', max_length=8)),
                 ('window_start', models.DateTimeField(blank=True, null=True)),
                 ('voided', budgets.base.fields.MoneyField(blank=True, decimal_places=12, help_text='The rest made void at expiry (or when revoked).', max_digits=24, null=True)),

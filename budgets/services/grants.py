@@ -36,6 +36,7 @@ from .limits import validate_amount, validate_subject
 ZERO = Decimal(0)
 MAX_GRANT_LIFE = timedelta(days=3660)
 MAX_PRIORITY = 1_000_000
+MAX_NOTE = 2000  # as a limit request's reason
 EXPIRE_BATCH = 500
 
 
@@ -62,8 +63,8 @@ def _validate(amount: Any, expires_at: Any, priority: Any, note: Any, at: dateti
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
         raise InvalidInput(f"priority must be a whole number from 0 to {MAX_PRIORITY} (lower is used first)")
     note = "" if note is None else note
-    if not isinstance(note, str) or len(note) > 500:
-        raise InvalidInput("note must be text of at most 500 characters")
+    if not isinstance(note, str) or len(note) > MAX_NOTE:
+        raise InvalidInput(f"note must be text of at most {MAX_NOTE} characters")
     return value, priority, note
 
 
