@@ -29,7 +29,8 @@ def edit_form(state: LimitState) -> LimitEditForm:
     """A limit row's edit form with the limit's values."""
     return LimitEditForm(initial={"amount": plain_amount(state.amount), "mode": state.mode,
                                   "thresholds": ", ".join(str(t) for t in state.thresholds or ()),
-                                  "grace_percent": state.grace_percent, "rollover_max": plain_amount(state.rollover_max)},
+                                  "grace_percent": state.grace_percent,
+                                  "rollover_max": plain_amount(state.rollover_max)},
                          rollover_allowed=rollover_allowed(state.scope, state.unit, state.model, state.window),
                          auto_id=f"id_limit{state.id}_%s")
 

@@ -23,7 +23,6 @@ from ..services.user_budgets import budget_delete as budget_delete_service
 from ..services.user_budgets import budget_reset as budget_reset_service
 from ..services.user_budgets import budget_set
 from . import charts
-from .grants import grant_give, grants_card
 from .common import (
     actor,
     current_project,
@@ -31,6 +30,7 @@ from .common import (
     render_page,
     run_form,
 )
+from .grants import grant_give, grants_card
 
 # (sort key, heading, numeric: the first click sorts biggest first)
 USER_COLUMNS = (("user", "User", False), ("budget", "Budget", True), ("spend", "Spend", True),
