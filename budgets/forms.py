@@ -512,6 +512,16 @@ class LimitForm(forms.Form):
         label="Alert thresholds (%)", required=False, max_length=200,
         widget=forms.TextInput(attrs={"placeholder": "the project's"}),
         help_text="This limit's own, e.g. 50, 90, 100 (at most 10); empty: the project's list.")
+    grace_percent = forms.IntegerField(
+        label="Grace (%)", required=False, min_value=0, max_value=100,
+        widget=forms.NumberInput(attrs={"placeholder": "none"}),
+        help_text="A hard limit refuses only past the limit × (1 + grace/100); the alerts still fire at 100 %.")
+    rollover_max = forms.DecimalField(
+        label="Rollover max ($)", required=False, min_value=Decimal(0), max_value=MAX_AMOUNT, max_digits=19,
+        decimal_places=12, widget=forms.NumberInput(attrs={"step": "any", "inputmode": "decimal",
+                                                           "placeholder": "none"}),
+        help_text="At each reset the unused part, up to this, becomes a credit for the next window. Only a "
+                  "user's or a team's dollar limit on every model with a window.")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -520,10 +530,16 @@ class LimitForm(forms.Form):
                 Column("model", css_class="col-md-4")),
             Row(Column("unit", css_class="col-md-3"), Column("window", css_class="col-md-3"),
                 Column("amount", css_class="col-md-3"), Column("mode", css_class="col-md-3")),
-            "thresholds")
+            Row(Column("thresholds", css_class="col-md-4"), Column("grace_percent", css_class="col-md-4"),
+                Column("rollover_max", css_class="col-md-4")))
 
     def clean_thresholds(self) -> list[int] | None:
         return limit_thresholds(self.cleaned_data["thresholds"])
+
+    def clean_rollover_max(self) -> dict[str, Decimal] | None:
+        """The service's shape ({"max": dollars}); empty: none."""
+        value = self.cleaned_data["rollover_max"]
+        return None if value is None else {"max": value}
 
 
 def limit_thresholds(text: str) -> list[int] | None:
@@ -537,17 +553,39 @@ def limit_thresholds(text: str) -> list[int] | None:
 
 
 class LimitEditForm(forms.Form):
+    """A limit's changes; grace and rollover change only when the form sent them (an empty one removes it)."""
+
     amount = limit_amount_field()
     mode = forms.ChoiceField(label="Mode", choices=Limit.Mode.choices)
     thresholds = forms.CharField(label="Alert thresholds (%)", required=False, max_length=200)
+    grace_percent = LimitForm.base_fields["grace_percent"]
+    rollover_max = LimitForm.base_fields["rollover_max"]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, rollover_allowed: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.rollover_allowed = rollover_allowed  # the row offers the rollover field (services.limits' rule)
         self.helper = _helper(Row(Column("amount", css_class="col-md-6"), Column("mode", css_class="col-md-6")),
-                              "thresholds")
+                              "thresholds", "grace_percent", "rollover_max")
 
     def clean_thresholds(self) -> list[int] | None:
         return limit_thresholds(self.cleaned_data["thresholds"])
+
+    clean_rollover_max = LimitForm.clean_rollover_max
+
+    def changes(self) -> dict[str, Any]:
+        """The service's keyword arguments: grace and rollover only if the form sent them."""
+        data = self.cleaned_data
+        changes = {"amount": data["amount"], "mode": data["mode"], "thresholds": data["thresholds"]}
+        for field, argument in (("grace_percent", "grace_percent"), ("rollover_max", "rollover")):
+            if field in self.data:
+                changes[argument] = data[field]
+        return changes
+
+
+def rollover_allowed(scope: str, unit: str, model: str | None, window: str) -> bool:
+    """Whether a limit may roll over (services.limits.validate_rollover's rule), to offer the field."""
+    return (scope in (Limit.Scope.USER, Limit.Scope.TEAM) and unit == Limit.Unit.USD and not model
+            and window != Limit.Window.LIFETIME)
 
 
 class TeamForm(forms.Form):
@@ -654,4 +692,26 @@ class LimitRequestForm(forms.Form):
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         data["until"] = _aware(data.get("until"), self.tz)
+        return data
+
+
+class GrantForm(forms.Form):
+    """A credit (a grant) for a user or a team; the service checks the amount, the expiry and the note again."""
+
+    amount = money_field("Amount ($)", help_text="Prepaid dollars, used after the periodic limits are.")
+    expires_at = _until_field("Expires at", "Optional; in the project's time zone. Empty: never.")
+    priority = forms.IntegerField(label="Priority", required=False, min_value=0, max_value=1_000_000,
+                                  widget=forms.NumberInput(attrs={"placeholder": "1"}),
+                                  help_text="Lower is used first (default 1).")
+    note = forms.CharField(label="Note", required=False, max_length=500)
+
+    def __init__(self, *args: Any, tz: str = "UTC", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tz = tz
+        self.helper = _helper(Row(Column("amount", css_class="col-md-2"), Column("expires_at", css_class="col-md-3"),
+                                  Column("priority", css_class="col-md-2"), Column("note", css_class="col-md-5")))
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        data["expires_at"] = _aware(data.get("expires_at"), self.tz)
         return data

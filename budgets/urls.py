@@ -13,6 +13,7 @@ from django.urls import path
 from .views.auth import ConsoleLoginView
 from .views.bulk import budget_bulk, budget_import
 from .views.export import export_csv
+from .views.grants import grant_detail, grant_revoke
 from .views.history import alert_history, audit_log, slack_test, webhook_test
 from .views.invitations import invitation_accept
 from .views.keys import key_create, key_list, key_revoke
@@ -24,8 +25,16 @@ from .views.periods import project_periods
 from .views.project_manage import project_delete, project_new
 from .views.project_settings import alert_settings_save, fallbacks_save, project_settings, project_settings_save
 from .views.projects import project_list, project_overview
-from .views.teams import team_detail, team_list, team_remove
-from .views.users import budget_create, budget_delete, budget_edit, budget_reset, user_detail, user_list
+from .views.teams import team_detail, team_grant_new, team_list, team_remove
+from .views.users import (
+    budget_create,
+    budget_delete,
+    budget_edit,
+    budget_reset,
+    user_detail,
+    user_grant_new,
+    user_list,
+)
 
 urlpatterns = [
     # Password login (PASSWORD_LOGIN) and the single sign-on button (OIDC_ISSUER): views/auth.py.
@@ -60,6 +69,11 @@ urlpatterns = [
     path("projects/<int:project_id>/requests/", request_list, name="limit_requests"),
     path("projects/<int:project_id>/requests/new/", request_new, name="limit_request_new"),
     path("projects/<int:project_id>/requests/<int:request_id>/decide/", request_decide, name="limit_request_decide"),
+    # Grants (credits): given from a user's or a team's page; a grant's page lists what it paid.
+    path("projects/<int:project_id>/grants/new/user/<path:user_id>", user_grant_new, name="user_grant_new"),
+    path("projects/<int:project_id>/grants/new/team/<str:team>/", team_grant_new, name="team_grant_new"),
+    path("projects/<int:project_id>/grants/<int:grant_id>/", grant_detail, name="grant_detail"),
+    path("projects/<int:project_id>/grants/<int:grant_id>/revoke/", grant_revoke, name="grant_revoke"),
     path("projects/<int:project_id>/teams/", team_list, name="team_list"),
     path("projects/<int:project_id>/teams/<str:team>/", team_detail, name="team_detail"),
     path("projects/<int:project_id>/teams/<str:team>/delete/", team_remove, name="team_remove"),

@@ -23,6 +23,7 @@ from budgets.models import (
     ApiKey,
     AuditLog,
     CostEvent,
+    Grant,
     Invitation,
     Limit,
     LimitIncrease,
@@ -32,6 +33,7 @@ from budgets.models import (
     Role,
     UserBudget,
 )
+from budgets.services.grants import grant_create
 
 pytestmark = pytest.mark.django_db
 
@@ -70,6 +72,7 @@ def _project(name: str, people: dict[str, object]) -> Team:
     limit = services.limit_create(project=project, scope="user", subject="alice", amount=5, actor="test")
     request = services.limit_request_create(project=project, user_id="alice", amount=1, requested_by="key:test")
     increase = services.limit_raise(limit=limit, amount=1, windows=1, actor="test")
+    grant_create(project=project, scope="user", subject="alice", amount=Decimal(3), actor="test")
     return Team(project, people, extra, key, invitation, limit, request, increase)
 
 
@@ -129,6 +132,10 @@ def INCREASE(team: Team) -> int:
 def RESEARCH(team: Team) -> str:
     return "research"
 
+
+def GRANT(team: Team) -> int:
+    return Grant.objects.get(project=team.project).pk
+
 ROUTES = [
     Route("overview", "get", Action.VIEW, _u("project_overview")),
     Route("users", "get", Action.VIEW, _u("user_list")),
@@ -153,6 +160,10 @@ ROUTES = [
     Route("limit raise", "post", Action.CHANGE, _u("limit_raise_new", LIMIT), lambda t: {"amount": "2", "windows": "1"},
           302),
     Route("raise end", "post", Action.CHANGE, _u("limit_raise_remove", LIMIT, INCREASE), ok=302),
+    Route("grant", "get", Action.VIEW, _u("grant_detail", GRANT)),
+    Route("user grant", "post", Action.CHANGE, _u("user_grant_new", ALICE), lambda t: {"amount": "2"}, 302),
+    Route("team grant", "post", Action.CHANGE, _u("team_grant_new", RESEARCH), lambda t: {"amount": "2"}, 302),
+    Route("grant revoke", "post", Action.CHANGE, _u("grant_revoke", GRANT), ok=302),
     Route("requests", "get", Action.VIEW, _u("limit_requests")),
     Route("request new", "post", Action.CHANGE, _u("limit_request_new"),
           lambda t: {"user_id": "alice", "amount": "1", "reason": "a demo"}, 302),

@@ -5,12 +5,14 @@ from __future__ import annotations
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
+from django.utils.timezone import now as utcnow
 from django.views.decorators.http import require_POST
 
 from ..base.errors import NotFound
-from ..forms import TeamForm
-from ..models import Action, Project, Team
+from ..forms import GrantForm, TeamForm
+from ..models import Action, Grant, Project, Team
 from ..selectors import console as selectors
+from ..selectors.grants import states_with_rooms
 from ..selectors.limits import LimitState
 from ..selectors.teams import (
     limit_rows,
@@ -26,6 +28,7 @@ from ..services.limit_windows import limits_current
 from ..services.teams import team_delete, team_set
 from . import charts
 from .common import actor, current_project, render_page, run_action, run_form
+from .grants import grant_give, grants_card
 
 
 def _team(project: Project, name: str) -> Team:
@@ -40,9 +43,11 @@ def _list_page(request: HttpRequest, project: Project, form: TeamForm, *, status
     return render_page(request, "console/teams.html", context, project=project, nav="teams", status=status)
 
 
-def _detail_page(request: HttpRequest, project: Project, team: Team, form: TeamForm, *,
-                 status: int = 200) -> HttpResponse:
+def _detail_page(request: HttpRequest, project: Project, team: Team, form: TeamForm | None = None, *,
+                 status: int = 200, grant_form: GrantForm | None = None) -> HttpResponse:
     members = team_members(team)
+    if form is None:
+        form = TeamForm(initial={"name": team.name, "members": "\n".join(members)}, fixed_name=True)
     rng = selectors.DateRange.last_days(30, selectors.project_zone(project))
     daily = team_daily_spend(project, rng, members)
     limits = limits_current(project, team_limits(project, team.name))
@@ -50,7 +55,9 @@ def _detail_page(request: HttpRequest, project: Project, team: Team, form: TeamF
         "team": team, "members": members, "form": form, "daily": daily,
         "spend_chart": charts.daily_by_model(daily), "month_start": month_start(project),
         "spend_this_month": team_spend_this_month(project, members),
-        "rows": [(row, None) for row in limit_rows(LimitState.of_limit(limit) for limit in limits)],
+        "rows": [(row, None) for row in limit_rows(states_with_rooms(
+            project.pk, [LimitState.of_limit(limit) for limit in limits], utcnow()))],
+        **grants_card(project, Grant.Scope.TEAM, team.name, grant_form),
     }
     return render_page(request, "console/team_detail.html", context, project=project, nav="teams", status=status)
 
@@ -67,9 +74,17 @@ def team_list(request: HttpRequest, project_id: int) -> HttpResponse:
 @login_required
 def team_detail(request: HttpRequest, project_id: int, team: str) -> HttpResponse:
     project = current_project(request, project_id)
+    return _detail_page(request, project, _team(project, team))
+
+
+@login_required
+@require_POST
+def team_grant_new(request: HttpRequest, project_id: int, team: str) -> HttpResponse:
+    """Give the team credit (a grant) from its page."""
+    project = current_project(request, project_id, Action.CHANGE)
     found = _team(project, team)
-    form = TeamForm(initial={"name": found.name, "members": "\n".join(team_members(found))}, fixed_name=True)
-    return _detail_page(request, project, found, form)
+    return grant_give(request, project, Grant.Scope.TEAM, found.name,
+                      refused=lambda form: _detail_page(request, project, found, status=400, grant_form=form))
 
 
 def _team_save(request: HttpRequest, project_id: int) -> HttpResponse:

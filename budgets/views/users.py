@@ -9,11 +9,13 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
+from django.utils.timezone import now as utcnow
 from django.views.decorators.http import require_POST
 
-from ..forms import BULK_PERIOD_CHOICES, BudgetForm, CreateBudgetForm, UserSearchForm, plain_amount
-from ..models import Action, Duration, Project, UserBudget
+from ..forms import BULK_PERIOD_CHOICES, BudgetForm, CreateBudgetForm, GrantForm, UserSearchForm, plain_amount
+from ..models import Action, Duration, Grant, Project, UserBudget
 from ..selectors import console as selectors
+from ..selectors.grants import states_with_rooms
 from ..selectors.limits import LimitState, team_of
 from ..selectors.teams import binding_first, limit_rows, limits_on_user
 from ..services.limit_windows import limits_current
@@ -28,6 +30,7 @@ from .common import (
     render_page,
     run_form,
 )
+from .grants import grant_give, grants_card
 
 # (sort key, heading, numeric: the first click sorts biggest first)
 USER_COLUMNS = (("user", "User", False), ("budget", "Budget", True), ("spend", "Spend", True),
@@ -85,8 +88,11 @@ def budget_create(request: HttpRequest, project_id: int) -> HttpResponse:
         done=lambda done: redirect(done[0]), refused=lambda: _users_page(request, project, form, status=400))
 
 
-def _detail_page(request: HttpRequest, project: Project, budget: UserBudget, form: BudgetForm,
-                 status: int = 200) -> HttpResponse:
+def _detail_page(request: HttpRequest, project: Project, budget: UserBudget, form: BudgetForm | None = None,
+                 status: int = 200, *, grant_form: GrantForm | None = None) -> HttpResponse:
+    if form is None:
+        form = BudgetForm(initial={"total_budget": plain_amount(budget.total_budget), "duration": budget.duration,
+                                   "duration_days": budget.duration_days})
     zone = selectors.project_zone(project)
     rng = selectors.DateRange.last_days(30, zone)
     daily = selectors.daily_spend(project, rng, user_id=budget.user_id)
@@ -108,10 +114,11 @@ def _detail_page(request: HttpRequest, project: Project, budget: UserBudget, for
         "ledger": selectors.ledger_page(project, user_id=budget.user_id, page=request.GET.get("page")),
         "export_query": urlencode({"user": budget.user_id}),
         "team": team,
-        "limit_rows": [(row, None) for row in limit_rows(binding_first(
-            [LimitState.of_budget(budget), *filter(None, [LimitState.of_project(project)]),
-             *(LimitState.of_limit(limit) for limit in limits_current(project, limits_on_user(project, budget.user_id,
-                                                                                              team)))]))],
+        "limit_rows": [(row, None) for row in limit_rows(binding_first(states_with_rooms(project.pk, [
+            LimitState.of_budget(budget), *filter(None, [LimitState.of_project(project)]),
+            *(LimitState.of_limit(limit) for limit in limits_current(project, limits_on_user(project, budget.user_id,
+                                                                                             team)))], utcnow())))],
+        **grants_card(project, Grant.Scope.USER, budget.user_id, grant_form),
     }
     return render_page(request, "console/user_detail.html", context, project=project, nav="users", status=status)
 
@@ -120,9 +127,17 @@ def _detail_page(request: HttpRequest, project: Project, budget: UserBudget, for
 def user_detail(request: HttpRequest, project_id: int, user_id: str) -> HttpResponse:
     project = current_project(request, project_id)
     budget = get_budget_for_project(project, user_id)
-    initial = {"total_budget": plain_amount(budget.total_budget), "duration": budget.duration,
-               "duration_days": budget.duration_days}
-    return _detail_page(request, project, budget, BudgetForm(initial=initial))
+    return _detail_page(request, project, budget)
+
+
+@login_required
+@require_POST
+def user_grant_new(request: HttpRequest, project_id: int, user_id: str) -> HttpResponse:
+    """Give the user credit (a grant) from their page."""
+    project = current_project(request, project_id, Action.CHANGE)
+    budget = get_budget_for_project(project, user_id)
+    return grant_give(request, project, Grant.Scope.USER, budget.user_id,
+                      refused=lambda form: _detail_page(request, project, budget, status=400, grant_form=form))
 
 
 @login_required
