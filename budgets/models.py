@@ -876,6 +876,14 @@ class Grant(models.Model):
     def active_at(self, at: datetime) -> bool:
         return self.voided_at is None and (self.expires_at is None or at < self.expires_at)
 
+    def status_at(self, at: datetime) -> str:
+        """active; used (nothing left); expired (its rest void from its expiry on); void (revoked)."""
+        if self.voided_at is not None and not (self.expires_at and self.voided_at >= self.expires_at):
+            return "void"
+        if self.expires_at is not None and self.expires_at <= at:
+            return "expired"
+        return "used" if self.used >= self.amount else "active"
+
     def __str__(self) -> str:
         return f"${self.amount} for {self.scope} {self.subject!r}"
 

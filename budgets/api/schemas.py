@@ -1082,11 +1082,7 @@ class GrantOut(Schema):
 
     @staticmethod
     def resolve_status(grant: Any) -> str:
-        if grant.voided_at is not None and not (grant.expires_at and grant.voided_at >= grant.expires_at):
-            return "void"
-        if grant.expires_at is not None and grant.expires_at <= utcnow():
-            return "expired"
-        return "used" if grant.used >= grant.amount else "active"
+        return grant.status_at(utcnow())
 
     @staticmethod
     def resolve_remaining(grant: Any) -> Decimal:

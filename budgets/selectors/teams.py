@@ -100,9 +100,9 @@ class LimitRow:
 
     @property
     def utilisation(self) -> Decimal | None:
-        if self.state.limit <= 0:
+        if self.state.capacity <= 0:  # the limit with its grants (paid and left)
             return None
-        return (self.state.used + self.state.held) * 100 / self.state.limit
+        return (self.state.used + self.state.held) * 100 / self.state.capacity
 
     @property
     def is_money(self) -> bool:

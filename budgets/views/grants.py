@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -27,16 +26,6 @@ from .common import actor, current_project, render_page, run_action, run_form
 ZERO = Decimal(0)
 
 
-def grant_status(grant: Grant, at: datetime) -> str:
-    """active, used (nothing left), expired (its rest void at expiry) or void (revoked): the API's words
-    (api.schemas.GrantOut.resolve_status, which the console may not import)."""
-    if grant.voided_at is not None and not (grant.expires_at and grant.voided_at >= grant.expires_at):
-        return "void"
-    if grant.expires_at is not None and grant.expires_at <= at:
-        return "expired"
-    return "used" if grant.used >= grant.amount else "active"
-
-
 @dataclass(frozen=True)
 class GrantRow:
     """A grant as the card shows it: its status and what it has left now."""
@@ -53,7 +42,7 @@ def grants_card(project: Project, scope: str, subject: str, form: GrantForm | No
     """The Grants card's context: the subject's grants (active first, in the order they are used), the total
     they have left, and the Give credit form."""
     at = utcnow()
-    rows = [GrantRow(grant, grant_status(grant, at)) for grant in grants_of(project, scope, subject)]
+    rows = [GrantRow(grant, grant.status_at(at)) for grant in grants_of(project, scope, subject)]
     return {"grants": rows, "grants_left": sum((row.remaining for row in rows), ZERO),
             "grant_form": form or GrantForm(tz=project.timezone)}
 
@@ -90,7 +79,7 @@ def grant_detail(request: HttpRequest, project_id: int, grant_id: int) -> HttpRe
     """A grant and the ledger rows it paid (the newest 100)."""
     project = current_project(request, project_id)
     grant = _grant(project, grant_id)
-    row = GrantRow(grant, grant_status(grant, utcnow()))
+    row = GrantRow(grant, grant.status_at(utcnow()))
     context = {"row": row, "grant": grant, "uses": grant_uses(grant),
                "back": subject_url(project, grant.scope, grant.subject)}
     nav = "users" if grant.scope == Grant.Scope.USER else "teams"
@@ -105,7 +94,7 @@ def grant_revoke(request: HttpRequest, project_id: int, grant_id: int) -> HttpRe
     grant = _grant(project, grant_id)
     back = request.POST.get("next") == "grant" and reverse("grant_detail", args=[project.pk, grant.pk])
     back = back or subject_url(project, grant.scope, grant.subject)
-    if grant_status(grant, utcnow()) != "active":
+    if grant.status_at(utcnow()) != "active":
         messages.error(request, f"Grant {grant.pk} is not active: there is nothing left to revoke.")
         return redirect(back)
     return run_action(request, lambda: grant_void(grant=grant, actor=actor(request)),
