@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
-from ..base.errors import InvalidInput
+from ..base.errors import InvalidInput, Unprocessable
 from ..base.validation import USER_ID_MAX, validate_user_id
 from ..domain import periods
 from ..models import Duration
@@ -31,3 +32,14 @@ def validate_timezone(name: Any) -> str:
         return periods.validate_timezone(name)
     except (ValueError, TypeError):
         raise InvalidInput(f"unknown time zone: {name!r}") from None
+
+
+def validate_future_instant(value: Any, at: datetime, *, field: str, within: timedelta, too_far: str) -> datetime:
+    """An aware datetime after `at` and at most `within` after it (`too_far`: what the error says past that)."""
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise InvalidInput(f"{field} must be a date and time with its UTC offset")
+    if value <= at:
+        raise Unprocessable(f"{field} must be in the future (it is now {at.isoformat()})")
+    if value - at > within:
+        raise Unprocessable(too_far)
+    return value

@@ -23,7 +23,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils.timezone import now as utcnow
 
-from ..base.errors import InvalidInput, NotFound, Unprocessable
+from ..base.errors import InvalidInput, NotFound
 from ..base.fields import money
 from ..models import CostEvent, Grant, GrantUse, Limit, Project, UserBudget
 from ..selectors.grants import active_grants, extended
@@ -31,6 +31,7 @@ from ..selectors.limits import LimitState
 from . import alerts
 from .admission import lock_project
 from .audit import write_audit
+from .common import validate_future_instant
 from .limits import validate_amount, validate_subject
 
 ZERO = Decimal(0)
@@ -53,12 +54,8 @@ def _validate(amount: Any, expires_at: Any, priority: Any, note: Any, at: dateti
     if value <= 0:
         raise InvalidInput("a grant's amount must be more than $0")
     if expires_at is not None:
-        if not isinstance(expires_at, datetime) or expires_at.tzinfo is None:
-            raise InvalidInput("expires_at must be a date and time with its UTC offset")
-        if expires_at <= at:
-            raise Unprocessable(f"expires_at must be in the future (it is now {at.isoformat()})")
-        if expires_at - at > MAX_GRANT_LIFE:
-            raise Unprocessable("a grant expires within ten years (or leave expires_at out: it never expires)")
+        validate_future_instant(expires_at, at, field="expires_at", within=MAX_GRANT_LIFE,
+                                too_far="a grant expires within ten years (or leave expires_at out: it never expires)")
     priority = 1 if priority is None else priority
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
         raise InvalidInput(f"priority must be a whole number from 0 to {MAX_PRIORITY} (lower is used first)")

@@ -22,6 +22,7 @@ from ..models import Limit, LimitIncrease, LimitRequest, Project
 from . import alerts
 from .admission import limits_lock, lock_project
 from .audit import write_audit
+from .common import validate_future_instant
 from .limit_windows import limits_current, raises_refresh, window_of
 from .limits import validate_amount
 
@@ -55,13 +56,8 @@ def raise_end(project: Project, limit: Limit, *, expires_at: Any = None, windows
             _, end = window_of(limit.window, project, end)
         assert end is not None
         return end
-    if not isinstance(expires_at, datetime) or expires_at.tzinfo is None:
-        raise InvalidInput("expires_at must be a date and time with its UTC offset")
-    if expires_at <= at:
-        raise Unprocessable(f"expires_at must be in the future (it is now {at.isoformat()})")
-    if expires_at - at > MAX_RAISE:
-        raise Unprocessable("a raise lasts at most ten years: change the limit's amount instead")
-    return expires_at
+    return validate_future_instant(expires_at, at, field="expires_at", within=MAX_RAISE,
+                                   too_far="a raise lasts at most ten years: change the limit's amount instead")
 
 
 def limit_raise(*, limit: Limit, amount: Any, expires_at: Any = None, windows: Any = None, actor: str,
