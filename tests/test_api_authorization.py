@@ -25,6 +25,7 @@ from budgets.models import (
     AuditLog,
     BudgetPeriod,
     CostEvent,
+    Grant,
     Limit,
     LimitIncrease,
     LimitRequest,
@@ -62,12 +63,16 @@ BODIES: dict[tuple[str, str], Any] = {
     ("PUT", "/api/v1/fallbacks"): {"fallbacks": {"gpt-4o": ["gpt-4o-mini"]}},
     ("POST", "/api/v1/limits/{limit_id}/increases"): {"amount": 1, "windows": 1},
     ("POST", "/api/v1/users/{user}/limit-requests"): {"amount": 1},
+    ("POST", "/api/v1/users/{user}/grants"): {"amount": 1},
+    ("POST", "/api/v1/teams/{team}/grants"): {"amount": 1},
 }
 # Operations that create the object when it is missing: with A's key that is A's own new object.
 CREATES = {("PUT", "/api/v1/users/{user}/budget"), ("PUT", "/api/v1/teams/{team}")}
 # Operations that answer A's own view for any user id: the limits A's project would apply to that user's calls
 # (a limit request for a user no limit of A applies to is 422).
-OWN_VIEW_OF_ANY_USER = {("GET", "/api/v1/users/{user}/limits"), ("POST", "/api/v1/users/{user}/limit-requests")}
+# A's grants of any user id: none for a user A never granted anything.
+OWN_VIEW_OF_ANY_USER = {("GET", "/api/v1/users/{user}/limits"), ("POST", "/api/v1/users/{user}/limit-requests"),
+                        ("GET", "/api/v1/users/{user}/grants")}
 
 
 def _operations() -> list[tuple[str, str, dict[str, Any]]]:
@@ -103,6 +108,7 @@ def b_state(b: Project) -> dict[str, Any]:
         "limits": list(Limit.objects.filter(project=b).order_by("pk").values()),
         "raises": list(LimitIncrease.objects.filter(limit__project=b).order_by("pk").values()),
         "requests": list(LimitRequest.objects.filter(project=b).order_by("pk").values()),
+        "grants": list(Grant.objects.filter(project=b).order_by("pk").values()),
         "teams": list(TeamMember.objects.filter(project=b).order_by("pk").values("team__name", "user_id")),
     }
 
@@ -139,12 +145,15 @@ def two_projects(project) -> dict[str, Any]:
     response = call(client, b_key, "POST", f"/api/v1/users/{B_ONLY_USER}/limit-requests", {"amount": 1})
     assert response.status_code == 201, response.content
     b_request = json.loads(response.content)["id"]
+    response = call(client, b_key, "POST", f"/api/v1/users/{SHARED_USER}/grants", {"amount": 555.5})
+    assert response.status_code == 201, response.content
+    b_grant = json.loads(response.content)["id"]
     # The control: B's own key sees B's objects and the markers, so a missing marker means something.
     assert "b-secret-model" in call(client, b_key, "GET", f"/api/v1/users/{SHARED_USER}").content.decode()
     own = call(client, b_key, "GET", f"/api/v1/reservations/{b_reservation}")
     assert own.status_code == 200 and "55.5" in own.content.decode()
     return {"a": a, "b": b, "a_key": a_key, "b_key": b_key, "b_reservation": b_reservation, "b_limit": b_limit,
-            "b_increase": b_increase, "b_request": b_request, "client": client}
+            "b_increase": b_increase, "b_request": b_request, "b_grant": b_grant, "client": client}
 
 
 def test_the_schema_lists_the_operations_this_matrix_expects():
@@ -168,6 +177,7 @@ def test_a_key_never_reads_or_changes_another_projects_objects(two_projects, met
         url = url.replace("{limit_id}", str(two_projects["b_limit"])).replace("{team}", B_TEAM)
         url = url.replace("{increase_id}", str(two_projects["b_increase"]))
         url = url.replace("{request_id}", str(two_projects["b_request"]))
+        url = url.replace("{grant_id}", str(two_projects["b_grant"]))
         if user is not None:
             url = url.replace("{user}", user)
         query = {"user": B_ONLY_USER} if "user" in params and params["user"]["in"] == "query" else None
@@ -177,8 +187,8 @@ def test_a_key_never_reads_or_changes_another_projects_objects(two_projects, met
 
         assert status < 500, (url, status, text[:300])
         assert not any(marker in text for marker in B_MARKERS), (url, status, text[:500])
-        if "{reservation_id}" in path or "{limit_id}" in path or "{request_id}" in path:
-            # B's reservation, limit or limit request does not exist for A
+        if any(name in path for name in ("{reservation_id}", "{limit_id}", "{request_id}", "{grant_id}")):
+            # B's reservation, limit, limit request or grant does not exist for A
             assert status == 404, (url, status, text[:300])
         elif "{team}" in path:
             # B's team does not exist for A; PUT makes A's own team of that name.

@@ -231,7 +231,7 @@ def test_the_sweep_task_returns_how_many_it_reset(project, make_budget, time_mac
     time_machine.move_to("2026-03-11 00:00:00+00:00", tick=False)
 
     assert tasks.reset_sweep.apply().get() == {"budgets": 1, "projects": 0, "reservations": 0, "deleted_rows": 0,
-                                               "limits": 0}
+                                               "limits": 0, "grants": 0}
 
 
 # --- the schedule in django-celery-beat's tables ---------------------------------------------

@@ -215,7 +215,8 @@ def test_a_worker_resets_a_due_budget_with_the_sweep_task(broker, project, make_
         tasks.reset_sweep.delay()
         (result,) = worker.wait_for("budgets.reset_sweep")
 
-    assert result == {"budgets": 1, "projects": 0, "reservations": 0, "deleted_rows": 0, "limits": 0}
+    assert result == {"budgets": 1, "projects": 0, "reservations": 0, "deleted_rows": 0, "limits": 0,
+                      "grants": 0}
     budget.refresh_from_db()
     assert budget.current_spend == 0
     assert budget.next_reset_at > now()

@@ -47,8 +47,8 @@ def list_user_grants(request: HttpRequest, user: UserId):
 
 @router.post("/teams/{team}/grants", response={201: GrantOut, **ERRORS})
 def create_team_grant(request: HttpRequest, team: Identifier, payload: GrantIn):
-    """Grant the team prepaid dollars (201), used after the team's periodic dollar limits are."""
-    return _create(request, Grant.Scope.TEAM, team, payload)
+    """Grant the team prepaid dollars (201), used after the team's periodic dollar limits are; 404 without the team."""
+    return _create(request, Grant.Scope.TEAM, team_named(request_project(request), team).name, payload)
 
 
 @router.get("/teams/{team}/grants", response={200: GrantList, **ERRORS})

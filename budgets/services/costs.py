@@ -49,8 +49,9 @@ def admission_check(budget: UserBudget, project: Project, estimate: Decimal, *, 
     """May this user spend about `estimate` now? The user's budget, the project's cap and, for `call`,
     every applicable hard limit in its unit (`need`: the tokens and the request), read without locks."""
     at = utcnow()
-    budget.grant_room = grant_rooms(project.pk, [("user", budget.user_id)], at).get(  # type: ignore[attr-defined]
-        ("user", budget.user_id), Decimal(0))
+    if not hasattr(budget, "grant_room"):  # read with the budget by services.budget_current
+        budget.grant_room = grant_rooms(project.pk, [("user", budget.user_id)], at).get(  # type: ignore[attr-defined]
+            ("user", budget.user_id), Decimal(0))
     scope = exceeded_scope(budget, project, estimate)
     room = budget.remaining
     if project.max_budget is not None:

@@ -14,12 +14,16 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection, transaction
+from django.db.models import F, OuterRef, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
 from django.utils.timezone import now as utcnow
 
 from ..base.errors import UnknownUser
+from ..base.fields import MoneyField
 from ..domain import periods
 from ..models import AuditLog, BudgetPeriod, ModelSpend, Project, UserBudget
 from ..selectors.budgets import model_costs
+from ..selectors.grants import active_grants
 from .audit import SYSTEM_LAZY, SYSTEM_SWEEP, write_audit, write_audits
 
 RESET_BATCH_SIZE = 5000  # rows locked and reset per transaction
@@ -289,6 +293,9 @@ _BUDGET_COLUMNS = tuple(field.attname for field in UserBudget._meta.concrete_fie
 _READ_BUDGET = (
     "SELECT " + ", ".join(f"b.{column}" for column in _BUDGET_COLUMNS) + ", "
     + ", ".join(f"p.{column}" for column in PROJECT_FIGURES) + ", "
+    "(SELECT COALESCE(SUM(g.amount - g.used), 0) FROM budgets_grant g WHERE g.project_id = b.project_id "
+    "AND g.scope = 'user' AND g.subject = b.user_id AND g.voided_at IS NULL AND g.used < g.amount "
+    "AND (g.expires_at IS NULL OR g.expires_at > %s)), "
     "(SELECT COALESCE(jsonb_object_agg(s.model, s.spend::text), '{}'::jsonb) "
     "FROM budgets_modelspend s WHERE s.budget_id = b.id) "
     "FROM budgets_userbudget b JOIN budgets_project p ON p.id = b.project_id "
@@ -311,17 +318,23 @@ class CurrentBudget:
         return model_costs(self.budget)
 
 
-def _read_budget(project: Project, user_id: str) -> CurrentBudget | None:
-    """The budget (with its spend per model when read in one statement); the project's figures refreshed."""
+def _read_budget(project: Project, user_id: str, at: datetime) -> CurrentBudget | None:
+    """The budget (with its spend per model when read in one statement) and what the user's grants have
+    left at `at` (`grant_room`); the project's figures refreshed."""
     if connection.vendor != "postgresql":
-        budget = UserBudget.objects.select_related("project").filter(project=project, user_id=user_id).first()
-        if budget is None:
+        room = Subquery(active_grants(project.pk, at).filter(scope="user", subject=OuterRef("user_id")).order_by()
+                        .values("subject").annotate(rest=Sum(F("amount") - F("used"), output_field=MoneyField()))
+                        .values("rest"), output_field=MoneyField())
+        found = (UserBudget.objects.select_related("project").filter(project=project, user_id=user_id)
+                 .annotate(grant_room=Coalesce(room, Value(Decimal(0)), output_field=MoneyField())).first())
+        if found is None:
             return None
+        budget: UserBudget = found
         for name in PROJECT_FIGURES:
             setattr(project, name, getattr(budget.project, name))
         return CurrentBudget(budget)
     with connection.cursor() as cursor:
-        cursor.execute(_READ_BUDGET, [project.pk, user_id])
+        cursor.execute(_READ_BUDGET, [at, project.pk, user_id])
         row = cursor.fetchone()
     if row is None:
         return None
@@ -334,6 +347,7 @@ def _read_budget(project: Project, user_id: str) -> CurrentBudget | None:
         field = Project._meta.get_field(name)
         setattr(project, name, field.from_db_value(value, None, connection)  # type: ignore[union-attr]
                 if hasattr(field, "from_db_value") else value)
+    budget.grant_room = row[-2]  # type: ignore[attr-defined]
     costs = row[-1]
     costs = json.loads(costs) if isinstance(costs, str) else costs
     return CurrentBudget(budget, {model: Decimal(spend) for model, spend in costs.items()})
@@ -348,7 +362,7 @@ def budget_current(*, project: Project, user_id: str, at: datetime | None = None
     a cached copy from authentication, its spend seconds old.
     """
     project_refresh(project, at)
-    current = _read_budget(project, user_id)
+    current = _read_budget(project, user_id, at or utcnow())
     if current is None:
         raise UnknownUser(f"user {user_id!r} has no budget in project {project.name!r}")
     budget = current.budget
