@@ -409,11 +409,11 @@ def _set_budget_totals(project: Project, names: list[str], rng: random.Random) -
     for amount, ids in by_amount.items():
         for i in range(0, len(ids), BATCH_SIZE):
             UserBudget.objects.filter(pk__in=ids[i:i + BATCH_SIZE]).update(total_budget=amount)
-    # What budget_set writes for a new budget (spend was zero when it was created).
-    AuditLog.objects.bulk_create(
-        (AuditLog(project_id=project.pk, budget=b, user_id=b.user_id, action="budget_create", actor=ACTOR,
-                  after={**budget_snapshot(b), "current_spend": "0"}, created_at=b.created_at) for b in budgets),
-        batch_size=BATCH_SIZE,
+    # What budget_set writes for a new budget (spend was zero when it was created); COPY on PostgreSQL.
+    ledger.insert_rows(
+        AuditLog, ("project_id", "budget_id", "user_id", "action", "actor", "after", "created_at"),
+        [(project.pk, b.pk, b.user_id, "budget_create", ACTOR, {**budget_snapshot(b), "current_spend": "0"},
+          b.created_at) for b in budgets],
     )
     return over
 
@@ -428,7 +428,8 @@ def _close_past_periods(project: Project, zone: ZoneInfo) -> int:
     The ledger's sums by user, local day and model are the SpendDay rollups, just rebuilt from it:
     periods are whole local days, so a period's spend is the sum of its days' rows.
     """
-    budgets = {b.user_id: b for b in UserBudget.objects.filter(project=project).exclude(duration=Duration.NONE)}
+    budgets = {b.user_id: b for b in UserBudget.objects.filter(project=project).exclude(duration=Duration.NONE)
+               .values_list("pk", "user_id", "duration", "period_start", "total_budget", named=True)}
     first_current = {user: b.period_start.astimezone(zone).date() for user, b in budgets.items()}
     earlier = (SpendDay.objects.filter(project=project, day__lt=max(first_current.values(), default=date.min))
                .values_list("user_id", "day", "model", "spend"))
@@ -453,7 +454,10 @@ def _close_past_periods(project: Project, zone: ZoneInfo) -> int:
         # Every period from the first call's period to the current one, empty ones included.
         if budget.pk not in first_start:
             continue
-        period = periods.period_containing(budget.duration, project.timezone, first_start[budget.pk])
+        key = (budget.duration, first_start[budget.pk])
+        if key not in next_of:
+            next_of[key] = periods.period_containing(budget.duration, project.timezone, first_start[budget.pk])
+        period = next_of[key]
         while period.next_reset is not None and period.start < budget.period_start:
             spend = per_period.get((budget.pk, period.start), {})
             rows.append((budget.pk, project.pk, budget.user_id, period.start, period.next_reset,
