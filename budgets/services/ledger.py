@@ -879,21 +879,22 @@ def seed(project: Project, rows: Iterable[Sequence[Any]] | SeedQuery) -> int:
         else:
             # No tags: COPY leaves out columns not named, and the ledger's tags are "" (not NULL) when none.
             written = bulk_insert(CostEvent, (*SEED_COLUMNS, "tags"), ((*row, "") for row in rows))
-    analyze(CostEvent)
-    rollups_rebuild(project)
-    _derive_spend(project)
+        analyze(CostEvent)
+        rollups_rebuild(project)
+        _derive_spend(project)
     return written
 
 
 @contextmanager
 def _references_checked_at_once(project: Project) -> Iterator[None]:
-    """On PostgreSQL, the seeded rows' foreign keys checked by one query instead of row by row.
+    """On PostgreSQL, the seeded rows' foreign keys checked by a few queries instead of row by row.
 
-    Each inserted row queues a check per foreign key, run at commit: for a million rows that is
-    two million index lookups and row locks, a third of the seed's time. Where the role may set
-    session_replication_role (a superuser, or GRANT SET ON PARAMETER), the rows go in without them
-    and one anti-join checks the same thing (every budget_id and project_id names a row), with the
-    referenced rows locked as the per-row checks lock them (FOR KEY SHARE). Elsewhere, row by row.
+    Each inserted row queues a check per foreign key, run at commit: for a million ledger rows and
+    their rollups that is two and a half million index lookups and row locks. Where the role may set
+    session_replication_role (a superuser, or GRANT SET ON PARAMETER), the rows go in without them,
+    and the same is checked at once: the ledger's rows name the project and budgets that exist (the
+    rollups and ModelSpend rows derived from them name only those), which are locked as the per-row
+    checks lock them (FOR KEY SHARE). Elsewhere the checks run row by row, as always.
     """
     if not _postgres():
         yield
