@@ -440,7 +440,7 @@ def _close_past_periods(project: Project, zone: ZoneInfo) -> int:
     per_period: dict[tuple[int, datetime], dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     first_start: dict[int, datetime] = {}
     found_periods: dict[tuple[str, Any], periods.Period] = {}
-    for user_id, day, model, spend in earlier.iterator(chunk_size=10_000):
+    for user_id, day, model, amount in earlier.iterator(chunk_size=10_000):
         budget = budgets.get(user_id)
         if budget is None or day >= first_current[user_id]:
             continue
@@ -449,7 +449,7 @@ def _close_past_periods(project: Project, zone: ZoneInfo) -> int:
             noon = datetime.combine(day, time(12), tzinfo=zone)
             found_periods[key] = periods.period_containing(budget.duration, project.timezone, noon)
         start = found_periods[key].start
-        per_period[(budget.pk, start)][model] += spend
+        per_period[(budget.pk, start)][model] += amount
         if budget.pk not in first_start or start < first_start[budget.pk]:
             first_start[budget.pk] = start
     rows = []
