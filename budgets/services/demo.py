@@ -1,11 +1,12 @@
 """Demo data: a project filled with realistic, fabricated spend (the seed_demo command calls demo_seed).
 
 It fabricates history (calls "made" over the last D days), which cost_record cannot do since it
-records calls now. The ledger rows go in through services.ledger.seed (COPY on PostgreSQL,
-streamed in chunks so that millions of events never sit in memory), which then sets every derived
-number from the ledger, exactly as the services would have left it; here, one BudgetPeriod per
-finished period. The project, its cap and the API key
-go through the services; the budgets are inserted in bulk with the same audit rows budget_set writes.
+records calls now. The ledger rows go in through services.ledger.seed: on PostgreSQL drawn by the
+database itself (one INSERT ... SELECT, `_fabricate_in_sql`), elsewhere drawn here and streamed in
+chunks so that millions of events never sit in memory; seed then sets every derived number from
+the ledger, exactly as the services would have left it; here, one BudgetPeriod per finished period.
+The project, its cap and the API key go through the services; the budgets are inserted in bulk with
+the same audit rows budget_set writes.
 """
 
 from __future__ import annotations

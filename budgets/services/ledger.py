@@ -908,10 +908,8 @@ def _references_checked_at_once(project: Project) -> Iterator[None]:
         except DatabaseError:  # not allowed: the checks run row by row at commit
             yield
             return
-        try:
-            yield
-        finally:
-            cursor.execute("SELECT set_config('session_replication_role', %s, true)", [role])
+        yield  # on an error the transaction (or savepoint) is rolled back, and the setting with it
+        cursor.execute("SELECT set_config('session_replication_role', %s, true)", [role])
         events = CostEvent._meta.db_table
         cursor.execute(
             f"SELECT count(*) FROM (SELECT id FROM {Project._meta.db_table} WHERE id = %(project)s FOR KEY SHARE) p",
