@@ -183,3 +183,65 @@ def test_the_same_seed_gives_the_same_demo():
             "user_id", "model", "prompt_tokens", "completion_tokens", "cost"))
 
     assert ledger("a") == ledger("b")
+
+
+# --- PostgreSQL draws the calls itself (services.demo._fabricate_in_sql) -------------------------
+
+
+def _demo_project_with_budgets(users: int = 5) -> tuple[Project, list[str], dict[str, int]]:
+    project = services.project_create(name="sql", timezone="UTC", duration="monthly", actor="test")
+    names = [f"user{n}" for n in range(users)]
+    budgets = UserBudget.objects.bulk_create(
+        UserBudget(project=project, user_id=name, total_budget=Decimal(10), duration="monthly",
+                   period_start=project.period_start, next_reset_at=project.next_reset_at) for name in names)
+    return project, names, {b.user_id: b.pk for b in budgets}
+
+
+@pytest.mark.postgres
+def test_the_database_rounds_costs_half_even_as_the_price_table_does():
+    import random
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    from django.db import connection
+    from django.utils.timezone import now
+
+    from budgets.services import demo
+
+    project, names, ids = _demo_project_with_budgets()
+    query = demo._fabricate_in_sql(project, names, ids, 3, 4000, demo.demo_models(), ZoneInfo("UTC"),
+                                   now() - timedelta(hours=1), random.Random(7))
+    # Prices of half a unit of the 12th place: every other total ends in ...5 at the 13th, a tie.
+    count = len(query.params["input"])
+    half = Decimal("0.0000000000005")
+    query.params.update(input=[half] * count, cache_read=[half * 3] * count, output=[half * 5] * count)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT prompt_tokens, completion_tokens, cached_tokens, cost FROM ({query.sql}) AS q "
+                       "(project_id, budget_id, user_id, model, prompt_tokens, completion_tokens, cached_tokens, "
+                       "cache_creation_tokens, cost, source, request_fingerprint, created_at)", query.params)
+        rows = cursor.fetchall()
+
+    ties = 0
+    for prompt, completion, cached, cost in rows:
+        exact = (prompt - cached) * half + cached * half * 3 + completion * half * 5
+        ties += exact != exact.quantize(Decimal("1e-12"))
+        assert cost == exact.quantize(Decimal("1e-12")), (prompt, completion, cached)  # half-even
+    assert len(rows) == 4000 and ties > 1000
+
+
+@pytest.mark.postgres
+def test_a_seeded_ledger_naming_a_budget_that_does_not_exist_is_refused():
+    from django.db import IntegrityError, transaction
+
+    from budgets.services import ledger
+
+    project, _, ids = _demo_project_with_budgets(1)
+    missing = max(ids.values()) + 1000
+    rows = ledger.SeedQuery(
+        "SELECT %(project)s::bigint, b, 'ghost', 'gpt-4o', 1, 1, 0, 0, 0.5::numeric, 'demo', '', now() "
+        "FROM unnest(%(budgets)s::bigint[]) AS b", {"project": project.pk, "budgets": [*ids.values(), missing]})
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ledger.seed(project, rows)
+
+    assert not CostEvent.objects.exists()

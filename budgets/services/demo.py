@@ -1,21 +1,22 @@
 """Demo data: a project filled with realistic, fabricated spend (the seed_demo command calls demo_seed).
 
 It fabricates history (calls "made" over the last D days), which cost_record cannot do since it
-records calls now. The ledger rows go in through services.ledger.seed (COPY on PostgreSQL,
-streamed in chunks so that millions of events never sit in memory), which then sets every derived
-number from the ledger, exactly as the services would have left it; here, one BudgetPeriod per
-finished period. The project, its cap and the API key
-go through the services; the budgets are inserted in bulk with the same audit rows budget_set writes.
+records calls now. The ledger rows go in through services.ledger.seed: on PostgreSQL drawn by the
+database itself (one INSERT ... SELECT, `_fabricate_in_sql`), elsewhere drawn here and streamed in
+chunks so that millions of events never sit in memory; seed then sets every derived number from
+the ledger, exactly as the services would have left it; here, one BudgetPeriod per finished period.
+The project, its cap and the API key go through the services; the budgets are inserted in bulk with
+the same audit rows budget_set writes.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from itertools import accumulate, groupby
 from operator import itemgetter
@@ -23,15 +24,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
-from django.db.models import Count, F
-from django.db.models.functions import TruncDate
+from django.db import connection, transaction
+from django.db.models import F
 from django.utils.timezone import now as utcnow
 
 from ..base.errors import InvalidInput
 from ..base.money import stored
 from ..domain import periods, pricing
-from ..models import Alert, AuditLog, BudgetPeriod, CostEvent, Duration, ModelSpend, Project, UserBudget
+from ..models import Alert, AuditLog, BudgetPeriod, CostEvent, Duration, ModelSpend, Project, SpendDay, UserBudget
 from ..selectors.console import MoneySum
 from . import ledger
 from .alerts import crossed_thresholds, thresholds_of
@@ -158,8 +158,11 @@ def demo_seed(*, name: str = "demo", users: int = 50, days: int = 30, events: in
         names = user_names(users, rng)
         durations = rng.choices([d for d, _ in DURATIONS], weights=[w for _, w in DURATIONS], k=users)
         budget_ids = _insert_budgets(project, names, durations, start, at)
-        written = ledger.seed(project, _event_rows(
-            project, budget_ids, _fabricate_calls(names, days, events, models_, zone, at, rng)))
+        if connection.vendor == "postgresql":
+            source: Any = _fabricate_in_sql(project, names, budget_ids, days, events, models_, zone, at, rng)
+        else:
+            source = _event_rows(project, budget_ids, _fabricate_calls(names, days, events, models_, zone, at, rng))
+        written = ledger.seed(project, source)
         _set_budget_totals(project, names, rng)
         analyze(UserBudget, ModelSpend)
         project.refresh_from_db()
@@ -228,20 +231,10 @@ def _event_rows(project: Project, budget_ids: dict[str, int], calls: Iterable[Ca
 def _fabricate_calls(names: list[str], days: int, n_events: int, models_: list[tuple[DemoModel, pricing.Price]],
                      zone: ZoneInfo, at: datetime, rng: random.Random) -> Iterator[Call]:
     """(user, model, prompt, completion, cached, cost, time) for each call, generated in chunks."""
-    # Heavy users and many light ones: call volume falls off with rank (Zipf-like).
-    user_weights = list(accumulate(1 / (rank + 1) ** 1.1 for rank in range(len(names))))
+    user_weights = _user_weights(len(names))
     # Each user favours a few models.
     favourites = {user: rng.choices(models_, weights=[m.weight for m, _ in models_], k=3) for user in names}
-    today = at.astimezone(zone).date()
-    first_day = today - timedelta(days=days - 1)
-    # More calls on later days (a growing product) and fewer at weekends.
-    day_weights = []
-    midnights = []
-    for offset in range(days):
-        day = first_day + timedelta(days=offset)
-        day_weights.append((0.6 + 0.8 * offset / max(days - 1, 1)) * (0.35 if day.weekday() >= 5 else 1.0))
-        midnights.append(datetime.combine(day, time(), tzinfo=zone))
-    day_weights = list(accumulate(day_weights))
+    day_weights, midnights = _days(days, zone, at)
     utc = at.tzinfo
     cost_of = _cost_function(models_)
     done = 0
@@ -267,6 +260,115 @@ def _fabricate_calls(names: list[str], days: int, n_events: int, models_: list[t
                 cached = int(prompt * rng.uniform(0.3, 0.9))
             cost = cost_of(price, prompt, completion, cached)
             yield user, model.name, prompt, completion, cached, cost, created_at.astimezone(utc)
+
+
+def _user_weights(count: int) -> list[float]:
+    """Heavy users and many light ones: call volume falls off with rank (Zipf-like). Cumulative."""
+    return list(accumulate(1 / (rank + 1) ** 1.1 for rank in range(count)))
+
+
+def _days(days: int, zone: ZoneInfo, at: datetime) -> tuple[list[float], list[datetime]]:
+    """Each day's cumulative weight (more calls on later days, a growing product, and fewer at
+    weekends) and its local midnight, oldest first."""
+    today = at.astimezone(zone).date()
+    first_day = today - timedelta(days=days - 1)
+    weights = []
+    midnights = []
+    for offset in range(days):
+        day = first_day + timedelta(days=offset)
+        weights.append((0.6 + 0.8 * offset / max(days - 1, 1)) * (0.35 if day.weekday() >= 5 else 1.0))
+        midnights.append(datetime.combine(day, time(), tzinfo=zone))
+    return list(accumulate(weights)), midnights
+
+
+# The calls of _fabricate_calls, drawn by PostgreSQL: Python draws only who calls on which day (the
+# cells); the series expands each cell into its calls and draws their model, time and tokens with
+# random() seeded by setseed (one backend, no parallel plan: the same seed gives the same ledger),
+# then prices them exactly (numeric) with the half-even rounding to 12 places of `_cost_function`.
+# Normal draws are Box-Muller's; 1 - random() is never 0.
+_FABRICATE = """
+SELECT %(project)s::bigint, budget_id, user_id, (%(names)s::text[])[model], prompt, completion, cached, 0,
+       ((q + CASE WHEN x - q > 0.5 OR (x - q = 0.5 AND mod(q, 2) = 1) THEN 1 ELSE 0 END)
+        / 1e12)::numeric(24, 12),
+       %(source)s, '', created_at
+FROM (
+  SELECT *, trunc(x) AS q FROM (
+    SELECT *, ((prompt - cached) * (%(input)s::numeric[])[model] + cached * (%(cache_read)s::numeric[])[model]
+               + completion * (%(output)s::numeric[])[model]) * 1e12 AS x
+    FROM (
+      SELECT budget_id, model, prompt, completion,
+             CASE WHEN (%(caches)s::bool[])[model] AND prompt > 1024 AND u_cache < 0.3
+                  THEN floor(prompt * (0.3 + 0.6 * u_share))::bigint ELSE 0 END AS cached,
+             CASE WHEN t <= %(at)s THEN t WHEN %(days)s > 1 THEN t - interval '1 day'
+                  ELSE midnight + (%(at)s - midnight) * u_today END AS created_at
+      FROM (
+        SELECT budget_id, model, midnight, u_cache, u_share, u_today,
+               midnight + make_interval(secs => least(greatest(50400 + 12600 * sqrt(-2 * ln(1 - t1))
+                                                               * cos(2 * pi() * t2), 0), 86399)) AS t,
+               CASE WHEN (%(prompt)s::int[])[model] = 0 THEN 0 ELSE greatest(1, least(200000, floor(exp(
+                 ln((%(prompt)s::int[])[model]) + 0.9 * sqrt(-2 * ln(1 - p1)) * cos(2 * pi() * p2)))))::bigint
+               END AS prompt,
+               CASE WHEN (%(completion)s::int[])[model] = 0 THEN 0 ELSE greatest(1, least(16000, floor(exp(
+                 ln((%(completion)s::int[])[model]) + 0.9 * sqrt(-2 * ln(1 - c1)) * cos(2 * pi() * c2)))))::bigint
+               END AS completion
+        FROM (
+          SELECT c.budget_id, (%(midnights)s::timestamptz[])[c.day] AS midnight,
+                 (ARRAY[c.f1, c.f2, c.f3])[1 + floor(random() * 3)::int] AS model,
+                 random() AS t1, random() AS t2, random() AS p1, random() AS p2, random() AS c1, random() AS c2,
+                 random() AS u_cache, random() AS u_share, random() AS u_today
+          FROM unnest(%(budget_ids)s::bigint[], %(cell_days)s::int[], %(counts)s::int[], %(f1)s::int[],
+                      %(f2)s::int[], %(f3)s::int[]) AS c(budget_id, day, n, f1, f2, f3),
+               generate_series(1, c.n)
+          OFFSET 0  -- each level once: a fence keeps PostgreSQL from copying its expressions into the next
+        ) AS draws
+        OFFSET 0
+      ) AS calls
+      OFFSET 0
+    ) AS cached
+    OFFSET 0
+  ) AS exact
+  OFFSET 0
+) AS priced JOIN (SELECT id, user_id FROM {budgets} WHERE project_id = %(project)s) AS b ON b.id = budget_id
+"""
+
+
+def _int_array(values: Iterable[int]) -> str:
+    """An int array's literal: psycopg's list adapter costs seconds for arrays of 300,000."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def _fabricate_in_sql(project: Project, names: list[str], budget_ids: dict[str, int], days: int, n_events: int,
+                      models_: list[tuple[DemoModel, pricing.Price]], zone: ZoneInfo, at: datetime,
+                      rng: random.Random) -> ledger.SeedQuery:
+    """_fabricate_calls' calls as a SeedQuery: the same kind of calls, drawn in the database."""
+    favourites = [[1 + index for index in rng.choices(range(len(models_)), weights=[m.weight for m, _ in models_],
+                                                      k=3)] for _ in names]
+    day_weights, midnights = _days(days, zone, at)
+    days_drawn = rng.choices(range(days), cum_weights=day_weights, k=n_events)
+    cells: Counter[tuple[int, int]] = Counter(zip(
+        rng.choices(range(len(names)), cum_weights=_user_weights(len(names)), k=n_events), days_drawn, strict=True))
+    # User by user, day by day: each user's rows go to neighbouring entries of the ledger's (user, time)
+    # index, the biggest, instead of all over it.
+    ordered = sorted(cells.items())
+    ids = [budget_ids[name] for name in names]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT setseed(%s)", [rng.random() * 2 - 1])
+        # The series' row estimate is wild (1,000 a cell): JIT would compile for seconds to save none.
+        cursor.execute("SET LOCAL jit = off")
+        # The rollups' rebuild groups the million rows: in memory, not in 128 spilled batches.
+        cursor.execute("SET LOCAL work_mem = '256MB'")
+    return ledger.SeedQuery(_FABRICATE.replace("{budgets}", UserBudget._meta.db_table), {
+        "project": project.pk, "source": CostEvent.Source.DEMO.value, "at": at, "days": days,
+        "names": [m.name for m, _ in models_], "prompt": [m.prompt for m, _ in models_],
+        "completion": [m.completion for m, _ in models_], "caches": [p.cache_read is not None for _, p in models_],
+        "input": [p.input for _, p in models_], "output": [p.output for _, p in models_],
+        "cache_read": [p.input if p.cache_read is None else p.cache_read for _, p in models_],
+        "midnights": midnights,
+        "budget_ids": _int_array(ids[user] for (user, _), _ in ordered),
+        "cell_days": _int_array(day + 1 for (_, day), _ in ordered),
+        "counts": _int_array(count for _, count in ordered),
+        **{f"f{slot + 1}": _int_array(favourites[user][slot] for (user, _), _ in ordered) for slot in range(3)},
+    })
 
 
 def _cost_function(models_: list[tuple[DemoModel, pricing.Price]]) -> Any:
@@ -312,11 +414,11 @@ def _set_budget_totals(project: Project, names: list[str], rng: random.Random) -
     for amount, ids in by_amount.items():
         for i in range(0, len(ids), BATCH_SIZE):
             UserBudget.objects.filter(pk__in=ids[i:i + BATCH_SIZE]).update(total_budget=amount)
-    # What budget_set writes for a new budget (spend was zero when it was created).
-    AuditLog.objects.bulk_create(
-        (AuditLog(project_id=project.pk, budget=b, user_id=b.user_id, action="budget_create", actor=ACTOR,
-                  after={**budget_snapshot(b), "current_spend": "0"}, created_at=b.created_at) for b in budgets),
-        batch_size=BATCH_SIZE,
+    # What budget_set writes for a new budget (spend was zero when it was created); COPY on PostgreSQL.
+    ledger.insert_rows(
+        AuditLog, ("project_id", "budget_id", "user_id", "action", "actor", "after", "created_at"),
+        [(project.pk, b.pk, b.user_id, "budget_create", ACTOR, {**budget_snapshot(b), "current_spend": "0"},
+          b.created_at) for b in budgets],
     )
     return over
 
@@ -326,24 +428,29 @@ PERIOD_COLUMNS = ("budget_id", "project_id", "user_id", "period_start", "period_
 
 
 def _close_past_periods(project: Project, zone: ZoneInfo) -> int:
-    """One BudgetPeriod per finished period of each budget, from the ledger (zero-spend periods too)."""
-    budgets = {b.pk: b for b in UserBudget.objects.filter(project=project).exclude(duration=Duration.NONE)}
-    earlier = (
-        CostEvent.objects.filter(project=project, budget_id__in=budgets, created_at__lt=F("budget__period_start"))
-        .annotate(day=TruncDate("created_at", tzinfo=zone))
-        .values("budget_id", "day", "model").annotate(spend=MoneySum("cost"), n=Count("id")).order_by()
-    )
+    """One BudgetPeriod per finished period of each budget, from the ledger (zero-spend periods too).
+
+    The ledger's sums by user, local day and model are the SpendDay rollups, just rebuilt from it:
+    periods are whole local days, so a period's spend is the sum of its days' rows.
+    """
+    budgets = {b.user_id: b for b in UserBudget.objects.filter(project=project).exclude(duration=Duration.NONE)
+               .values_list("pk", "user_id", "duration", "period_start", "total_budget", named=True)}
+    first_current = {user: b.period_start.astimezone(zone).date() for user, b in budgets.items()}
+    earlier = (SpendDay.objects.filter(project=project, day__lt=max(first_current.values(), default=date.min))
+               .values_list("user_id", "day", "model", "spend"))
     per_period: dict[tuple[int, datetime], dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     first_start: dict[int, datetime] = {}
     found_periods: dict[tuple[str, Any], periods.Period] = {}
-    for row in earlier.iterator(chunk_size=10_000):
-        budget = budgets[row["budget_id"]]
-        key = (budget.duration, row["day"])
+    for user_id, day, model, amount in earlier.iterator(chunk_size=10_000):
+        budget = budgets.get(user_id)
+        if budget is None or day >= first_current[user_id]:
+            continue
+        key = (budget.duration, day)
         if key not in found_periods:
-            noon = datetime.combine(row["day"], time(12), tzinfo=zone)
+            noon = datetime.combine(day, time(12), tzinfo=zone)
             found_periods[key] = periods.period_containing(budget.duration, project.timezone, noon)
         start = found_periods[key].start
-        per_period[(budget.pk, start)][row["model"]] += row["spend"]
+        per_period[(budget.pk, start)][model] += amount
         if budget.pk not in first_start or start < first_start[budget.pk]:
             first_start[budget.pk] = start
     rows = []
@@ -352,7 +459,10 @@ def _close_past_periods(project: Project, zone: ZoneInfo) -> int:
         # Every period from the first call's period to the current one, empty ones included.
         if budget.pk not in first_start:
             continue
-        period = periods.period_containing(budget.duration, project.timezone, first_start[budget.pk])
+        key = (budget.duration, first_start[budget.pk])
+        if key not in next_of:
+            next_of[key] = periods.period_containing(budget.duration, project.timezone, first_start[budget.pk])
+        period = next_of[key]
         while period.next_reset is not None and period.start < budget.period_start:
             spend = per_period.get((budget.pk, period.start), {})
             rows.append((budget.pk, project.pk, budget.user_id, period.start, period.next_reset,

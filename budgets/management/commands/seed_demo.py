@@ -1,7 +1,7 @@
 """python manage.py seed_demo [--users N] [--days D] [--events M] [--project NAME] [--reset]
 
 Fills a project with realistic, fabricated spend so the console has something to show.
-The work is budgets.services.demo.demo_seed: the ledger in bulk (COPY on PostgreSQL), every
+The work is budgets.services.demo.demo_seed: the ledger in bulk (drawn by PostgreSQL itself), every
 derived number (budget and project spend, per-model spend, past periods) set from the ledger.
 """
 
