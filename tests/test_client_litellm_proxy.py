@@ -227,7 +227,8 @@ def test_a_streamed_call_settles_with_litellms_cost_and_leaves_no_hold(proxy):
         body = response.read().decode()
     assert response.status_code == 200 and "data: [DONE]" in body
 
-    wait_until(lambda: CostEvent.objects.count() == 1 and alice_figures()[1] == 0,
+    # The hook writes its witness line after the settle: wait for both.
+    wait_until(lambda: CostEvent.objects.count() == 1 and alice_figures()[1] == 0 and len(proxy.events("success")) == 1,
                lambda: (proxy.events("success"), alice_figures(), proxy.log_tail()))
     [success] = proxy.events("success")
     assert success["stream"] is True
